@@ -1,0 +1,32 @@
+# dmig — build, test, benchmark, lint.
+GO        ?= go
+BIN       ?= bin/dmig
+# Tests need root (ptrace, userfaultfd on another process, loop devices) and
+# run one package at a time: several packages start guests and would fight
+# over the two cores.
+TESTFLAGS ?= -count=1 -timeout 45m -p 1
+BENCHTIME ?= 1x
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build test bench lint demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/dmig
+
+test: build
+	$(GO) test $(TESTFLAGS) ./...
+
+# Benchmarks print custom metrics (faults/s, GB/s, ratios to baselines).
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@test -x "$$($(GO) env GOPATH)/bin/staticcheck" || $(GO) install $(STATICCHECK)
+	"$$($(GO) env GOPATH)/bin/staticcheck" ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,75 @@
+// Command dmig live-migrates virtual machines running databases between hosts
+// that share storage. This file is the CLI: kong flags become a config and a
+// call into the engine packages; no migration logic lives here.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/term"
+)
+
+// globals are the flags every command takes.
+type globals struct {
+	LogLevel  string `help:"Log level: trace, debug, info, warn, error." default:"info" enum:"trace,debug,info,warn,error"`
+	LogFormat string `help:"Log format: text, json, or auto (json when stderr is not a terminal)." default:"auto" enum:"auto,text,json"`
+}
+
+// logger builds the process's logger from the global flags.
+func (g *globals) logger(name string) hclog.Logger {
+	json := g.LogFormat == "json" || (g.LogFormat == "auto" && !term.IsTerminal(int(os.Stderr.Fd())))
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      hclog.LevelFromString(g.LogLevel),
+		JSONFormat: json,
+		Output:     os.Stderr,
+	})
+}
+
+type cli struct {
+	globals
+
+	Version versionCmd `cmd:"" help:"Print the version."`
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Run() error {
+	fmt.Println("dmig", version)
+	return nil
+}
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	var c cli
+	kctx := kong.Parse(&c,
+		kong.Name("dmig"),
+		kong.Description("Live-migrate database VMs between hosts that share storage."),
+		kong.UsageOnError(),
+	)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	err := kctx.Run(&c.globals)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dmig: %v\n", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitCode maps an error to the process exit status. Commands that need a
+// specific status return an *exitError.
+func exitCode(err error) int {
+	if e, ok := err.(interface{ ExitCode() int }); ok {
+		return e.ExitCode()
+	}
+	return 1
+}
