@@ -1,0 +1,416 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Frame header: type u8 | flags u8 | reserved u16 | payload length u32 (LE).
+// Flags and reserved are zero in version 1.
+const frameHeaderLen = 8
+
+const (
+	readBufSize = 256 << 10
+	// headerAhead is how far past a frame header the reader may read in the
+	// same system call: small frames arrive whole, while most of a batch's
+	// page data is still left for a direct read into its destination.
+	headerAhead = 4 << 10
+	// keepBuf: larger scratch buffers are dropped after use, so one big
+	// Switchover does not pin its memory for the rest of the session.
+	keepBuf = 4 << 20
+)
+
+// Conn is one connection of a session. One goroutine may read (ReadFrame,
+// ReadData) while any number write (WriteFrame calls are serialized).
+//
+// Errors are sticky once a frame is partly read or written, because the
+// stream position is then unknown: every later call returns the same error.
+// A read interrupted by its context before any byte of a frame arrived
+// leaves the connection usable.
+type Conn struct {
+	nc    net.Conn
+	role  Role
+	index int
+	geo   *geometry
+
+	// Read side, owned by the single reader.
+	rd       reader
+	payload  []byte
+	table    []byte
+	batch    PageBatch
+	reply    PageReply
+	dataLeft int64           // page data of the last batch not yet read
+	rctx     context.Context // the ReadFrame ctx governing ReadData
+	rerr     error
+	rwatch   watch
+	rdl      time.Time
+
+	wmu    sync.Mutex
+	wbuf   []byte
+	iov    [][]byte
+	werr   error
+	wwatch watch
+	wdl    time.Time
+}
+
+// NewConn wraps an established connection whose handshake is done (Dial and
+// Listener.Accept do both). The Conn owns nc from now on.
+func NewConn(nc net.Conn, role Role, index int) *Conn {
+	return &Conn{nc: nc, role: role, index: index, rd: reader{src: nc, buf: make([]byte, readBufSize)}}
+}
+
+// Role is what the connection carries.
+func (c *Conn) Role() Role { return c.role }
+
+// Index is the bulk connection's number (0 for control and urgent).
+func (c *Conn) Index() int { return c.index }
+
+// NetConn is the underlying connection, for addresses and socket options.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// Close closes the connection; blocked reads and writes return.
+func (c *Conn) Close() error { return c.nc.Close() }
+
+func (c *Conn) String() string {
+	if c.role == RoleBulk {
+		return fmt.Sprintf("bulk conn %d", c.index)
+	}
+	return c.role.String() + " conn"
+}
+
+// SetGeometry makes the connection reject pages outside the session's RAM
+// blocks and IterationEnds for another number of bulk connections. Call it
+// before reading; Dial and Accept do.
+func (c *Conn) SetGeometry(h *Hello) {
+	g := &geometry{bulk: int(h.BulkConns), pages: make([]uint64, len(h.Blocks))}
+	for i, b := range h.Blocks {
+		g.pages[i] = b.Pages()
+	}
+	c.geo = g
+}
+
+// watch turns a context's cancellation into a past deadline on the socket,
+// which is what unblocks a read or write in progress.
+type watch struct {
+	stop func() bool
+	done chan struct{}
+}
+
+// aLongTimeAgo is a deadline that has passed.
+func aLongTimeAgo() time.Time { return time.Unix(1, 0) }
+
+func arm(ctx context.Context, w *watch, cur *time.Time, set func(time.Time) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d, _ := ctx.Deadline()
+	if !d.Equal(*cur) {
+		if err := set(d); err != nil {
+			return err
+		}
+		*cur = d
+	}
+	if ctx.Done() != nil {
+		done := make(chan struct{})
+		w.done = done
+		w.stop = context.AfterFunc(ctx, func() {
+			_ = set(aLongTimeAgo())
+			close(done)
+		})
+	}
+	return nil
+}
+
+func disarm(w *watch, cur *time.Time) {
+	if w.stop == nil {
+		return
+	}
+	if !w.stop() {
+		// The callback ran or is running: wait so it cannot move the deadline
+		// under the next operation, and make the next arm set it afresh.
+		<-w.done
+		*cur = aLongTimeAgo()
+	}
+	w.stop, w.done = nil, nil
+}
+
+// ctxError prefers the context's reason over the socket's deadline error.
+func ctxError(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			return context.DeadlineExceeded
+		}
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %w", ErrTruncated, err)
+	}
+	return err
+}
+
+// ReadFrame reads the next frame. For a *PageBatch the entries are decoded
+// and the page data is left on the connection: read it with ReadData, still
+// under ctx; whatever is not read is discarded by the next ReadFrame. The
+// returned *PageBatch and *PageReply (and PageReply.Data) are reused: they
+// are valid until the next ReadFrame. At a clean end of stream the error
+// wraps io.EOF.
+func (c *Conn) ReadFrame(ctx context.Context) (Message, error) {
+	if c.rerr != nil {
+		return nil, c.rerr
+	}
+	disarm(&c.rwatch, &c.rdl)
+	if err := arm(ctx, &c.rwatch, &c.rdl, c.nc.SetReadDeadline); err != nil {
+		return nil, fmt.Errorf("read frame on %s: %w", c, err)
+	}
+	c.rctx = ctx
+	m, clean, err := c.readFrame()
+	if err != nil || c.dataLeft == 0 {
+		disarm(&c.rwatch, &c.rdl)
+	}
+	if err != nil {
+		err = fmt.Errorf("read frame on %s: %w", c, ctxError(ctx, err))
+		if !clean {
+			c.rerr = err
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *Conn) readFrame() (m Message, clean bool, err error) {
+	if c.dataLeft > 0 {
+		if err := c.rd.discard(c.dataLeft); err != nil {
+			return nil, false, err
+		}
+		c.dataLeft = 0
+	}
+	if c.rd.buffered() == 0 {
+		if err := c.rd.fill(headerAhead); err != nil {
+			return nil, true, err
+		}
+	}
+	hdr, err := c.rd.next(frameHeaderLen, headerAhead)
+	if err != nil {
+		return nil, false, err
+	}
+	typ, length := Type(hdr[0]), le.Uint32(hdr[4:])
+	switch {
+	case typ.role() == 0:
+		return nil, false, fmt.Errorf("%w %d", ErrUnknownType, hdr[0])
+	case hdr[1] != 0 || hdr[2] != 0 || hdr[3] != 0:
+		return nil, false, fmt.Errorf("%w: %s frame flags %#x reserved %#x", ErrMalformed, typ, hdr[1], le.Uint16(hdr[2:]))
+	case typ.role() != c.role:
+		return nil, false, fmt.Errorf("%w: %s frame", ErrUnexpected, typ)
+	case length > typ.maxLen():
+		return nil, false, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrFrameTooLarge, typ, length, typ.maxLen())
+	}
+	if typ == TypePageBatch {
+		b, err := c.readBatch(length)
+		return b, false, err
+	}
+	p, err := c.readPayload(int(length))
+	if err != nil {
+		return nil, false, err
+	}
+	if typ == TypePageReply {
+		m = &c.reply
+	} else {
+		m = newMessage(typ)
+	}
+	if err := m.decode(p); err != nil {
+		return nil, false, fmt.Errorf("decode %s: %w", typ, err)
+	}
+	if err := c.geo.check(m); err != nil {
+		return nil, false, fmt.Errorf("check %s: %w", typ, err)
+	}
+	return m, false, nil
+}
+
+// readPayload reads n bytes, growing its buffer as bytes arrive rather than
+// trusting the announced length up front.
+func (c *Conn) readPayload(n int) ([]byte, error) {
+	buf := c.payload[:0]
+	for len(buf) < n {
+		chunk := min(n-len(buf), 1<<20)
+		buf = slices.Grow(buf, chunk)
+		k := len(buf)
+		buf = buf[:k+chunk]
+		if err := c.rd.readFull(buf[k:], 0); err != nil {
+			return nil, err
+		}
+	}
+	if cap(buf) <= keepBuf {
+		c.payload = buf
+	}
+	return buf, nil
+}
+
+func (c *Conn) readBatch(length uint32) (*PageBatch, error) {
+	if length < batchHeaderLen {
+		return nil, fmt.Errorf("%w: batch payload of %d bytes", ErrTruncated, length)
+	}
+	p, err := c.rd.next(batchHeaderLen, 0)
+	if err != nil {
+		return nil, err
+	}
+	h, nData, err := parseBatchHeader(p, length)
+	if err != nil {
+		return nil, err
+	}
+	c.table = slices.Grow(c.table[:0], int(h.tableLen))[:h.tableLen]
+	if err := c.rd.readFull(c.table, 0); err != nil {
+		return nil, err
+	}
+	b := &c.batch
+	b.Reset(h.block, h.iteration)
+	b.Data = nil
+	if b.Entries, err = parseTable(c.table, h.entries, nData, b.Entries); err != nil {
+		return nil, fmt.Errorf("decode batch table: %w", err)
+	}
+	if err := c.geo.check(b); err != nil {
+		return nil, fmt.Errorf("check batch: %w", err)
+	}
+	c.dataLeft = int64(nData) * PageSize
+	return b, nil
+}
+
+// DataLeft is the number of bytes of page data of the last batch not yet read.
+func (c *Conn) DataLeft() int { return int(c.dataLeft) }
+
+// ReadData reads the next len(dst) bytes of the current batch's page data
+// (whole pages, in entry order) into dst: a contiguous dst for a run of
+// consecutive data entries (PageBatch.DataRun) is filled by the socket
+// directly. It is bounded by the ctx of the ReadFrame that returned the batch.
+func (c *Conn) ReadData(dst []byte) error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if len(dst)%PageSize != 0 || int64(len(dst)) > c.dataLeft {
+		return fmt.Errorf("read page data on %s: %w: %d bytes asked, %d left in batch", c, ErrDataPending, len(dst), c.dataLeft)
+	}
+	ahead := int(min(c.dataLeft-int64(len(dst)), readBufSize))
+	if err := c.rd.readFull(dst, ahead); err != nil {
+		disarm(&c.rwatch, &c.rdl)
+		c.rerr = fmt.Errorf("read page data on %s: %w", c, ctxError(c.rctx, err))
+		return c.rerr
+	}
+	c.dataLeft -= int64(len(dst))
+	if c.dataLeft == 0 {
+		disarm(&c.rwatch, &c.rdl)
+		c.rctx = nil
+	}
+	return nil
+}
+
+// WriteFrame validates m and writes it as one frame. Page data (PageBatch.Data,
+// PageReply.Data) goes from the caller's memory to the socket in one writev,
+// without being copied; it must not change until WriteFrame returns.
+func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
+	typ := m.Type()
+	if err := m.validate(); err != nil {
+		return fmt.Errorf("write %s on %s: %w", typ, c, err)
+	}
+	if typ.role() != c.role {
+		return fmt.Errorf("write %s on %s: %w", typ, c, ErrUnexpected)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	b := append(c.wbuf[:0], make([]byte, frameHeaderLen)...)
+	b = m.appendPayload(b)
+	var data [][]byte
+	if pc, ok := m.(pageCarrier); ok {
+		data = pc.pageData()
+	}
+	total := len(b) - frameHeaderLen
+	for _, d := range data {
+		total += len(d)
+	}
+	if uint64(total) > uint64(typ.maxLen()) {
+		return fmt.Errorf("write %s on %s: %w: %d bytes, limit %d", typ, c, ErrFrameTooLarge, total, typ.maxLen())
+	}
+	b[0] = byte(typ)
+	le.PutUint32(b[4:], uint32(total))
+	if cap(b) <= keepBuf {
+		c.wbuf = b
+	}
+
+	if err := arm(ctx, &c.wwatch, &c.wdl, c.nc.SetWriteDeadline); err != nil {
+		return fmt.Errorf("write %s on %s: %w", typ, c, err)
+	}
+	var n int64
+	var err error
+	if len(data) == 0 {
+		var k int
+		k, err = c.nc.Write(b)
+		n = int64(k)
+	} else {
+		c.iov = append(append(c.iov[:0], b), data...)
+		bufs := net.Buffers(c.iov)
+		n, err = bufs.WriteTo(c.nc)
+		clear(c.iov) // drop references to guest memory
+	}
+	disarm(&c.wwatch, &c.wdl)
+	if err != nil {
+		err = fmt.Errorf("write %s on %s: %w", typ, c, ctxError(ctx, err))
+		if n > 0 {
+			c.werr = err
+		}
+		return err
+	}
+	return nil
+}
+
+// geometry is what a session's Hello says about valid page addresses.
+type geometry struct {
+	pages []uint64 // per block
+	bulk  int
+}
+
+func (g *geometry) span(what string, block uint32, page, count uint64) error {
+	if int64(block) >= int64(len(g.pages)) {
+		return fmt.Errorf("%w: %s block %d, guest has %d", ErrRange, what, block, len(g.pages))
+	}
+	if page >= g.pages[block] || count > g.pages[block]-page {
+		return fmt.Errorf("%w: %s pages %d..%d beyond block %d of %d pages", ErrRange, what, page, page+count, block, g.pages[block])
+	}
+	return nil
+}
+
+// check applies the geometry to m; a nil geometry accepts everything.
+func (g *geometry) check(m Message) error {
+	if g == nil {
+		return nil
+	}
+	switch m := m.(type) {
+	case *PageBatch:
+		last := m.Entries[len(m.Entries)-1].Page
+		return g.span("batch", m.Block, last, 1)
+	case *PageRequest:
+		return g.span("request", m.Block, m.Page, uint64(m.Count))
+	case *PageReply:
+		return g.span("reply", m.Block, m.Page, 1)
+	case *Switchover:
+		for _, r := range m.Pending {
+			if err := g.span("pending run", r.Block, r.Page, r.Count); err != nil {
+				return err
+			}
+		}
+	case *IterationEnd:
+		if len(m.Batches) != g.bulk {
+			return fmt.Errorf("%w: iteration end for %d bulk connections, session has %d", ErrRange, len(m.Batches), g.bulk)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,335 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Session is the set of connections of one migration.
+type Session struct {
+	Hello   Hello // as the source sent it and the destination accepted it
+	Control *Conn
+	Bulk    []*Conn // Bulk[i].Index() == i
+	Urgent  *Conn
+}
+
+// ID is the session's ID.
+func (s *Session) ID() SessionID { return s.Hello.Session }
+
+// Close closes every connection of the session.
+func (s *Session) Close() error {
+	var errs []error
+	for _, c := range s.conns() {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Session) conns() []*Conn {
+	var cs []*Conn
+	if s.Control != nil {
+		cs = append(cs, s.Control)
+	}
+	for _, c := range s.Bulk {
+		if c != nil {
+			cs = append(cs, c)
+		}
+	}
+	if s.Urgent != nil {
+		cs = append(cs, s.Urgent)
+	}
+	return cs
+}
+
+func (s *Session) setGeometry() {
+	for _, c := range s.conns() {
+		c.SetGeometry(&s.Hello)
+	}
+}
+
+// Dial opens a session to the destination at addr (source side): the
+// control connection, Hello/HelloAck, then h.BulkConns bulk connections and
+// the urgent one. Dial fills in h's Version and PageSize, and a random
+// Session if h has none. A refusal is a *RefusedError.
+func Dial(ctx context.Context, addr string, h Hello) (*Session, error) {
+	return dial(ctx, addr, h, Version)
+}
+
+func dial(ctx context.Context, addr string, h Hello, version uint16) (*Session, error) {
+	h.Version = version
+	if h.PageSize == 0 {
+		h.PageSize = PageSize
+	}
+	if h.Session == (SessionID{}) {
+		h.Session = NewSessionID()
+	}
+	if err := h.validate(); err != nil {
+		return nil, fmt.Errorf("dial session %s: %w", h.Session, err)
+	}
+	ctrl, err := dialConn(ctx, addr, h.Session, RoleControl, 0, version)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{Hello: h, Control: ctrl}
+	if err := s.hello(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	for i := range int(h.BulkConns) {
+		c, err := dialConn(ctx, addr, h.Session, RoleBulk, i, version)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.Bulk = append(s.Bulk, c)
+	}
+	if s.Urgent, err = dialConn(ctx, addr, h.Session, RoleUrgent, 0, version); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.setGeometry()
+	return s, nil
+}
+
+func (s *Session) hello(ctx context.Context) error {
+	if err := s.Control.WriteFrame(ctx, &s.Hello); err != nil {
+		return err
+	}
+	m, err := s.Control.ReadFrame(ctx)
+	if err != nil {
+		return fmt.Errorf("await hello ack: %w", err)
+	}
+	switch m := m.(type) {
+	case *HelloAck:
+		if !m.Accepted {
+			return &RefusedError{Code: m.Code, Message: m.Message}
+		}
+		return nil
+	case *Error:
+		return fmt.Errorf("await hello ack: peer error %d: %s", m.Code, m.Message)
+	}
+	return fmt.Errorf("await hello ack: %w: got %s", ErrUnexpected, m.Type())
+}
+
+// Listener accepts sessions (destination side).
+type Listener struct {
+	ln *net.TCPListener
+
+	// Rejected, if set, hears about every connection Accept turned away
+	// (garbage, other versions, strays, refused Hellos); Accept itself goes on.
+	// It is called from Accept's goroutine.
+	Rejected func(remote net.Addr, err error)
+	// HandshakeTimeout bounds each new connection's preamble and the Hello;
+	// zero means 10 s.
+	HandshakeTimeout time.Duration
+}
+
+// Listen listens on a TCP address for sessions.
+func Listen(ctx context.Context, addr string) (*Listener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return &Listener{ln: ln.(*net.TCPListener)}, nil
+}
+
+// Addr is the address listened on.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Close stops listening; an Accept in progress returns.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+// arrival is a connection that sent a preamble.
+type arrival struct {
+	nc    net.Conn
+	pre   preamble
+	err   error // bad preamble: already answered and closed
+	fatal error // the listener failed
+}
+
+// Accept waits for the next session: a control connection whose Hello
+// decide accepts (nil decide accepts every valid Hello), then every bulk
+// connection and the urgent one. Connections of other sessions, a second
+// control connection, garbage and other versions are answered with an error
+// status, closed and reported to Rejected; Accept returns only a complete
+// session, or an error when ctx ends or the listener fails.
+func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*Session, error) {
+	timeout := l.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	arrivals := make(chan arrival)
+	var wg sync.WaitGroup
+	var lw watch
+	var ldl time.Time
+	if err := arm(ctx, &lw, &ldl, l.ln.SetDeadline); err != nil {
+		cancel()
+		return nil, fmt.Errorf("accept session: %w", err)
+	}
+	defer func() {
+		cancel()
+		wg.Wait()
+		disarm(&lw, &ldl)
+		_ = l.ln.SetDeadline(time.Time{})
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := l.ln.Accept()
+			if err != nil {
+				select {
+				case arrivals <- arrival{fatal: err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := greet(ctx, nc, timeout)
+				if err != nil {
+					nc.Close()
+				}
+				select {
+				case arrivals <- arrival{nc: nc, pre: p, err: err}:
+				case <-ctx.Done():
+					nc.Close()
+				}
+			}()
+		}
+	}()
+
+	var s *Session
+	fail := func(err error) (*Session, error) {
+		if s != nil {
+			s.Close()
+		}
+		return nil, err
+	}
+	for {
+		var a arrival
+		select {
+		case a = <-arrivals:
+		case <-ctx.Done():
+			return fail(fmt.Errorf("accept session: %w", ctx.Err()))
+		}
+		switch {
+		case a.fatal != nil:
+			return fail(fmt.Errorf("accept session: %w", ctxError(ctx, a.fatal)))
+		case a.err != nil:
+			l.reject(a.nc, a.err)
+			continue
+		}
+		if s == nil {
+			s = l.open(ctx, a, timeout, decide)
+			continue
+		}
+		p := a.pre
+		var status uint8 = statusOK
+		switch {
+		case p.session != s.Hello.Session && p.role == RoleControl:
+			status = statusBusy
+		case p.session != s.Hello.Session:
+			status = statusSession
+		case p.role == RoleControl,
+			p.role == RoleBulk && (int(p.index) >= len(s.Bulk) || s.Bulk[p.index] != nil),
+			p.role == RoleUrgent && s.Urgent != nil:
+			status = statusRole
+		}
+		if err := answer(a.nc, p, status); err != nil {
+			l.reject(a.nc, err)
+			continue
+		}
+		if status != statusOK {
+			l.reject(a.nc, fmt.Errorf("turn away %s conn %d of session %s: %w", p.role, p.index, p.session, statusError(status)))
+			continue
+		}
+		c := NewConn(a.nc, p.role, int(p.index))
+		if p.role == RoleBulk {
+			s.Bulk[p.index] = c
+		} else {
+			s.Urgent = c
+		}
+		if s.complete() {
+			s.setGeometry()
+			return s, nil
+		}
+	}
+}
+
+func (s *Session) complete() bool {
+	for _, c := range s.Bulk {
+		if c == nil {
+			return false
+		}
+	}
+	return s.Urgent != nil
+}
+
+// open handles a connection arriving while no session is being set up: it
+// must be a control connection with an acceptable Hello. It returns the new
+// session, or nil after turning the connection away.
+func (l *Listener) open(ctx context.Context, a arrival, timeout time.Duration, decide func(*Hello) HelloAck) *Session {
+	if a.pre.role != RoleControl {
+		err := answer(a.nc, a.pre, statusSession)
+		if err == nil {
+			err = fmt.Errorf("turn away %s conn of session %s: %w", a.pre.role, a.pre.session, ErrSession)
+		}
+		l.reject(a.nc, err)
+		return nil
+	}
+	if err := answer(a.nc, a.pre, statusOK); err != nil {
+		l.reject(a.nc, err)
+		return nil
+	}
+	ctrl := NewConn(a.nc, RoleControl, 0)
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	m, err := ctrl.ReadFrame(hctx)
+	if err != nil {
+		ctrl.Close()
+		l.reject(a.nc, fmt.Errorf("await hello: %w", err))
+		return nil
+	}
+	h, ok := m.(*Hello)
+	if !ok {
+		ctrl.Close()
+		l.reject(a.nc, fmt.Errorf("await hello: %w: got %s", ErrUnexpected, m.Type()))
+		return nil
+	}
+	var ack HelloAck
+	switch {
+	case h.Version != Version:
+		ack = HelloAck{Code: RefuseVersion, Message: versionError(h.Version, Version).Error()}
+	case h.Session != a.pre.session:
+		ack = HelloAck{Code: RefuseOther, Message: fmt.Sprintf("hello names session %s on a connection of session %s", h.Session, a.pre.session)}
+	case decide != nil:
+		ack = decide(h)
+	default:
+		ack = HelloAck{Accepted: true}
+	}
+	if err := ctrl.WriteFrame(hctx, &ack); err != nil {
+		ctrl.Close()
+		l.reject(a.nc, fmt.Errorf("answer hello: %w", err))
+		return nil
+	}
+	if !ack.Accepted {
+		ctrl.Close()
+		l.reject(a.nc, &RefusedError{Code: ack.Code, Message: ack.Message})
+		return nil
+	}
+	return &Session{Hello: *h, Control: ctrl, Bulk: make([]*Conn, h.BulkConns)}
+}
+
+func (l *Listener) reject(nc net.Conn, err error) {
+	if l.Rejected != nil {
+		l.Rejected(nc.RemoteAddr(), err)
+	}
+}
