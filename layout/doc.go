@@ -1,5 +1,21 @@
 // Package layout owns the enlightened storage layout: for guest pages, the
 // (disk id, byte offset) where an identical 4 KiB copy lives on shared
-// storage; its compact wire encoding; and readers for the disks it names.
-// A layout is a hint: correctness never depends on it being right.
+// storage; its compact wire encoding; a tiny request/response protocol to
+// fetch it; and readers for the disks it names.
+//
+// Invariants:
+//   - A Layout is a hint: correctness never depends on it being right. The
+//     consumer verifies every page it reads against a hash taken from memory.
+//   - Disks[i].ID == i, and disk names are unique and non-empty.
+//   - Runs are sorted by GuestPage, never overlap, have Pages > 0 and name a
+//     disk in Disks; GuestPage+Pages and Offset+Pages*PageSize do not
+//     overflow. MarshalBinary and UnmarshalBinary enforce this; Validate adds
+//     the bound on guest pages.
+//   - The encoding is versioned (magic "DMLY" + version) and ends in a CRC-32C
+//     of everything before it; a decoder never allocates more than the input
+//     can describe.
+//   - Storage opens disks read-only and owns their fds until Close. A Reader
+//     never aborts a batch for one bad disk: every ref gets its own result.
+//
+// This package imports nothing of the project.
 package layout

@@ -1,0 +1,250 @@
+package layout
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// The layout protocol, over any byte stream (TCP, a virtio-serial port):
+//
+//	request:  "DMLQ" version(1 byte) flags(1 byte)    flags bit 0: refresh
+//	response: status(1 byte) length(4 bytes, big-endian) payload
+//	          status 0: payload is a MarshalBinary layout
+//	          status 1: payload is an error message (UTF-8)
+//
+// A connection carries any number of request/response pairs in turn.
+const (
+	reqMagic       = "DMLQ"
+	reqVersion     = 1
+	reqSize        = len(reqMagic) + 2
+	flagRefresh    = 1 << 0
+	statusOK       = 0
+	statusError    = 1
+	maxErrorLen    = 64 << 10
+	respHeaderSize = 5
+)
+
+// Fetch asks the layout server at addr (host:port) for a freshly taken
+// layout.
+func Fetch(ctx context.Context, addr string) (*Layout, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("fetch layout: %w", err)
+	}
+	defer conn.Close()
+	l, err := Request(ctx, conn, true)
+	if err != nil {
+		return nil, fmt.Errorf("fetch layout from %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// Request sends one request on rw and reads the layout in the response. With
+// refresh the server takes a new layout; without, it may answer with the
+// last one it took. A server-side failure is an error wrapping ErrRemote.
+// If ctx ends, rw's deadline is set to now (net.Conn, *os.File) to unblock.
+func Request(ctx context.Context, rw io.ReadWriter, refresh bool) (*Layout, error) {
+	defer interruptOnDone(ctx, rw)()
+	req := []byte(reqMagic + "\x01\x00")
+	if refresh {
+		req[len(reqMagic)+1] |= flagRefresh
+	}
+	if _, err := rw.Write(req); err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("send request: %w", err))
+	}
+	var hdr [respHeaderSize]byte
+	if _, err := io.ReadFull(rw, hdr[:]); err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
+	}
+	status, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
+	switch {
+	case status == statusOK && n > maxEncodedLen,
+		status == statusError && n > maxErrorLen:
+		return nil, fmt.Errorf("response of %d bytes: %w", n, ErrTooLarge)
+	case status != statusOK && status != statusError:
+		return nil, fmt.Errorf("response status %d: %w", status, ErrMalformed)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(rw, payload); err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
+	}
+	if status == statusError {
+		return nil, fmt.Errorf("%w: %s", ErrRemote, payload)
+	}
+	var l Layout
+	if err := l.UnmarshalBinary(payload); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// Server answers layout requests with layouts from get. It keeps the last
+// layout it encoded: a request without the refresh flag gets that one if
+// there is one. get is called by one request at a time.
+type Server struct {
+	get func(context.Context) (*Layout, error)
+
+	mu   sync.Mutex // serializes get
+	last []byte     // encoded; nil before the first successful get
+}
+
+// NewServer returns a Server over get.
+func NewServer(get func(context.Context) (*Layout, error)) *Server {
+	return &Server{get: get}
+}
+
+// Serve answers requests on ln until ctx ends (then it returns nil) or
+// Accept fails. It closes ln.
+func Serve(ctx context.Context, ln net.Listener, get func(context.Context) (*Layout, error)) error {
+	return NewServer(get).Serve(ctx, ln)
+}
+
+// Serve answers requests on every connection ln accepts until ctx ends
+// (then it returns nil, after its connections are closed) or Accept fails.
+// It closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			ln.Close()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			_ = s.ServeConn(ctx, conn)
+		}()
+	}
+}
+
+// ServeConn answers requests read from rw until the stream ends (nil), ctx
+// ends (its error), or reading or writing fails. Bytes that are not a
+// request are skipped, so a server on a serial port resynchronizes after
+// noise.
+func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
+	defer interruptOnDone(ctx, rw)()
+	br := bufio.NewReaderSize(rw, 64)
+	for {
+		flags, err := readRequest(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return ctxErr(ctx, err)
+		}
+		resp := s.respond(ctx, flags&flagRefresh != 0)
+		if _, err := rw.Write(resp); err != nil {
+			return ctxErr(ctx, fmt.Errorf("send response: %w", err))
+		}
+	}
+}
+
+// readRequest skips to the next request magic and returns the request's
+// flags. Requests of another version are skipped.
+func readRequest(br *bufio.Reader) (byte, error) {
+	matched := 0
+	for {
+		c, err := br.ReadByte()
+		if err != nil {
+			if matched > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		switch {
+		case c == reqMagic[matched]:
+			matched++
+		case c == reqMagic[0]:
+			matched = 1
+			continue
+		default:
+			matched = 0
+			continue
+		}
+		if matched < len(reqMagic) {
+			continue
+		}
+		matched = 0
+		var vf [2]byte
+		if _, err := io.ReadFull(br, vf[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if vf[0] == reqVersion {
+			return vf[1], nil
+		}
+	}
+}
+
+// respond builds the response to one request.
+func (s *Server) respond(ctx context.Context, refresh bool) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if refresh || s.last == nil {
+		b, err := s.take(ctx)
+		if err != nil {
+			msg := err.Error()
+			if len(msg) > maxErrorLen {
+				msg = msg[:maxErrorLen]
+			}
+			return frame(statusError, []byte(msg))
+		}
+		s.last = b
+	}
+	return frame(statusOK, s.last)
+}
+
+func (s *Server) take(ctx context.Context) ([]byte, error) {
+	l, err := s.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.MarshalBinary()
+}
+
+func frame(status byte, payload []byte) []byte {
+	b := make([]byte, respHeaderSize, respHeaderSize+len(payload))
+	b[0] = status
+	binary.BigEndian.PutUint32(b[1:], uint32(len(payload)))
+	return append(b, payload...)
+}
+
+// interruptOnDone makes blocked reads and writes on rw return once ctx ends,
+// by setting a past deadline (net.Conn, pollable *os.File) or, failing
+// that, closing rw. The returned func stops watching.
+func interruptOnDone(ctx context.Context, rw io.ReadWriter) func() bool {
+	return context.AfterFunc(ctx, func() {
+		if d, ok := rw.(interface{ SetDeadline(time.Time) error }); ok && d.SetDeadline(time.Unix(1, 0)) == nil {
+			return
+		}
+		if c, ok := rw.(io.Closer); ok {
+			c.Close()
+		}
+	})
+}
+
+// ctxErr prefers the context's error to the I/O error it caused.
+func ctxErr(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}

@@ -1,0 +1,310 @@
+package layout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// ParseDiskFlag parses a --disk flag "NAME=PATH": the disk identity a layout
+// uses (see Disk.Name) and the file or block device that holds it here.
+func ParseDiskFlag(s string) (name, path string, err error) {
+	name, path, ok := strings.Cut(s, "=")
+	if !ok || name == "" || path == "" {
+		return "", "", fmt.Errorf("parse disk %q: want NAME=PATH", s)
+	}
+	return name, path, nil
+}
+
+// Storage is the set of disks this host can read, by name. It owns the files
+// it opened: they stay open until Close.
+type Storage struct {
+	disks map[string]storageDisk
+}
+
+type storageDisk struct {
+	r    io.ReaderAt
+	path string
+}
+
+// OpenStorage opens each path (a regular file or a block device) read-only
+// under its disk name. On error nothing stays open.
+func OpenStorage(paths map[string]string) (*Storage, error) {
+	s := &Storage{disks: make(map[string]storageDisk, len(paths))}
+	for name, path := range paths {
+		f, err := openDisk(path)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("open disk %s: %w", name, err)
+		}
+		s.disks[name] = storageDisk{r: f, path: path}
+	}
+	return s, nil
+}
+
+func openDisk(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if m := st.Mode(); !m.IsRegular() && m&fs.ModeDevice == 0 || m&fs.ModeCharDevice != 0 {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, ErrNotStorage)
+	}
+	return f, nil
+}
+
+// NewStorage makes a Storage from readers the caller owns (Close does not
+// close them): for in-memory disks and injected faults.
+func NewStorage(disks map[string]io.ReaderAt) *Storage {
+	s := &Storage{disks: make(map[string]storageDisk, len(disks))}
+	for name, r := range disks {
+		s.disks[name] = storageDisk{r: noCloser{r}, path: name}
+	}
+	return s
+}
+
+type noCloser struct{ io.ReaderAt }
+
+// Names returns the disk names, sorted.
+func (s *Storage) Names() []string {
+	names := make([]string, 0, len(s.disks))
+	for n := range s.disks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Close closes every disk OpenStorage opened. Readers of s must be done.
+func (s *Storage) Close() error {
+	var errs []error
+	for name, d := range s.disks {
+		if c, ok := d.r.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close disk %s: %w", name, err))
+			}
+		}
+		delete(s.disks, name)
+	}
+	return errors.Join(errs...)
+}
+
+// ReaderOptions tune a Reader. Zero values take the defaults.
+type ReaderOptions struct {
+	Workers int // parallel reads; default 8
+	MaxRead int // largest single read in bytes; default 1 MiB, at least PageSize
+	MaxGap  int // bytes nobody asked for that one read may span to join two refs; default 0
+}
+
+// Reader reads the pages of layout refs from a Storage. It is safe for
+// concurrent use; each Read runs its own workers.
+type Reader struct {
+	disks []storageDisk // by DiskID; r == nil: not available here
+	names []string      // by DiskID
+	opts  ReaderOptions
+
+	reads, bytes, pages, errs atomic.Uint64
+}
+
+// ReaderStats counts what a Reader did since it was made.
+type ReaderStats struct {
+	Reads  uint64 // read calls issued to disks
+	Bytes  uint64 // bytes those calls returned
+	Pages  uint64 // pages delivered without error
+	Errors uint64 // pages delivered with an error
+}
+
+// NewReader binds the disk ids of a layout (its Disks) to s's disks by name.
+// Disks s lacks are not an error here: their refs fail with ErrNoDisk.
+func (s *Storage) NewReader(disks []Disk, opts ReaderOptions) *Reader {
+	if opts.Workers <= 0 {
+		opts.Workers = 8
+	}
+	if opts.MaxRead <= 0 {
+		opts.MaxRead = 1 << 20
+	}
+	opts.MaxRead = max(opts.MaxRead, PageSize)
+	opts.MaxGap = max(opts.MaxGap, 0)
+	r := &Reader{opts: opts}
+	for _, d := range disks {
+		for int(d.ID) >= len(r.disks) {
+			r.disks = append(r.disks, storageDisk{})
+			r.names = append(r.names, "")
+		}
+		r.disks[d.ID] = s.disks[d.Name]
+		r.names[d.ID] = d.Name
+	}
+	return r
+}
+
+// Stats returns the reader's counters.
+func (r *Reader) Stats() ReaderStats {
+	return ReaderStats{Reads: r.reads.Load(), Bytes: r.bytes.Load(), Pages: r.pages.Load(), Errors: r.errs.Load()}
+}
+
+// ReadPage reads the page of one ref into dst (len(dst) >= PageSize) with a
+// single read: for a fault that cannot wait for a batch.
+func (r *Reader) ReadPage(ref Ref, dst []byte) error {
+	d, err := r.disk(ref.Disk)
+	if err == nil {
+		_, err = r.readAt(d, dst[:PageSize], ref.Offset)
+	}
+	if err != nil {
+		r.errs.Add(1)
+		return fmt.Errorf("read page %#x from disk %d offset %#x: %w", ref.GuestPage, ref.Disk, ref.Offset, err)
+	}
+	r.pages.Add(1)
+	return nil
+}
+
+func (r *Reader) disk(id DiskID) (io.ReaderAt, error) {
+	if int(id) >= len(r.disks) || r.disks[id].r == nil {
+		name := ""
+		if int(id) < len(r.names) {
+			name = r.names[id]
+		}
+		return nil, fmt.Errorf("disk %d %q: %w", id, name, ErrNoDisk)
+	}
+	return r.disks[id].r, nil
+}
+
+// readAt reads len(buf) bytes at off and returns how many it got; fewer
+// than asked is an error, ErrShortRead at the end of the disk.
+func (r *Reader) readAt(d io.ReaderAt, buf []byte, off uint64) (int, error) {
+	n, err := d.ReadAt(buf, int64(off))
+	r.reads.Add(1)
+	r.bytes.Add(uint64(n))
+	if n == len(buf) {
+		return n, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return n, fmt.Errorf("%w: %d of %d bytes at %#x", ErrShortRead, n, len(buf), off)
+	}
+	return n, err
+}
+
+// group is one read: refs[i:j] of the sorted batch, bytes [start, end).
+type group struct {
+	i, j       int
+	start, end uint64
+}
+
+// Read reads the page of every ref and calls fn once per ref with the page
+// (valid only during the call) or the error for that ref: ErrNoDisk for a
+// disk this host lacks, ErrShortRead past the end of a disk, or the read
+// error. Refs adjacent on disk are read together, up to MaxRead bytes, by
+// Workers goroutines; fn is called from those goroutines concurrently.
+// Read returns the context's error if it is cancelled (fn is then not called
+// for the refs not yet read), else nil.
+func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []byte, err error)) error {
+	sorted := slices.Clone(refs)
+	slices.SortFunc(sorted, func(a, b Ref) int {
+		if a.Disk != b.Disk {
+			return int(a.Disk) - int(b.Disk)
+		}
+		switch {
+		case a.Offset < b.Offset:
+			return -1
+		case a.Offset > b.Offset:
+			return 1
+		}
+		return 0
+	})
+
+	groups := make(chan group)
+	var wg sync.WaitGroup
+	for range r.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, r.opts.MaxRead)
+			for g := range groups {
+				r.readGroup(sorted[g.i:g.j], g, buf, fn)
+			}
+		}()
+	}
+	err := r.dispatch(ctx, sorted, groups, fn)
+	close(groups)
+	wg.Wait()
+	return err
+}
+
+// dispatch cuts the sorted refs into groups and hands them to the workers.
+func (r *Reader) dispatch(ctx context.Context, refs []Ref, groups chan<- group, fn func(Ref, []byte, error)) error {
+	maxRead, maxGap := uint64(r.opts.MaxRead), uint64(r.opts.MaxGap)
+	for i := 0; i < len(refs); {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := r.disk(refs[i].Disk); err != nil {
+			r.errs.Add(1)
+			fn(refs[i], nil, err)
+			i++
+			continue
+		}
+		g := group{i: i, j: i + 1, start: refs[i].Offset, end: refs[i].Offset + PageSize}
+		for ; g.j < len(refs); g.j++ {
+			next := refs[g.j]
+			if next.Disk != refs[i].Disk || next.Offset > g.end+maxGap || next.Offset+PageSize-g.start > maxRead {
+				break
+			}
+			g.end = max(g.end, next.Offset+PageSize)
+		}
+		select {
+		case groups <- g:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		i = g.j
+	}
+	return nil
+}
+
+// readGroup reads one group and delivers its refs. Refs inside the bytes
+// read are delivered even if the read came up short. After an error other
+// than the end of the disk, the refs it left are retried page by page so that
+// one bad block fails only its own refs.
+func (r *Reader) readGroup(refs []Ref, g group, buf []byte, fn func(Ref, []byte, error)) {
+	d, _ := r.disk(refs[0].Disk)
+	buf = buf[:g.end-g.start]
+	n, err := r.readAt(d, buf, g.start)
+	retry := err != nil && !errors.Is(err, ErrShortRead)
+	for _, ref := range refs {
+		page := buf[ref.Offset-g.start:][:PageSize]
+		switch {
+		case ref.Offset+PageSize-g.start <= uint64(n):
+			r.deliver(ref, page, nil, fn)
+		case retry && len(refs) > 1:
+			if _, err := r.readAt(d, page, ref.Offset); err != nil {
+				r.deliver(ref, nil, fmt.Errorf("read disk %d offset %#x: %w", ref.Disk, ref.Offset, err), fn)
+			} else {
+				r.deliver(ref, page, nil, fn)
+			}
+		default:
+			r.deliver(ref, nil, fmt.Errorf("read disk %d offset %#x: %w", ref.Disk, ref.Offset, err), fn)
+		}
+	}
+}
+
+func (r *Reader) deliver(ref Ref, page []byte, err error, fn func(Ref, []byte, error)) {
+	if err != nil {
+		r.errs.Add(1)
+	} else {
+		r.pages.Add(1)
+	}
+	fn(ref, page, err)
+}
