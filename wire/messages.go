@@ -310,8 +310,8 @@ func (m *Switchover) decode(p []byte) error {
 // the source must keep serving pages until Complete.
 type Resumed struct{}
 
-func (*Resumed) Type() Type                      { return TypeResumed }
-func (*Resumed) validate() error                 { return nil }
+func (*Resumed) Type() Type                    { return TypeResumed }
+func (*Resumed) validate() error               { return nil }
 func (*Resumed) appendPayload(b []byte) []byte { return b }
 func (*Resumed) decode(p []byte) error {
 	d := decoder{b: p}
