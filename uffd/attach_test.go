@@ -113,7 +113,7 @@ func TestAttach(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, c *child, want string) {
+func waitState(t testing.TB, c *child, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for c.state() != want {

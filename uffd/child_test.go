@@ -175,7 +175,7 @@ func runChild() int {
 
 // child is a running test target.
 type child struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	out  *bufio.Reader
@@ -210,7 +210,7 @@ func newRAM(t testing.TB, pages int) *os.File {
 	return f
 }
 
-func startChild(t *testing.T, o childOpts) *child {
+func startChild(t testing.TB, o childOpts) *child {
 	t.Helper()
 	if o.pages == 0 {
 		o.pages = 64
@@ -270,7 +270,7 @@ func startChild(t *testing.T, o childOpts) *child {
 }
 
 // copyExecutable copies the test binary where another uid can run it.
-func copyExecutable(t *testing.T, exe string) string {
+func copyExecutable(t testing.TB, exe string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "dmig-uffd-exe-")
 	if err != nil {

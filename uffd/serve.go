@@ -29,8 +29,8 @@ func (f HandlerFunc) Fault(ctx context.Context, m Msg) error { return f(ctx, m) 
 type ServeConfig struct {
 	// Workers is how many faults are resolved concurrently (default 1).
 	Workers int
-	// Event is called, from the reading goroutine, for every message that
-	// is not a page fault (remove, unmap, remap, fork). The kernel holds the
+	// Event is called, one call at a time, for every message that is not
+	// a page fault (remove, unmap, remap, fork). The kernel holds the
 	// thread that caused it until the message is read, so keep it short.
 	// An error stops Serve. Nil ignores such events (closing fork fds).
 	Event func(Msg) error
@@ -43,13 +43,15 @@ type ServeStats struct {
 	Events     atomic.Uint64 // non-fault messages
 }
 
-// Serve reads faults from the uffd and resolves them with h on up to
-// cfg.Workers goroutines until ctx is cancelled or a handler fails. Faults on
-// a page already being resolved are not dispatched twice: resolving it wakes
-// every thread waiting on it. Cancelling ctx only signals: Serve then waits
-// for running handlers (which must honour their ctx) and returns nil. A
-// handler or read error is returned.
-// stats may be nil.
+// Serve reads faults from the uffd and resolves them with h until ctx is
+// cancelled or a handler fails. cfg.Workers goroutines each poll the uffd,
+// read one message at a time and resolve it themselves: no hand-off between
+// goroutines on the fault path, and a handler that waits (on the network,
+// say) holds up only its own goroutine. Faults on a page already being
+// resolved are not dispatched twice: resolving it wakes every thread
+// waiting on it. Cancelling ctx only signals: Serve then waits for running
+// handlers (which must honour their ctx) and returns nil. A handler or read
+// error is returned. stats may be nil.
 func (u *FD) Serve(ctx context.Context, h Handler, cfg ServeConfig, stats *ServeStats) error {
 	if stats == nil {
 		stats = new(ServeStats)
@@ -63,111 +65,111 @@ func (u *FD) Serve(ctx context.Context, h Handler, cfg ServeConfig, stats *Serve
 
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		errOnce  sync.Once
-		firstErr error
-	)
-	fail := func(err error) {
-		errOnce.Do(func() { firstErr = err })
-		cancel()
-	}
-	// The poller blocks in poll(2); the eventfd is how a cancel reaches it.
+	s := &server{u: u, h: h, cfg: cfg, stats: stats, stop: stop, ctx: inner, cancel: cancel,
+		inflight: make(map[uintptr]struct{})}
+	// Workers block in poll(2); the eventfd, never drained, is how a cancel
+	// reaches all of them.
 	go func() {
 		<-inner.Done()
 		var one [8]byte
 		one[0] = 1
 		_, _ = unix.Write(stop, one[:])
 	}()
-
-	var (
-		inflightMu sync.Mutex
-		inflight   = make(map[uintptr]struct{})
-		work       = make(chan Msg, workers)
-		wg         sync.WaitGroup
-	)
+	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for m := range work {
-				page := m.Addr &^ (PageSize - 1)
-				if err := h.Fault(inner, m); err != nil {
-					fail(fmt.Errorf("resolve fault at %#x of pid %d: %w", m.Addr, u.pid, err))
-				}
-				inflightMu.Lock()
-				delete(inflight, page)
-				inflightMu.Unlock()
-			}
+			s.loop()
 		}()
 	}
+	wg.Wait()
+	if ctx.Err() != nil && s.firstErr == nil {
+		return nil
+	}
+	return s.firstErr
+}
 
-	msgs := make([]Msg, maxReadMsgs)
-	fds := []unix.PollFd{{Fd: int32(u.fd), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
-	for {
-		if inner.Err() != nil {
-			break
-		}
-		_, err := unix.Poll(fds, -1)
+type server struct {
+	u      *FD
+	h      Handler
+	cfg    ServeConfig
+	stats  *ServeStats
+	stop   int
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	errOnce  sync.Once
+	firstErr error
+
+	mu       sync.Mutex // guards inflight and serialises cfg.Event
+	inflight map[uintptr]struct{}
+}
+
+func (s *server) fail(err error) {
+	s.errOnce.Do(func() { s.firstErr = err })
+	s.cancel()
+}
+
+func (s *server) loop() {
+	msg := make([]Msg, 1)
+	fds := []unix.PollFd{{Fd: int32(s.u.fd), Events: unix.POLLIN}, {Fd: int32(s.stop), Events: unix.POLLIN}}
+	for s.ctx.Err() == nil {
+		n, err := s.u.ReadMsgs(msg)
 		if err != nil {
+			s.fail(err)
+			return
+		}
+		if n == 1 {
+			s.dispatch(msg[0])
+			continue
+		}
+		if _, err := unix.Poll(fds, -1); err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
-			fail(fmt.Errorf("poll userfaultfd of pid %d: %w", u.pid, err))
-			break
+			s.fail(fmt.Errorf("poll userfaultfd of pid %d: %w", s.u.pid, err))
+			return
 		}
 		if fds[1].Revents != 0 {
-			break
+			return
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			fail(fmt.Errorf("poll userfaultfd of pid %d: revents %#x: %w", u.pid, fds[0].Revents, ErrClosed))
-			break
-		}
-		for {
-			n, err := u.ReadMsgs(msgs)
-			if err != nil {
-				fail(err)
-				break
-			}
-			if n == 0 {
-				break
-			}
-			for _, m := range msgs[:n] {
-				if m.Kind != EventPagefault {
-					stats.Events.Add(1)
-					if err := handleEvent(m, cfg.Event); err != nil {
-						fail(fmt.Errorf("handle %v event of pid %d: %w", m.Kind, u.pid, err))
-					}
-					continue
-				}
-				page := m.Addr &^ (PageSize - 1)
-				inflightMu.Lock()
-				_, dup := inflight[page]
-				if !dup {
-					inflight[page] = struct{}{}
-				}
-				inflightMu.Unlock()
-				if dup {
-					stats.Duplicates.Add(1)
-					continue
-				}
-				stats.Faults.Add(1)
-				select {
-				case work <- m:
-				case <-inner.Done():
-				}
-			}
-			if inner.Err() != nil {
-				break
-			}
+			s.fail(fmt.Errorf("poll userfaultfd of pid %d: revents %#x: %w", s.u.pid, fds[0].Revents, ErrClosed))
+			return
 		}
 	}
-	cancel()
-	close(work)
-	wg.Wait()
-	if ctx.Err() != nil && firstErr == nil {
-		return nil
+}
+
+func (s *server) dispatch(m Msg) {
+	if m.Kind != EventPagefault {
+		s.stats.Events.Add(1)
+		s.mu.Lock()
+		err := handleEvent(m, s.cfg.Event)
+		s.mu.Unlock()
+		if err != nil {
+			s.fail(fmt.Errorf("handle %v event of pid %d: %w", m.Kind, s.u.pid, err))
+		}
+		return
 	}
-	return firstErr
+	page := m.Addr &^ (PageSize - 1)
+	s.mu.Lock()
+	_, dup := s.inflight[page]
+	if !dup {
+		s.inflight[page] = struct{}{}
+	}
+	s.mu.Unlock()
+	if dup {
+		s.stats.Duplicates.Add(1)
+		return
+	}
+	s.stats.Faults.Add(1)
+	if err := s.h.Fault(s.ctx, m); err != nil {
+		s.fail(fmt.Errorf("resolve fault at %#x of pid %d: %w", m.Addr, s.u.pid, err))
+	}
+	s.mu.Lock()
+	delete(s.inflight, page)
+	s.mu.Unlock()
 }
 
 func handleEvent(m Msg, fn func(Msg) error) error {
