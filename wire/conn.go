@@ -46,7 +46,8 @@ type Conn struct {
 	table    []byte
 	batch    PageBatch
 	reply    PageReply
-	dataLeft int64           // page data of the last batch not yet read
+	dataLeft int64 // page data of the last batch not yet read
+	riov     [][]byte
 	rctx     context.Context // the ReadFrame ctx governing ReadData
 	rerr     error
 	rwatch   watch
@@ -304,6 +305,38 @@ func (c *Conn) ReadData(dst []byte) error {
 		return c.rerr
 	}
 	c.dataLeft -= int64(len(dst))
+	if c.dataLeft == 0 {
+		disarm(&c.rwatch, &c.rdl)
+		c.rctx = nil
+	}
+	return nil
+}
+
+// ReadDataVec is ReadData into several destinations, filled in order: pass
+// one slice per DataRun of a batch and its scattered pages are read from
+// the socket straight into place with one readv, not page by page.
+func (c *Conn) ReadDataVec(dsts [][]byte) error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	var total int64
+	for _, d := range dsts {
+		if len(d)%PageSize != 0 {
+			return fmt.Errorf("read page data on %s: %w: a destination of %d bytes", c, ErrDataPending, len(d))
+		}
+		total += int64(len(d))
+	}
+	if total > c.dataLeft {
+		return fmt.Errorf("read page data on %s: %w: %d bytes asked, %d left in batch", c, ErrDataPending, total, c.dataLeft)
+	}
+	ahead := int(min(c.dataLeft-total, readBufSize))
+	var err error
+	if c.riov, err = c.rd.readVec(dsts, ahead, c.riov); err != nil {
+		disarm(&c.rwatch, &c.rdl)
+		c.rerr = fmt.Errorf("read page data on %s: %w", c, ctxError(c.rctx, err))
+		return c.rerr
+	}
+	c.dataLeft -= total
 	if c.dataLeft == 0 {
 		disarm(&c.rwatch, &c.rdl)
 		c.rctx = nil

@@ -297,26 +297,40 @@ func TestReadFrameCancelMidFrameSticks(t *testing.T) {
 }
 
 func TestReadDataCancelUnblocks(t *testing.T) {
-	a, b := tcpPair(t)
-	c := NewConn(b, RoleBulk, 0)
-	var batch PageBatch
-	batch.Reset(0, 1)
-	batch.AddData(0, page(0))
-	batch.AddData(1, page(1))
-	f := mustMarshal(t, &batch)
-	if _, err := a.Write(f[:len(f)-PageSize]); err != nil { // second page withheld
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := c.ReadFrame(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.ReadData(make([]byte, PageSize)); err != nil {
-		t.Fatal(err)
-	}
-	time.AfterFunc(50*time.Millisecond, cancel)
-	if err := c.ReadData(make([]byte, PageSize)); !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, want context.Canceled", err)
+	for _, vec := range []bool{false, true} {
+		a, b := tcpPair(t)
+		c := NewConn(b, RoleBulk, 0)
+		var batch PageBatch
+		batch.Reset(0, 1)
+		for p := range uint64(10) {
+			batch.AddData(2*p, page(p))
+		}
+		f := mustMarshal(t, &batch)
+		if _, err := a.Write(f[:len(f)-PageSize]); err != nil { // last page withheld
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		if _, err := c.ReadFrame(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ReadData(make([]byte, PageSize)); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(50*time.Millisecond, cancel)
+		var err error
+		if vec { // big enough for the readv path
+			dsts := make([][]byte, 9)
+			for i := range dsts {
+				dsts[i] = make([]byte, PageSize)
+			}
+			err = c.ReadDataVec(dsts)
+		} else {
+			err = c.ReadData(make([]byte, 9*PageSize))
+		}
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("vec=%v: got %v, want context.Canceled", vec, err)
+		}
+		cancel()
 	}
 }
 
@@ -430,4 +444,79 @@ func TestConcurrentWriters(t *testing.T) {
 		}
 		seen[r.Page] = true
 	}
+}
+
+// ReadDataVec puts scattered pages in place, over a socket (readv) and over
+// a plain stream (through the buffer), whatever part was already buffered.
+func TestReadDataVec(t *testing.T) {
+	ctx := testCtx(t)
+	const n = 200
+	ram := make([]byte, 2*n*PageSize)
+	for p := range uint64(2 * n) {
+		copy(ram[p*PageSize:], page(p))
+	}
+	var b PageBatch
+	b.Reset(0, 1)
+	for p := uint64(0); p < 2*n; p += 2 {
+		if p == 10 {
+			b.AddZero(p)
+			continue
+		}
+		b.AddData(p, ram[p*PageSize:(p+1)*PageSize])
+		if p == 20 { // and one run of two
+			b.AddData(p+1, ram[(p+1)*PageSize:(p+2)*PageSize])
+		}
+	}
+	frame := mustMarshal(t, &b)
+	check := func(t *testing.T, c *Conn) {
+		m, err := c.ReadFrame(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := m.(*PageBatch)
+		out := make([]byte, len(ram))
+		var dsts [][]byte
+		for i := 0; i < len(got.Entries); {
+			k := got.DataRun(i)
+			if k == 0 {
+				i++
+				continue
+			}
+			p := got.Entries[i].Page
+			dsts = append(dsts, out[p*PageSize:(p+uint64(k))*PageSize])
+			i += k
+		}
+		// Ask for all but the last page first, then the last one.
+		last := dsts[len(dsts)-1]
+		if err := c.ReadDataVec(dsts[:len(dsts)-1]); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ReadDataVec([][]byte{last, last}); !errors.Is(err, ErrDataPending) {
+			t.Fatalf("reading past the batch: got %v", err)
+		}
+		if err := c.ReadDataVec([][]byte{last}); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range got.Entries {
+			want := make([]byte, PageSize)
+			if e.Kind == KindData {
+				want = ram[e.Page*PageSize : (e.Page+1)*PageSize]
+			}
+			if !bytes.Equal(out[e.Page*PageSize:(e.Page+1)*PageSize], want) {
+				t.Fatalf("page %d (%s) differs", e.Page, e.Kind)
+			}
+		}
+	}
+	t.Run("socket", func(t *testing.T) {
+		a, c := tcpPair(t)
+		go func() {
+			a.Write(frame[:5000]) // header, table and part of a page arrive first
+			time.Sleep(20 * time.Millisecond)
+			a.Write(frame[5000:])
+		}()
+		check(t, NewConn(c, RoleBulk, 0))
+	})
+	t.Run("stream", func(t *testing.T) {
+		check(t, NewConn(&streamConn{r: &chunkReader{b: frame, n: 3000}}, RoleBulk, 0))
+	})
 }

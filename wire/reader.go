@@ -75,6 +75,38 @@ func (r *reader) readFull(p []byte, ahead int) error {
 	return nil
 }
 
+// readVec fills the slices of dsts in order: what is buffered is copied,
+// the rest is read with one readv per batch where the source is a socket.
+// iov is scratch space; the grown scratch is returned.
+func (r *reader) readVec(dsts [][]byte, ahead int, iov [][]byte) ([][]byte, error) {
+	iov = iov[:0]
+	total := 0
+	for _, d := range dsts {
+		n := copy(d, r.buf[r.r:r.w])
+		r.r += n
+		if len(d) > n {
+			iov = append(iov, d[n:])
+			total += len(d) - n
+		}
+	}
+	if total >= directMin {
+		done, err := readvFull(r.src, iov)
+		if done {
+			clear(iov)
+			return iov, noEOF(err)
+		}
+	}
+	for i, d := range iov {
+		total -= len(d)
+		if err := r.readFull(d, total+ahead); err != nil {
+			clear(iov)
+			return iov, err
+		}
+		iov[i] = nil
+	}
+	return iov, nil
+}
+
 func (r *reader) discard(n int64) error {
 	for n > 0 {
 		if r.buffered() == 0 {
