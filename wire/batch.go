@@ -279,3 +279,16 @@ func (b *PageBatch) decode(p []byte) error {
 	}
 	return nil
 }
+
+// stripePages is how many consecutive pages go to one bulk connection
+// before the next takes over: one batch's worth.
+const stripePages = BatchTarget / PageSize
+
+// BulkConn is the bulk connection (of n) that carries page of block. Each
+// page always travels on the same connection, so its versions from
+// successive iterations (and post-copy pushes) arrive in the order sent;
+// stripes of a batch's worth of pages keep batches contiguous and spread
+// the guest evenly.
+func BulkConn(block uint32, page uint64, n int) int {
+	return int((uint64(block) + page/stripePages) % uint64(n))
+}

@@ -343,3 +343,26 @@ func TestRunsHelpers(t *testing.T) {
 		t.Fatalf("PageCount = %d, want 7", PageCount(got))
 	}
 }
+
+func TestBulkConnRouting(t *testing.T) {
+	const n = 3
+	counts := make([]int, n)
+	for p := range uint64(30 * stripePages) {
+		c := BulkConn(0, p, n)
+		if c != BulkConn(0, p, n) || c < 0 || c >= n {
+			t.Fatalf("page %d → conn %d", p, c)
+		}
+		if p%stripePages != 0 && c != BulkConn(0, p-1, n) {
+			t.Fatalf("page %d splits a stripe", p)
+		}
+		counts[c]++
+	}
+	for c, k := range counts {
+		if k != 10*stripePages {
+			t.Fatalf("conn %d carries %d pages, want %d", c, k, 10*stripePages)
+		}
+	}
+	if BulkConn(1, 0, n) == BulkConn(0, 0, n) {
+		t.Fatal("every block starts on the same connection")
+	}
+}
