@@ -255,3 +255,38 @@ func BenchmarkDecodeBatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUrgentRoundTrip is one post-copy page fetch over loopback:
+// PageRequest out, PageReply with 4 KiB back, as the engine's fault path
+// would do it (the floor under post-copy fault latency).
+func BenchmarkUrgentRoundTrip(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dst, src := connPair(b, RoleUrgent)
+	data := page(1)
+	go func() {
+		for {
+			m, err := src.ReadFrame(ctx)
+			if err != nil {
+				return
+			}
+			req := m.(*PageRequest)
+			if err := src.WriteFrame(ctx, &PageReply{Block: req.Block, Page: req.Page, Kind: KindData, Data: data}); err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; b.Loop(); i++ {
+		if err := dst.WriteFrame(ctx, &PageRequest{Page: uint64(i % 1000), Count: 1}); err != nil {
+			b.Fatal(err)
+		}
+		m, err := dst.ReadFrame(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r := m.(*PageReply); r.Page != uint64(i%1000) || len(r.Data) != PageSize {
+			b.Fatalf("reply for page %d", r.Page)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/fetch")
+}

@@ -19,9 +19,10 @@ const frameHeaderLen = 8
 const (
 	readBufSize = 256 << 10
 	// headerAhead is how far past a frame header the reader may read in the
-	// same system call: small frames arrive whole, while most of a batch's
-	// page data is still left for a direct read into its destination.
-	headerAhead = 4 << 10
+	// same system call: small frames (a PageReply: 4117 bytes) arrive whole,
+	// while most of a batch's page data is left for a direct read into its
+	// destination.
+	headerAhead = 8 << 10
 	// keepBuf: larger scratch buffers are dropped after use, so one big
 	// Switchover does not pin its memory for the rest of the session.
 	keepBuf = 4 << 20

@@ -157,7 +157,9 @@ type arrival struct {
 // connection and the urgent one. Connections of other sessions, a second
 // control connection, garbage and other versions are answered with an error
 // status, closed and reported to Rejected; Accept returns only a complete
-// session, or an error when ctx ends or the listener fails.
+// session, or an error when ctx ends or the listener fails (so bound ctx:
+// a source that dies after Hello leaves Accept waiting for its bulk
+// connections). One Accept at a time per Listener.
 func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*Session, error) {
 	timeout := l.HandshakeTimeout
 	if timeout <= 0 {
