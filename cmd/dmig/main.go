@@ -35,7 +35,8 @@ func (g *globals) logger(name string) hclog.Logger {
 type cli struct {
 	globals
 
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Version   versionCmd   `cmd:"" help:"Print the version."`
+	Testguest testguestCmd `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`
 }
 
 type versionCmd struct{}
