@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -69,7 +70,10 @@ func main() {
 // exitCode maps an error to the process exit status. Commands that need a
 // specific status return an *exitError.
 func exitCode(err error) int {
-	if e, ok := err.(interface{ ExitCode() int }); ok {
+	// errors.As, not a type assertion: kong joins a command's error with
+	// its hooks' (errors.Join), hiding the command's own type.
+	var e interface{ ExitCode() int }
+	if errors.As(err, &e) {
 		return e.ExitCode()
 	}
 	return 1
