@@ -134,7 +134,9 @@ func (g *Guest) attach() error {
 			return fmt.Errorf("stat data file %s: %w", p.DB.File, err)
 		}
 		if fi.Size() != p.DB.Pages*DBPageSize {
-			return fmt.Errorf("%w: data file %s is %d bytes, want %d", ErrMismatch, p.DB.File, fi.Size(), p.DB.Pages*DBPageSize)
+			var r Report
+			r.add(fi.Size()/DBPageSize, "disk", fmt.Sprintf("a data file of %d bytes", p.DB.Pages*DBPageSize), fmt.Sprintf("%d bytes in %s", fi.Size(), p.DB.File))
+			return &MismatchError{Report: r}
 		}
 	}
 	return nil

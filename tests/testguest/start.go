@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -127,6 +128,14 @@ func (g *Guest) resume(ctx context.Context, o RunOptions) error {
 			return &MismatchError{Report: r}
 		}
 		return err
+	}
+	if o.StatsFile != "" {
+		// Verifying a large guest (every page a post-copy fault) takes a
+		// while: say so, so a watcher knows the guest is alive.
+		s := Stats{PID: os.Getpid(), State: "verifying", Resumed: true, Counter: g.Counter(), Time: time.Now().UTC()}
+		if err := writeStats(o.StatsFile, s); err != nil {
+			return err
+		}
 	}
 	r, err := g.verify()
 	if err != nil {

@@ -66,7 +66,11 @@ func Verify(path string) (Report, error) {
 	}
 	defer g.Close()
 	if err := g.attach(); err != nil {
-		if errors.Is(err, ErrNotGuest) {
+		var me *MismatchError
+		switch {
+		case errors.As(err, &me):
+			return me.Report, nil
+		case errors.Is(err, ErrNotGuest):
 			var r Report
 			r.add(0, "header", "a test guest header", err.Error())
 			return r, nil

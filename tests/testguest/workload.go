@@ -36,7 +36,7 @@ type RunOptions struct {
 // Stats is the guest's progress, as written to RunOptions.StatsFile.
 type Stats struct {
 	PID   int    `json:"pid"`
-	State string `json:"state"` // "running", "done" or "failed"
+	State string `json:"state"` // "verifying", "running", "done" or "failed"
 	// Resumed is true when this run continued existing RAM (incoming or
 	// --resume) after verifying it.
 	Resumed bool `json:"resumed"`

@@ -1,0 +1,58 @@
+package testguest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestResumeRedoesTheInterruptedOperationsAndContinues(t *testing.T) {
+	g, ram := dbGuest(t)
+	_, k, _ := frames(t, g)
+	g.writeData(3, 2)                          // content written, table not yet
+	if err := g.flushFrame(k, 2); err != nil { // file written, table not yet
+		t.Fatal(err)
+	}
+	before := mustVerify(t, ram)
+	if len(before.Interrupted) != 2 {
+		t.Fatalf("interrupted %q, want a write and a flush", before.Interrupted)
+	}
+	stats := filepath.Join(filepath.Dir(ram), "stats")
+	if err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: 300 * time.Millisecond, StatsFile: stats}}); err != nil {
+		t.Fatal(err)
+	}
+	after := mustVerify(t, ram)
+	if len(after.Interrupted) != 0 || after.Counter <= before.Counter+1000 {
+		t.Fatalf("after resume: interrupted %q, counter %d→%d", after.Interrupted, before.Counter, after.Counter)
+	}
+	if s, err := ReadStats(stats); err != nil || !s.Resumed || s.State != "done" || s.VerifiedPages != after.Pages {
+		t.Fatalf("stats %+v, %v", s, err)
+	}
+}
+
+func TestResumeRefusesInconsistentState(t *testing.T) {
+	g, ram := dbGuest(t)
+	t.Run("wrong page", func(t *testing.T) {
+		n := g.geo.dataStart + 1
+		g.page(n)[9] ^= 1
+		defer func() { g.page(n)[9] ^= 1 }()
+		err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
+		var me *MismatchError
+		if !errors.As(err, &me) || me.ExitCode() != ExitMismatch || me.Report.Mismatches[0].Page != n {
+			t.Fatalf("resume of a corrupt guest: %v", err)
+		}
+	})
+	t.Run("truncated data file", func(t *testing.T) {
+		if err := os.Truncate(g.p.DB.File, 100*DBPageSize); err != nil {
+			t.Fatal(err)
+		}
+		err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
+		var me *MismatchError
+		if !errors.As(err, &me) || me.Report.Mismatches[0].Region != "disk" {
+			t.Fatalf("resume with a truncated data file: %v", err)
+		}
+	})
+}
