@@ -193,7 +193,7 @@ func (b *PageBatch) appendPayload(p []byte) []byte {
 	return p
 }
 
-func (b *PageBatch) pageData() [][]byte { return b.Data }
+func (b *PageBatch) appendPageData(iov [][]byte) [][]byte { return append(iov, b.Data...) }
 
 // batchHeader is the fixed part of a PageBatch payload.
 type batchHeader struct {

@@ -47,6 +47,7 @@ type Conn struct {
 	table    []byte
 	batch    PageBatch
 	reply    PageReply
+	request  PageRequest
 	dataLeft int64 // page data of the last batch not yet read
 	riov     [][]byte
 	rctx     context.Context // the ReadFrame ctx governing ReadData
@@ -56,7 +57,8 @@ type Conn struct {
 
 	wmu    sync.Mutex
 	wbuf   []byte
-	iov    [][]byte
+	iov    net.Buffers
+	iovw   net.Buffers
 	werr   error
 	wwatch watch
 	wdl    time.Time
@@ -77,7 +79,9 @@ func (c *Conn) Index() int { return c.index }
 // NetConn is the underlying connection, for addresses and socket options.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 
-// Close closes the connection; blocked reads and writes return.
+// Close closes the connection; blocked reads and writes return. A context
+// watch still registered goes when its context ends (it only sets a
+// deadline on the closed socket then).
 func (c *Conn) Close() error { return c.nc.Close() }
 
 func (c *Conn) String() string {
@@ -99,18 +103,28 @@ func (c *Conn) SetGeometry(h *Hello) {
 }
 
 // watch turns a context's cancellation into a past deadline on the socket,
-// which is what unblocks a read or write in progress.
+// which is what unblocks a read or write in progress. A watch stays
+// registered across operations while they use the same context (the same
+// Done channel), so a session's steady stream of frames costs no
+// registration each.
 type watch struct {
-	stop func() bool
-	done chan struct{}
+	doneCh <-chan struct{} // the watched context's Done
+	stop   func() bool
+	fired  chan struct{}
 }
 
 // aLongTimeAgo is a deadline that has passed.
 func aLongTimeAgo() time.Time { return time.Unix(1, 0) }
 
+// arm makes ctx govern the next operations through set: its deadline
+// becomes the socket's, its cancellation a past deadline.
 func arm(ctx context.Context, w *watch, cur *time.Time, set func(time.Time) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	done := ctx.Done()
+	if w.stop != nil && w.doneCh != done {
+		disarm(w, cur)
 	}
 	d, _ := ctx.Deadline()
 	if !d.Equal(*cur) {
@@ -119,28 +133,29 @@ func arm(ctx context.Context, w *watch, cur *time.Time, set func(time.Time) erro
 		}
 		*cur = d
 	}
-	if ctx.Done() != nil {
-		done := make(chan struct{})
-		w.done = done
+	if done != nil && w.stop == nil {
+		fired := make(chan struct{})
+		w.doneCh, w.fired = done, fired
 		w.stop = context.AfterFunc(ctx, func() {
 			_ = set(aLongTimeAgo())
-			close(done)
+			close(fired)
 		})
 	}
 	return nil
 }
 
+// disarm unregisters the watch.
 func disarm(w *watch, cur *time.Time) {
 	if w.stop == nil {
 		return
 	}
 	if !w.stop() {
 		// The callback ran or is running: wait so it cannot move the deadline
-		// under the next operation, and make the next arm set it afresh.
-		<-w.done
+		// under a later operation, and make the next arm set it afresh.
+		<-w.fired
 		*cur = aLongTimeAgo()
 	}
-	w.stop, w.done = nil, nil
+	*w = watch{}
 }
 
 // ctxError prefers the context's reason over the socket's deadline error.
@@ -169,15 +184,11 @@ func (c *Conn) ReadFrame(ctx context.Context) (Message, error) {
 	if c.rerr != nil {
 		return nil, c.rerr
 	}
-	disarm(&c.rwatch, &c.rdl)
 	if err := arm(ctx, &c.rwatch, &c.rdl, c.nc.SetReadDeadline); err != nil {
 		return nil, fmt.Errorf("read frame on %s: %w", c, err)
 	}
 	c.rctx = ctx
 	m, clean, err := c.readFrame()
-	if err != nil || c.dataLeft == 0 {
-		disarm(&c.rwatch, &c.rdl)
-	}
 	if err != nil {
 		err = fmt.Errorf("read frame on %s: %w", c, ctxError(ctx, err))
 		if !clean {
@@ -223,9 +234,12 @@ func (c *Conn) readFrame() (m Message, clean bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if typ == TypePageReply {
+	switch typ {
+	case TypePageReply:
 		m = &c.reply
-	} else {
+	case TypePageRequest:
+		m = &c.request
+	default:
 		m = newMessage(typ)
 	}
 	if err := m.decode(p); err != nil {
@@ -301,15 +315,10 @@ func (c *Conn) ReadData(dst []byte) error {
 	}
 	ahead := int(min(c.dataLeft-int64(len(dst)), readBufSize))
 	if err := c.rd.readFull(dst, ahead); err != nil {
-		disarm(&c.rwatch, &c.rdl)
 		c.rerr = fmt.Errorf("read page data on %s: %w", c, ctxError(c.rctx, err))
 		return c.rerr
 	}
 	c.dataLeft -= int64(len(dst))
-	if c.dataLeft == 0 {
-		disarm(&c.rwatch, &c.rdl)
-		c.rctx = nil
-	}
 	return nil
 }
 
@@ -333,15 +342,10 @@ func (c *Conn) ReadDataVec(dsts [][]byte) error {
 	ahead := int(min(c.dataLeft-total, readBufSize))
 	var err error
 	if c.riov, err = c.rd.readVec(dsts, ahead, c.riov); err != nil {
-		disarm(&c.rwatch, &c.rdl)
 		c.rerr = fmt.Errorf("read page data on %s: %w", c, ctxError(c.rctx, err))
 		return c.rerr
 	}
 	c.dataLeft -= total
-	if c.dataLeft == 0 {
-		disarm(&c.rwatch, &c.rdl)
-		c.rctx = nil
-	}
 	return nil
 }
 
@@ -361,14 +365,14 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 	if c.werr != nil {
 		return c.werr
 	}
-	b := append(c.wbuf[:0], make([]byte, frameHeaderLen)...)
+	b := append(c.wbuf[:0], 0, 0, 0, 0, 0, 0, 0, 0) // header, filled below
 	b = m.appendPayload(b)
-	var data [][]byte
+	c.iov = append(c.iov[:0], nil) // b, once complete
 	if pc, ok := m.(pageCarrier); ok {
-		data = pc.pageData()
+		c.iov = pc.appendPageData(c.iov)
 	}
 	total := len(b) - frameHeaderLen
-	for _, d := range data {
+	for _, d := range c.iov[1:] {
 		total += len(d)
 	}
 	if uint64(total) > uint64(typ.maxLen()) {
@@ -385,17 +389,18 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 	}
 	var n int64
 	var err error
-	if len(data) == 0 {
+	if len(c.iov) == 1 {
 		var k int
 		k, err = c.nc.Write(b)
 		n = int64(k)
 	} else {
-		c.iov = append(append(c.iov[:0], b), data...)
-		bufs := net.Buffers(c.iov)
-		n, err = bufs.WriteTo(c.nc)
+		c.iov[0] = b
+		// WriteTo consumes the slice it is given: hand it a copy of the
+		// header, kept in a field so it does not escape on every call.
+		c.iovw = c.iov
+		n, err = c.iovw.WriteTo(c.nc)
 		clear(c.iov) // drop references to guest memory
 	}
-	disarm(&c.wwatch, &c.wdl)
 	if err != nil {
 		err = fmt.Errorf("write %s on %s: %w", typ, c, ctxError(ctx, err))
 		if n > 0 {

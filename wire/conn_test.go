@@ -520,3 +520,55 @@ func TestReadDataVec(t *testing.T) {
 		check(t, NewConn(&streamConn{r: &chunkReader{b: frame, n: 3000}}, RoleBulk, 0))
 	})
 }
+
+// A context's watch stays registered across operations; switching contexts
+// must move it, so cancelling an old context never disturbs a newer one.
+func TestContextWatchFollowsContext(t *testing.T) {
+	a, b := connPair(t, RoleControl)
+	wctx := testCtx(t)
+	ctxA, cancelA := context.WithCancel(context.Background())
+	defer cancelA()
+	for i := range 3 {
+		go a.WriteFrame(wctx, &Progress{Iteration: uint32(i)})
+		if _, err := b.ReadFrame(ctxA); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelB()
+	got := make(chan error, 1)
+	go func() {
+		m, err := b.ReadFrame(ctxB)
+		if err == nil && m.(*Progress).Iteration != 7 {
+			err = errors.New("wrong frame")
+		}
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancelA() // the stale context: must not unblock the read under ctxB
+	select {
+	case err := <-got:
+		t.Fatalf("read under ctxB returned when ctxA was cancelled: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := a.WriteFrame(wctx, &Progress{Iteration: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("read under ctxB: %v", err)
+	}
+	go func() {
+		_, err := b.ReadFrame(ctxB)
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancelB()
+	select {
+	case err := <-got:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read under ctxB not unblocked by its cancel")
+	}
+}

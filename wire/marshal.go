@@ -10,7 +10,7 @@ func Marshal(m Message) ([]byte, error) {
 	}
 	b := m.appendPayload(make([]byte, frameHeaderLen))
 	if pc, ok := m.(pageCarrier); ok {
-		for _, d := range pc.pageData() {
+		for _, d := range pc.appendPageData(nil) {
 			b = append(b, d...)
 		}
 	}

@@ -23,7 +23,7 @@ type Message interface {
 // pageCarrier is a message whose page data is sent from the caller's memory
 // without copying it into the frame buffer.
 type pageCarrier interface {
-	pageData() [][]byte
+	appendPageData(iov [][]byte) [][]byte
 }
 
 func newMessage(t Type) Message {
@@ -521,11 +521,11 @@ func (m *PageReply) appendPayload(b []byte) []byte {
 	return b
 }
 
-func (m *PageReply) pageData() [][]byte {
+func (m *PageReply) appendPageData(iov [][]byte) [][]byte {
 	if m.Kind != KindData {
-		return nil
+		return iov
 	}
-	return [][]byte{m.Data}
+	return append(iov, m.Data)
 }
 
 func (m *PageReply) decode(p []byte) error {
