@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,13 +56,14 @@ type Conn struct {
 	rwatch   watch
 	rdl      time.Time
 
-	wmu    sync.Mutex
-	wbuf   []byte
-	iov    net.Buffers
-	iovw   net.Buffers
-	werr   error
-	wwatch watch
-	wdl    time.Time
+	wmu     sync.Mutex
+	wbuf    []byte
+	iov     net.Buffers
+	iovw    net.Buffers
+	werr    error
+	written atomic.Uint64
+	wwatch  watch
+	wdl     time.Time
 }
 
 // NewConn wraps an established connection whose handshake is done (Dial and
@@ -75,6 +77,14 @@ func (c *Conn) Role() Role { return c.role }
 
 // Index is the bulk connection's number (0 for control and urgent).
 func (c *Conn) Index() int { return c.index }
+
+// BytesWritten is the number of bytes of frames written so far (the
+// preamble not included). Safe to call at any time.
+func (c *Conn) BytesWritten() uint64 { return c.written.Load() }
+
+// BytesRead is the number of bytes read from the peer after the preamble.
+// Safe to call at any time.
+func (c *Conn) BytesRead() uint64 { return c.rd.read.Load() }
 
 // NetConn is the underlying connection, for addresses and socket options.
 func (c *Conn) NetConn() net.Conn { return c.nc }
@@ -401,6 +411,7 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 		n, err = c.iovw.WriteTo(c.nc)
 		clear(c.iov) // drop references to guest memory
 	}
+	c.written.Add(uint64(n))
 	if err != nil {
 		err = fmt.Errorf("write %s on %s: %w", typ, c, ctxError(ctx, err))
 		if n > 0 {

@@ -83,7 +83,9 @@ func TestConnRoundTrip(t *testing.T) {
 		a, b := connPair(t, r)
 		pairs[r] = [2]*Conn{a, b}
 	}
+	var sent uint64
 	for _, m := range sampleMessages() {
+		sent += uint64(len(mustMarshal(t, m)))
 		p := pairs[m.Type().role()]
 		errc := make(chan error, 1)
 		go func() { errc <- p[0].WriteFrame(ctx, m) }()
@@ -108,6 +110,14 @@ func TestConnRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, comparable(t, m)) {
 			t.Fatalf("%s: got %+v, want %+v", m.Type(), got, m)
 		}
+	}
+	var written, read uint64
+	for _, p := range pairs {
+		written += p[0].BytesWritten()
+		read += p[1].BytesRead()
+	}
+	if written != sent || read != sent {
+		t.Fatalf("counters: %d bytes written, %d read, %d in the frames", written, read, sent)
 	}
 }
 

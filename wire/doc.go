@@ -13,10 +13,10 @@
 // frame. The urgent connection carries only post-copy requests and replies,
 // so a page a guest is blocked on never waits behind bulk data.
 //
-// Source:
+// Source (Command: the destination guest's argv, for process guests):
 //
 //	s, err := wire.Dial(ctx, addr, wire.Hello{Mode: "hybrid", Guest: name,
-//		Blocks: blocks, BulkConns: 2, Flags: wire.FlagPostcopy})
+//		Blocks: blocks, BulkConns: 2, Flags: wire.FlagPostcopy, Command: argv})
 //	// *wire.RefusedError (errors.Is ErrRefused) if the destination said no.
 //
 // Destination:
@@ -45,8 +45,8 @@
 //     resumes the guest and sends Resumed.
 //  4. Post-copy: the destination sends PageRequest on urgent, the source
 //     answers each page with a PageReply, in order. The source may push the
-//     rest as PageBatch{Iteration: final+1} on the bulk connections; the
-//     destination drops pushed pages it already has.
+//     rest as PageBatch{Iteration: IterationPostcopy} on the bulk
+//     connections; the destination drops pushed pages it already has.
 //  5. The destination sends Complete (its figures as JSON) when no page is
 //     missing; the source answers with Complete (its figures) and both close.
 //
@@ -96,4 +96,6 @@
 //   - Once a frame is partly read or written, a Conn's error is sticky (the
 //     stream position is lost); a read cancelled before a frame began is not.
 //   - A Conn owns its net.Conn; Session.Close closes them all.
+//   - Conn.BytesWritten/BytesRead count frame bytes on the socket (preambles
+//     excluded) and may be read from any goroutine.
 package wire

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -80,6 +81,9 @@ type Hello struct {
 	Blocks    []Block // the guest's RAM geometry; batches index it
 	BulkConns uint16
 	Flags     HelloFlags
+	// Command is the argv that starts the guest on the destination (a
+	// process guest); empty when the destination knows how (a VMM driver).
+	Command []string
 }
 
 func (*Hello) Type() Type { return TypeHello }
@@ -121,6 +125,15 @@ func (m *Hello) validate() error {
 	if m.Flags&^knownFlags != 0 {
 		return fmt.Errorf("%w: unknown hello flags %#x", ErrRange, uint32(m.Flags&^knownFlags))
 	}
+	if len(m.Command) > MaxCommandArgs {
+		return fmt.Errorf("%w: command of %d words, limit %d", ErrRange, len(m.Command), MaxCommandArgs)
+	}
+	for i, a := range m.Command {
+		// argv words are C strings: any bytes but NUL.
+		if len(a) > MaxTextLen || strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("%w: command word %d (%d bytes) is too long or holds a NUL", ErrRange, i, len(a))
+		}
+	}
 	return nil
 }
 
@@ -136,7 +149,12 @@ func (m *Hello) appendPayload(b []byte) []byte {
 		b = binary.AppendUvarint(b, blk.Size)
 	}
 	b = le.AppendUint16(b, m.BulkConns)
-	return le.AppendUint32(b, uint32(m.Flags))
+	b = le.AppendUint32(b, uint32(m.Flags))
+	b = binary.AppendUvarint(b, uint64(len(m.Command)))
+	for _, a := range m.Command {
+		b = appendString(b, a)
+	}
+	return b
 }
 
 func (m *Hello) decode(p []byte) error {
@@ -157,6 +175,13 @@ func (m *Hello) decode(p []byte) error {
 	}
 	m.BulkConns = d.u16("bulk connections")
 	m.Flags = HelloFlags(d.u32("flags"))
+	m.Command = nil
+	if n := d.count("command words", MaxCommandArgs, 1); n > 0 {
+		m.Command = make([]string, n)
+		for i := range m.Command {
+			m.Command[i] = string(d.take(d.count("command word length", MaxTextLen, 1), "command word"))
+		}
+	}
 	if err := d.finish(); err != nil {
 		return err
 	}

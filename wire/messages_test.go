@@ -31,6 +31,7 @@ func testHello() *Hello {
 		Mode: "hybrid", Guest: "db-1 ✓", PageSize: PageSize,
 		Blocks:    []Block{{Name: "ram0", Size: 1 << 30}, {Name: "pc.rom", Size: 128 << 10}},
 		BulkConns: 3, Flags: FlagStorageRefs | FlagPostcopy,
+		Command: []string{"/usr/bin/dmig", "testguest", "run", "--ram=/dev/shm/g 1", "\xff bytes"},
 	}
 }
 
@@ -64,6 +65,7 @@ func sampleMessages() []Message {
 		&Progress{Iteration: 2, Placed: 1 << 33, Missing: 17},
 		mixedBatch(),
 		func() Message { b := new(PageBatch); b.Reset(1, 1); b.AddZero(MaxPages - 1); return b }(),
+		func() Message { b := new(PageBatch); b.Reset(0, IterationPostcopy); b.AddData(3, page(3)); return b }(),
 		&PageRequest{Block: 1, Page: 40, Count: 3},
 		&PageReply{Block: 0, Page: 5, Kind: KindData, Data: page(5)},
 		&PageReply{Block: 0, Page: 6, Kind: KindZero},
@@ -196,6 +198,8 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		{"hello no blocks", hello(func(h *Hello) { h.Blocks = nil }), ErrRange},
 		{"hello unknown flags", hello(func(h *Hello) { h.Flags |= 1 << 9 }), ErrRange},
 		{"hello empty mode", hello(func(h *Hello) { h.Mode = "" }), ErrRange},
+		{"hello command with NUL", hello(func(h *Hello) { h.Command = []string{"a\x00b"} }), ErrRange},
+		{"hello command too long", hello(func(h *Hello) { h.Command = make([]string, MaxCommandArgs+1) }), ErrRange},
 		{"hello mode not utf-8", hello(func(h *Hello) { h.Mode = "\xff" }), ErrMalformed},
 		{"hello block count lies", func() []byte {
 			f := hello(func(h *Hello) {})

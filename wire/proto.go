@@ -27,6 +27,7 @@ const (
 	MaxTextLen        = 4096    // error messages, abort reasons
 	MaxFiguresLen     = 1 << 20 // Complete's JSON
 	MaxRequestPages   = 512     // pages in one PageRequest
+	MaxCommandArgs    = 256     // words in Hello.Command
 	MaxBatchEntries   = 1 << 16
 	MaxBatchTable     = 2 << 20
 	MaxBatchDataPages = 512 // 2 MiB of page data per batch
@@ -39,6 +40,11 @@ const (
 	maxBatchFrame   = batchHeaderLen + MaxBatchTable + MaxBatchDataPages*PageSize
 	maxUrgentFrame  = 64 << 10
 )
+
+// IterationPostcopy is the Iteration of batches pushed after Switchover
+// (post-copy background push): the destination must not overwrite a page it
+// already placed or the guest wrote since resuming.
+const IterationPostcopy uint32 = 1<<32 - 1
 
 // Type is a frame type.
 type Type uint8

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"io"
+	"sync/atomic"
 )
 
 // reader is a buffered reader that never reads past what the caller said it
@@ -12,6 +13,9 @@ type reader struct {
 	src  io.Reader
 	buf  []byte
 	r, w int
+	// read counts bytes taken from src; atomic because Conn.BytesRead may
+	// be called from anywhere.
+	read atomic.Uint64
 }
 
 // directMin: reads at least this big skip the buffer (one copy, kernel → caller).
@@ -32,6 +36,7 @@ func (r *reader) fill(limit int) error {
 	for {
 		n, err := r.src.Read(r.buf[r.w:end])
 		r.w += n
+		r.read.Add(uint64(n))
 		if n > 0 {
 			return nil
 		}
@@ -62,7 +67,8 @@ func (r *reader) readFull(p []byte, ahead int) error {
 	p = p[n:]
 	for len(p) > 0 {
 		if len(p) >= directMin {
-			_, err := io.ReadFull(r.src, p)
+			n, err := io.ReadFull(r.src, p)
+			r.read.Add(uint64(n))
 			return noEOF(err)
 		}
 		if err := r.fill(len(p) + ahead); err != nil {
@@ -90,7 +96,7 @@ func (r *reader) readVec(dsts [][]byte, ahead int, iov [][]byte) ([][]byte, erro
 		}
 	}
 	if total >= directMin {
-		done, err := readvFull(r.src, iov)
+		done, err := readvFull(r.src, iov, &r.read)
 		if done {
 			clear(iov)
 			return iov, noEOF(err)

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"io"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -12,8 +13,9 @@ const maxIov = 1024
 
 // readvFull fills every slice of iov (consuming iov) with readv(2) on src's
 // socket, waiting through the runtime poller so deadlines still apply. It
-// reports false, having read nothing, when src is not a socket.
-func readvFull(src io.Reader, iov [][]byte) (bool, error) {
+// reports false, having read nothing, when src is not a socket. Bytes read
+// are added to count.
+func readvFull(src io.Reader, iov [][]byte, count *atomic.Uint64) (bool, error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {
 		return false, nil
@@ -41,6 +43,7 @@ func readvFull(src io.Reader, iov [][]byte) (bool, error) {
 		case n == 0:
 			return true, io.ErrUnexpectedEOF
 		}
+		count.Add(uint64(n))
 		for n > 0 {
 			if n < len(iov[0]) {
 				iov[0] = iov[0][n:]

@@ -2,7 +2,10 @@
 
 package wire
 
-import "io"
+import (
+	"io"
+	"sync/atomic"
+)
 
 // readvFull is Linux-only; elsewhere pages go through the read buffer.
-func readvFull(io.Reader, [][]byte) (bool, error) { return false, nil }
+func readvFull(io.Reader, [][]byte, *atomic.Uint64) (bool, error) { return false, nil }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -63,7 +64,8 @@ func acceptAsync(ctx context.Context, l *Listener, decide func(*Hello) HelloAck)
 }
 
 func sessionHello() Hello {
-	return Hello{Mode: "precopy", Guest: "g", Blocks: []Block{{Name: "ram", Size: 64 << 20}}, BulkConns: 3}
+	return Hello{Mode: "precopy", Guest: "g", Blocks: []Block{{Name: "ram", Size: 64 << 20}}, BulkConns: 3,
+		Command: []string{"dmig", "testguest", "run"}}
 }
 
 func TestSessionHandshake(t *testing.T) {
@@ -101,6 +103,9 @@ func TestSessionHandshake(t *testing.T) {
 
 	if seen == nil || seen.Session != src.ID() || dst.ID() != src.ID() || src.ID() == (SessionID{}) {
 		t.Fatalf("session ids: hello %v, source %s, destination %s", seen, src.ID(), dst.ID())
+	}
+	if !reflect.DeepEqual(dst.Hello.Command, []string{"dmig", "testguest", "run"}) {
+		t.Fatalf("destination got command %q", dst.Hello.Command)
 	}
 	if dst.Hello.BulkConns != 3 || len(dst.Bulk) != 3 || dst.Hello.Version != Version || dst.Hello.PageSize != PageSize {
 		t.Fatalf("destination hello %+v with %d bulk conns", dst.Hello, len(dst.Bulk))
