@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -19,7 +20,7 @@ type testguestCmd struct {
 }
 
 type testguestRunCmd struct {
-	RAM    string            `help:"RAM file (e.g. /dev/shm/NAME); ignored when DMIG_INCOMING=1 (DMIG_RAM names it)."`
+	RAM    []string          `help:"RAM file (e.g. /dev/shm/NAME); repeat it to split the RAM evenly over several files. Ignored when DMIG_INCOMING=1 (DMIG_RAM names them)." sep:"none"`
 	Resume bool              `help:"Continue the guest already in --ram (verified first) instead of creating one."`
 	Size   testguestByteSize `help:"RAM size (1GiB, 512MiB, bytes)." default:"1GiB"`
 	Seed   uint64            `help:"Seed of the workload and of the buffer pool's scatter." default:"1"`
@@ -68,11 +69,11 @@ func (c *testguestRunCmd) Run(g *globals, ctx context.Context) error {
 }
 
 type testguestVerifyCmd struct {
-	RAM string `required:"" help:"RAM file of a stopped or exited test guest."`
+	RAM []string `required:"" help:"RAM file(s) of a stopped or exited test guest, in order." sep:"none"`
 }
 
 func (c *testguestVerifyCmd) Run(g *globals) error {
-	r, err := testguest.Verify(c.RAM)
+	r, err := testguest.Verify(c.RAM...)
 	if err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func (c *testguestVerifyCmd) Run(g *globals) error {
 		return &testguest.MismatchError{Report: r}
 	}
 	fmt.Printf("%s: consistent: %d pages, write counter %d, %d db file pages, %d modifications",
-		c.RAM, r.Pages, r.Counter, r.DBFilePages, r.Modifies)
+		strings.Join(c.RAM, ":"), r.Pages, r.Counter, r.DBFilePages, r.Modifies)
 	for _, op := range r.Interrupted {
 		fmt.Printf("; interrupted (redone on resume): %s", op)
 	}

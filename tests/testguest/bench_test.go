@@ -61,7 +61,7 @@ func BenchmarkGuestRate1GiB(b *testing.B) {
 	for b.Loop() {
 		dir := shmDir(b)
 		stats := filepath.Join(dir, "stats")
-		c := startChild(b, Config{RAM: filepath.Join(dir, "ram"), Params: DefaultParams(), Run: RunOptions{StatsFile: stats}})
+		c := startChild(b, Config{RAM: []string{filepath.Join(dir, "ram")}, Params: DefaultParams(), Run: RunOptions{StatsFile: stats}})
 		time.Sleep(6 * time.Second)
 		s1, err := ReadStats(stats)
 		if err != nil {

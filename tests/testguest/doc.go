@@ -22,8 +22,12 @@
 // exits with status ExitMismatch (3), printing every wrong page (RAM page
 // number, what it should hold, what it holds), if anything is wrong. A read
 // by the running workload that finds a wrong page does the same, which is
-// how post-copy is checked while the guest runs. The test guest uses one
-// RAM file: DMIG_RAM naming more is an error.
+// how post-copy is checked while the guest runs.
+//
+// The RAM may be split evenly over several files (`--ram` repeated, as a
+// VM's RAM may be several blocks): they are mapped back to back in one
+// range, and "RAM page n" everywhere (reports, layouts) is page n of their
+// concatenation in DMIG_RAM order — with one file, byte offset / 4096.
 //
 // # RAM format (pages of 4 KiB)
 //

@@ -10,7 +10,7 @@ import (
 
 // magic opens page 0 of every test-guest RAM file; the last byte is the
 // format version.
-var magic = [8]byte{'D', 'M', 'I', 'G', 'T', 'G', 0, 1}
+const magic = "DMIGTG\x00\x01"
 
 // Byte offsets in page 0. Geometry and parameters are written once at
 // creation; the fields from offCounter on change while the guest runs and
@@ -30,6 +30,7 @@ const (
 	offPoolStart  = 80
 	offFrames     = 88
 	offDBPages    = 96
+	offFiles      = 104 // number of RAM files, each an equal share
 
 	offSeed       = 128
 	offWriteRate  = 136
@@ -204,15 +205,15 @@ func (h header) str(lenOff, off int) string {
 	return string(h[off : off+int(min(h.u64(lenOff), maxPath))])
 }
 
-func (h header) write(p *Params, g geometry) {
-	copy(h[offMagic:], magic[:])
+func (h header) write(p *Params, g geometry, files int) {
+	copy(h[offMagic:], magic)
 	for off, v := range map[int]int64{
 		offPages: g.pages, offTableStart: g.tableStart, offTablePages: g.tablePages,
 		offDataStart: g.dataStart, offDataPages: g.dataPages, offDescStart: g.descStart,
 		offDescPages: g.descPages, offDBTStart: g.dbtStart, offDBTPages: g.dbtPages,
 		offPoolStart: g.poolStart, offFrames: g.frames, offDBPages: g.dbPages,
 		offWriteRate: p.WriteRate, offDBRead: p.DB.ReadRate, offDBModify: p.DB.ModifyRate,
-		offDBFlush: p.DB.FlushRate,
+		offDBFlush: p.DB.FlushRate, offFiles: int64(files),
 	} {
 		h.put(off, uint64(v))
 	}
@@ -227,10 +228,10 @@ func (h header) write(p *Params, g geometry) {
 	copy(h[offDBFile:offDBFile+maxPath], p.DB.File)
 }
 
-// read parses page 0 of a RAM file of size bytes and checks that the
-// geometry it records is the one its parameters imply.
-func (h header) read(size int64) (Params, geometry, error) {
-	if [8]byte(h[:8]) != magic {
+// read parses page 0 of a RAM of size bytes in files files and checks that
+// the geometry it records is the one its parameters imply.
+func (h header) read(size int64, files int) (Params, geometry, error) {
+	if string(h[:len(magic)]) != magic {
 		return Params{}, geometry{}, fmt.Errorf("%w: bad magic %q", ErrNotGuest, h[:8])
 	}
 	p := Params{
@@ -252,7 +253,10 @@ func (h header) read(size int64) (Params, geometry, error) {
 		},
 	}
 	if p.Size != size {
-		return Params{}, geometry{}, fmt.Errorf("%w: header says %d bytes, file has %d", ErrNotGuest, p.Size, size)
+		return Params{}, geometry{}, fmt.Errorf("%w: header says %d bytes, RAM has %d", ErrNotGuest, p.Size, size)
+	}
+	if n := h.u64(offFiles); n != uint64(files) {
+		return Params{}, geometry{}, fmt.Errorf("%w: header says %d RAM files, given %d", ErrNotGuest, n, files)
 	}
 	if err := p.validate(); err != nil {
 		return Params{}, geometry{}, fmt.Errorf("%w: %w", ErrNotGuest, err)

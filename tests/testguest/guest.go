@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"unsafe"
 )
@@ -13,14 +14,14 @@ import (
 // header implies. A Guest is used by one goroutine at a time, except for
 // the layout endpoint's read-only snapshot of frame descriptors.
 type Guest struct {
-	path string
-	rw   bool
-	f    *os.File
-	mem  []byte
-	h    header
-	p    Params
-	geo  geometry
-	db   *os.File
+	name  string // the RAM files' paths, for messages
+	rw    bool
+	files []*os.File
+	mem   []byte
+	h     header
+	p     Params
+	geo   geometry
+	db    *os.File
 	// perm scatters frames over the pool: piece i of frame k is RAM page
 	// geo.poolStart + perm[4k+i].
 	perm []uint32
@@ -29,26 +30,36 @@ type Guest struct {
 // Create makes a fresh test guest: a RAM file at path of p.Size bytes (holes
 // except page 0, the tables and the Fill share of data pages) and, in
 // database mode, the data file with every page at version 1.
-func Create(path string, p Params) error {
+func Create(path string, p Params) error { return CreateFiles([]string{path}, p) }
+
+// CreateFiles is Create with the RAM split evenly over several files (as a
+// VM's RAM may be several blocks); the guest addresses their concatenation,
+// in this order, as one RAM.
+func CreateFiles(paths []string, p Params) error {
 	if err := p.validate(); err != nil {
 		return err
 	}
+	if len(paths) == 0 || p.Size%(int64(len(paths))*PageSize) != 0 || p.Size/int64(len(paths)) < PageSize {
+		return fmt.Errorf("%w: %d bytes do not split into %d RAM files of whole pages", ErrParams, p.Size, len(paths))
+	}
 	geo, _ := newGeometry(&p)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("create RAM file: %w", err)
-	}
-	if err := f.Truncate(p.Size); err != nil {
+	for _, path := range paths {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("create RAM file: %w", err)
+		}
+		err = f.Truncate(p.Size / int64(len(paths)))
 		f.Close()
-		return fmt.Errorf("size RAM file %s: %w", path, err)
+		if err != nil {
+			return fmt.Errorf("size RAM file %s: %w", path, err)
+		}
 	}
-	f.Close()
-	g, err := mapGuest(path, true)
+	g, err := mapGuest(paths, true)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-	g.h.write(&p, geo)
+	g.h.write(&p, geo, len(paths))
 	if p.DB.Pages > 0 {
 		if err := createDataFile(p.DB.File, p.DB.Pages); err != nil {
 			return err
@@ -103,21 +114,26 @@ func fillDBPage(b []byte, d int64, v uint32) {
 	}
 }
 
-// mapGuest maps a RAM file without reading any of it (see mapFile).
-func mapGuest(path string, writable bool) (*Guest, error) {
-	f, mem, err := mapFile(path, writable)
+// mapGuest maps RAM files without reading any of them (see mapFiles).
+func mapGuest(paths []string, writable bool) (*Guest, error) {
+	files, mem, err := mapFiles(paths, writable)
 	if err != nil {
 		return nil, err
 	}
-	return &Guest{path: path, rw: writable, f: f, mem: mem, h: header(mem[:PageSize])}, nil
+	return &Guest{name: strings.Join(paths, ":"), rw: writable, files: files, mem: mem, h: header(mem[:PageSize])}, nil
 }
 
 // attach reads page 0 and opens the data file: the first time the guest
 // touches its RAM.
 func (g *Guest) attach() error {
-	p, geo, err := g.h.read(int64(len(g.mem)))
+	p, geo, err := g.h.read(int64(len(g.mem)), len(g.files))
 	if err != nil {
-		return fmt.Errorf("read header of %s: %w", g.path, err)
+		return fmt.Errorf("read header of %s: %w", g.name, err)
+	}
+	for _, f := range g.files {
+		if fi, err := f.Stat(); err != nil || fi.Size() != p.Size/int64(len(g.files)) {
+			return fmt.Errorf("%w: RAM file %s is not 1/%d of %d bytes", ErrNotGuest, f.Name(), len(g.files), p.Size)
+		}
 	}
 	g.p, g.geo = p, geo
 	if geo.frames > 0 {
@@ -148,7 +164,7 @@ func (g *Guest) Close() error {
 	if g.db != nil {
 		err = g.db.Close()
 	}
-	return errors.Join(err, unmapFile(g.f, g.mem))
+	return errors.Join(err, unmapFiles(g.files, g.mem))
 }
 
 // Params returns the workload parameters stored in the guest's RAM.

@@ -14,13 +14,14 @@ import (
 const DefaultDiskID = "data"
 
 // Layout reports the clean frames of the buffer pool: for each of their
-// 4 KiB pieces, the RAM page holding it and the data-file offset of the
-// identical copy (db page·16 KiB + piece·4 KiB). It may be called while Run
+// 4 KiB pieces, the RAM page holding it (byte offset in the RAM file / 4096;
+// with several RAM files, in their concatenation) and the data-file offset
+// of the identical copy (db page·16 KiB + piece·4 KiB). It may be called while Run
 // runs: a frame dirtied after it was read is stale in the result, which a
 // layout is allowed to be (the engine verifies every page it restores).
 func (g *Guest) Layout() (*layout.Layout, error) {
 	if g.geo.frames == 0 {
-		return nil, fmt.Errorf("take layout of %s: %w: not in database mode", g.path, ErrParams)
+		return nil, fmt.Errorf("take layout of %s: %w: not in database mode", g.name, ErrParams)
 	}
 	busy := int64(-1)
 	if g.h.load(offDBOp) != dbOpNone {
@@ -41,7 +42,7 @@ func (g *Guest) Layout() (*layout.Layout, error) {
 	}
 	l, err := layout.Build(refs)
 	if err != nil {
-		return nil, fmt.Errorf("take layout of %s: %w", g.path, err)
+		return nil, fmt.Errorf("take layout of %s: %w", g.name, err)
 	}
 	id := g.p.DB.DiskID
 	if id == "" {

@@ -23,7 +23,7 @@ func TestStoppedAtRandomMomentsVerifies(t *testing.T) {
 	ram := filepath.Join(dir, "ram")
 	p := smallDBParams(dir)
 	p.WriteRate = 200000
-	c := startChild(t, Config{RAM: ram, Params: p, Run: RunOptions{StatsFile: filepath.Join(dir, "stats")}})
+	c := startChild(t, Config{RAM: []string{ram}, Params: p, Run: RunOptions{StatsFile: filepath.Join(dir, "stats")}})
 	waitStats(t, filepath.Join(dir, "stats"), 20*time.Second, func(s Stats) bool { return s.Counter > 0 })
 
 	const rounds = 60
@@ -92,7 +92,7 @@ func migrated(t *testing.T) (dir, dst string, at Report) {
 	dir = shmDir(t)
 	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
 	stats := filepath.Join(dir, "stats")
-	c := startChild(t, Config{RAM: src, Params: smallDBParams(dir), Run: RunOptions{StatsFile: stats}})
+	c := startChild(t, Config{RAM: []string{src}, Params: smallDBParams(dir), Run: RunOptions{StatsFile: stats}})
 	waitStats(t, stats, 20*time.Second, func(s Stats) bool { return s.Counter > 20000 && s.DBFlushes > 100 })
 	c.stop(t)
 	copyFile(t, src, dst)

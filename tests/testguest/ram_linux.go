@@ -8,53 +8,81 @@ import (
 	"runtime"
 	"strings"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// mapFile maps a whole RAM file MAP_SHARED without touching any page: an
-// incoming guest maps its RAM before dmig has placed a single page, and a
-// touched hole would be allocated (shmem allocates on read faults too).
-func mapFile(path string, writable bool) (*os.File, []byte, error) {
+// mapFiles maps RAM files MAP_SHARED back to back in one reserved range, so
+// the guest addresses them as one RAM (its page n is page n of their
+// concatenation), without touching any page: an incoming guest maps its RAM
+// before dmig has placed a single page, and a touched hole would be
+// allocated (shmem allocates on read faults too).
+func mapFiles(paths []string, writable bool) (files []*os.File, mem []byte, err error) {
 	flag, prot := os.O_RDONLY, unix.PROT_READ
 	if writable {
 		flag, prot = os.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	defer func() {
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+		}
+	}()
+	var sizes []int64
+	var total int64
+	for _, p := range paths {
+		f, err := os.OpenFile(p, flag, 0)
+		if err != nil {
+			return files, nil, fmt.Errorf("open RAM file: %w", err)
+		}
+		files = append(files, f)
+		fi, err := f.Stat()
+		if err != nil {
+			return files, nil, fmt.Errorf("stat RAM file %s: %w", p, err)
+		}
+		if fi.Size() < PageSize || fi.Size()%PageSize != 0 {
+			return files, nil, fmt.Errorf("%w: %s is %d bytes, not a positive multiple of %d", ErrNotGuest, p, fi.Size(), PageSize)
+		}
+		sizes = append(sizes, fi.Size())
+		total += fi.Size()
+	}
+	if len(files) == 0 {
+		return nil, nil, fmt.Errorf("%w: no RAM file", ErrParams)
+	}
+	// Reserve the whole range, then put each file in its place: Munmap of
+	// the reservation later unmaps them all.
+	mem, err = unix.Mmap(-1, 0, int(total), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open RAM file: %w", err)
+		return files, nil, fmt.Errorf("reserve %d bytes for RAM: %w", total, err)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("stat RAM file %s: %w", path, err)
-	}
-	size := fi.Size()
-	if size < PageSize || size%PageSize != 0 {
-		f.Close()
-		return nil, nil, fmt.Errorf("%w: %s is %d bytes, not a positive multiple of %d", ErrNotGuest, path, size, PageSize)
-	}
-	flags := unix.MAP_SHARED
+	flags := unix.MAP_SHARED | unix.MAP_FIXED
 	if !writable {
 		// An offline verify reads every page: populating the mapping up
 		// front costs a fraction of one fault per page.
 		flags |= unix.MAP_POPULATE
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(size), prot, flags)
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("map RAM file %s: %w", path, err)
+	var off int64
+	for i, f := range files {
+		if _, err := unix.MmapPtr(int(f.Fd()), 0, unsafe.Pointer(&mem[off]), uintptr(sizes[i]), prot, flags); err != nil {
+			unix.Munmap(mem)
+			return files, nil, fmt.Errorf("map RAM file %s: %w", paths[i], err)
+		}
+		off += sizes[i]
 	}
-	return f, mem, nil
+	return files, mem, nil
 }
 
-func unmapFile(f *os.File, mem []byte) error {
+func unmapFiles(files []*os.File, mem []byte) error {
 	err := unix.Munmap(mem)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	for _, f := range files {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("unmap RAM file: %w", err)
+		return fmt.Errorf("unmap RAM: %w", err)
 	}
 	return nil
 }

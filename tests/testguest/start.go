@@ -22,8 +22,9 @@ const (
 
 // Config is one `dmig testguest run`.
 type Config struct {
-	// RAM is the RAM file; ignored for an incoming guest (DMIG_RAM).
-	RAM string
+	// RAM is the RAM file(s), usually one; a new guest's RAM is split
+	// evenly over them. Ignored for an incoming guest (DMIG_RAM).
+	RAM []string
 	// Params is the workload of a new guest; ignored when resuming.
 	Params Params
 	// Resume continues the guest already in RAM (after verifying it)
@@ -47,7 +48,7 @@ func Start(ctx context.Context, c Config) error {
 	switch {
 	case incoming:
 		return runIncoming(ctx, paths, c.Run)
-	case c.RAM == "":
+	case len(c.RAM) == 0:
 		return fmt.Errorf("%w: no RAM file", ErrParams)
 	case c.Resume:
 		g, err := mapGuest(c.RAM, true)
@@ -57,23 +58,23 @@ func Start(ctx context.Context, c Config) error {
 		defer g.Close()
 		return g.resume(ctx, c.Run)
 	}
-	if err := Create(c.RAM, c.Params); err != nil {
+	if err := CreateFiles(c.RAM, c.Params); err != nil {
 		return err
 	}
-	g, err := Open(c.RAM)
+	g, err := Open(c.RAM...)
 	if err != nil {
 		return err
 	}
 	defer g.Close()
-	c.Run.Logger.Info("test guest started", "ram", c.RAM, "size", c.Params.Size, "data_pages", g.geo.dataPages,
+	c.Run.Logger.Info("test guest started", "ram", strings.Join(c.RAM, ":"), "size", c.Params.Size, "data_pages", g.geo.dataPages,
 		"frames", g.geo.frames, "db_pages", g.geo.dbPages, "pid", os.Getpid())
 	return g.run(ctx, c.Run, Stats{})
 }
 
-// Open maps an existing guest's RAM (and data file) read-write without
-// verifying it; Run then continues its workload.
-func Open(path string) (*Guest, error) {
-	g, err := mapGuest(path, true)
+// Open maps an existing guest's RAM file(s) (and data file) read-write
+// without verifying them; Run then continues its workload.
+func Open(paths ...string) (*Guest, error) {
+	g, err := mapGuest(paths, true)
 	if err != nil {
 		return nil, err
 	}
@@ -103,10 +104,7 @@ func incomingEnv() ([]string, bool, error) {
 // created it sparse), stop until dmig has placed the pages, then verify all
 // of it, redo the interrupted operations and continue the workload.
 func runIncoming(ctx context.Context, paths []string, o RunOptions) error {
-	if len(paths) != 1 {
-		return fmt.Errorf("%w: the test guest has one RAM file, %s names %d", ErrIncoming, EnvRAM, len(paths))
-	}
-	g, err := mapGuest(paths[0], true)
+	g, err := mapGuest(paths, true)
 	if err != nil {
 		return err
 	}
@@ -114,7 +112,7 @@ func runIncoming(ctx context.Context, paths []string, o RunOptions) error {
 	if err := stopSelf(); err != nil {
 		return err
 	}
-	o.Logger.Info("incoming test guest resumed", "ram", paths[0], "pid", os.Getpid())
+	o.Logger.Info("incoming test guest resumed", "ram", strings.Join(paths, ":"), "pid", os.Getpid())
 	return g.resume(ctx, o)
 }
 
@@ -154,7 +152,10 @@ func (g *Guest) resume(ctx context.Context, o RunOptions) error {
 // Args returns the `dmig` arguments that run c (without the binary).
 func (c Config) Args() []string {
 	p := c.Params
-	a := []string{"testguest", "run", "--ram", c.RAM}
+	a := []string{"testguest", "run"}
+	for _, r := range c.RAM {
+		a = append(a, "--ram", r)
+	}
 	if c.Resume {
 		a = append(a, "--resume")
 	} else {

@@ -21,7 +21,7 @@ func TestResumeRedoesTheInterruptedOperationsAndContinues(t *testing.T) {
 		t.Fatalf("interrupted %q, want a write and a flush", before.Interrupted)
 	}
 	stats := filepath.Join(filepath.Dir(ram), "stats")
-	if err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: 300 * time.Millisecond, StatsFile: stats}}); err != nil {
+	if err := Start(context.Background(), Config{RAM: []string{ram}, Resume: true, Run: RunOptions{Duration: 300 * time.Millisecond, StatsFile: stats}}); err != nil {
 		t.Fatal(err)
 	}
 	after := mustVerify(t, ram)
@@ -39,7 +39,7 @@ func TestResumeRefusesInconsistentState(t *testing.T) {
 		n := g.geo.dataStart + 1
 		g.page(n)[9] ^= 1
 		defer func() { g.page(n)[9] ^= 1 }()
-		err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
+		err := Start(context.Background(), Config{RAM: []string{ram}, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
 		var me *MismatchError
 		if !errors.As(err, &me) || me.ExitCode() != ExitMismatch || me.Report.Mismatches[0].Page != n {
 			t.Fatalf("resume of a corrupt guest: %v", err)
@@ -49,7 +49,7 @@ func TestResumeRefusesInconsistentState(t *testing.T) {
 		if err := os.Truncate(g.p.DB.File, 100*DBPageSize); err != nil {
 			t.Fatal(err)
 		}
-		err := Start(context.Background(), Config{RAM: ram, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
+		err := Start(context.Background(), Config{RAM: []string{ram}, Resume: true, Run: RunOptions{Duration: time.Millisecond}})
 		var me *MismatchError
 		if !errors.As(err, &me) || me.Report.Mismatches[0].Region != "disk" {
 			t.Fatalf("resume with a truncated data file: %v", err)

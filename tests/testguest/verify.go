@@ -55,12 +55,12 @@ func (r *Report) add(page int64, region, want, got string) {
 	r.Mismatches = append(r.Mismatches, Mismatch{Page: page, Region: region, Want: want, Got: got})
 }
 
-// Verify checks a test guest's RAM file offline (the guest stopped or gone)
-// and, in database mode, its data file. The error is for files that cannot
-// be read; an inconsistent guest, including an unreadable header, is a
-// Report that is not OK.
-func Verify(path string) (Report, error) {
-	g, err := mapGuest(path, false)
+// Verify checks a test guest's RAM file(s) offline (the guest stopped or
+// gone) and, in database mode, its data file. The error is for files that
+// cannot be read; an inconsistent guest, including an unreadable header, is
+// a Report that is not OK.
+func Verify(paths ...string) (Report, error) {
+	g, err := mapGuest(paths, false)
 	if err != nil {
 		return Report{}, err
 	}

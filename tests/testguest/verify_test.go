@@ -17,26 +17,26 @@ func run(t *testing.T, g *Guest, d time.Duration) {
 	}
 }
 
-func mustVerify(t *testing.T, path string) Report {
+func mustVerify(t *testing.T, paths ...string) Report {
 	t.Helper()
-	r, err := Verify(path)
+	r, err := Verify(paths...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !r.OK() {
-		t.Fatalf("verify %s: %v", path, (&MismatchError{Report: r}).Error())
+		t.Fatalf("verify %s: %v", paths, (&MismatchError{Report: r}).Error())
 	}
 	return r
 }
 
-func mustMismatch(t *testing.T, path string) Report {
+func mustMismatch(t *testing.T, paths ...string) Report {
 	t.Helper()
-	r, err := Verify(path)
+	r, err := Verify(paths...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.OK() {
-		t.Fatalf("verify %s found nothing wrong", path)
+		t.Fatalf("verify %s found nothing wrong", paths)
 	}
 	t.Logf("%s", (&MismatchError{Report: r}).Error())
 	return r
@@ -45,7 +45,7 @@ func mustMismatch(t *testing.T, path string) Report {
 // readRAM opens a RAM file read-only for inspecting its tables.
 func readRAM(t *testing.T, path string) *Guest {
 	t.Helper()
-	g, err := mapGuest(path, false)
+	g, err := mapGuest([]string{path}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
