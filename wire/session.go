@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -157,9 +158,9 @@ type arrival struct {
 // connection and the urgent one. Connections of other sessions, a second
 // control connection, garbage and other versions are answered with an error
 // status, closed and reported to Rejected; Accept returns only a complete
-// session, or an error when ctx ends or the listener fails (so bound ctx:
-// a source that dies after Hello leaves Accept waiting for its bulk
-// connections). One Accept at a time per Listener.
+// session, or an error when ctx ends or the listener fails. A session whose
+// connections do not all arrive within HandshakeTimeout of its Hello is
+// dropped (and reported). One Accept at a time per Listener.
 func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*Session, error) {
 	timeout := l.HandshakeTimeout
 	if timeout <= 0 {
@@ -215,10 +216,26 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 		}
 		return nil, err
 	}
+	// The source dials its other connections right after HelloAck; if they
+	// do not all come within the timeout it has gone, and the half-open
+	// session is dropped so Accept serves the next one.
+	var setup *time.Timer
+	var setupC <-chan time.Time
+	defer func() {
+		if setup != nil {
+			setup.Stop()
+		}
+	}()
 	for {
 		var a arrival
 		select {
 		case a = <-arrivals:
+		case <-setupC:
+			l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w: its connections did not all arrive within %v",
+				s.ID(), os.ErrDeadlineExceeded, timeout))
+			s.Close()
+			s, setupC = nil, nil
+			continue
 		case <-ctx.Done():
 			return fail(fmt.Errorf("accept session: %w", ctx.Err()))
 		}
@@ -230,7 +247,10 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 			continue
 		}
 		if s == nil {
-			s = l.open(ctx, a, timeout, decide)
+			if s = l.open(ctx, a, timeout, decide); s != nil {
+				setup = time.NewTimer(timeout)
+				setupC = setup.C
+			}
 			continue
 		}
 		p := a.pre

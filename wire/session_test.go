@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -343,4 +344,47 @@ func TestHandshakeBadRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
+}
+
+// A source that dies after its Hello was accepted, before opening its other
+// connections, must not leave Accept waiting: the half-open session is
+// dropped and the next one served.
+func TestAcceptDropsHalfOpenSession(t *testing.T) {
+	ctx := testCtx(t)
+	l, rej := listen(t)
+	l.HandshakeTimeout = 200 * time.Millisecond
+	acc := acceptAsync(ctx, l, nil)
+	h := sessionHello()
+	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
+	ctrl, err := dialConn(ctx, l.Addr().String(), h.Session, RoleControl, 0, Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrl.WriteFrame(ctx, &h); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ctrl.ReadFrame(ctx); err != nil || !m.(*HelloAck).Accepted {
+		t.Fatalf("hello ack: %v %v", m, err)
+	}
+	// The "dead" source opens nothing more. Its control connection is closed
+	// by the destination once the timeout passes.
+	if _, err := ctrl.ReadFrame(ctx); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("half-open control conn: got %v, want it closed", err)
+	}
+	if !rej.has(os.ErrDeadlineExceeded) {
+		t.Fatalf("listener did not report the dropped session: %v", rej.errs)
+	}
+	s, err := Dial(ctx, l.Addr().String(), sessionHello())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := <-acc
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	defer a.s.Close()
+	if a.s.ID() != s.ID() {
+		t.Fatalf("accepted session %s, dialled %s", a.s.ID(), s.ID())
+	}
 }
