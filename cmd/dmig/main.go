@@ -36,8 +36,9 @@ func (g *globals) logger(name string) hclog.Logger {
 type cli struct {
 	globals
 
-	Version   versionCmd   `cmd:"" help:"Print the version."`
-	Testguest testguestCmd `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`
+	Version    versionCmd    `cmd:"" help:"Print the version."`
+	GuestAgent guestAgentCmd `cmd:"" name:"guest-agent" help:"In-guest agent: layout of the database buffer pool (run as root in the guest)."`
+	Testguest  testguestCmd  `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`
 }
 
 type versionCmd struct{}
