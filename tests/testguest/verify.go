@@ -212,9 +212,18 @@ func (g *Guest) verifyDB(r *Report) error {
 		}
 	}
 
-	// Db pages: residency, disk content, modification sum.
-	buf := make([]byte, DBPageSize)
+	// Db pages: residency, disk content, modification sum. The file is
+	// read 1 MiB at a time: it may be many GiB.
+	const chunk = 64
+	chunkBuf := make([]byte, chunk*DBPageSize)
 	for d := range geo.dbPages {
+		if d%chunk == 0 {
+			n := min(chunk, geo.dbPages-d)
+			if _, err := g.db.ReadAt(chunkBuf[:n*DBPageSize], d*DBPageSize); err != nil {
+				return fmt.Errorf("read db pages %d-%d of %s: %w", d, d+n-1, g.p.DB.File, err)
+			}
+		}
+		buf := chunkBuf[d%chunk*DBPageSize : (d%chunk+1)*DBPageSize]
 		dv, f := g.diskVer(d).Load(), int64(g.frameOf(d).Load())
 		eff := dv
 		if f != 0 {
@@ -234,9 +243,6 @@ func (g *Guest) verifyDB(r *Report) error {
 			continue
 		}
 		effSum += uint64(eff - 1)
-		if _, err := g.db.ReadAt(buf, d*DBPageSize); err != nil {
-			return fmt.Errorf("read db page %d of %s: %w", d, g.p.DB.File, err)
-		}
 		r.DBFilePages++
 		for i := range 4 {
 			piece, id := buf[i*PageSize:(i+1)*PageSize], uint64(d*4+int64(i))

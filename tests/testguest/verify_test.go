@@ -247,10 +247,10 @@ func TestVerifyCatchesPoolDescriptorAndDiskDamage(t *testing.T) {
 	t.Run("corrupt data file page", func(t *testing.T) {
 		writeFile(t, tmp, b)
 		bad := append([]byte(nil), disk...)
-		bad[37*DBPageSize+3*PageSize+8] ^= 1 // the version word of piece 3
+		bad[37*DBPageSize+3*PageSize+1000] ^= 1
 		writeFile(t, p.DB.File, bad)
 		defer writeFile(t, p.DB.File, disk)
-		onlyMismatch(t, mustMismatch(t, tmp), 37, "disk", "unrecognised content")
+		onlyMismatch(t, mustMismatch(t, tmp), 37, "disk", "with 1 of 512 words corrupt")
 	})
 	t.Run("stale descriptor page", func(t *testing.T) {
 		var stale int64 = -1
