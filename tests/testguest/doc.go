@@ -20,7 +20,9 @@
 //
 // This guest verifies all of its RAM when it resumes on the destination and
 // exits with status ExitMismatch (3), printing every wrong page (RAM page
-// number, what it should hold, what it holds), if anything is wrong. A read
+// number, what it should hold, what it holds), if anything is wrong; other
+// failures (a file it cannot open, bad flags) exit 1, and a workload that
+// ends (--duration, SIGTERM, SIGINT) exits 0. A read
 // by the running workload that finds a wrong page does the same, which is
 // how post-copy is checked while the guest runs.
 //

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"unsafe"
@@ -36,6 +37,15 @@ func Create(path string, p Params) error { return CreateFiles([]string{path}, p)
 // VM's RAM may be several blocks); the guest addresses their concatenation,
 // in this order, as one RAM.
 func CreateFiles(paths []string, p Params) error {
+	if p.DB.File != "" {
+		// The destination starts the guest in another directory: the
+		// data file's path in the header must not depend on this one.
+		abs, err := filepath.Abs(p.DB.File)
+		if err != nil {
+			return fmt.Errorf("resolve data file path: %w", err)
+		}
+		p.DB.File = abs
+	}
 	if err := p.validate(); err != nil {
 		return err
 	}

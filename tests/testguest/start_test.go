@@ -56,3 +56,15 @@ func TestResumeRefusesInconsistentState(t *testing.T) {
 		}
 	})
 }
+
+func TestDataFilePathIsStoredAbsolute(t *testing.T) {
+	dir := shmDir(t)
+	t.Chdir(dir)
+	p := smallDBParams("")
+	if err := Create("ram", p); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readRAM(t, filepath.Join(dir, "ram")).Params().DB.File, filepath.Join(dir, "data.db"); got != want {
+		t.Fatalf("data file in the header %q, want %q", got, want)
+	}
+}
