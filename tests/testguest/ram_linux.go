@@ -60,7 +60,9 @@ func mapFiles(paths []string, writable bool) (files []*os.File, mem []byte, err 
 	flags := unix.MAP_SHARED | unix.MAP_FIXED
 	if !writable {
 		// An offline verify reads every page: populating the mapping up
-		// front costs a fraction of one fault per page.
+		// front costs a fraction of one fault per page. Reading a shmem
+		// hole allocates it either way (as the guest's own verify at
+		// resume does).
 		flags |= unix.MAP_POPULATE
 	}
 	var off int64
