@@ -150,13 +150,13 @@ func (p *Params) validate() error {
 	switch {
 	case p.Size <= 0 || p.Size%PageSize != 0:
 		return fmt.Errorf("%w: size %d is not a positive multiple of %d", ErrParams, p.Size, PageSize)
-	case p.Fill < 0 || p.Fill > 1:
+	case !share(p.Fill):
 		return fmt.Errorf("%w: fill %v outside [0, 1]", ErrParams, p.Fill)
 	case p.WriteRate < 0 || p.DB.ReadRate < 0 || p.DB.ModifyRate < 0 || p.DB.FlushRate < 0:
 		return fmt.Errorf("%w: negative rate", ErrParams)
-	case p.Hot < 0 || p.Hot > 1 || p.HotShare < 0 || p.HotShare > 1:
+	case !share(p.Hot) || !share(p.HotShare):
 		return fmt.Errorf("%w: hot %v / hot share %v outside [0, 1]", ErrParams, p.Hot, p.HotShare)
-	case p.ReadShare < 0 || p.ReadShare >= 1:
+	case !share(p.ReadShare) || p.ReadShare == 1:
 		return fmt.Errorf("%w: read share %v outside [0, 1)", ErrParams, p.ReadShare)
 	case p.DB.Pages < 0 || p.DB.Frames < 0 || p.DB.Pages >= 1<<31 || p.DB.Frames >= 1<<31:
 		return fmt.Errorf("%w: db pages %d / frames %d out of range", ErrParams, p.DB.Pages, p.DB.Frames)
@@ -168,6 +168,9 @@ func (p *Params) validate() error {
 	_, err := newGeometry(p)
 	return err
 }
+
+// share reports whether x is in [0, 1]; NaN (from a damaged header) is not.
+func share(x float64) bool { return x >= 0 && x <= 1 }
 
 func newGeometry(p *Params) (geometry, error) {
 	g := geometry{pages: p.Size / PageSize}

@@ -182,6 +182,9 @@ func (g *Guest) verifyDB(r *Report) error {
 	var effSum uint64
 	for k := range geo.frames {
 		pg, v, dirty := int64(g.descPage(k).Load()), g.descVer(k).Load(), g.descDirty(k).Load()
+		if pad := g.u32(g.geo.descStart*PageSize + descSize*k + 12).Load(); pad != 0 {
+			r.add(g.descPageOf(k), "desc", fmt.Sprintf("frame %d descriptor's unused word 0", k), fmt.Sprint(pad))
+		}
 		if pg == 0 {
 			if is(dbOpLoad, k) {
 				continue // mid-read: any mix of old and new content
