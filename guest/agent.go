@@ -44,6 +44,9 @@ type Result struct {
 	Server  *Server
 	PID     int
 	Regions []Region
+	// Checkpoint is the server's checkpoint LSN read after the memory scan
+	// (0 if it reports none): no named page changed at or after it.
+	Checkpoint uint64
 }
 
 // NewAgent makes an agent; it connects on the first scan.
@@ -149,7 +152,7 @@ func (a *Agent) Scan(ctx context.Context) (*Result, error) {
 	s.stats.CPU = processCPU() - cpu0
 	a.log.Debug("scan done", "pid", pid, "frames", s.stats.Frames, "clean", s.stats.Clean,
 		"dirty", s.stats.Dirty, "refs", s.stats.Refs, "runs", s.stats.Runs, "duration", s.stats.Duration)
-	return &Result{Layout: l, Stats: s.stats, Server: srv, PID: pid, Regions: regions}, nil
+	return &Result{Layout: l, Stats: s.stats, Server: srv, PID: pid, Regions: regions, Checkpoint: ckpt}, nil
 }
 
 // ServeConfig says where to serve layouts.

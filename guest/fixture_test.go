@@ -177,9 +177,11 @@ func (m *mariaDB) sysbench(ctx context.Context, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "sysbench", args...)
 }
 
-// settle flushes every dirty page and waits until none is left.
+// settle stops background statistics, flushes every dirty page and waits
+// until none is left and purge is done.
 func (m *mariaDB) settle(t testing.TB) {
 	t.Helper()
+	m.exec(t, "SET GLOBAL innodb_stats_auto_recalc = OFF")
 	m.exec(t, "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0")
 	m.exec(t, "SET GLOBAL innodb_max_dirty_pages_pct = 0")
 	deadline := time.Now().Add(90 * time.Second)
@@ -190,13 +192,17 @@ func (m *mariaDB) settle(t testing.TB) {
 		if err := m.db.QueryRow("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'").Scan(&name, &dirty); err != nil {
 			t.Fatal(err)
 		}
-		if dirty == 0 {
+		var history int64
+		if err := m.db.QueryRow("SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'").Scan(&name, &history); err != nil {
+			t.Fatal(err)
+		}
+		if dirty == 0 && history == 0 {
 			quiet++
 		} else {
 			quiet = 0
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d pages still dirty after 90 s", dirty)
+			t.Fatalf("%d pages still dirty, history length %d after 90 s", dirty, history)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -74,8 +74,8 @@ func pagemapHelper() int {
 // verdict compares a layout with the server's memory and the image file.
 type verdict struct {
 	refs    int // pages checked
-	differ  int // disk copy differs from memory, and the frame still claims to be clean
-	changed int // disk copy differs from memory, and the frame is dirty now: changed since the scan
+	differ  int // disk copy differs from memory, and the frame is the version the agent accepted
+	changed int // disk copy differs from memory, and the frame changed since the scan
 	moved   int // frame number no longer maps into the pool (page moved or freed since)
 }
 
@@ -135,15 +135,18 @@ func verify(t *testing.T, m *mariaDB, r *Result) verdict {
 			return true
 		}
 		// Different: was the page written to after the scan (the frame
-		// fails its checksum now), or is it a valid frame that is not what
-		// the disk holds (what the agent must keep rare)?
+		// fails its checksum now, or carries a change at or after the
+		// checkpoint, which the agent never accepts), or is it the version
+		// the agent named and not what the disk holds (what the agent must
+		// keep rare)?
 		ps := uint64(r.Server.PageSize)
 		frame := make([]byte, ps)
 		if _, err := mem.ReadAt(frame, va&^(ps-1)); err != nil {
 			t.Fatal(err)
 		}
 		space, _ := pageID(frame)
-		if sp := r.Server.Spaces[space]; sp != nil && checksumOK(frame, sp.FullCRC32) {
+		sp := r.Server.Spaces[space]
+		if sp != nil && checksumOK(frame, sp.FullCRC32) && (r.Checkpoint == 0 || frameLSN(frame) < r.Checkpoint) {
 			v.differ++
 		} else {
 			v.changed++
@@ -231,6 +234,28 @@ func TestMariaDB(t *testing.T) {
 	t.Run("Serve", func(t *testing.T) { testServe(t, m) })
 	t.Run("UnderLoad", func(t *testing.T) { testUnderLoad(t, m) })
 	t.Run("Errors", func(t *testing.T) { testErrors(t, m) })
+	t.Run("Rate", func(t *testing.T) { testRate(t, m) })
+}
+
+// testRate: --rate bounds how fast the agent reads the server's memory.
+func testRate(t *testing.T, m *mariaDB) {
+	a, err := NewAgent(Config{DSN: m.dsn, Rate: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	r, err := a.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Duration(float64(r.Stats.PoolBytes) / (256 << 20) * float64(time.Second))
+	t.Logf("%d MiB at 256 MiB/s: %v (CPU %v)", r.Stats.PoolBytes>>20, r.Stats.Duration, r.Stats.CPU)
+	if r.Stats.Duration < want*9/10 || r.Stats.Duration > want*3 {
+		t.Errorf("scan of %d MiB at 256 MiB/s took %v, want about %v", r.Stats.PoolBytes>>20, r.Stats.Duration, want)
+	}
+	if r.Stats.CPU > r.Stats.Duration/2 {
+		t.Errorf("paced scan used %v CPU in %v: not bounded", r.Stats.CPU, r.Stats.Duration)
+	}
 }
 
 // testQuiet: after a full flush, every page the layout names equals its
@@ -245,9 +270,13 @@ func testQuiet(t *testing.T, m *mariaDB) {
 	if v.refs < 10000 {
 		t.Errorf("only %d pages referenced after loading ~70 MiB of tables", v.refs)
 	}
-	if v.differ+v.changed != 0 || v.moved != 0 {
-		t.Errorf("quiet server: %d of %d referenced pages differ from disk (%d changed since the scan), %d moved",
-			v.differ+v.changed, v.refs, v.changed, v.moved)
+	// No named page may differ. A page the server's background work (purge,
+	// statistics) writes to between the scan and this check is not the
+	// agent's error but would differ too: settle() stops what it can, and
+	// at most 0.1 % of such pages are tolerated.
+	if v.differ != 0 || v.moved != 0 || v.changed*1000 > v.refs {
+		t.Errorf("quiet server: %d of %d named pages differ from disk, %d more changed since the scan, %d moved",
+			v.differ, v.refs, v.changed, v.moved)
 	}
 	if st.Refs != 4*(st.Clean-st.Unsettled-st.Duplicate-st.NoFile)-st.NotPresent-st.NoDisk-st.SharedPFN {
 		t.Errorf("counters do not add up: %+v", st)
