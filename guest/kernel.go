@@ -35,13 +35,13 @@ func (e Extent) Usable() bool { return e.Flags&fiemapExtentUnusable == 0 }
 // them, without syncing the file first (that would write on the guest's
 // behalf). A file system without FIEMAP gives ErrNotSupported.
 func FileExtents(f *os.File) ([]Extent, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	var req fiemapReq
 	var out []Extent
 	for start := uint64(0); ; {
-		sc, err := f.SyscallConn()
-		if err != nil {
-			return nil, err
-		}
 		var ferr error
 		if err := sc.Control(func(fd uintptr) { ferr = fiemap(int(fd), start, math.MaxUint64-start, &req) }); err != nil {
 			return nil, err

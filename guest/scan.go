@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -305,15 +306,7 @@ func (s *scanner) refs(dm *diskMap, checkpoint uint64) ([]layout.Ref, error) {
 	}
 	// Two references to one frame number (memory deduplicated by KSM, or a
 	// page moved between reads): neither can be trusted.
-	slices.SortFunc(refs, func(a, b layout.Ref) int {
-		switch {
-		case a.GuestPage < b.GuestPage:
-			return -1
-		case a.GuestPage > b.GuestPage:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(refs, func(a, b layout.Ref) int { return cmp.Compare(a.GuestPage, b.GuestPage) })
 	out := refs[:0]
 	for i := 0; i < len(refs); {
 		j := i + 1

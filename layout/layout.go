@@ -1,6 +1,7 @@
 package layout
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -151,18 +152,10 @@ func (l *Layout) check() error {
 // result has no Disks and Generation 0: the caller sets them. Two refs for
 // the same guest page are an error (ErrOverlap). Build does not modify refs.
 func Build(refs []Ref) (*Layout, error) {
-	less := func(a, b Ref) int {
-		switch {
-		case a.GuestPage < b.GuestPage:
-			return -1
-		case a.GuestPage > b.GuestPage:
-			return 1
-		}
-		return 0
-	}
-	if !slices.IsSortedFunc(refs, less) {
+	byPage := func(a, b Ref) int { return cmp.Compare(a.GuestPage, b.GuestPage) }
+	if !slices.IsSortedFunc(refs, byPage) {
 		refs = slices.Clone(refs)
-		slices.SortFunc(refs, less)
+		slices.SortFunc(refs, byPage)
 	}
 	l := &Layout{}
 	for i, ref := range refs {

@@ -1,6 +1,7 @@
 package layout
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -213,16 +214,7 @@ type group struct {
 func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []byte, err error)) error {
 	sorted := slices.Clone(refs)
 	slices.SortFunc(sorted, func(a, b Ref) int {
-		if a.Disk != b.Disk {
-			return int(a.Disk) - int(b.Disk)
-		}
-		switch {
-		case a.Offset < b.Offset:
-			return -1
-		case a.Offset > b.Offset:
-			return 1
-		}
-		return 0
+		return cmp.Or(cmp.Compare(a.Disk, b.Disk), cmp.Compare(a.Offset, b.Offset))
 	})
 
 	groups := make(chan group)
