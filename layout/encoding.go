@@ -149,30 +149,33 @@ func (d *decoder) fail(err error) {
 
 func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		if n == 0 {
-			d.fail(ErrTruncated)
-		} else {
-			d.fail(ErrMalformed)
-		}
+	if !d.advance(n) {
 		return 0
 	}
-	d.b = d.b[n:]
 	return v
 }
 
 func (d *decoder) varint() int64 {
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		if n == 0 {
-			d.fail(ErrTruncated)
-		} else {
-			d.fail(ErrMalformed)
-		}
+	if !d.advance(n) {
 		return 0
 	}
-	d.b = d.b[n:]
 	return v
+}
+
+// advance consumes the n bytes a varint read took; n <= 0 is binary's
+// signal for a truncated (0) or overflowing (< 0) varint.
+func (d *decoder) advance(n int) bool {
+	switch {
+	case n > 0:
+		d.b = d.b[n:]
+		return true
+	case n == 0:
+		d.fail(ErrTruncated)
+	default:
+		d.fail(ErrMalformed)
+	}
+	return false
 }
 
 // count reads a length that must fit both max and the remaining input at
