@@ -3,7 +3,9 @@ package testguest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +109,33 @@ func TestLayoutEndpointReportsOnlyCleanFramesMatchingTheFile(t *testing.T) {
 	// Pieces are scattered: few runs are longer than one page.
 	if len(l.Runs) < len(clean)/2 {
 		t.Fatalf("%d runs for %d pages: frames are not scattered", len(l.Runs), len(clean))
+	}
+}
+
+// A read by the workload that finds a wrong data page stops the run with a
+// MismatchError naming the page: this is how a guest running on the
+// destination during post-copy notices a wrong page.
+func TestWorkloadReadOfAWrongPageStopsTheRun(t *testing.T) {
+	ram := filepath.Join(shmDir(t), "ram")
+	p := Params{Size: 256 << 10, Seed: 2, Fill: 1, WriteRate: 10, ReadShare: 0.999}
+	if err := Create(ram, p); err != nil {
+		t.Fatal(err)
+	}
+	g, err := Open(ram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for i := range g.geo.dataPages {
+		g.dataPage(i)[2000] ^= 0x40
+	}
+	err = g.Run(context.Background(), RunOptions{Duration: 10 * time.Second})
+	var me *MismatchError
+	if !errors.As(err, &me) || len(me.Report.Mismatches) != 1 {
+		t.Fatalf("run over corrupt pages: %v", err)
+	}
+	m := me.Report.Mismatches[0]
+	if m.Region != "data" || m.Page < g.geo.dataStart || m.Page >= g.geo.poolStart || !strings.Contains(m.Got, "1 of 512 words corrupt") {
+		t.Fatalf("mismatch %v", m)
 	}
 }
