@@ -68,3 +68,16 @@ func TestDataFilePathIsStoredAbsolute(t *testing.T) {
 		t.Fatalf("data file in the header %q, want %q", got, want)
 	}
 }
+
+func TestRunFinishesAnInterruptedOperationFirst(t *testing.T) {
+	g, ram := dbGuest(t)
+	_, k, _ := frames(t, g)
+	i := int64(4)
+	v := g.ver(i).Load()
+	g.writeData(i, 2)
+	g.modifyFrame(k, int64(g.descPage(k).Load())-1, 2)
+	run(t, g, 50*time.Millisecond)
+	if r := mustVerify(t, ram); len(r.Interrupted) != 0 || g.ver(i).Load() <= v {
+		t.Fatalf("after run: interrupted %q, page version %d→%d", r.Interrupted, v, g.ver(i).Load())
+	}
+}

@@ -137,8 +137,9 @@ func (p *picker) pick(r *rand.Rand) int64 {
 	return r.Int64N(p.n)
 }
 
-// Run runs the workload until ctx is done or o.Duration has passed. It
-// returns a *MismatchError as soon as a read finds a wrong page.
+// Run runs the workload until ctx is done or o.Duration has passed, first
+// finishing any operation a stop interrupted. It returns a *MismatchError
+// as soon as a read finds a wrong page.
 func (g *Guest) Run(ctx context.Context, o RunOptions) error {
 	return g.run(ctx, o, Stats{})
 }
@@ -147,6 +148,11 @@ func (g *Guest) run(ctx context.Context, o RunOptions, base Stats) error {
 	log := o.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
+	}
+	// An operation a stop interrupted must be finished before the next
+	// one overwrites its intent (a no-op after resume, which redid it).
+	if err := g.redo(); err != nil {
+		return err
 	}
 	if o.LayoutListen != "" {
 		addr, stopLayout, err := g.serveLayout(ctx, o.LayoutListen, log)
