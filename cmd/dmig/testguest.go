@@ -37,13 +37,14 @@ type testguestRunCmd struct {
 }
 
 type testguestDBFlags struct {
-	File   string `name:"db-file" help:"Data file on shared storage: enables the database-like mode (created afresh)."`
-	DiskID string `name:"db-disk-id" help:"Disk id of the data file in the layout." default:"data"`
-	Pages  int64  `name:"db-pages" help:"16 KiB pages in the data file." default:"16384"`
-	Frames int64  `name:"pool-frames" help:"16 KiB buffer-pool frames in RAM, each on 4 scattered guest pages." default:"8192"`
-	Read   int64  `name:"db-read-rate" help:"Buffer-pool page reads per second (loads on a miss)." default:"5000"`
-	Modify int64  `name:"db-modify-rate" help:"Buffer-pool page modifications per second (frame becomes dirty)." default:"2000"`
-	Flush  int64  `name:"db-flush-rate" help:"Dirty frames written back per second (frame becomes clean)." default:"1000"`
+	File   string  `name:"db-file" help:"Data file on shared storage: enables the database-like mode (created afresh)."`
+	DiskID string  `name:"db-disk-id" help:"Disk id of the data file in the layout." default:"data"`
+	Pages  int64   `name:"db-pages" help:"16 KiB pages in the data file." default:"16384"`
+	Frames int64   `name:"pool-frames" help:"16 KiB buffer-pool frames in RAM, each on 4 scattered guest pages." default:"8192"`
+	Fill   float64 `name:"pool-fill" help:"Share of frames loaded (clean) at creation: a warm buffer pool." default:"0"`
+	Read   int64   `name:"db-read-rate" help:"Buffer-pool page reads per second (loads on a miss)." default:"5000"`
+	Modify int64   `name:"db-modify-rate" help:"Buffer-pool page modifications per second (frame becomes dirty)." default:"2000"`
+	Flush  int64   `name:"db-flush-rate" help:"Dirty frames written back per second (frame becomes clean)." default:"1000"`
 }
 
 func (c *testguestRunCmd) Run(g *globals, ctx context.Context) error {
@@ -61,7 +62,7 @@ func (c *testguestRunCmd) Run(g *globals, ctx context.Context) error {
 	}
 	if c.DB.File != "" {
 		cfg.Params.DB = testguest.DBParams{
-			File: c.DB.File, DiskID: c.DB.DiskID, Pages: c.DB.Pages, Frames: c.DB.Frames,
+			File: c.DB.File, DiskID: c.DB.DiskID, Pages: c.DB.Pages, Frames: c.DB.Frames, Fill: c.DB.Fill,
 			ReadRate: c.DB.Read, ModifyRate: c.DB.Modify, FlushRate: c.DB.Flush,
 		}
 	}

@@ -50,6 +50,7 @@ func TestDmigTestguestCommands(t *testing.T) {
 	ram, stats := filepath.Join(dir, "ram"), filepath.Join(dir, "stats")
 	p := smallDBParams(dir)
 	p.DB.DiskID = "disk7"
+	p.DB.Fill = 0.5
 	cmd := Command(ctx, bin, Config{RAM: []string{ram}, Params: p, Run: RunOptions{Duration: 1500 * time.Millisecond, StatsFile: stats}})
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v: %v\n%s", cmd.Args, err, out)

@@ -139,3 +139,29 @@ func TestWorkloadReadOfAWrongPageStopsTheRun(t *testing.T) {
 		t.Fatalf("mismatch %v", m)
 	}
 }
+
+func TestWarmPoolAtCreation(t *testing.T) {
+	dir := shmDir(t)
+	ram := filepath.Join(dir, "ram")
+	p := smallDBParams(dir)
+	p.DB.Fill = 0.75
+	if err := Create(ram, p); err != nil {
+		t.Fatal(err)
+	}
+	r := mustVerify(t, ram)
+	g := readRAM(t, ram)
+	l, err := g.Layout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := int64(0.75 * float64(p.DB.Frames))
+	var resident int64
+	for k := range g.geo.frames {
+		if g.descPage(k).Load() != 0 {
+			resident++
+		}
+	}
+	if resident != want || l.Pages() != uint64(4*want) || r.Modifies != 0 {
+		t.Fatalf("warm pool: %d frames resident, layout %d pages, %d modifications; want %d frames", resident, l.Pages(), r.Modifies, want)
+	}
+}

@@ -31,6 +31,7 @@ const (
 	offFrames     = 88
 	offDBPages    = 96
 	offFiles      = 104 // number of RAM files, each an equal share
+	offPoolFill   = 112
 
 	offSeed       = 128
 	offWriteRate  = 136
@@ -113,6 +114,9 @@ type DBParams struct {
 	Pages int64
 	// Frames is the number of 16 KiB buffer-pool frames in RAM.
 	Frames int64
+	// Fill is the share of frames loaded (clean) at creation, so a guest
+	// starts with the warm buffer pool a database has after a while.
+	Fill float64
 	// Operations per second: reads (load a page into a frame if it is not
 	// resident, else check the frame), modifications (frame becomes dirty)
 	// and flushes (a dirty frame written back, clean again).
@@ -150,8 +154,8 @@ func (p *Params) validate() error {
 	switch {
 	case p.Size <= 0 || p.Size%PageSize != 0:
 		return fmt.Errorf("%w: size %d is not a positive multiple of %d", ErrParams, p.Size, PageSize)
-	case !share(p.Fill):
-		return fmt.Errorf("%w: fill %v outside [0, 1]", ErrParams, p.Fill)
+	case !share(p.Fill) || !share(p.DB.Fill):
+		return fmt.Errorf("%w: fill %v / pool fill %v outside [0, 1]", ErrParams, p.Fill, p.DB.Fill)
 	case p.WriteRate < 0 || p.DB.ReadRate < 0 || p.DB.ModifyRate < 0 || p.DB.FlushRate < 0:
 		return fmt.Errorf("%w: negative rate", ErrParams)
 	case !share(p.Hot) || !share(p.HotShare):
@@ -225,6 +229,7 @@ func (h header) write(p *Params, g geometry, files int) {
 	h.putF(offHotShare, p.HotShare)
 	h.putF(offReadShare, p.ReadShare)
 	h.putF(offFill, p.Fill)
+	h.putF(offPoolFill, p.DB.Fill)
 	h.put(offDiskIDLen, uint64(len(p.DB.DiskID)))
 	copy(h[offDiskID:offDiskID+maxDiskID], p.DB.DiskID)
 	h.put(offDBFileLen, uint64(len(p.DB.File)))
@@ -250,6 +255,7 @@ func (h header) read(size int64, files int) (Params, geometry, error) {
 			DiskID:     string(h[offDiskID : offDiskID+int(min(h.u64(offDiskIDLen), maxDiskID))]),
 			Pages:      int64(h.u64(offDBPages)),
 			Frames:     int64(h.u64(offFrames)),
+			Fill:       h.f64(offPoolFill),
 			ReadRate:   int64(h.u64(offDBRead)),
 			ModifyRate: int64(h.u64(offDBModify)),
 			FlushRate:  int64(h.u64(offDBFlush)),

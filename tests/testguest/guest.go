@@ -94,6 +94,16 @@ func CreateFiles(paths []string, p Params) error {
 		for d := range p.DB.Pages {
 			g.diskVer(d).Store(1)
 		}
+		// Warm frames take distinct db pages spread over the file, in
+		// frame order (the workload fills free frames in order too).
+		spread := newPicker(p.DB.Pages, 1, 1, p.Seed^0xf111)
+		for k := range min(int64(p.DB.Fill*float64(p.DB.Frames)), p.DB.Pages) {
+			d := spread.at(k)
+			g.fillFrame(k, d, 1)
+			g.descVer(k).Store(1)
+			g.descPage(k).Store(uint32(d + 1))
+			g.frameOf(d).Store(uint32(k + 1))
+		}
 	}
 	return nil
 }

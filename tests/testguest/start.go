@@ -172,6 +172,7 @@ func (c Config) Args() []string {
 				"--db-file", p.DB.File,
 				"--db-pages", strconv.FormatInt(p.DB.Pages, 10),
 				"--pool-frames", strconv.FormatInt(p.DB.Frames, 10),
+				"--pool-fill", ftoa(p.DB.Fill),
 				"--db-read-rate", strconv.FormatInt(p.DB.ReadRate, 10),
 				"--db-modify-rate", strconv.FormatInt(p.DB.ModifyRate, 10),
 				"--db-flush-rate", strconv.FormatInt(p.DB.FlushRate, 10))

@@ -130,11 +130,16 @@ func gcd(a, b uint64) uint64 {
 
 func (p *picker) pick(r *rand.Rand) int64 {
 	if p.hot > 0 && r.Float64() < p.share {
-		hi, lo := bits.Mul64(uint64(r.Int64N(p.hot)), p.a)
-		lo, c := bits.Add64(lo, p.b, 0)
-		return int64(bits.Rem64(hi+c, lo, uint64(p.n)))
+		return p.at(r.Int64N(p.hot))
 	}
 	return r.Int64N(p.n)
+}
+
+// at is the j-th page of the permutation (distinct for distinct j < n).
+func (p *picker) at(j int64) int64 {
+	hi, lo := bits.Mul64(uint64(j), p.a)
+	lo, c := bits.Add64(lo, p.b, 0)
+	return int64(bits.Rem64(hi+c, lo, uint64(p.n)))
 }
 
 // Run runs the workload until ctx is done or o.Duration has passed, first
