@@ -34,6 +34,7 @@ type testguestRunCmd struct {
 	Stats  string            `help:"Rewrite this JSON file every second with the guest's progress."`
 	Every  time.Duration     `name:"stats-every" help:"Log a stats line this often (0: never)." default:"10s"`
 	Layout string            `name:"layout-listen" help:"Serve the clean frames' layout on this TCP address (database mode)."`
+	NoVer  bool              `name:"skip-resume-verify" help:"When resuming, skip the full verify (the workload's reads still check what they touch): for post-copy measurements."`
 }
 
 type testguestDBFlags struct {
@@ -56,7 +57,7 @@ func (c *testguestRunCmd) Run(g *globals, ctx context.Context) error {
 			Hot: c.Hot, HotShare: c.HotSh, ReadShare: c.ReadSh,
 		},
 		Run: testguest.RunOptions{
-			Duration: c.Dur, StatsFile: c.Stats, StatsEvery: c.Every, LayoutListen: c.Layout,
+			Duration: c.Dur, StatsFile: c.Stats, StatsEvery: c.Every, LayoutListen: c.Layout, SkipResumeVerify: c.NoVer,
 			Logger: g.logger("testguest"),
 		},
 	}

@@ -81,3 +81,29 @@ func TestRunFinishesAnInterruptedOperationFirst(t *testing.T) {
 		t.Fatalf("after run: interrupted %q, page version %d→%d", r.Interrupted, v, g.ver(i).Load())
 	}
 }
+
+func TestResumeWithoutVerifyStillChecksIntents(t *testing.T) {
+	g, ram := dbGuest(t)
+	i := int64(6)
+	v := g.ver(i).Load()
+	g.writeData(i, 3) // content and table written, counter not
+	stats := filepath.Join(filepath.Dir(ram), "stats")
+	o := RunOptions{Duration: 100 * time.Millisecond, StatsFile: stats, SkipResumeVerify: true}
+	if err := Start(context.Background(), Config{RAM: []string{ram}, Resume: true, Run: o}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ReadStats(stats); err != nil || !s.Resumed || s.VerifiedPages != 0 || s.Writes == 0 {
+		t.Fatalf("stats %+v, %v: want a resumed run with nothing verified up front", s, err)
+	}
+	if r := mustVerify(t, ram); g.ver(i).Load() <= v || len(r.Interrupted) != 0 {
+		t.Fatalf("interrupted write not finished: version %d→%d, %q", v, g.ver(i).Load(), r.Interrupted)
+	}
+
+	g.writeData(i, 1)
+	g.h.store(offIntentPage, 1<<40)
+	err := Start(context.Background(), Config{RAM: []string{ram}, Resume: true, Run: o})
+	var me *MismatchError
+	if !errors.As(err, &me) || me.Report.Mismatches[0].Region != "header" {
+		t.Fatalf("resume with a write intent naming no page: %v", err)
+	}
+}

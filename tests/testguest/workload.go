@@ -29,6 +29,12 @@ type RunOptions struct {
 	// LayoutListen, if set (database mode only), is the TCP address of the
 	// layout endpoint reporting the clean frames.
 	LayoutListen string
+	// SkipResumeVerify makes a resuming guest (incoming or --resume) skip
+	// the full verify and go straight to its workload, whose reads still
+	// check every page they touch. For post-copy measurements: the full
+	// verify reads all of RAM at once, which is no workload's access
+	// pattern. Check the RAM offline afterwards (Verify).
+	SkipResumeVerify bool
 	// Logger receives the stats lines and lifecycle events.
 	Logger hclog.Logger
 }
@@ -161,11 +167,18 @@ func (g *Guest) run(ctx context.Context, o RunOptions, base Stats) error {
 	}
 	if o.LayoutListen != "" {
 		addr, stopLayout, err := g.serveLayout(ctx, o.LayoutListen, log)
-		if err != nil {
+		switch {
+		case err == nil:
+			defer stopLayout()
+			base.LayoutAddr = addr
+		case base.Resumed:
+			// A destination on the source's host may find the address
+			// still held by the stopped source: the guest must run on
+			// (it is already resumed), without its endpoint.
+			log.Warn("layout endpoint not served", "error", err)
+		default:
 			return err
 		}
-		defer stopLayout()
-		base.LayoutAddr = addr
 	}
 	var c counters
 	statsCtx, stopStats := context.WithCancel(context.Background())
