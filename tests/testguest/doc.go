@@ -22,7 +22,10 @@
 // exits with status ExitMismatch (3), printing every wrong page (RAM page
 // number, what it should hold, what it holds), if anything is wrong; other
 // failures (a file it cannot open, bad flags) exit 1, and a workload that
-// ends (--duration, SIGTERM, SIGINT) exits 0. A read
+// ends (--duration, SIGTERM, SIGINT) exits 0. RunOptions.SkipResumeVerify
+// (--skip-resume-verify) leaves the checking to the workload's reads, for
+// post-copy measurements where reading all of RAM at once would distort the
+// figures. A read
 // by the running workload that finds a wrong page does the same, which is
 // how post-copy is checked while the guest runs.
 //

@@ -231,6 +231,14 @@ func (g *Guest) loop(ctx context.Context, dur time.Duration, c *counters) error 
 		}
 		return r.Int64N(g.geo.frames)
 	}
+	readDB := func(d int64) (int64, error) {
+		loads := g.h.load(offLoadCount)
+		k, err := g.readDB(d, victim)
+		if g.h.load(offLoadCount) != loads {
+			c.dbLoads.Add(1)
+		}
+		return k, err
+	}
 	const batch = 64
 	start := time.Now()
 	for ctx.Err() == nil {
@@ -254,13 +262,8 @@ func (g *Guest) loop(ctx context.Context, dur time.Duration, c *counters) error 
 			busy = true
 		}
 		for n := min(dbReads.owed(el), batch); n > 0; n-- {
-			d := dbp.pick(r)
-			loads := g.h.load(offLoadCount)
-			if _, err := g.readDB(d, victim); err != nil {
+			if _, err := readDB(dbp.pick(r)); err != nil {
 				return err
-			}
-			if g.h.load(offLoadCount) != loads {
-				c.dbLoads.Add(1)
 			}
 			dbReads.done++
 			c.dbReads.Add(1)
@@ -268,7 +271,7 @@ func (g *Guest) loop(ctx context.Context, dur time.Duration, c *counters) error 
 		}
 		for n := min(dbMods.owed(el), batch); n > 0; n-- {
 			d := dbp.pick(r)
-			k, err := g.readDB(d, victim)
+			k, err := readDB(d)
 			if err != nil {
 				return err
 			}
