@@ -54,6 +54,10 @@ func TestRAMInSeveralFiles(t *testing.T) {
 		t.Fatalf("verify with a file missing: %v, %v", r.Mismatches, err)
 	}
 
+	want, err := HashRAM(dst...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dstStats := filepath.Join(dir, "dst-stats")
 	in := startChild(t, Config{Run: RunOptions{StatsFile: dstStats}}, EnvIncoming+"=1", EnvRAM+"="+strings.Join(dst, ":"))
 	waitSelfStop(t, in)
@@ -63,7 +67,10 @@ func TestRAMInSeveralFiles(t *testing.T) {
 		}
 	}
 	in.signal(t, syscall.SIGCONT)
-	waitStats(t, dstStats, 20*time.Second, func(s Stats) bool { return s.Counter > at.Counter+10000 })
+	s := waitStats(t, dstStats, 20*time.Second, func(s Stats) bool { return s.Counter > at.Counter+10000 })
+	if s.ResumeRAMHash != want {
+		t.Fatalf("RAM hash at resume %s, of the files before %s", s.ResumeRAMHash, want)
+	}
 	in.signal(t, syscall.SIGTERM)
 	if code := in.wait(t, 20*time.Second); code != 0 {
 		t.Fatalf("incoming guest exited %d: %s", code, in.stderr)

@@ -122,6 +122,10 @@ func waitSelfStop(t *testing.T, c *child) {
 
 func TestIncomingVerifiesAndContinues(t *testing.T) {
 	dir, dst, at := migrated(t)
+	want, err := HashRAM(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stats := filepath.Join(dir, "dst-stats")
 	c := startChild(t, Config{Run: RunOptions{StatsFile: stats}}, EnvIncoming+"=1", EnvRAM+"="+dst)
 	waitSelfStop(t, c)
@@ -130,8 +134,8 @@ func TestIncomingVerifiesAndContinues(t *testing.T) {
 	}
 	c.signal(t, syscall.SIGCONT)
 	s := waitStats(t, stats, 20*time.Second, func(s Stats) bool { return s.Counter > at.Counter+10000 && s.DBFlushes > 10 })
-	if !s.Resumed || s.VerifiedPages != at.Pages {
-		t.Fatalf("stats %+v: want resumed with %d pages verified", s, at.Pages)
+	if !s.Resumed || s.VerifiedPages != at.Pages || s.ResumeRAMHash != want {
+		t.Fatalf("stats %+v: want resumed with %d pages verified, RAM hash %s", s, at.Pages, want)
 	}
 	c.signal(t, syscall.SIGTERM)
 	if code := c.wait(t, 20*time.Second); code != 0 {

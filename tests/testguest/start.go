@@ -144,6 +144,9 @@ func (g *Guest) resume(ctx context.Context, o RunOptions) error {
 			return err
 		}
 	}
+	// The RAM as found, before redo writes to it: a pre-copy test compares
+	// it with the source's RAM at switchover (HashRAM of the source files).
+	hash := hashBytes(g.mem)
 	r, err := g.verify()
 	if err != nil {
 		return err
@@ -151,8 +154,9 @@ func (g *Guest) resume(ctx context.Context, o RunOptions) error {
 	if !r.OK() {
 		return &MismatchError{Report: r}
 	}
-	o.Logger.Info("test guest verified", "pages", r.Pages, "db_file_pages", r.DBFilePages, "counter", r.Counter, "interrupted", strings.Join(r.Interrupted, "; "))
-	return g.run(ctx, o, Stats{Resumed: true, VerifiedPages: r.Pages})
+	o.Logger.Info("test guest verified", "pages", r.Pages, "db_file_pages", r.DBFilePages, "counter", r.Counter,
+		"ram_xxh3", hash, "interrupted", strings.Join(r.Interrupted, "; "))
+	return g.run(ctx, o, Stats{Resumed: true, VerifiedPages: r.Pages, ResumeRAMHash: hash})
 }
 
 // Args returns the `dmig` arguments that run c (without the binary).

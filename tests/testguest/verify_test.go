@@ -285,3 +285,32 @@ func TestVerifyCatchesPoolDescriptorAndDiskDamage(t *testing.T) {
 		onlyMismatch(t, mustMismatch(t, tmp), stale, "pool", "(stale)")
 	})
 }
+
+func TestHashRAMMatchesTheMappedRAM(t *testing.T) {
+	dir := shmDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	p := DefaultParams()
+	p.Size, p.Fill = 8<<20, 0.5
+	if err := CreateFiles([]string{a, b}, p); err != nil {
+		t.Fatal(err)
+	}
+	g, err := Open(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	h, err := HashRAM(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != hashBytes(g.mem) {
+		t.Fatalf("HashRAM %s, hash of the mapping %s", h, hashBytes(g.mem))
+	}
+	if h2, _ := HashRAM(b, a); h2 == h {
+		t.Fatal("the digest does not depend on the files' order")
+	}
+	g.writeData(0, writeSteps)
+	if h3, _ := HashRAM(a, b); h3 == h {
+		t.Fatal("the digest did not change with a page")
+	}
+}

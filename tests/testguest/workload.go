@@ -48,6 +48,9 @@ type Stats struct {
 	Resumed bool `json:"resumed"`
 	// VerifiedPages is the number of RAM pages verified at resume.
 	VerifiedPages int64 `json:"verified_pages"`
+	// ResumeRAMHash is HashRAM's digest of the RAM as the resuming guest
+	// found it, before it wrote anything (not with SkipResumeVerify).
+	ResumeRAMHash string `json:"resume_ram_xxh3,omitempty"`
 	// Counter is the write counter in RAM (all writes since creation).
 	Counter uint64 `json:"counter"`
 	// Writes and Reads are data-page operations by this process.
