@@ -17,6 +17,7 @@ import (
 type testguestCmd struct {
 	Run    testguestRunCmd    `cmd:"" help:"Run a test guest (a new one; an incoming one when DMIG_INCOMING=1)."`
 	Verify testguestVerifyCmd `cmd:"" help:"Verify a stopped test guest's RAM file offline (exit 0 consistent, 3 mismatch)."`
+	Hash   testguestHashCmd   `cmd:"" help:"Print the XXH3-128 digest of RAM files, as a resumed guest reports it (resume_ram_xxh3)."`
 }
 
 type testguestRunCmd struct {
@@ -104,5 +105,18 @@ func (s *testguestByteSize) Decode(ctx *kong.DecodeContext) error {
 		return fmt.Errorf("parse size %q: %w", v, err)
 	}
 	*s = testguestByteSize(n)
+	return nil
+}
+
+type testguestHashCmd struct {
+	RAM []string `required:"" help:"RAM file(s), in order." sep:"none"`
+}
+
+func (c *testguestHashCmd) Run() error {
+	h, err := testguest.HashRAM(c.RAM...)
+	if err != nil {
+		return err
+	}
+	fmt.Println(h)
 	return nil
 }

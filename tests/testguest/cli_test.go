@@ -89,6 +89,15 @@ func TestDmigTestguestCommands(t *testing.T) {
 		t.Fatalf("verify of a corrupt copy exited %d, want %d naming page %d:\n%s", code, ExitMismatch, n, out)
 	}
 
+	out, err = exec.CommandContext(ctx, bin, "testguest", "hash", "--ram", ram).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcHash := strings.TrimSpace(string(out))
+	if want, _ := HashRAM(ram); srcHash != want {
+		t.Fatalf("dmig testguest hash printed %q, want %s", srcHash, want)
+	}
+
 	// The destination's command continues the same guest.
 	dstStats := filepath.Join(dir, "dst-stats")
 	in := IncomingCommand(ctx, bin, []string{ram}, RunOptions{Duration: time.Second, StatsFile: dstStats})
@@ -112,8 +121,8 @@ func TestDmigTestguestCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !d.Resumed || d.Counter <= s.Counter || d.VerifiedPages != p.Size/PageSize {
-		t.Fatalf("incoming stats %+v after source stats %+v", d, s)
+	if !d.Resumed || d.Counter <= s.Counter || d.VerifiedPages != p.Size/PageSize || d.ResumeRAMHash != srcHash {
+		t.Fatalf("incoming stats %+v after source stats %+v (RAM digest %s)", d, s, srcHash)
 	}
 
 	// Sizes take units.
