@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -187,20 +188,37 @@ func (t *tracee) gone(err error) error {
 	return err
 }
 
+// stopTimeout bounds the wait for a ptrace stop. A stop normally arrives in
+// microseconds; one that never does was reported to another waiter.
+const stopTimeout = 5 * time.Second
+
+// wait returns the tracee's next ptrace stop. It polls (WNOHANG) rather than
+// blocks: if another goroutine of this process waits on the tracee (our own
+// child, say, with os/exec's Wait), the kernel may hand it the stop instead,
+// and a blocking wait here would hang forever.
 func (t *tracee) wait() (unix.WaitStatus, error) {
 	var ws unix.WaitStatus
+	deadline := time.Now().Add(stopTimeout)
+	pause := 5 * time.Microsecond
 	for {
-		_, err := unix.Wait4(t.pid, &ws, unix.WALL, nil)
+		pid, err := unix.Wait4(t.pid, &ws, unix.WALL|unix.WNOHANG, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			return ws, t.gone(fmt.Errorf("wait: %w", err))
 		}
-		if ws.Exited() || ws.Signaled() {
-			return ws, ErrProcessExited
+		if pid == t.pid {
+			if ws.Exited() || ws.Signaled() {
+				return ws, ErrProcessExited
+			}
+			return ws, nil
 		}
-		return ws, nil
+		if time.Now().After(deadline) {
+			return ws, fmt.Errorf("pid %d did not report a ptrace stop within %v: is another thread of this process waiting on it (wait4/waitid, os/exec's Wait)? Such a waiter takes the stops", t.pid, stopTimeout)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, time.Millisecond)
 	}
 }
 

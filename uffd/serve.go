@@ -107,6 +107,9 @@ type server struct {
 }
 
 func (s *server) fail(err error) {
+	if s.ctx.Err() != nil {
+		return // stopping: handlers unblocked by the cancel are not failures
+	}
 	s.errOnce.Do(func() { s.firstErr = err })
 	s.cancel()
 }

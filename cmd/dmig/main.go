@@ -36,6 +36,8 @@ func (g *globals) logger(name string) hclog.Logger {
 type cli struct {
 	globals
 
+	Migrate    migrateCmd    `cmd:"" help:"Migrate a guest to a destination running 'dmig serve' (source side)."`
+	Serve      serveCmd      `cmd:"" help:"Accept migrations (destination side)."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	GuestAgent guestAgentCmd `cmd:"" name:"guest-agent" help:"In-guest agent: layout of the database buffer pool (run as root in the guest)."`
 	Testguest  testguestCmd  `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`

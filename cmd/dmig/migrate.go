@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/wire"
+)
+
+// Exit statuses of migrate and serve (documented in the README).
+const (
+	exitError       = 1
+	exitUsage       = 2
+	exitAborted     = 3 // failed before the destination resumed: source intact
+	exitAfterResume = 4 // failed after the destination resumed
+	exitBusy        = 5 // the guest is already being migrated
+)
+
+// exitError carries an exit status through the error chain.
+type statusError struct {
+	code int
+	err  error
+}
+
+func (e *statusError) Error() string { return e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+func (e *statusError) ExitCode() int { return e.code }
+
+type migrateCmd struct {
+	To        string        `required:"" help:"Destination address (host:port of 'dmig serve')."`
+	Mode      string        `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
+	Pid       int           `required:"" help:"Pid of the guest process (the process that maps the RAM files)."`
+	RAM       []string      `required:"" name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
+	DestCmd   []string      `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
+	Downtime  time.Duration `default:"50ms" help:"Downtime budget."`
+	MaxIter   int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
+	BulkConns int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
+	Report    string        `help:"Write the JSON report to this file ('-' for stdout)."`
+}
+
+func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
+	log := g.logger("migrate")
+	mode, err := precopy.ParseMode(c.Mode)
+	if err != nil {
+		return &statusError{exitUsage, err}
+	}
+	guest, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
+	if err != nil {
+		return &statusError{exitUsage, err}
+	}
+	rep, err := precopy.Run(ctx, precopy.Config{
+		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
+		BulkConns: c.BulkConns, Logger: log,
+	}, guest)
+	if werr := writeReport(c.Report, rep); werr != nil {
+		log.Error("write report", "error", werr)
+	}
+	printSummary(rep)
+	if err != nil {
+		switch {
+		case errors.Is(err, precopy.ErrBusy), errors.Is(err, wire.ErrRefused) && isBusy(err):
+			return &statusError{exitBusy, err}
+		case rep.Outcome == report.FailedAfterResume:
+			return &statusError{exitAfterResume, err}
+		default:
+			return &statusError{exitAborted, err}
+		}
+	}
+	return nil
+}
+
+func isBusy(err error) bool {
+	var r *wire.RefusedError
+	return errors.As(err, &r) && r.Code == wire.RefuseBusy
+}
+
+func writeReport(path string, rep *report.Report) error {
+	if path == "" || rep == nil {
+		return nil
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = os.Stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func printSummary(r *report.Report) {
+	if r == nil {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s %s: %s in %.0f ms, downtime %.1f ms, %.1f MB sent, %d iterations\n",
+		r.Mode, r.Guest, r.Outcome, r.TotalMS, r.DowntimeMS, float64(r.BytesSent)/1e6, r.Iterations)
+	fmt.Fprintf(os.Stderr, "  pages: data %d, zero %d, storage %d (+%d mismatched), post-copy faults %d, prefetched %d; fault latency p50 %.0f µs p99 %.0f µs\n",
+		r.Pages.Data, r.Pages.Zero, r.Pages.StorageVerified, r.Pages.StorageMismatch, r.Pages.PostcopyFault, r.Pages.Prefetch,
+		r.FaultLatencyUS.P50, r.FaultLatencyUS.P99)
+	if r.Error != "" {
+		fmt.Fprintf(os.Stderr, "  error: %s\n", r.Error)
+	}
+}

@@ -1,0 +1,647 @@
+package dbrestore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/uffd"
+	"github.com/dmig/dmig/wire"
+)
+
+const pageSize = 4096
+
+// Guest is what the destination needs of the VMM that will run the guest.
+type Guest interface {
+	// Create makes the RAM files of the given blocks, sparse, at the
+	// source's sizes, and returns their paths in block order.
+	Create(ctx context.Context, blocks []wire.Block) ([]string, error)
+	// Start starts the guest in incoming mode and returns its pid once it
+	// has mapped its RAM and waits to be resumed, having touched none of it.
+	Start(ctx context.Context) (int, error)
+	// Resume lets the guest run.
+	Resume(ctx context.Context) error
+	// Kill ends the guest at once and removes what Create made.
+	Kill() error
+}
+
+// Config configures the destination.
+type Config struct {
+	// NewGuest makes the guest for an accepted migration.
+	NewGuest func(h *wire.Hello) (Guest, error)
+	// FaultWorkers is how many post-copy faults are resolved at once
+	// (default 4): each waits one round trip to the source.
+	FaultWorkers int
+	Logger       hclog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.FaultWorkers <= 0 {
+		c.FaultWorkers = 4
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+}
+
+// Receive runs one accepted migration into guest g. It returns the
+// destination's figures once every page is in place and the guest runs.
+// Before the guest is resumed any failure kills it and removes its RAM; after,
+// a lost source leaves pages that can never arrive, so the guest is killed
+// rather than let run on zero pages, and the error says so.
+func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*report.Dest, error) {
+	cfg.defaults()
+	d := &dest{cfg: cfg, sess: sess, g: g, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
+	fig, err := d.run(ctx)
+	if err != nil {
+		msg := err.Error()
+		if len(msg) > 1000 {
+			msg = msg[:1000]
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = sess.Control.WriteFrame(wctx, &wire.Error{Code: d.errCode, Message: msg})
+		cancel()
+	}
+	return fig, err
+}
+
+type dest struct {
+	cfg  Config
+	sess *wire.Session
+	g    Guest
+	log  hclog.Logger
+
+	blocks  []*dstBlock
+	u       *uffd.FD
+	pid     int
+	errCode wire.ErrorCode
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	processed []uint64 // batches handled per bulk connection
+	expected  []uint64 // batches announced by IterationEnd per connection
+	bulkErr   error
+
+	switched chan struct{} // closed once post-copy placement is set up
+	missing  atomic.Int64  // pages still owed after switchover
+	done     chan struct{} // closed when missing reaches 0
+	doneOnce sync.Once
+
+	waitMu  sync.Mutex
+	waiters map[pageKey]chan struct{}
+
+	prefetch, faulted, zero, data atomic.Uint64
+	latMu                         sync.Mutex
+	lat                           []time.Duration
+}
+
+type pageKey struct {
+	block uint32
+	page  uint64
+}
+
+type dstBlock struct {
+	idx     uint32
+	name    string
+	path    string
+	file    *os.File
+	mem     []byte // our writable mapping, for plain writes before resume
+	npages  uint64
+	maps    []uffd.Mapping
+	placed  *pages.Set // written before resume (the file may hold data there)
+	missing *pages.Set // owed after switchover
+}
+
+func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	d.cond = sync.NewCond(&d.mu)
+	n := len(d.sess.Bulk)
+	d.processed, d.expected = make([]uint64, n), make([]uint64, n)
+	d.switched = make(chan struct{})
+	d.done = make(chan struct{})
+	d.waiters = make(map[pageKey]chan struct{})
+	d.errCode = wire.ErrorGuest
+
+	resumed := false
+	defer func() {
+		if err != nil {
+			if resumed {
+				err = fmt.Errorf("after resume, %d pages can no longer arrive; the guest was killed rather than run on zero pages: %w", d.missing.Load(), err)
+			}
+			if kerr := d.g.Kill(); kerr != nil {
+				err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
+			}
+			d.log.Error("migration failed", "error", err, "resumed", resumed)
+		}
+		d.cleanup()
+	}()
+
+	if err := d.prepare(ctx); err != nil {
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(errors.New("migration ended"))
+	for i, c := range d.sess.Bulk {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.readBulk(ctx, i, c); err != nil && ctx.Err() == nil {
+				d.mu.Lock()
+				d.bulkErr = err
+				d.mu.Unlock()
+				cancel(err)
+			}
+			d.cond.Broadcast()
+		}()
+	}
+	// Wake barrier waiters when ctx ends.
+	stopWake := context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	})
+	defer stopWake()
+
+	var sw *wire.Switchover
+	for sw == nil {
+		m, err := d.sess.Control.ReadFrame(ctx)
+		if err != nil {
+			return nil, d.cause(ctx, fmt.Errorf("control connection: %w", err))
+		}
+		switch m := m.(type) {
+		case *wire.IterationEnd:
+			if len(m.Batches) != n {
+				d.errCode = wire.ErrorProtocol
+				return nil, fmt.Errorf("iteration %d end counts %d bulk connections, session has %d", m.Iteration, len(m.Batches), n)
+			}
+			d.mu.Lock()
+			for i, c := range m.Batches {
+				d.expected[i] += c
+			}
+			d.mu.Unlock()
+		case *wire.Switchover:
+			cp := *m
+			sw = &cp
+		case *wire.Abort:
+			return nil, fmt.Errorf("source aborted: %s", m.Reason)
+		case *wire.Error:
+			return nil, fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
+		default:
+			d.errCode = wire.ErrorProtocol
+			return nil, fmt.Errorf("unexpected %v on the control connection before switchover", m.Type())
+		}
+	}
+
+	tSwitch := time.Now()
+	if err := d.barrier(ctx); err != nil {
+		return nil, d.cause(ctx, err)
+	}
+	if err := d.markPending(sw.Pending); err != nil {
+		return nil, err
+	}
+	close(d.switched)
+
+	var serveWG sync.WaitGroup
+	serveCtx, stopServe := context.WithCancel(ctx)
+	var serveErr error
+	if d.missing.Load() > 0 {
+		serveWG.Add(2)
+		go func() {
+			defer serveWG.Done()
+			if err := d.u.Serve(serveCtx, uffd.HandlerFunc(d.fault), uffd.ServeConfig{Workers: d.cfg.FaultWorkers}, nil); err != nil {
+				serveErr = err
+				cancel(err)
+			}
+		}()
+		go func() {
+			defer serveWG.Done()
+			if err := d.readReplies(serveCtx); err != nil && serveCtx.Err() == nil {
+				cancel(err)
+			}
+		}()
+	} else {
+		d.doneOnce.Do(func() { close(d.done) })
+	}
+	defer func() { stopServe(); serveWG.Wait() }()
+
+	if err := d.g.Resume(ctx); err != nil {
+		return nil, fmt.Errorf("resume guest: %w", err)
+	}
+	resumed = true
+	resumeMS := report.MS(time.Since(tSwitch))
+	if err := d.sess.Control.WriteFrame(ctx, &wire.Resumed{}); err != nil {
+		d.log.Warn("tell source the guest resumed", "error", err)
+	}
+	d.log.Info("guest resumed", "pid", d.pid, "missing", d.missing.Load(), "resume_ms", resumeMS)
+
+	select {
+	case <-d.done:
+	case <-ctx.Done():
+		return nil, d.cause(ctx, errors.New("source lost"))
+	}
+	stopServe()
+	serveWG.Wait()
+	if serveErr != nil && !errors.Is(serveErr, context.Canceled) {
+		return nil, serveErr
+	}
+	if err := d.release(); err != nil {
+		return nil, err
+	}
+	fig = d.figures(resumeMS)
+	b, _ := json.Marshal(fig)
+	if err := d.sess.Control.WriteFrame(ctx, &wire.Complete{Figures: b}); err != nil {
+		d.log.Warn("send completion", "error", err)
+	}
+	d.log.Info("migration complete", "prefetch", fig.Pages.Prefetch, "faults", fig.Pages.PostcopyFault)
+	return fig, nil
+}
+
+func (d *dest) cause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return fmt.Errorf("%w (%v)", c, err)
+	}
+	return err
+}
+
+// prepare creates the RAM files, starts the guest, and registers its RAM
+// with a uffd attached to it. Registration is harmless before resume: the
+// guest is stopped, and dmig writes through its own, unregistered mapping.
+func (d *dest) prepare(ctx context.Context) error {
+	h := &d.sess.Hello
+	paths, err := d.g.Create(ctx, h.Blocks)
+	if err != nil {
+		d.errCode = wire.ErrorResource
+		return fmt.Errorf("create RAM files: %w", err)
+	}
+	for i, blk := range h.Blocks {
+		f, err := os.OpenFile(paths[i], os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open RAM block %s: %w", blk.Name, err)
+		}
+		b := &dstBlock{idx: uint32(i), name: blk.Name, path: paths[i], file: f, npages: blk.Pages()}
+		d.blocks = append(d.blocks, b)
+		if b.mem, err = uffd.MapShared(f, 0, int(blk.Size), true); err != nil {
+			return fmt.Errorf("map RAM block %s: %w", blk.Name, err)
+		}
+		b.placed = pages.NewSet(b.npages)
+		b.missing = pages.NewSet(b.npages)
+	}
+	if d.pid, err = d.g.Start(ctx); err != nil {
+		return fmt.Errorf("start guest: %w", err)
+	}
+	if d.u, err = uffd.Attach(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
+		return fmt.Errorf("take over the guest's page faults: %w", err)
+	}
+	for _, b := range d.blocks {
+		ms, err := uffd.FileMappingsOf(d.pid, b.file)
+		if err != nil {
+			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.name, err)
+		}
+		if len(ms) == 0 {
+			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", d.pid, b.name, b.path)
+		}
+		for _, m := range ms {
+			if _, err := d.u.Register(m.Range(), uffd.ModeMissing); err != nil {
+				return fmt.Errorf("register RAM block %s: %w", b.name, err)
+			}
+			b.maps = append(b.maps, m)
+		}
+	}
+	return nil
+}
+
+// barrier waits until every batch announced by IterationEnd was handled.
+func (d *dest) barrier(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if d.bulkErr != nil {
+			return d.bulkErr
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ok := true
+		for i := range d.expected {
+			if d.processed[i] < d.expected[i] {
+				ok = false
+			}
+		}
+		if ok {
+			return nil
+		}
+		d.cond.Wait()
+	}
+}
+
+// markPending makes the pages the source still owes missing: holes in the
+// RAM file, which the guest's registered mapping faults on.
+func (d *dest) markPending(runs []wire.Run) error {
+	for _, r := range runs {
+		if int(r.Block) >= len(d.blocks) || r.Page+r.Count > d.blocks[r.Block].npages {
+			d.errCode = wire.ErrorProtocol
+			return fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block)
+		}
+		b := d.blocks[r.Block]
+		if err := uffd.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
+			d.errCode = wire.ErrorResource
+			return fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err)
+		}
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			if b.missing.Add(p) {
+				d.missing.Add(1)
+			}
+		}
+	}
+	return nil
+}
+
+// guestAddr is the address of page p of b in the guest's first mapping that
+// covers it.
+func (b *dstBlock) guestAddr(p uint64) (uintptr, bool) {
+	off := p * pageSize
+	for _, m := range b.maps {
+		if off >= m.Offset && off+pageSize <= m.Offset+uint64(m.Len()) {
+			return m.Start + uintptr(off-m.Offset), true
+		}
+	}
+	return 0, false
+}
+
+// locate maps a guest fault address to a block and page.
+func (d *dest) locate(addr uintptr) (*dstBlock, uint64, bool) {
+	for _, b := range d.blocks {
+		for _, m := range b.maps {
+			if addr >= m.Start && addr < m.End {
+				return b, (uint64(addr-m.Start) + m.Offset) / pageSize, true
+			}
+		}
+	}
+	return nil, 0, false
+}
+
+// resolved records that page p is in place after switchover, and releases
+// any fault handler waiting for it, whichever route placed it.
+func (d *dest) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) {
+	key := pageKey{b.idx, p}
+	d.waitMu.Lock()
+	if ch, ok := d.waiters[key]; ok {
+		close(ch)
+		delete(d.waiters, key)
+	}
+	d.waitMu.Unlock()
+	if !b.missing.Remove(p) {
+		return
+	}
+	counter.Add(1)
+	if d.missing.Add(-1) == 0 {
+		d.doneOnce.Do(func() { close(d.done) })
+	}
+}
+
+// place puts data (nil: a zero page) at page p of b after resume, atomically
+// with UFFDIO_COPY, and wakes the guest's waiters in every mapping.
+func (d *dest) place(b *dstBlock, p uint64, data []byte) error {
+	addr, ok := b.guestAddr(p)
+	if !ok {
+		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.name)
+	}
+	var err error
+	if data == nil {
+		_, err = d.u.ZeroPage(uffd.Range{Start: addr, Len: pageSize}, false)
+	} else {
+		_, _, err = d.u.CopyRange(addr, data, 0)
+	}
+	if err != nil && !errors.Is(err, uffd.ErrExists) {
+		return fmt.Errorf("place page %d of block %s: %w", p, b.name, err)
+	}
+	if err != nil && data == nil {
+		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
+	}
+	for _, m := range b.maps[1:] {
+		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
+			_ = d.u.Wake(uffd.Range{Start: m.Start + uintptr(off-m.Offset), Len: pageSize})
+		}
+	}
+	return nil
+}
+
+// readBulk handles the batches of one bulk connection: plain writes into the
+// RAM file before switchover, UFFDIO_COPY for post-copy pushes.
+func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
+	scratch := make([]byte, wire.MaxBatchDataPages*pageSize)
+	for {
+		m, err := c.ReadFrame(ctx)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("bulk connection %d: %w", i, err)
+		}
+		batch, ok := m.(*wire.PageBatch)
+		if !ok {
+			d.errCode = wire.ErrorProtocol
+			return fmt.Errorf("bulk connection %d: unexpected %v", i, m.Type())
+		}
+		if int(batch.Block) >= len(d.blocks) {
+			d.errCode = wire.ErrorProtocol
+			return fmt.Errorf("bulk connection %d: batch for unknown block %d", i, batch.Block)
+		}
+		b := d.blocks[batch.Block]
+		push := batch.Iteration == wire.IterationPostcopy
+		if push {
+			select {
+			case <-d.switched:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		for j := 0; j < len(batch.Entries); {
+			e := batch.Entries[j]
+			if e.Page >= b.npages {
+				d.errCode = wire.ErrorProtocol
+				return fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.name)
+			}
+			switch e.Kind {
+			case wire.KindData:
+				run := batch.DataRun(j)
+				if e.Page+uint64(run) > b.npages {
+					d.errCode = wire.ErrorProtocol
+					return fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.name)
+				}
+				if !push {
+					if err := c.ReadData(b.mem[e.Page*pageSize : (e.Page+uint64(run))*pageSize]); err != nil {
+						return fmt.Errorf("bulk connection %d: %w", i, err)
+					}
+					b.placed.AddRange(e.Page, uint64(run))
+					d.data.Add(uint64(run))
+				} else {
+					buf := scratch[:run*pageSize]
+					if err := c.ReadData(buf); err != nil {
+						return fmt.Errorf("bulk connection %d: %w", i, err)
+					}
+					for k := range uint64(run) {
+						p := e.Page + k
+						if !b.missing.Has(p) {
+							continue
+						}
+						if err := d.place(b, p, buf[k*pageSize:(k+1)*pageSize]); err != nil {
+							return err
+						}
+						d.resolved(b, p, &d.prefetch)
+					}
+				}
+				j += run
+			case wire.KindZero:
+				if !push {
+					if b.placed.Has(e.Page) {
+						clear(b.mem[e.Page*pageSize : (e.Page+1)*pageSize])
+					}
+					d.zero.Add(1)
+				} else if b.missing.Has(e.Page) {
+					if err := d.place(b, e.Page, nil); err != nil {
+						return err
+					}
+					d.resolved(b, e.Page, &d.prefetch)
+				}
+				j++
+			default:
+				d.errCode = wire.ErrorProtocol
+				return fmt.Errorf("bulk connection %d: %v pages are not supported by this destination", i, e.Kind)
+			}
+		}
+		d.mu.Lock()
+		if !push {
+			d.processed[i]++
+		}
+		d.mu.Unlock()
+		d.cond.Broadcast()
+	}
+}
+
+// fault resolves a post-copy fault: the page is requested from the source on
+// the urgent connection, and placed by readReplies when it arrives.
+func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
+	t0 := time.Now()
+	b, p, ok := d.locate(m.Addr)
+	if !ok {
+		return fmt.Errorf("fault at %#x outside the guest's RAM", m.Addr)
+	}
+	key := pageKey{b.idx, p}
+	d.waitMu.Lock()
+	if !b.missing.Has(p) {
+		d.waitMu.Unlock()
+		// Placed between the fault and now: its waiters were woken by the
+		// placement, or are woken here.
+		addr, _ := b.guestAddr(p)
+		return d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
+	}
+	ch, asked := d.waiters[key]
+	if !asked {
+		ch = make(chan struct{})
+		d.waiters[key] = ch
+	}
+	d.waitMu.Unlock()
+	if !asked {
+		if err := d.sess.Urgent.WriteFrame(ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
+			return fmt.Errorf("request page %d of block %s: %w", p, b.name, err)
+		}
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	lat := time.Since(t0)
+	d.latMu.Lock()
+	d.lat = append(d.lat, lat)
+	d.latMu.Unlock()
+	return nil
+}
+
+// readReplies places the pages the source sends on the urgent connection
+// and wakes the faults waiting for them.
+func (d *dest) readReplies(ctx context.Context) error {
+	for {
+		m, err := d.sess.Urgent.ReadFrame(ctx)
+		if err != nil {
+			return fmt.Errorf("urgent connection: %w", err)
+		}
+		r, ok := m.(*wire.PageReply)
+		if !ok {
+			return fmt.Errorf("urgent connection: unexpected %v", m.Type())
+		}
+		if int(r.Block) >= len(d.blocks) || r.Page >= d.blocks[r.Block].npages {
+			return fmt.Errorf("urgent connection: reply for page %d of unknown block %d", r.Page, r.Block)
+		}
+		b := d.blocks[r.Block]
+		var data []byte
+		switch r.Kind {
+		case wire.KindData:
+			data = r.Data
+		case wire.KindZero:
+		default:
+			return fmt.Errorf("urgent connection: %v reply not supported", r.Kind)
+		}
+		if b.missing.Has(r.Page) {
+			if err := d.place(b, r.Page, data); err != nil {
+				return err
+			}
+		}
+		d.resolved(b, r.Page, &d.faulted)
+	}
+}
+
+// release hands the guest its memory for good: no page is missing any more.
+func (d *dest) release() error {
+	for _, b := range d.blocks {
+		for _, m := range b.maps {
+			if err := d.u.Unregister(m.Range()); err != nil {
+				return fmt.Errorf("unregister RAM block %s: %w", b.name, err)
+			}
+		}
+	}
+	err := d.u.Close()
+	d.u = nil
+	return err
+}
+
+func (d *dest) figures(resumeMS float64) *report.Dest {
+	d.latMu.Lock()
+	defer d.latMu.Unlock()
+	return &report.Dest{
+		Pages: report.Pages{
+			Data:          d.data.Load(),
+			Zero:          d.zero.Load(),
+			PostcopyFault: d.faulted.Load(),
+			Prefetch:      d.prefetch.Load(),
+		},
+		FaultLatencyUS: report.Summarize(d.lat),
+		ResumeMS:       resumeMS,
+	}
+}
+
+func (d *dest) cleanup() {
+	if d.u != nil {
+		// Only reached with the guest killed, or before it ran.
+		d.u.Close()
+	}
+	for _, b := range d.blocks {
+		if b.mem != nil {
+			uffd.Unmap(b.mem)
+		}
+		b.file.Close()
+	}
+}

@@ -1,0 +1,99 @@
+// Package report defines the figures every migration reports, as JSON: the
+// source writes the report, merging what the destination sent at completion.
+package report
+
+import (
+	"slices"
+	"time"
+)
+
+// Outcome of a migration, and the exit status dmig gives it.
+type Outcome string
+
+const (
+	// Completed: the guest runs on the destination with every page placed.
+	Completed Outcome = "completed"
+	// Aborted: failed before the destination resumed; the source guest runs
+	// on, its memory untouched.
+	Aborted Outcome = "aborted"
+	// FailedAfterResume: the destination resumed, then the migration could
+	// not finish (a peer or the link was lost). See the README.
+	FailedAfterResume Outcome = "failed-after-resume"
+)
+
+// Report is the JSON report of one migration.
+type Report struct {
+	Mode           string      `json:"mode"`
+	Guest          string      `json:"guest"`
+	Outcome        Outcome     `json:"outcome"`
+	Error          string      `json:"error,omitempty"`
+	TotalMS        float64     `json:"total_ms"`
+	DowntimeMS     float64     `json:"downtime_ms"`
+	BytesSent      uint64      `json:"bytes_sent"`
+	Iterations     int         `json:"iterations"`
+	PostcopyPages  uint64      `json:"postcopy_pages"` // pending at switchover
+	Pages          Pages       `json:"pages"`
+	FaultLatencyUS Latency     `json:"fault_latency_us"`
+	Storage        Storage     `json:"storage"`
+	IterationLog   []Iteration `json:"iteration_log,omitempty"`
+	GuestPages     uint64      `json:"guest_pages"`
+}
+
+// Pages counts pages by the route they took.
+type Pages struct {
+	Data            uint64 `json:"data"`
+	Zero            uint64 `json:"zero"`
+	StorageVerified uint64 `json:"storage_verified"`
+	StorageMismatch uint64 `json:"storage_mismatch"`
+	PostcopyFault   uint64 `json:"postcopy_fault"`
+	Prefetch        uint64 `json:"prefetch"`
+}
+
+// Storage are the destination's shared-storage figures.
+type Storage struct {
+	BytesRead uint64  `json:"storage_bytes_read"`
+	MBps      float64 `json:"storage_read_mbps"`
+}
+
+// Latency is a distribution summary in microseconds.
+type Latency struct {
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
+	Count int     `json:"count"`
+}
+
+// Iteration describes one pre-copy pass.
+type Iteration struct {
+	Pages      uint64  `json:"pages"`
+	Bytes      uint64  `json:"bytes"`
+	MS         float64 `json:"ms"`
+	DirtyPages uint64  `json:"dirty_after"`
+}
+
+// Dest is what the destination reports at completion.
+type Dest struct {
+	Pages          Pages   `json:"pages"`
+	FaultLatencyUS Latency `json:"fault_latency_us"`
+	Storage        Storage `json:"storage"`
+	ResumeMS       float64 `json:"resume_ms"` // switchover received → guest resumed
+}
+
+// Summarize computes a latency summary of samples.
+func Summarize(samples []time.Duration) Latency {
+	if len(samples) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	return Latency{
+		P50:   us(s[len(s)/2]),
+		P99:   us(s[min(len(s)-1, len(s)*99/100)]),
+		Max:   us(s[len(s)-1]),
+		Count: len(s),
+	}
+}
+
+// MS converts a duration to fractional milliseconds.
+func MS(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }

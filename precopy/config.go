@@ -1,0 +1,62 @@
+package precopy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+const pageSize = 4096
+
+// Mode is how memory moves.
+type Mode string
+
+const (
+	// ModePrecopy sends every page before the destination resumes.
+	ModePrecopy Mode = "precopy"
+	// ModePostcopy resumes the destination at once; every page follows by
+	// fault or background push.
+	ModePostcopy Mode = "postcopy"
+	// ModeHybrid pre-copies while it converges, switches over when the
+	// remainder fits the budget (sent during downtime) or when it stops
+	// shrinking (the remainder follows by post-copy).
+	ModeHybrid Mode = "hybrid"
+)
+
+// ParseMode checks a mode name.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModePrecopy, ModePostcopy, ModeHybrid:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown mode %q: want precopy, postcopy or hybrid", s)
+}
+
+// Config configures one migration from the source.
+type Config struct {
+	To            string        // destination address (host:port)
+	Mode          Mode          // default hybrid
+	Downtime      time.Duration // downtime budget, default 50ms
+	MaxIterations int           // pre-copy passes at most, default 30
+	BulkConns     int           // parallel bulk connections, default 2
+	Logger hclog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Mode == "" {
+		c.Mode = ModeHybrid
+	}
+	if c.Downtime <= 0 {
+		c.Downtime = 50 * time.Millisecond
+	}
+	if c.MaxIterations <= 0 {
+		c.MaxIterations = 30
+	}
+	if c.BulkConns <= 0 {
+		c.BulkConns = 2
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+}

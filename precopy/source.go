@@ -1,0 +1,651 @@
+package precopy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/uffd"
+	"github.com/dmig/dmig/wire"
+)
+
+// Run migrates guest g to the destination cfg.To and returns the report.
+// Until the destination resumes, any failure aborts: the source guest is
+// resumed with its memory untouched and the report's outcome is Aborted.
+func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
+	cfg.defaults()
+	s := &source{cfg: cfg, g: g, log: cfg.Logger.With("guest", g.Name()), start: time.Now()}
+	s.rep = report.Report{Mode: string(cfg.Mode), Guest: g.Name()}
+	err := s.run(ctx)
+	s.rep.TotalMS = report.MS(time.Since(s.start))
+	s.rep.BytesSent = s.bytesSent()
+	if err != nil {
+		s.rep.Error = err.Error()
+		if s.rep.Outcome == "" {
+			s.rep.Outcome = report.Aborted
+		}
+		return &s.rep, err
+	}
+	s.rep.Outcome = report.Completed
+	return &s.rep, nil
+}
+
+type source struct {
+	cfg   Config
+	g     Guest
+	log   hclog.Logger
+	start time.Time
+	rep   report.Report
+
+	blocks  []*srcBlock
+	u       *uffd.FD
+	tracker *uffd.DirtyTracker
+	sess    *wire.Session
+
+	dataPages, zeroPages atomic.Uint64
+
+	// Set by the control reader.
+	ctrlErr   chan error // first error from the control connection
+	resumed   chan struct{}
+	completed chan *wire.Complete
+}
+
+type srcBlock struct {
+	Block
+	idx     uint32
+	file    *os.File
+	mem     []byte         // our read-only mapping of the RAM file
+	maps    []uffd.Mapping // the guest's mappings of it
+	npages  uint64
+	pending *pages.Set // not yet sent since last written
+	hot     *pages.Set // written in the last interval (post-copy pushes these first)
+	data    *pages.Set // pages that are not holes, for the first pass
+}
+
+func (s *source) bytesSent() uint64 {
+	if s.sess == nil {
+		return 0
+	}
+	var n uint64
+	for _, c := range append([]*wire.Conn{s.sess.Control, s.sess.Urgent}, s.sess.Bulk...) {
+		if c != nil {
+			n += c.BytesWritten()
+		}
+	}
+	return n
+}
+
+func (s *source) run(ctx context.Context) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer s.cleanup()
+	if err := s.open(); err != nil {
+		return err
+	}
+	if err := s.track(); err != nil {
+		return err
+	}
+	if err := s.dial(ctx); err != nil {
+		return err
+	}
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	go s.readControl(ctx, cancelCause)
+
+	paused := false
+	resumedDest := false
+	// The failure rule: before the destination resumes, abort and resume
+	// the source guest.
+	defer func() {
+		if err == nil || resumedDest {
+			return
+		}
+		if s.sess != nil {
+			actx, acancel := context.WithTimeout(context.Background(), time.Second)
+			_ = s.sess.Control.WriteFrame(actx, &wire.Abort{Reason: trim(err.Error())})
+			acancel()
+		}
+		if paused {
+			if rerr := s.g.Resume(context.Background()); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("resume source guest after abort: %w", rerr))
+			}
+		}
+		s.log.Error("migration aborted; source guest runs on", "error", err)
+	}()
+
+	pol := &policy{mode: s.cfg.Mode, budget: s.cfg.Downtime, maxIterations: s.cfg.MaxIterations, switchCost: 5 * time.Millisecond}
+	iter := 0
+	dec := iterate
+	if s.cfg.Mode == ModePostcopy {
+		dec = postcopy
+	}
+	for dec == iterate {
+		iter++
+		t0 := time.Now()
+		sent0 := s.bytesSent()
+		n, err := s.pass(ctx, uint32(iter))
+		if err != nil {
+			return s.cause(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
+		}
+		remaining, err := s.collect()
+		if err != nil {
+			return err
+		}
+		elapsed := time.Since(t0)
+		bytes := s.bytesSent() - sent0
+		s.rep.IterationLog = append(s.rep.IterationLog, report.Iteration{Pages: n, Bytes: bytes, MS: report.MS(elapsed), DirtyPages: remaining})
+		dec = pol.next(iter, bytes, elapsed, remaining)
+		s.log.Debug("pass done", "iteration", iter, "pages", n, "bytes", bytes, "elapsed", elapsed, "dirty", remaining, "decision", dec)
+	}
+	s.rep.Iterations = iter
+
+	// Switchover.
+	tPause := time.Now()
+	if err := s.g.Pause(ctx); err != nil {
+		return s.cause(ctx, fmt.Errorf("pause guest: %w", err))
+	}
+	paused = true
+	if _, err := s.collect(); err != nil {
+		return err
+	}
+	final := uint32(iter)
+	if dec == finish {
+		final++
+		if _, err := s.pass(ctx, final); err != nil {
+			return s.cause(ctx, fmt.Errorf("final pass: %w", err))
+		}
+	}
+	var pending []wire.Run
+	for _, b := range s.blocks {
+		b.pending.Runs(0, b.npages, func(start, count uint64) bool {
+			pending = append(pending, wire.Run{Block: b.idx, Page: start, Count: count})
+			return true
+		})
+	}
+	s.rep.PostcopyPages = wire.PageCount(pending)
+	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending}); err != nil {
+		return s.cause(ctx, fmt.Errorf("send switchover: %w", err))
+	}
+	// From here the destination may resume at any moment: if it is lost
+	// before saying so, we cannot know whether its guest ran, so the source
+	// guest stays paused (see the README, "Failures").
+	var serveWG sync.WaitGroup
+	pctx, stopPost := context.WithCancel(ctx)
+	defer func() { stopPost(); serveWG.Wait() }()
+	if len(pending) > 0 {
+		serveWG.Add(2)
+		go func() { defer serveWG.Done(); s.servePages(pctx) }()
+		go func() { defer serveWG.Done(); s.push(pctx) }()
+	}
+	select {
+	case <-s.resumed:
+		resumedDest = true
+		s.rep.DowntimeMS = report.MS(time.Since(tPause))
+		s.log.Info("destination resumed", "downtime", time.Since(tPause), "postcopy_pages", s.rep.PostcopyPages)
+	case <-ctx.Done():
+		err := s.cause(ctx, errors.New("destination lost at switchover"))
+		var remote *remoteError
+		if errors.As(err, &remote) {
+			// The destination said it failed: it did not resume.
+			return err
+		}
+		resumedDest = true // unknown: never resume the source
+		s.rep.Outcome = report.FailedAfterResume
+		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
+	}
+	var done *wire.Complete
+	select {
+	case done = <-s.completed:
+	case <-ctx.Done():
+		s.rep.Outcome = report.FailedAfterResume
+		return fmt.Errorf("%w after the destination resumed; the guest stays paused on the source with its memory intact", s.cause(ctx, errors.New("destination lost")))
+	}
+	stopPost()
+	serveWG.Wait()
+	s.mergeDest(done)
+	if err := s.g.Finish(ctx); err != nil {
+		s.log.Warn("finish source guest", "error", err)
+	}
+	return nil
+}
+
+// cause prefers the reason the context was cancelled (a control-connection
+// error or a remote error) over the error a blocked call returned.
+func (s *source) cause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return fmt.Errorf("%w (%v)", c, err)
+	}
+	return err
+}
+
+func trim(s string) string {
+	if len(s) > 1000 {
+		return s[:1000]
+	}
+	return s
+}
+
+func (s *source) open() error {
+	for i, b := range s.g.RAM() {
+		f, err := os.Open(b.Path)
+		if err != nil {
+			return fmt.Errorf("open RAM block %s: %w", b.Name, err)
+		}
+		blk := &srcBlock{Block: b, idx: uint32(i), file: f, npages: b.Size / pageSize}
+		s.blocks = append(s.blocks, blk)
+		// One migration of a guest at a time: the RAM file is its identity.
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return fmt.Errorf("lock RAM block %s (%s): %w", b.Name, b.Path, ErrBusy)
+			}
+			return fmt.Errorf("lock RAM block %s: %w", b.Name, err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("stat RAM block %s: %w", b.Name, err)
+		}
+		if uint64(st.Size()) != b.Size || b.Size%pageSize != 0 || b.Size == 0 {
+			return fmt.Errorf("RAM block %s: file %s has %d bytes, want %d (a whole number of pages)", b.Name, b.Path, st.Size(), b.Size)
+		}
+		if blk.mem, err = uffd.MapShared(f, 0, int(b.Size), false); err != nil {
+			return fmt.Errorf("map RAM block %s: %w", b.Name, err)
+		}
+		blk.pending = pages.NewSet(blk.npages)
+		blk.hot = pages.NewSet(blk.npages)
+	}
+	if len(s.blocks) == 0 {
+		return errors.New("guest has no RAM blocks")
+	}
+	return nil
+}
+
+// track attaches to the guest and write-protects its RAM before any page is
+// read, so every later write is seen.
+func (s *source) track() error {
+	u, err := uffd.Attach(s.g.Pid(), uffd.DirtyFeatures)
+	if err != nil {
+		return fmt.Errorf("track dirty pages: %w", err)
+	}
+	s.u = u
+	var ranges []uffd.Range
+	for _, b := range s.blocks {
+		ms, err := uffd.FileMappingsOf(s.g.Pid(), b.file)
+		if err != nil {
+			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.Name, err)
+		}
+		for _, m := range ms {
+			if !m.Shared() {
+				return fmt.Errorf("guest pid %d maps RAM block %s privately (%s): its writes would not reach the file; map it MAP_SHARED", s.g.Pid(), b.Name, m.Perms)
+			}
+			if _, err := u.Register(m.Range(), uffd.ModeWP); err != nil {
+				return fmt.Errorf("track RAM block %s: %w", b.Name, err)
+			}
+			b.maps = append(b.maps, m)
+			ranges = append(ranges, m.Range())
+		}
+		if len(b.maps) == 0 {
+			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", s.g.Pid(), b.Name, b.Path)
+		}
+	}
+	if s.tracker, err = u.TrackDirty(ranges...); err != nil {
+		return err
+	}
+	// Everything is to be sent; holes need not be read.
+	for _, b := range s.blocks {
+		b.pending.Fill()
+		if b.data, err = dataPages(b.file, b.npages); err != nil {
+			return fmt.Errorf("find data of RAM block %s: %w", b.Name, err)
+		}
+	}
+	return nil
+}
+
+// dataPages returns the pages of f that are not holes (SEEK_DATA).
+func dataPages(f *os.File, npages uint64) (*pages.Set, error) {
+	set := pages.NewSet(npages)
+	size := int64(npages * pageSize)
+	for off := int64(0); off < size; {
+		d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		h, err := unix.Seek(int(f.Fd()), d, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, err
+		}
+		first, last := uint64(d)/pageSize, (uint64(h)+pageSize-1)/pageSize
+		set.AddRange(first, min(last, npages)-first)
+		off = h
+	}
+	return set, nil
+}
+
+// collect harvests written pages into the pending sets; the hot sets become
+// exactly those.
+func (s *source) collect() (uint64, error) {
+	runs, err := s.tracker.Collect(nil)
+	if err != nil {
+		return 0, fmt.Errorf("collect dirty pages: %w", err)
+	}
+	for _, b := range s.blocks {
+		b.hot.Clear()
+	}
+	for _, r := range runs {
+		b, first, n := s.locate(r)
+		if b == nil {
+			return 0, fmt.Errorf("dirty range %v is in no RAM block mapping", r)
+		}
+		for p := first; p < first+n; p++ {
+			b.pending.Add(p)
+			b.hot.Add(p)
+			if b.data != nil {
+				b.data.Add(p)
+			}
+		}
+	}
+	var total uint64
+	for _, b := range s.blocks {
+		total += b.pending.Count()
+	}
+	return total, nil
+}
+
+// locate maps a guest address range to a block and its file pages.
+func (s *source) locate(r uffd.Range) (*srcBlock, uint64, uint64) {
+	for _, b := range s.blocks {
+		for _, m := range b.maps {
+			if r.Start >= m.Start && r.End() <= m.End {
+				first := (uint64(r.Start-m.Start) + m.Offset) / pageSize
+				return b, first, uint64(r.Len) / pageSize
+			}
+		}
+	}
+	return nil, 0, 0
+}
+
+func (s *source) dial(ctx context.Context) error {
+	h := wire.Hello{
+		Mode:      string(s.cfg.Mode),
+		Guest:     s.g.Name(),
+		BulkConns: uint16(s.cfg.BulkConns),
+		Command:   s.g.DestCommand(),
+	}
+	if s.cfg.Mode != ModePrecopy {
+		h.Flags |= wire.FlagPostcopy
+	}
+	for _, b := range s.blocks {
+		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
+	}
+	sess, err := wire.Dial(ctx, s.cfg.To, h)
+	if err != nil {
+		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
+	}
+	s.sess = sess
+	s.ctrlErr = make(chan error, 1)
+	s.resumed = make(chan struct{})
+	s.completed = make(chan *wire.Complete, 1)
+	return nil
+}
+
+// remoteError is a failure the destination reported.
+type remoteError struct{ msg string }
+
+func (e *remoteError) Error() string { return "destination: " + e.msg }
+
+func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) {
+	resumed := false
+	for {
+		m, err := s.sess.Control.ReadFrame(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				if errors.Is(err, io.EOF) {
+					err = fmt.Errorf("destination closed the control connection: %w", err)
+				}
+				fail(fmt.Errorf("control connection: %w", err))
+			}
+			return
+		}
+		switch m := m.(type) {
+		case *wire.Resumed:
+			if !resumed {
+				resumed = true
+				close(s.resumed)
+			}
+		case *wire.Complete:
+			c := *m
+			s.completed <- &c
+			return
+		case *wire.Error:
+			fail(&remoteError{msg: fmt.Sprintf("%v: %s", m.Code, m.Message)})
+			return
+		case *wire.Abort:
+			fail(&remoteError{msg: "aborted: " + m.Reason})
+			return
+		case *wire.Progress:
+			s.log.Debug("destination progress", "placed", m.Placed, "missing", m.Missing)
+		default:
+			fail(fmt.Errorf("control connection: unexpected %v from destination", m.Type()))
+			return
+		}
+	}
+}
+
+// pass sends every pending page once over the bulk connections, then the
+// iteration marker. It returns the pages sent.
+func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
+	n := len(s.sess.Bulk)
+	counts := make([]uint64, n)
+	sent := make([]uint64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, c := range s.sess.Bulk {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			counts[i], sent[i], errs[i] = s.sendStripes(ctx, c, i, n, iter, nil)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	var total uint64
+	for _, v := range sent {
+		total += v
+	}
+	if err := s.sess.Control.WriteFrame(ctx, &wire.IterationEnd{Iteration: iter, Batches: counts}); err != nil {
+		return 0, fmt.Errorf("send end of iteration %d: %w", iter, err)
+	}
+	return total, nil
+}
+
+// sendStripes sends the pending pages that travel on bulk connection i (a
+// page always takes the same one, wire.BulkConn, so a resend can never
+// overtake an older copy of the page on another stream), restricted to the
+// set only returns if only is not nil. It returns batches and pages sent.
+func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter uint32, only func(b *srcBlock) *pages.Set) (batches, sent uint64, err error) {
+	var batch wire.PageBatch
+	flush := func() error {
+		if len(batch.Entries) == 0 {
+			return nil
+		}
+		if err := c.WriteFrame(ctx, &batch); err != nil {
+			return err
+		}
+		batches++
+		return nil
+	}
+	for _, b := range s.blocks {
+		batch.Reset(b.idx, iter)
+		src := b.pending
+		if only != nil {
+			src = only(b)
+		}
+		var werr error
+		src.Runs(0, b.npages, func(start, count uint64) bool {
+			for p := start; p < start+count; p++ {
+				if wire.BulkConn(b.idx, p, n) != i || !b.pending.Has(p) {
+					continue
+				}
+				if !b.pending.Remove(p) {
+					continue // taken by the post-copy page server
+				}
+				s.addPage(&batch, b, p)
+				sent++
+				if batch.Full() {
+					if werr = flush(); werr != nil {
+						return false
+					}
+					batch.Reset(b.idx, iter)
+				}
+			}
+			return ctx.Err() == nil
+		})
+		if werr != nil {
+			return batches, sent, werr
+		}
+		if err := ctx.Err(); err != nil {
+			return batches, sent, err
+		}
+		if err := flush(); err != nil {
+			return batches, sent, err
+		}
+	}
+	return batches, sent, nil
+}
+
+func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
+	if b.data != nil && !b.data.Has(p) {
+		batch.AddZero(p)
+		s.zeroPages.Add(1)
+		return
+	}
+	page := b.mem[p*pageSize : (p+1)*pageSize]
+	if isZero(page) {
+		batch.AddZero(p)
+		s.zeroPages.Add(1)
+		return
+	}
+	batch.AddData(p, page)
+	s.dataPages.Add(1)
+}
+
+// push sends what post-copy still owes, pages written last first (the guest
+// is likeliest to touch them again), until everything is sent or ctx ends.
+func (s *source) push(ctx context.Context) {
+	const iter = wire.IterationPostcopy
+	n := len(s.sess.Bulk)
+	var wg sync.WaitGroup
+	for i, c := range s.sess.Bulk {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, _, err := s.sendStripes(ctx, c, i, n, iter, func(b *srcBlock) *pages.Set { return b.hot }); err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("post-copy push", "conn", i, "error", err)
+				}
+				return
+			}
+			if _, _, err := s.sendStripes(ctx, c, i, n, iter, nil); err != nil && ctx.Err() == nil {
+				s.log.Warn("post-copy push", "conn", i, "error", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// servePages answers post-copy page requests from the paused guest's RAM.
+func (s *source) servePages(ctx context.Context) {
+	c := s.sess.Urgent
+	for {
+		m, err := c.ReadFrame(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("post-copy page server", "error", err)
+			}
+			return
+		}
+		req, ok := m.(*wire.PageRequest)
+		if !ok {
+			s.log.Warn("post-copy page server: unexpected message", "type", m.Type())
+			return
+		}
+		if int(req.Block) >= len(s.blocks) {
+			s.log.Warn("post-copy page server: request for unknown block", "block", req.Block)
+			return
+		}
+		b := s.blocks[req.Block]
+		for p := req.Page; p < req.Page+uint64(req.Count) && p < b.npages; p++ {
+			b.pending.Remove(p)
+			reply := &wire.PageReply{Block: req.Block, Page: p, Kind: wire.KindData, Data: b.mem[p*pageSize : (p+1)*pageSize]}
+			if isZero(reply.Data) {
+				reply.Kind, reply.Data = wire.KindZero, nil
+			}
+			if err := c.WriteFrame(ctx, reply); err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("post-copy page server", "error", err)
+				}
+				return
+			}
+		}
+	}
+}
+
+func (s *source) mergeDest(c *wire.Complete) {
+	s.rep.Pages.Data = s.dataPages.Load()
+	s.rep.Pages.Zero = s.zeroPages.Load()
+	for _, b := range s.blocks {
+		s.rep.GuestPages += b.npages
+	}
+	if c == nil || len(c.Figures) == 0 {
+		return
+	}
+	var d report.Dest
+	if err := json.Unmarshal(c.Figures, &d); err != nil {
+		s.log.Warn("destination figures unreadable", "error", err)
+		return
+	}
+	s.rep.Pages.PostcopyFault = d.Pages.PostcopyFault
+	s.rep.Pages.Prefetch = d.Pages.Prefetch
+	s.rep.Pages.StorageVerified = d.Pages.StorageVerified
+	s.rep.Pages.StorageMismatch = d.Pages.StorageMismatch
+	s.rep.FaultLatencyUS = d.FaultLatencyUS
+	s.rep.Storage = d.Storage
+}
+
+func (s *source) cleanup() {
+	if s.sess != nil {
+		s.sess.Close()
+	}
+	if s.tracker != nil {
+		s.tracker.Close()
+	}
+	if s.u != nil {
+		for _, b := range s.blocks {
+			for _, m := range b.maps {
+				_ = s.u.Unregister(m.Range())
+			}
+		}
+		s.u.Close()
+	}
+	for _, b := range s.blocks {
+		if b.mem != nil {
+			uffd.Unmap(b.mem)
+		}
+		b.file.Close()
+	}
+}
