@@ -41,8 +41,11 @@
 //  3. The source pauses the guest, sends the last iteration and its
 //     IterationEnd, then Switchover{final iteration, Pending}: Pending are
 //     the pages the destination must treat as not yet received. The
-//     destination waits for every counted batch, marks Pending missing,
-//     resumes the guest and sends Resumed.
+//     destination waits for every counted batch, marks Pending missing and
+//     sends Ready; the source answers Go; the destination resumes the guest
+//     and sends Resumed. The two steps make "the destination has not
+//     resumed" certain for the source until it sends Go: a failure before
+//     Go aborts cleanly, one after Go leaves the source unable to tell.
 //  4. Post-copy: the destination sends PageRequest on urgent, the source
 //     answers each page with a PageReply, in order. The source may push the
 //     rest as PageBatch{Iteration: IterationPostcopy} on the bulk
@@ -50,7 +53,7 @@
 //  5. The destination sends Complete (its figures as JSON) when no page is
 //     missing; the source answers with Complete (its figures) and both close.
 //
-// Abort (either side, before Resumed) cancels: the source guest keeps
+// Abort (either side, before Go) cancels: the source guest keeps
 // running. Error reports a failure that ends the session. After Resumed the
 // source must keep serving requests until Complete, whatever else happens.
 //

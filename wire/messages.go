@@ -47,6 +47,10 @@ func newMessage(t Type) Message {
 		return new(Abort)
 	case TypeProgress:
 		return new(Progress)
+	case TypeReady:
+		return new(Ready)
+	case TypeGo:
+		return new(Go)
 	case TypePageBatch:
 		return new(PageBatch)
 	case TypePageRequest:
@@ -329,6 +333,33 @@ func (m *Switchover) decode(p []byte) error {
 		return err
 	}
 	return m.validate()
+}
+
+// Ready: the destination has every page of the final iteration in place,
+// has made the pending pages missing, and waits for Go to resume the guest
+// (destination → source). Until the source sends Go, it knows the
+// destination has not resumed: any failure before then is a clean abort.
+type Ready struct{}
+
+func (*Ready) Type() Type                    { return TypeReady }
+func (*Ready) validate() error               { return nil }
+func (*Ready) appendPayload(b []byte) []byte { return b }
+func (*Ready) decode(p []byte) error {
+	d := decoder{b: p}
+	return d.finish()
+}
+
+// Go: resume the guest (source → destination, after Ready). Once it is
+// sent, the source can no longer tell whether the destination runs the
+// guest, so it never resumes its own copy automatically.
+type Go struct{}
+
+func (*Go) Type() Type                    { return TypeGo }
+func (*Go) validate() error               { return nil }
+func (*Go) appendPayload(b []byte) []byte { return b }
+func (*Go) decode(p []byte) error {
+	d := decoder{b: p}
+	return d.finish()
 }
 
 // Resumed: the destination guest runs (destination → source). From here on

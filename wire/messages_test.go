@@ -58,6 +58,8 @@ func sampleMessages() []Message {
 		&Switchover{Iteration: 9},
 		&Switchover{Iteration: 9, Pending: []Run{{0, 0, 1}, {0, 2, 300}, {0, 1 << 20, 5}, {1, 0, 32}, {1, 40, 1}}},
 		&Resumed{},
+		&Ready{},
+		&Go{},
 		&Complete{},
 		&Complete{Figures: []byte(`{"mode":"hybrid","pages":{"data":12,"zero":3}}`)},
 		&Error{Code: ErrorStorage, Message: "read disk 2 at 0x1000: EIO"},

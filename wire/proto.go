@@ -61,6 +61,8 @@ const (
 	TypeError        Type = 7
 	TypeAbort        Type = 8
 	TypeProgress     Type = 9
+	TypeReady        Type = 10
+	TypeGo           Type = 11
 	TypePageBatch    Type = 16
 	TypePageRequest  Type = 32
 	TypePageReply    Type = 33
@@ -86,6 +88,10 @@ func (t Type) String() string {
 		return "Abort"
 	case TypeProgress:
 		return "Progress"
+	case TypeReady:
+		return "Ready"
+	case TypeGo:
+		return "Go"
 	case TypePageBatch:
 		return "PageBatch"
 	case TypePageRequest:
@@ -99,7 +105,7 @@ func (t Type) String() string {
 // role returns the connection role that carries frames of type t, or 0.
 func (t Type) role() Role {
 	switch {
-	case t >= TypeHello && t <= TypeProgress:
+	case t >= TypeHello && t <= TypeGo:
 		return RoleControl
 	case t == TypePageBatch:
 		return RoleBulk
