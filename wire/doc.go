@@ -28,6 +28,17 @@
 //		return wire.HelloAck{Accepted: true}
 //	})
 //
+// # Security
+//
+// With WithTLS (dialer) and Listener.TLS (acceptor) every connection runs
+// TLS before its preamble; with ClientAuth RequireAndVerifyClientCert that
+// is mutual TLS, and a peer without a certificate the acceptor's CA signed,
+// a plain-TCP peer, garbage or a replayed recording fails the handshake:
+// none of its bytes are read as protocol and no Hello reaches decide. The
+// destination runs Hello.Command, so an open listener is remote execution:
+// use TLS anywhere but a test bench. TLS connections are read without the
+// readv fast path.
+//
 // # Session flow (what the engine sends; wire does not enforce the order)
 //
 //  1. Hello (source → destination), HelloAck.

@@ -102,10 +102,20 @@ func withDeadline(ctx context.Context, nc net.Conn, f func() error) error {
 // dialConn opens one connection of session id and does the dialer's half of
 // the handshake, speaking the given version.
 func dialConn(ctx context.Context, addr string, id SessionID, role Role, index int, version uint16) (*Conn, error) {
+	return dialConnWith(ctx, addr, id, role, index, version, dialOptions{})
+}
+
+// dialConnWith is dialConn with the session's dial options (TLS).
+func dialConnWith(ctx context.Context, addr string, id SessionID, role Role, index int, version uint16, o dialOptions) (*Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s conn to %s: %w", role, addr, err)
+	}
+	if o.tls != nil {
+		if nc, err = clientTLS(ctx, nc, addr, o.tls); err != nil {
+			return nil, fmt.Errorf("dial %s conn to %s: %w", role, addr, err)
+		}
 	}
 	out := preamble{version: version, role: role, index: uint16(index), session: id}
 	err = withDeadline(ctx, nc, func() error {

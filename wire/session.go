@@ -2,6 +2,7 @@ package wire
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -55,12 +56,17 @@ func (s *Session) setGeometry() {
 // Dial opens a session to the destination at addr (source side): the
 // control connection, Hello/HelloAck, then h.BulkConns bulk connections and
 // the urgent one. Dial fills in h's Version and PageSize, and a random
-// Session if h has none. A refusal is a *RefusedError.
-func Dial(ctx context.Context, addr string, h Hello) (*Session, error) {
-	return dial(ctx, addr, h, Version)
+// Session if h has none. A refusal is a *RefusedError. WithTLS secures
+// every connection.
+func Dial(ctx context.Context, addr string, h Hello, opts ...DialOption) (*Session, error) {
+	return dial(ctx, addr, h, Version, opts...)
 }
 
-func dial(ctx context.Context, addr string, h Hello, version uint16) (*Session, error) {
+func dial(ctx context.Context, addr string, h Hello, version uint16, opts ...DialOption) (*Session, error) {
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	h.Version = version
 	if h.PageSize == 0 {
 		h.PageSize = PageSize
@@ -71,7 +77,7 @@ func dial(ctx context.Context, addr string, h Hello, version uint16) (*Session, 
 	if err := h.validate(); err != nil {
 		return nil, fmt.Errorf("dial session %s: %w", h.Session, err)
 	}
-	ctrl, err := dialConn(ctx, addr, h.Session, RoleControl, 0, version)
+	ctrl, err := dialConnWith(ctx, addr, h.Session, RoleControl, 0, version, o)
 	if err != nil {
 		return nil, err
 	}
@@ -81,14 +87,14 @@ func dial(ctx context.Context, addr string, h Hello, version uint16) (*Session, 
 		return nil, err
 	}
 	for i := range int(h.BulkConns) {
-		c, err := dialConn(ctx, addr, h.Session, RoleBulk, i, version)
+		c, err := dialConnWith(ctx, addr, h.Session, RoleBulk, i, version, o)
 		if err != nil {
 			s.Close()
 			return nil, err
 		}
 		s.Bulk = append(s.Bulk, c)
 	}
-	if s.Urgent, err = dialConn(ctx, addr, h.Session, RoleUrgent, 0, version); err != nil {
+	if s.Urgent, err = dialConnWith(ctx, addr, h.Session, RoleUrgent, 0, version, o); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -127,6 +133,11 @@ type Listener struct {
 	// HandshakeTimeout bounds each new connection's preamble and the Hello;
 	// zero means 10 s.
 	HandshakeTimeout time.Duration
+	// TLS, if set, is run on every accepted connection before its preamble
+	// is read: a peer whose handshake fails (no or wrong certificate when
+	// TLS.ClientAuth requires one, plain bytes) is rejected before any of
+	// its bytes are taken as protocol. Set it before the first Accept.
+	TLS *tls.Config
 }
 
 // Listen listens on a TCP address for sessions.
@@ -196,9 +207,18 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p, err := greet(ctx, nc, timeout)
-				if err != nil {
-					nc.Close()
+				var p preamble
+				var err error
+				if l.TLS != nil {
+					var tc net.Conn
+					if tc, err = serverTLS(ctx, nc, l.TLS, timeout); err == nil {
+						nc = tc
+					}
+				}
+				if err == nil {
+					if p, err = greet(ctx, nc, timeout); err != nil {
+						nc.Close()
+					}
 				}
 				select {
 				case arrivals <- arrival{nc: nc, pre: p, err: err}:
