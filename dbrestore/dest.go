@@ -236,6 +236,14 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	defer func() { stopServe(); serveWG.Wait() }()
 
+	// Ready, then resume only on Go: until the source sends Go it may
+	// still abort and resume its own copy.
+	if err := d.sess.Control.WriteFrame(ctx, &wire.Ready{}); err != nil {
+		return nil, d.cause(ctx, fmt.Errorf("send ready: %w", err))
+	}
+	if err := d.waitGo(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.g.Resume(ctx); err != nil {
 		return nil, fmt.Errorf("resume guest: %w", err)
 	}
@@ -266,6 +274,24 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	d.log.Info("migration complete", "prefetch", fig.Pages.Prefetch, "faults", fig.Pages.PostcopyFault)
 	return fig, nil
+}
+
+// waitGo waits for the source's Go.
+func (d *dest) waitGo(ctx context.Context) error {
+	m, err := d.sess.Control.ReadFrame(ctx)
+	if err != nil {
+		return d.cause(ctx, fmt.Errorf("wait for go: %w", err))
+	}
+	switch m := m.(type) {
+	case *wire.Go:
+		return nil
+	case *wire.Abort:
+		return fmt.Errorf("source aborted: %s", m.Reason)
+	case *wire.Error:
+		return fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
+	}
+	d.errCode = wire.ErrorProtocol
+	return fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type())
 }
 
 func (d *dest) cause(ctx context.Context, err error) error {

@@ -56,7 +56,7 @@ type source struct {
 	dataPages, zeroPages atomic.Uint64
 
 	// Set by the control reader.
-	ctrlErr   chan error // first error from the control connection
+	ready     chan struct{}
 	resumed   chan struct{}
 	completed chan *wire.Complete
 }
@@ -177,9 +177,6 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending}); err != nil {
 		return s.cause(ctx, fmt.Errorf("send switchover: %w", err))
 	}
-	// From here the destination may resume at any moment: if it is lost
-	// before saying so, we cannot know whether its guest ran, so the source
-	// guest stays paused (see the README, "Failures").
 	var serveWG sync.WaitGroup
 	pctx, stopPost := context.WithCancel(ctx)
 	defer func() { stopPost(); serveWG.Wait() }()
@@ -188,21 +185,27 @@ func (s *source) run(ctx context.Context) (err error) {
 		go func() { defer serveWG.Done(); s.servePages(pctx) }()
 		go func() { defer serveWG.Done(); s.push(pctx) }()
 	}
+	// Until we send Go the destination certainly has not resumed: a failure
+	// here is a clean abort.
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return s.cause(ctx, errors.New("destination lost before it was ready to resume"))
+	}
+	// From Go on, a lost destination may or may not run the guest: the
+	// source guest then stays paused (see the README, "Failures").
+	resumedDest = true
+	if err := s.sess.Control.WriteFrame(ctx, &wire.Go{}); err != nil {
+		s.rep.Outcome = report.FailedAfterResume
+		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", s.cause(ctx, fmt.Errorf("send go: %w", err)))
+	}
 	select {
 	case <-s.resumed:
-		resumedDest = true
 		s.rep.DowntimeMS = report.MS(time.Since(tPause))
 		s.log.Info("destination resumed", "downtime", time.Since(tPause), "postcopy_pages", s.rep.PostcopyPages)
 	case <-ctx.Done():
-		err := s.cause(ctx, errors.New("destination lost at switchover"))
-		var remote *remoteError
-		if errors.As(err, &remote) {
-			// The destination said it failed: it did not resume.
-			return err
-		}
-		resumedDest = true // unknown: never resume the source
 		s.rep.Outcome = report.FailedAfterResume
-		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
+		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", s.cause(ctx, errors.New("destination lost after go")))
 	}
 	var done *wire.Complete
 	select {
@@ -395,7 +398,7 @@ func (s *source) dial(ctx context.Context) error {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}
 	s.sess = sess
-	s.ctrlErr = make(chan error, 1)
+	s.ready = make(chan struct{})
 	s.resumed = make(chan struct{})
 	s.completed = make(chan *wire.Complete, 1)
 	return nil
@@ -407,7 +410,7 @@ type remoteError struct{ msg string }
 func (e *remoteError) Error() string { return "destination: " + e.msg }
 
 func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) {
-	resumed := false
+	ready, resumed := false, false
 	for {
 		m, err := s.sess.Control.ReadFrame(ctx)
 		if err != nil {
@@ -420,6 +423,11 @@ func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) 
 			return
 		}
 		switch m := m.(type) {
+		case *wire.Ready:
+			if !ready {
+				ready = true
+				close(s.ready)
+			}
 		case *wire.Resumed:
 			if !resumed {
 				resumed = true
