@@ -1,10 +1,13 @@
 package precopy
 
 import (
+	"crypto/tls"
 	"fmt"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/internal/report"
 )
 
 const pageSize = 4096
@@ -40,7 +43,14 @@ type Config struct {
 	Downtime      time.Duration // downtime budget, default 50ms
 	MaxIterations int           // pre-copy passes at most, default 30
 	BulkConns     int           // parallel bulk connections, default 2
-	Logger hclog.Logger
+	Logger        hclog.Logger
+	// TLS, if set, secures every connection to the destination (see
+	// wire.WithTLS).
+	TLS *tls.Config
+	// Progress, if set, is called after each pre-copy pass, periodically
+	// during post-copy, and at completion, from the engine's goroutines: it
+	// must return quickly.
+	Progress func(report.Progress)
 }
 
 func (c *Config) defaults() {

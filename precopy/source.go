@@ -147,6 +147,7 @@ func (s *source) run(ctx context.Context) (err error) {
 		s.rep.IterationLog = append(s.rep.IterationLog, report.Iteration{Pages: n, Bytes: bytes, MS: report.MS(elapsed), DirtyPages: remaining})
 		dec = pol.next(iter, bytes, elapsed, remaining)
 		s.log.Debug("pass done", "iteration", iter, "pages", n, "bytes", bytes, "elapsed", elapsed, "dirty", remaining, "decision", dec)
+		s.progress(report.PhasePrecopy, iter, remaining, float64(bytes)/elapsed.Seconds())
 	}
 	s.rep.Iterations = iter
 
@@ -184,6 +185,8 @@ func (s *source) run(ctx context.Context) (err error) {
 		serveWG.Add(2)
 		go func() { defer serveWG.Done(); s.servePages(pctx) }()
 		go func() { defer serveWG.Done(); s.push(pctx) }()
+		serveWG.Add(1)
+		go func() { defer serveWG.Done(); s.watchPostcopy(pctx, iter) }()
 	}
 	// Until we send Go the destination certainly has not resumed: a failure
 	// here is a clean abort.
@@ -217,6 +220,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	stopPost()
 	serveWG.Wait()
 	s.mergeDest(done)
+	s.progress(report.PhaseDone, iter, 0, 0)
 	if err := s.g.Finish(ctx); err != nil {
 		s.log.Warn("finish source guest", "error", err)
 	}
@@ -393,7 +397,7 @@ func (s *source) dial(ctx context.Context) error {
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
 	}
-	sess, err := wire.Dial(ctx, s.cfg.To, h)
+	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS))
 	if err != nil {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}
