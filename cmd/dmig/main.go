@@ -59,6 +59,7 @@ func main() {
 		kong.Name("dmig"),
 		kong.Description("Live-migrate database VMs between hosts that share storage."),
 		kong.UsageOnError(),
+		kong.Exit(usageExit),
 	)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -23,7 +23,15 @@ const (
 	exitBusy        = 5 // the guest is already being migrated
 )
 
-// exitError carries an exit status through the error chain.
+// usageExit exits for kong: its bad-usage status (80) becomes ours.
+func usageExit(code int) {
+	if code == 80 {
+		code = exitUsage
+	}
+	os.Exit(code)
+}
+
+// statusError carries an exit status through the error chain.
 type statusError struct {
 	code int
 	err  error
@@ -43,6 +51,8 @@ type migrateCmd struct {
 	MaxIter   int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
 	BulkConns int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
 	Report    string        `help:"Write the JSON report to this file ('-' for stdout)."`
+	tlsFlags
+	TLSServerName string `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -51,13 +61,21 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if err != nil {
 		return &statusError{exitUsage, err}
 	}
+	tc, err := c.client(c.TLSServerName)
+	switch {
+	case errors.Is(err, errNoTLS):
+		tc = nil
+		log.Warn("migrating WITHOUT TLS: guest memory crosses the network unencrypted and the destination is not authenticated")
+	case err != nil:
+		return &statusError{exitUsage, err}
+	}
 	guest, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
 	if err != nil {
 		return &statusError{exitUsage, err}
 	}
 	rep, err := precopy.Run(ctx, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
-		BulkConns: c.BulkConns, Logger: log,
+		BulkConns: c.BulkConns, Logger: log, TLS: tc,
 	}, guest)
 	if werr := writeReport(c.Report, rep); werr != nil {
 		log.Error("write report", "error", werr)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -15,15 +16,27 @@ type serveCmd struct {
 	Dir          string `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
 	Once         bool   `help:"Exit after the first migration, with its status."`
 	FaultWorkers int    `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
+	tlsFlags
+	Insecure bool `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
 }
 
 func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	log := g.logger("serve")
+	tc, err := c.server()
+	switch {
+	case errors.Is(err, errNoTLS) && !c.Insecure:
+		return &statusError{exitUsage, errors.New("refusing to serve without TLS: give --tls-cert, --tls-key and --tls-ca, or --insecure")}
+	case errors.Is(err, errNoTLS):
+		log.Warn("serving WITHOUT TLS (--insecure): any peer can start commands and write guest memory on this host")
+	case err != nil:
+		return &statusError{exitUsage, err}
+	}
 	l, err := wire.Listen(ctx, c.Listen)
 	if err != nil {
 		return &statusError{exitUsage, err}
 	}
 	defer l.Close()
+	l.TLS = tc
 	log.Info("listening", "addr", l.Addr())
 	cfg := dbrestore.Config{
 		FaultWorkers: c.FaultWorkers,
