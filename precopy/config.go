@@ -43,7 +43,14 @@ type Config struct {
 	Downtime      time.Duration // downtime budget, default 50ms
 	MaxIterations int           // pre-copy passes at most, default 30
 	BulkConns     int           // parallel bulk connections, default 2
-	Logger        hclog.Logger
+	// LayoutAddr is the guest's layout endpoint (host:port, see
+	// layout.Fetch). In hybrid mode the pages its layout names go as
+	// storage references; precopy and postcopy ignore it.
+	LayoutAddr string
+	// LayoutOnce fetches the layout before the first pass only, instead
+	// of before every pass.
+	LayoutOnce bool
+	Logger     hclog.Logger
 	// TLS, if set, secures every connection to the destination (see
 	// wire.WithTLS).
 	TLS *tls.Config

@@ -49,6 +49,7 @@ type source struct {
 	rep   report.Report
 
 	blocks  []*srcBlock
+	refs    *refSource // nil: no storage references
 	u       *uffd.FD
 	tracker *uffd.DirtyTracker
 	sess    *wire.Session
@@ -96,6 +97,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.track(); err != nil {
 		return err
 	}
+	s.refs = newRefSource(s.cfg, s.blocks)
 	if err := s.dial(ctx); err != nil {
 		return err
 	}
@@ -132,6 +134,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	}
 	for dec == iterate {
 		iter++
+		s.refs.prepare(ctx, uint32(iter), s.guestPages())
 		t0 := time.Now()
 		sent0 := s.bytesSent()
 		n, err := s.pass(ctx, uint32(iter))
@@ -181,7 +184,9 @@ func (s *source) run(ctx context.Context) (err error) {
 	var serveWG sync.WaitGroup
 	pctx, stopPost := context.WithCancel(ctx)
 	defer func() { stopPost(); serveWG.Wait() }()
-	if len(pending) > 0 {
+	// With storage references the destination may also ask for pages whose
+	// disk copy failed its check, whatever Pending says.
+	if len(pending) > 0 || s.refs != nil {
 		serveWG.Add(2)
 		go func() { defer serveWG.Done(); s.servePages(pctx) }()
 		go func() { defer serveWG.Done(); s.push(pctx) }()
@@ -394,6 +399,9 @@ func (s *source) dial(ctx context.Context) error {
 	if s.cfg.Mode != ModePrecopy {
 		h.Flags |= wire.FlagPostcopy
 	}
+	if s.refs != nil {
+		h.Flags |= wire.FlagStorageRefs
+	}
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
 	}
@@ -550,6 +558,9 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	if isZero(page) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
+		return
+	}
+	if s.refs.add(batch, b, p, page) {
 		return
 	}
 	batch.AddData(p, page)
