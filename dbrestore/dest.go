@@ -42,7 +42,12 @@ type Config struct {
 	// FaultWorkers is how many post-copy faults are resolved at once
 	// (default 4): each waits one round trip to the source.
 	FaultWorkers int
-	Logger       hclog.Logger
+	// Disks are the shared disks this host reads storage references from:
+	// layout disk name → path of a file or block device (--disk NAME=PATH).
+	// A disk that cannot be opened, or one a reference names but this map
+	// lacks, costs speed: those pages come from the source.
+	Disks  map[string]string
+	Logger hclog.Logger
 }
 
 func (c *Config) defaults() {
@@ -82,6 +87,7 @@ type dest struct {
 	log  hclog.Logger
 
 	blocks  []*dstBlock
+	restore *restorer
 	u       *uffd.FD
 	pid     int
 	errCode wire.ErrorCode
@@ -150,9 +156,12 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.prepare(ctx); err != nil {
 		return nil, err
 	}
+	d.restore = newRestorer(d)
+	defer d.restore.close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(errors.New("migration ended"))
+	d.restore.start(ctx, &wg)
 	for i, c := range d.sess.Bulk {
 		wg.Add(1)
 		go func() {
@@ -208,7 +217,11 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.barrier(ctx); err != nil {
 		return nil, d.cause(ctx, err)
 	}
-	if err := d.markPending(sw.Pending); err != nil {
+	if err := d.restore.drain(ctx); err != nil {
+		return nil, d.cause(ctx, err)
+	}
+	owed := d.restore.owed()
+	if err := d.markPending(append(sw.Pending, owed...)); err != nil {
 		return nil, err
 	}
 	close(d.switched)
@@ -231,6 +244,8 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 				cancel(err)
 			}
 		}()
+		serveWG.Add(1)
+		go func() { defer serveWG.Done(); d.restore.refetch(serveCtx, owed) }()
 	} else {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
@@ -268,6 +283,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		return nil, err
 	}
 	fig = d.figures(resumeMS)
+	d.restore.report(fig)
 	b, _ := json.Marshal(fig)
 	if err := d.sess.Control.WriteFrame(ctx, &wire.Complete{Figures: b}); err != nil {
 		d.log.Warn("send completion", "error", err)
@@ -508,6 +524,9 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					return fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.name)
 				}
 				if !push {
+					for k := range uint64(run) {
+						d.restore.supersede(b.idx, e.Page+k, batch.Iteration)
+					}
 					if err := c.ReadData(b.mem[e.Page*pageSize : (e.Page+uint64(run))*pageSize]); err != nil {
 						return fmt.Errorf("bulk connection %d: %w", i, err)
 					}
@@ -532,6 +551,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				j += run
 			case wire.KindZero:
 				if !push {
+					d.restore.supersede(b.idx, e.Page, batch.Iteration)
 					if b.placed.Has(e.Page) {
 						clear(b.mem[e.Page*pageSize : (e.Page+1)*pageSize])
 					}
@@ -541,6 +561,15 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 						return err
 					}
 					d.resolved(b, e.Page, &d.prefetch)
+				}
+				j++
+			case wire.KindRef:
+				if push || !d.restore.active {
+					d.errCode = wire.ErrorProtocol
+					return fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page)
+				}
+				if err := d.restore.enqueue(ctx, b.idx, e.Page, batch.Iteration, e.Ref); err != nil {
+					return fmt.Errorf("bulk connection %d: %w", i, err)
 				}
 				j++
 			default:
