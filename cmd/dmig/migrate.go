@@ -100,10 +100,18 @@ func isBusy(err error) bool {
 }
 
 func writeReport(path string, rep *report.Report) error {
-	if path == "" || rep == nil {
+	if rep == nil {
 		return nil
 	}
-	b, err := json.MarshalIndent(rep, "", "  ")
+	return writeJSON(path, rep)
+}
+
+// writeJSON writes v as indented JSON to path ("-": stdout, "": nowhere).
+func writeJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}

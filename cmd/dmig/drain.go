@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/dmig/dmig/internal/drain"
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/vmm/proc"
+)
+
+type drainCmd struct {
+	Config   string `required:"" type:"existingfile" help:"Drain config (YAML or JSON): the guests to move and where."`
+	Parallel int    `default:"1" help:"Guests migrated at once."`
+	State    string `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
+	LockDir  string `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
+	Report   string `help:"Write the JSON summary to this file ('-' for stdout)."`
+	MaxIter  int    `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
+	tlsFlags
+	Insecure bool `help:"Migrate without TLS." group:"Security"`
+}
+
+func (c *drainCmd) Run(g *globals, ctx context.Context) error {
+	log := g.logger("drain")
+	cfg, err := drain.LoadConfig(c.Config)
+	if err != nil {
+		return &statusError{exitUsage, err}
+	}
+	tc, err := c.client("")
+	switch {
+	case errors.Is(err, errNoTLS) && !c.Insecure:
+		return &statusError{exitUsage, errors.New("refusing to drain without TLS: give --tls-cert, --tls-key and --tls-ca, or --insecure")}
+	case errors.Is(err, errNoTLS):
+		log.Warn("draining WITHOUT TLS: guest memory crosses the network unencrypted")
+	case err != nil:
+		return &statusError{exitUsage, err}
+	}
+	state := firstNonEmpty(c.State, cfg.State, "/var/lib/dmig/drain-state.json")
+	lockDir := firstNonEmpty(c.LockDir, cfg.LockDir, "/run/dmig")
+	sum, err := drain.Run(ctx, cfg, drain.Options{
+		Parallel: c.Parallel, LockDir: lockDir, State: state, Logger: log,
+		Migrate: func(ctx context.Context, vm drain.VM, pid int) (*report.Report, error) {
+			mode, err := precopy.ParseMode(firstNonEmpty(vm.Mode, "hybrid"))
+			if err != nil {
+				return nil, err
+			}
+			guest, err := proc.NewSource(pid, vm.RAM, vm.DestCmd)
+			if err != nil {
+				return nil, err
+			}
+			rep, err := precopy.Run(ctx, precopy.Config{
+				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter,
+				Logger: log.Named(vm.Name), TLS: tc,
+			}, guest)
+			if errors.Is(err, precopy.ErrBusy) {
+				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)
+			}
+			return rep, err
+		},
+	})
+	if err != nil {
+		return &statusError{exitError, err}
+	}
+	if werr := writeJSON(c.Report, sum); werr != nil {
+		log.Error("write summary", "error", werr)
+	}
+	log.Info("drain done", "moved", sum.Moved, "failed", sum.Failed, "already_moved", sum.AlreadyMoved, "busy", sum.Busy)
+	return drainStatus(sum)
+}
+
+// drainStatus is the drain's exit status: the worst of its guests'
+// (failed after resume, then aborted, then busy).
+func drainStatus(sum *drain.Summary) error {
+	code := 0
+	for _, r := range sum.VMs {
+		switch {
+		case r.Status == drain.StatusFailed && r.Outcome == report.FailedAfterResume:
+			code = exitAfterResume
+		case r.Status == drain.StatusFailed && code != exitAfterResume:
+			code = exitAborted
+		case r.Status == drain.StatusBusy && code == 0:
+			code = exitBusy
+		}
+	}
+	if code == 0 {
+		return nil
+	}
+	return &statusError{code, fmt.Errorf("drain: %d moved, %d failed, %d busy, %d moved earlier", sum.Moved, sum.Failed, sum.Busy, sum.AlreadyMoved)}
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
