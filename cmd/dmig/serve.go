@@ -7,15 +7,17 @@ import (
 	"path/filepath"
 
 	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/wire"
 )
 
 type serveCmd struct {
-	Listen       string `required:"" help:"Address to accept migrations on (host:port)."`
-	Dir          string `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
-	Once         bool   `help:"Exit after the first migration, with its status."`
-	FaultWorkers int    `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
+	Listen       string   `required:"" help:"Address to accept migrations on (host:port)."`
+	Dir          string   `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
+	Once         bool     `help:"Exit after the first migration, with its status."`
+	FaultWorkers int      `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
+	Disks        []string `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
 	tlsFlags
 	Insecure bool `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
 }
@@ -37,9 +39,18 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	}
 	defer l.Close()
 	l.TLS = tc
+	disks := map[string]string{}
+	for _, d := range c.Disks {
+		name, path, err := layout.ParseDiskFlag(d)
+		if err != nil {
+			return &statusError{exitUsage, err}
+		}
+		disks[name] = path
+	}
 	log.Info("listening", "addr", l.Addr())
 	cfg := dbrestore.Config{
 		FaultWorkers: c.FaultWorkers,
+		Disks:        disks,
 		Logger:       log,
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			return proc.NewTarget(filepath.Join(c.Dir, h.Session.String()), h.Command)
