@@ -25,14 +25,17 @@ func TestMigrateExitCodes(t *testing.T) {
 	defer cancel()
 
 	rep := filepath.Join(dir, "dead.json")
-	args := append(migrateArgs(g, freeAddr(t), "hybrid", filepath.Join(dir, "x.stats")), "--report", rep)
+	prom := filepath.Join(dir, "dead.prom")
+	args := append(migrateArgs(g, freeAddr(t), "hybrid", filepath.Join(dir, "x.stats")), "--report", rep, "--metrics-file", prom)
 	code, out := dmigRun(t, ctx, args...)
 	if code != 3 {
 		t.Fatalf("migrate to a dead address: exit %d, want 3\n%s", code, out)
 	}
-	if r := readReport(t, rep); r.Outcome != report.Aborted || r.Error == "" || r.Mode != "hybrid" {
+	r := readReport(t, rep)
+	if r.Outcome != report.Aborted || r.Error == "" || r.Mode != "hybrid" {
 		t.Fatalf("report of the dead-address migration: %+v", r)
 	}
+	checkMetrics(t, prom, r)
 	if !g.progressing(t) {
 		t.Fatal("source guest not running after an aborted migration")
 	}
@@ -149,11 +152,18 @@ func TestDrain(t *testing.T) {
 	sumFile := filepath.Join(dir, "summary.json")
 	state := filepath.Join(dir, "state.json")
 	common := []string{"drain", "--config", conf, "--state", state, "--lock-dir", filepath.Join(dir, "locks"), "--insecure"}
-	code, out := dmigRun(t, ctx, append(common, "--report", sumFile)...)
+	prom := filepath.Join(dir, "drain.prom")
+	code, out := dmigRun(t, ctx, append(common, "--report", sumFile, "--metrics-file", prom)...)
 	if code != 3 {
 		t.Fatalf("drain with one failing guest: exit %d, want 3\n%s", code, out)
 	}
 	sum := readSummary(t, sumFile)
+	for i, r := range sum.VMs {
+		if r.Report == nil {
+			t.Fatalf("summary line %d has no report: %+v", i, r)
+		}
+		checkMetrics(t, prom, *r.Report)
+	}
 	t.Logf("summary: moved %d, failed %d", sum.Moved, sum.Failed)
 	want := []drain.Status{drain.StatusMoved, drain.StatusFailed, drain.StatusMoved}
 	for i, r := range sum.VMs {

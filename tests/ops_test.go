@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -88,12 +90,24 @@ func TestTLSRefusals(t *testing.T) {
 	px := startRecorder(t, srv.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	args := append(migrateArgs(g, px.addr, "precopy", stats), "--tls-cert", ccert, "--tls-key", ckey, "--tls-ca", ca.CAFile, "--tls-server-name", "127.0.0.1")
+	repFile, promFile := filepath.Join(dir, "report.json"), filepath.Join(dir, "dmig.prom")
+	args := append(migrateArgs(g, px.addr, "precopy", stats), "--tls-cert", ccert, "--tls-key", ckey, "--tls-ca", ca.CAFile,
+		"--tls-server-name", "127.0.0.1", "--report", repFile, "--metrics-file", promFile)
 	code, out := dmigRun(t, ctx, args...)
 	if code != 0 {
 		t.Fatalf("migrate with mutual TLS: exit %d\n%s", code, out)
 	}
 	waitDestRunning(t, stats)
+	// The report and the metrics say the same.
+	rep := readReport(t, repFile)
+	if rep.Outcome != report.Completed || rep.Mode != "precopy" || rep.Iterations < 1 || rep.TotalMS <= 0 ||
+		rep.GuestPages != 64<<20/4096 || rep.Pages.Data == 0 || rep.BytesSent < rep.Pages.Data*4096 {
+		t.Fatalf("report %+v", rep)
+	}
+	checkMetrics(t, promFile, rep)
+	if strings.Contains(out, "\x1b[") || strings.Contains(out, "\r") {
+		t.Fatalf("terminal control sequences in migrate's output off a terminal:\n%q", out)
+	}
 	if n := len(srv.sessions(t)); n != 1 {
 		t.Fatalf("%d session directories after one migration", n)
 	}
@@ -244,4 +258,42 @@ func readReport(t *testing.T, path string) report.Report {
 		t.Fatalf("report %s: %v\n%s", path, err, b)
 	}
 	return r
+}
+
+var (
+	promLine = regexp.MustCompile(`^(# (HELP|TYPE) [a-z_]+ .+|[a-z_]+(\{([a-z_]+="[^"\n]*",?)*\})? [-+0-9.eE]+)$`)
+	promSent = regexp.MustCompile(`(?m)^dmig_migration_sent_bytes\{guest="([^"]*)",mode="([^"]*)"\} (\S+)$`)
+)
+
+// checkMetrics checks a --metrics-file line by line against the text format
+// and its figures against the report.
+func checkMetrics(t *testing.T, path string, rep report.Report) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if !promLine.MatchString(l) {
+			t.Fatalf("metrics line %d malformed: %q", i+1, l)
+		}
+	}
+	var m []string
+	for _, c := range promSent.FindAllStringSubmatch(string(b), -1) {
+		if c[1] == rep.Guest {
+			m = c
+		}
+	}
+	if m == nil || m[2] != rep.Mode || m[3] != strconv.FormatUint(rep.BytesSent, 10) {
+		t.Fatalf("metrics %v do not match the report (guest %s, mode %s, %d bytes):\n%s", m, rep.Guest, rep.Mode, rep.BytesSent, b)
+	}
+	want := "dmig_migration_completed{" + `guest="` + rep.Guest + `",mode="` + rep.Mode + `"} `
+	if rep.Outcome == report.Completed {
+		want += "1"
+	} else {
+		want += "0"
+	}
+	if !strings.Contains(string(b), want+"\n") {
+		t.Fatalf("metrics lack %q:\n%s", want, b)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/dmig/dmig/internal/drain"
 	"github.com/dmig/dmig/internal/report"
@@ -17,6 +18,7 @@ type drainCmd struct {
 	State    string `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
 	LockDir  string `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
 	Report   string `help:"Write the JSON summary to this file ('-' for stdout)."`
+	Metrics  string `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
 	MaxIter  int    `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
@@ -65,6 +67,17 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	}
 	if werr := writeJSON(c.Report, sum); werr != nil {
 		log.Error("write summary", "error", werr)
+	}
+	if c.Metrics != "" {
+		var reps []*report.Report
+		for _, r := range sum.VMs {
+			if r.Report != nil {
+				reps = append(reps, r.Report)
+			}
+		}
+		if werr := report.WriteProm(c.Metrics, time.Now(), reps...); werr != nil {
+			log.Error("write metrics", "error", werr)
+		}
 	}
 	log.Info("drain done", "moved", sum.Moved, "failed", sum.Failed, "already_moved", sum.AlreadyMoved, "busy", sum.Busy)
 	return drainStatus(sum)

@@ -42,15 +42,18 @@ func (e *statusError) Unwrap() error { return e.err }
 func (e *statusError) ExitCode() int { return e.code }
 
 type migrateCmd struct {
-	To        string        `required:"" help:"Destination address (host:port of 'dmig serve')."`
-	Mode      string        `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
-	Pid       int           `required:"" help:"Pid of the guest process (the process that maps the RAM files)."`
-	RAM       []string      `required:"" name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
-	DestCmd   []string      `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
-	Downtime  time.Duration `default:"50ms" help:"Downtime budget."`
-	MaxIter   int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
-	BulkConns int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
-	Report    string        `help:"Write the JSON report to this file ('-' for stdout)."`
+	To         string        `required:"" help:"Destination address (host:port of 'dmig serve')."`
+	Mode       string        `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
+	Pid        int           `required:"" help:"Pid of the guest process (the process that maps the RAM files)."`
+	RAM        []string      `required:"" name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
+	DestCmd    []string      `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
+	Downtime   time.Duration `default:"50ms" help:"Downtime budget."`
+	MaxIter    int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
+	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
+	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
+	Layout     string        `placeholder:"HOST:PORT" help:"Guest layout endpoint: in hybrid mode the clean database pages it names go as storage references (the destination reads them from its --disk)."`
+	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
+	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
 	tlsFlags
 	TLSServerName string `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
 }
@@ -76,9 +79,15 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	rep, err := precopy.Run(ctx, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Logger: log, TLS: tc,
+		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce,
 	}, guest)
 	if werr := writeReport(c.Report, rep); werr != nil {
 		log.Error("write report", "error", werr)
+	}
+	if c.Metrics != "" && rep != nil {
+		if werr := report.WriteProm(c.Metrics, time.Now(), rep); werr != nil {
+			log.Error("write metrics", "error", werr)
+		}
 	}
 	printSummary(rep)
 	if err != nil {
