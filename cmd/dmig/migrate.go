@@ -56,6 +56,7 @@ type migrateCmd struct {
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
 	tlsFlags
 	TLSServerName string `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
+	NoProgress    bool   `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -76,11 +77,17 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if err != nil {
 		return &statusError{exitUsage, err}
 	}
+	var view *progressView
+	if !c.NoProgress {
+		view = newProgressView(os.Stderr)
+	}
 	rep, err := precopy.Run(ctx, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce,
+		Progress: view.update,
 	}, guest)
+	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {
 		log.Error("write report", "error", werr)
 	}
