@@ -57,6 +57,7 @@ type guestOpts struct {
 	size      int64
 	writeRate int64
 	hot       float64
+	fill      float64
 	readShare float64
 	db        *testguest.DBParams
 	layout    string // --layout-listen address
@@ -74,6 +75,9 @@ func startSource(t testing.TB, o guestOpts) *srcGuest {
 	p.Size = o.size
 	p.WriteRate = o.writeRate
 	p.Fill = 0.5
+	if o.fill > 0 {
+		p.Fill = o.fill
+	}
 	if o.hot > 0 {
 		p.Hot = o.hot
 	}
@@ -159,8 +163,9 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // the target, and can snapshot the RAM file just before the guest resumes.
 type testTarget struct {
 	*proc.Target
-	snapshotAt string // copy the RAM here right before resume, if set
-	resumed    chan struct{}
+	snapshotAt   string // copy the RAM here right before resume, if set
+	beforeResume func() // run right before the guest is resumed, if set
+	resumed      chan struct{}
 }
 
 func (tt *testTarget) Resume(ctx context.Context) error {
@@ -168,6 +173,9 @@ func (tt *testTarget) Resume(ctx context.Context) error {
 		if err := copyFile(tt.Paths()[0], tt.snapshotAt); err != nil {
 			return err
 		}
+	}
+	if tt.beforeResume != nil {
+		tt.beforeResume()
 	}
 	err := tt.Target.Resume(ctx)
 	close(tt.resumed)
@@ -188,6 +196,9 @@ type dest struct {
 	targets chan *testTarget
 	result  chan error
 	cancel  context.CancelFunc
+	// beforeResume, if set before the migration starts, runs right before
+	// the destination guest is resumed.
+	beforeResume func()
 }
 
 type destOpts struct {
@@ -213,7 +224,7 @@ func startDest(t testing.TB, o destOpts) *dest {
 			if err != nil {
 				return nil, err
 			}
-			tt := &testTarget{Target: pt, snapshotAt: o.snapshot, resumed: make(chan struct{})}
+			tt := &testTarget{Target: pt, snapshotAt: o.snapshot, beforeResume: d.beforeResume, resumed: make(chan struct{})}
 			d.targets <- tt
 			return tt, nil
 		},

@@ -1,0 +1,118 @@
+package tests
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// proxy forwards TCP connections to a target, optionally throttling the
+// forward direction, and can cut every connection at once: a link that
+// drops in the middle of a migration.
+type proxy struct {
+	ln     net.Listener
+	target string
+	rate   int64 // bytes/s forward, 0 = unlimited
+	fwd    atomic.Int64
+
+	mu    sync.Mutex
+	conns []net.Conn
+	cut_  bool
+}
+
+func startProxy(t testing.TB, target string, rate int64) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, rate: rate}
+	go p.accept()
+	t.Cleanup(p.cut)
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// forwarded is the number of bytes passed towards the target so far.
+func (p *proxy) forwarded() int64 { return p.fwd.Load() }
+
+func (p *proxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.cut_ {
+			p.mu.Unlock()
+			c.Close()
+			u.Close()
+			return
+		}
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		go p.pipe(u, c, true)
+		go p.pipe(c, u, false)
+	}
+}
+
+func (p *proxy) pipe(dst, src net.Conn, forward bool) {
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	var sent int64
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if forward && p.rate > 0 {
+				sent += int64(n)
+				if ahead := time.Duration(float64(sent)/float64(p.rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+					time.Sleep(ahead)
+				}
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+			if forward {
+				p.fwd.Add(int64(n))
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if err := closeWrite(dst); err != nil {
+		dst.Close()
+	}
+}
+
+func closeWrite(c net.Conn) error {
+	if tc, ok := c.(*net.TCPConn); ok {
+		return tc.CloseWrite()
+	}
+	return io.ErrClosedPipe
+}
+
+// cut drops every connection (with a reset, as a dead link or host would
+// look after its timeout) and stops accepting.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut_ = true
+	p.ln.Close()
+	for _, c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	p.conns = nil
+}
