@@ -186,6 +186,22 @@ func (t *Target) Pid() int {
 // Create makes sparse RAM files named after the blocks. An existing file is
 // an error: it may be another guest's memory.
 func (t *Target) Create(_ context.Context, blocks []wire.Block) ([]string, error) {
+	// The files start sparse; writing into a mapping of a full filesystem
+	// would kill dmig with SIGBUS mid-migration. Refuse up front instead.
+	var need uint64
+	for _, b := range blocks {
+		need += b.Size
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(t.dir, &fs); err != nil {
+		return nil, fmt.Errorf("check space in %s: %w", t.dir, err)
+	}
+	if fs.Type != unix.TMPFS_MAGIC && fs.Type != unix.HUGETLBFS_MAGIC {
+		return nil, fmt.Errorf("%s is not on tmpfs or hugetlbfs (type %#x): userfaultfd can take over only shared-memory RAM files: %w", t.dir, fs.Type, ErrNotShmem)
+	}
+	if free := fs.Bavail * uint64(fs.Bsize); free < need {
+		return nil, fmt.Errorf("%s has %d MiB free, the guest's RAM needs %d MiB: %w", t.dir, free>>20, need>>20, ErrNoSpace)
+	}
 	for _, b := range blocks {
 		if strings.ContainsAny(b.Name, "/\x00") || b.Name == "." || b.Name == ".." {
 			return nil, fmt.Errorf("RAM block name %q is not a file name", b.Name)

@@ -1,0 +1,187 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/wire"
+)
+
+const smallGuest = 64 << 20
+
+// A destination that speaks garbage: the source aborts at once, the guest
+// runs on with its memory intact.
+func TestGarbageDestination(t *testing.T) {
+	g := startSource(t, guestOpts{size: smallGuest, writeRate: 5000})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n garbage garbage garbage"))
+			c.Close()
+		}
+	}()
+	rep, err := runSource(t, g, ln.Addr().String(), precopy.ModeHybrid, filepath.Join(t.TempDir(), "s"), nil)
+	if err == nil || rep.Outcome != report.Aborted || !errors.Is(err, wire.ErrMagic) {
+		t.Fatalf("migration to a garbage peer: outcome %s, err %v; want aborted with wire.ErrMagic", rep.Outcome, err)
+	}
+	checkSourceRuns(t, g)
+}
+
+// A peer that sends garbage to a destination is turned away before any
+// guest is created, and the destination goes on to accept a real migration.
+func TestGarbageSource(t *testing.T) {
+	d := startDest(t, destOpts{})
+	for _, junk := range []string{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "DMIG\x00\x63garbage", strings.Repeat("\xff", 4096)} {
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(junk))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		c.Read(buf) // the refusal, or EOF
+		c.Close()
+	}
+	select {
+	case tt := <-d.targets:
+		t.Fatalf("garbage made the destination create guest %v", tt.Paths())
+	default:
+	}
+	g := startSource(t, guestOpts{size: smallGuest, writeRate: 5000})
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	rep, err := migrate(t, g, d.addr, precopy.ModeHybrid, stats)
+	if err != nil {
+		t.Fatalf("migration after garbage: %v", err)
+	}
+	if err := <-d.result; err != nil {
+		t.Fatal(err)
+	}
+	tt := <-d.targets
+	waitGuestHealthy(t, tt, stats)
+	t.Logf("after garbage: %s in %.0f ms", rep.Outcome, rep.TotalMS)
+}
+
+// Two migrations of one guest at once: the second is refused as busy and
+// the first completes.
+func TestSecondMigrationRefused(t *testing.T) {
+	g := startSource(t, guestOpts{size: 256 << 20, writeRate: 5000, fill: 1})
+	d := startDest(t, destOpts{})
+	p := startProxy(t, d.addr, 50<<20)
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	first := make(chan error, 1)
+	go func() {
+		_, err := migrate(t, g, p.addr(), precopy.ModeHybrid, stats)
+		first <- err
+	}()
+	waitForwarded(t, p, 10<<20)
+	rep, err := migrate(t, g, p.addr(), precopy.ModeHybrid, stats+"2")
+	if !errors.Is(err, precopy.ErrBusy) || rep.Outcome != report.Aborted {
+		t.Fatalf("second migration of the same guest: %v (outcome %s), want precopy.ErrBusy", err, rep.Outcome)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("first migration: %v", err)
+	}
+	if err := <-d.result; err != nil {
+		t.Fatal(err)
+	}
+	waitGuestHealthy(t, <-d.targets, stats)
+}
+
+// Bad source input: an unknown pid, a RAM file the guest does not map, a
+// file that is not a whole number of pages. Each is a clear error and the
+// guest runs on.
+func TestBadSourceInput(t *testing.T) {
+	g := startSource(t, guestOpts{size: smallGuest, writeRate: 5000})
+	if _, err := proc.NewSource(1<<22+12345, []string{g.ram}, nil); err == nil || !strings.Contains(err.Error(), "guest pid") {
+		t.Errorf("unknown pid: %v", err)
+	}
+	other := filepath.Join(g.dir, "other")
+	if err := os.WriteFile(other, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDest(t, destOpts{})
+	rep, err := migrateRAM(t, g, []string{other}, d.addr)
+	if err == nil || !strings.Contains(err.Error(), "does not map RAM block") || rep.Outcome != report.Aborted {
+		t.Errorf("RAM file the guest does not map: %v", err)
+	}
+	odd := filepath.Join(g.dir, "odd")
+	if err := os.WriteFile(odd, make([]byte, 5000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrateRAM(t, g, []string{odd}, d.addr); err == nil || !strings.Contains(err.Error(), "whole number of pages") {
+		t.Errorf("RAM file of 5000 bytes: %v", err)
+	}
+	checkSourceRuns(t, g)
+	// The CLI says so with its usage status.
+	out, err := exec.Command(dmigBin, "migrate", "--to", d.addr, "--pid", "99999999", "--ram", g.ram).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "guest pid") {
+		t.Errorf("dmig migrate of an unknown pid: exit %v, output %s", err, out)
+	}
+}
+
+func migrateRAM(t *testing.T, g *srcGuest, ram []string, to string) (*report.Report, error) {
+	t.Helper()
+	src, err := proc.NewSource(g.pid(), ram, destCommand(filepath.Join(t.TempDir(), "s")))
+	if err != nil {
+		return &report.Report{Outcome: report.Aborted}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return precopy.Run(ctx, precopy.Config{To: to, Logger: testLogger(t, "source")}, src)
+}
+
+// A destination whose RAM directory cannot hold the guest (a full disk)
+// refuses before creating anything; the source guest runs on.
+func TestDestinationFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=32m"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, err := wire.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := make(chan error, 1)
+	go func() {
+		result <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: testLogger(t, "dest"), NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
+			return proc.NewTarget(filepath.Join(dir, "g"), h.Command)
+		}}, true, nil)
+	}()
+	g := startSource(t, guestOpts{size: smallGuest, writeRate: 5000})
+	rep, err := migrate(t, g, l.Addr().String(), precopy.ModeHybrid, filepath.Join(t.TempDir(), "s"))
+	if err == nil || rep.Outcome != report.Aborted || !strings.Contains(err.Error(), "MiB free") {
+		t.Fatalf("migration to a full destination: outcome %s, err %v", rep.Outcome, err)
+	}
+	if err := <-result; !errors.Is(err, proc.ErrNoSpace) {
+		t.Errorf("destination: %v, want proc.ErrNoSpace", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "g")); len(ents) != 0 {
+		t.Errorf("full destination left files: %v", ents)
+	}
+	checkSourceRuns(t, g)
+}
