@@ -10,6 +10,7 @@ import (
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/wire"
 )
 
 type drainCmd struct {
@@ -43,6 +44,9 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	lockDir := firstNonEmpty(c.LockDir, cfg.LockDir, "/run/dmig")
 	sum, err := drain.Run(ctx, cfg, drain.Options{
 		Parallel: c.Parallel, LockDir: lockDir, State: state, Logger: log,
+		// A destination sets up one session at a time and turns away a
+		// second one meanwhile: parallel guests to one host retry.
+		Retryable: func(err error) bool { return errors.Is(err, wire.ErrBusy) },
 		Migrate: func(ctx context.Context, vm drain.VM, pid int) (*report.Report, error) {
 			mode, err := precopy.ParseMode(firstNonEmpty(vm.Mode, "hybrid"))
 			if err != nil {

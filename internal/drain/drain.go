@@ -40,6 +40,11 @@ type Options struct {
 	State    string // state file; "" keeps no state (nothing is skipped as moved)
 	Migrate  Migrate
 	Logger   hclog.Logger
+	// Retryable, if set, says a failed migration that did not get past
+	// switchover may be tried again soon (the destination was busy setting
+	// up another session); it is, with backoff, for up to RetryFor.
+	Retryable func(error) bool
+	RetryFor  time.Duration // default 1 minute
 }
 
 // Result is one guest's line in the summary.
@@ -117,6 +122,30 @@ func Run(ctx context.Context, cfg *Config, o Options) (*Summary, error) {
 	return sum, nil
 }
 
+// migrate runs o.Migrate, again while it fails retryably before resume.
+func (o Options) migrate(ctx context.Context, log hclog.Logger, vm VM, pid int) (*report.Report, error) {
+	retryFor := o.RetryFor
+	if retryFor <= 0 {
+		retryFor = time.Minute
+	}
+	deadline := time.Now().Add(retryFor)
+	wait := 100 * time.Millisecond
+	for {
+		rep, err := o.Migrate(ctx, vm, pid)
+		if err == nil || o.Retryable == nil || !o.Retryable(err) || time.Now().After(deadline) ||
+			(rep != nil && rep.Outcome == report.FailedAfterResume) {
+			return rep, err
+		}
+		log.Info("destination busy; retrying", "in", wait, "error", err)
+		select {
+		case <-ctx.Done():
+			return rep, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
 // one moves one guest under its lock.
 func (o Options) one(ctx context.Context, vm VM) Result {
 	start := time.Now()
@@ -155,7 +184,7 @@ func (o Options) one(ctx context.Context, vm VM) Result {
 		return fail(err)
 	}
 	log.Info("migrating", "pid", pid, "mode", vm.Mode)
-	rep, err := o.Migrate(ctx, vm, pid)
+	rep, err := o.migrate(ctx, log, vm, pid)
 	res.Report = rep
 	if rep != nil {
 		res.Outcome = rep.Outcome

@@ -186,3 +186,33 @@ func TestPIDFile(t *testing.T) {
 		t.Fatal("garbage pid file accepted")
 	}
 }
+
+var errTransient = errors.New("destination busy")
+
+// TestDrainRetriesTransientFailures: a failure Retryable accepts is retried
+// until it succeeds; one after resume never is.
+func TestDrainRetriesTransientFailures(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	migrate := func(ctx context.Context, vm VM, pid int) (*report.Report, error) {
+		mu.Lock()
+		calls[vm.Name]++
+		n := calls[vm.Name]
+		mu.Unlock()
+		switch {
+		case vm.Name == "a" && n < 3:
+			return &report.Report{Outcome: report.Aborted}, errTransient
+		case vm.Name == "b":
+			return &report.Report{Outcome: report.FailedAfterResume}, errTransient
+		}
+		return &report.Report{Outcome: report.Completed}, nil
+	}
+	sum, err := Run(context.Background(), testConfig("a", "b"), Options{LockDir: t.TempDir(), Migrate: migrate,
+		Retryable: func(err error) bool { return errors.Is(err, errTransient) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.VMs[0].Status != StatusMoved || calls["a"] != 3 || sum.VMs[1].Status != StatusFailed || calls["b"] != 1 {
+		t.Fatalf("summary %+v, calls %v", sum, calls)
+	}
+}
