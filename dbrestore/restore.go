@@ -25,8 +25,8 @@ import (
 const (
 	restoreCollectors = 2
 	readWorkers       = 4
-	maxRestoreBatch   = 8192
-	restoreQueue      = 1 << 16
+	maxRestoreBatch   = 1 << 14
+	restoreQueue      = 1 << 14
 	lockStripes       = 4096
 	refetchChunk      = 64 // pages per PageRequest for failed references
 )
@@ -314,6 +314,10 @@ func (r *restorer) owed() []wire.Run {
 			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
 			return true
 		})
+	}
+	if r.reader != nil {
+		st := r.reader.Stats()
+		r.log.Debug("storage reads at switchover", "reads", st.Reads, "bytes", st.Bytes, "pages", st.Pages, "errors", st.Errors)
 	}
 	if n := wire.PageCount(runs); n > 0 {
 		r.log.Info("pages owed by the source after failed storage references", "pages", n)
