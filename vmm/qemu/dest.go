@@ -1,0 +1,276 @@
+package qemu
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// SourceCommand reads a running QEMU's command line from /proc/PID/cmdline:
+// the binary and its arguments.
+func SourceCommand(pid int) (string, []string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return "", nil, fmt.Errorf("read qemu command line: %w", err)
+	}
+	parts := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
+	if len(parts) == 0 || parts[0] == "" {
+		return "", nil, fmt.Errorf("qemu pid %d has an empty command line", pid)
+	}
+	return parts[0], parts[1:], nil
+}
+
+// DestOptions says how a destination's command line differs from the
+// source's.
+type DestOptions struct {
+	// Dir holds the destination's QMP socket (qmp.sock), serial log
+	// (serial.log) and other sockets (<chardev id>.sock).
+	Dir string
+	// MemPaths gives a backend id's new mem-path; backends not listed keep
+	// theirs (another host, or the same file on purpose: x-ignore-shared on
+	// one host).
+	MemPaths map[string]string
+	// Ports maps a hostfwd host port to the destination's; ports not
+	// listed are kept (right on another host, a clash on the same one).
+	Ports map[int]int
+}
+
+// DestPlan is a destination's command line and where its files are.
+type DestPlan struct {
+	Args   []string
+	QMP    string
+	Serial string
+	Stderr string
+}
+
+// opts splits a QEMU option string at single commas (",," is a literal
+// comma).
+func opts(s string) []string {
+	var out []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == ',' {
+			if i+1 < len(s) && s[i+1] == ',' {
+				cur.WriteByte(',')
+				i++
+				continue
+			}
+			out = append(out, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(s[i])
+	}
+	return append(out, cur.String())
+}
+
+func joinOpts(parts []string) string {
+	esc := make([]string, len(parts))
+	for i, p := range parts {
+		esc[i] = escapeOpt(p)
+	}
+	return strings.Join(esc, ",")
+}
+
+// optValue returns key's value in split options.
+func optValue(parts []string, key string) (string, bool) {
+	for _, p := range parts {
+		if v, ok := strings.CutPrefix(p, key+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+func setOpt(parts []string, key, val string) {
+	for i, p := range parts {
+		if strings.HasPrefix(p, key+"=") {
+			parts[i] = key + "=" + val
+		}
+	}
+}
+
+// dropsWithValue: options a destination drops, with their value.
+func dropsWithValue(flag string) bool { return flag == "-incoming" || flag == "-pidfile" }
+
+// rewrites: options DestArgs rewrites the value of.
+func rewrites(flag string) bool {
+	switch flag {
+	case "-object", "-qmp", "-serial", "-chardev", "-netdev", "-nic":
+		return true
+	}
+	return false
+}
+
+// DestArgs derives a destination's command line from the source's: RAM
+// mem-paths, the QMP socket, the serial file, chardev sockets and hostfwd
+// ports rewritten, -daemonize/-pidfile/-incoming dropped and -incoming
+// defer added. Disks are kept: check them with CheckDisks.
+func DestArgs(src []string, o DestOptions) (*DestPlan, error) {
+	p := &DestPlan{
+		QMP:    filepath.Join(o.Dir, "qmp.sock"),
+		Serial: filepath.Join(o.Dir, "serial.log"),
+		Stderr: filepath.Join(o.Dir, "qemu.stderr"),
+	}
+	controlChardevs := map[string]bool{}
+	for i := 0; i+1 < len(src); i++ {
+		if src[i] == "-mon" {
+			mp := opts(src[i+1])
+			if m, _ := optValue(mp, "mode"); m == "control" {
+				id, _ := optValue(mp, "chardev")
+				controlChardevs[id] = true
+			}
+		}
+	}
+	sawQMP := false
+	a := make([]string, 0, len(src)+2)
+	for i := 0; i < len(src); i++ {
+		arg := src[i]
+		flag := "-" + strings.TrimLeft(arg, "-") // QEMU accepts --opt too
+		if flag == "-daemonize" {
+			continue
+		}
+		if dropsWithValue(flag) {
+			i++
+			continue
+		}
+		// Only options dmig rewrites are read with their value: an
+		// option it does not know may take none (-nodefaults, -S).
+		if !rewrites(flag) || i+1 >= len(src) {
+			a = append(a, arg)
+			continue
+		}
+		val := src[i+1]
+		switch flag {
+		case "-object":
+			parts := opts(val)
+			id, _ := optValue(parts, "id")
+			if np, ok := o.MemPaths[id]; ok && strings.HasPrefix(parts[0], "memory-backend-") {
+				setOpt(parts, "mem-path", np)
+				val = joinOpts(parts)
+			}
+		case "-qmp":
+			if sawQMP {
+				return nil, errors.New("source has several -qmp monitors: give the destination's command line")
+			}
+			sawQMP = true
+			val = "unix:" + escapeOpt(p.QMP) + ",server=on,wait=off"
+		case "-serial":
+			if strings.HasPrefix(val, "file:") {
+				val = "file:" + escapeOpt(p.Serial)
+			}
+		case "-chardev":
+			parts := opts(val)
+			id, _ := optValue(parts, "id")
+			if _, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
+				np := filepath.Join(o.Dir, id+".sock")
+				if controlChardevs[id] {
+					np, sawQMP = p.QMP, true
+				}
+				setOpt(parts, "path", np)
+				val = joinOpts(parts)
+			}
+		case "-netdev", "-nic":
+			parts := opts(val)
+			for j, part := range parts {
+				rule, ok := strings.CutPrefix(part, "hostfwd=")
+				if !ok {
+					continue
+				}
+				nr, err := remapHostfwd(rule, o.Ports)
+				if err != nil {
+					return nil, err
+				}
+				parts[j] = "hostfwd=" + nr
+			}
+			val = joinOpts(parts)
+		}
+		a = append(a, arg, val)
+		i++
+	}
+	if !sawQMP {
+		a = append(a, "-qmp", "unix:"+escapeOpt(p.QMP)+",server=on,wait=off")
+	}
+	p.Args = append(a, "-incoming", "defer")
+	return p, nil
+}
+
+// remapHostfwd rewrites the host port of a hostfwd rule
+// ([tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport).
+func remapHostfwd(rule string, ports map[int]int) (string, error) {
+	host, guest, ok := strings.Cut(rule, "-")
+	if !ok {
+		return "", fmt.Errorf("parse hostfwd rule %q", rule)
+	}
+	i := strings.LastIndexByte(host, ':')
+	if i < 0 {
+		return "", fmt.Errorf("parse hostfwd rule %q", rule)
+	}
+	hp, err := strconv.Atoi(host[i+1:])
+	if err != nil {
+		return "", fmt.Errorf("parse hostfwd port in %q: %w", rule, err)
+	}
+	if np, ok := ports[hp]; ok {
+		hp = np
+	}
+	return host[:i+1] + strconv.Itoa(hp) + "-" + guest, nil
+}
+
+// Disks lists the image files a command line opens (-drive file=,
+// -blockdev filename=).
+func Disks(args []string) []string {
+	var out []string
+	for i := 0; i+1 < len(args); i++ {
+		var key string
+		switch "-" + strings.TrimLeft(args[i], "-") {
+		case "-drive":
+			key = "file"
+		case "-blockdev":
+			key = "filename"
+		default:
+			continue
+		}
+		if v, ok := optValue(opts(args[i+1]), key); ok && v != "" {
+			out = append(out, v)
+		}
+		i++
+	}
+	return out
+}
+
+// CheckDisks refuses a destination whose disks are not the source's own
+// files: a destination started on another image reads wrong data and
+// corrupts it, and QEMU does not check. The source's relative paths are
+// resolved in its working directory, the destination's in ours; files are
+// compared by device and inode, so a copy under the same name is refused
+// and a hard link under another name accepted.
+func CheckDisks(srcPid int, srcArgs, dstArgs []string) error {
+	sd, dd := Disks(srcArgs), Disks(dstArgs)
+	if len(sd) != len(dd) {
+		return fmt.Errorf("%w: source has %d disks, destination %d", ErrDiskMismatch, len(sd), len(dd))
+	}
+	for i := range sd {
+		sp := sd[i]
+		if !filepath.IsAbs(sp) {
+			sp = filepath.Join(fmt.Sprintf("/proc/%d/cwd", srcPid), sp)
+		}
+		var ss, ds unix.Stat_t
+		if err := unix.Stat(sp, &ss); err != nil {
+			return fmt.Errorf("stat source disk %s: %w", sd[i], err)
+		}
+		if err := unix.Stat(dd[i], &ds); err != nil {
+			return fmt.Errorf("stat destination disk %s: %w", dd[i], err)
+		}
+		if ss.Dev != ds.Dev || ss.Ino != ds.Ino {
+			return fmt.Errorf("%w: %s (device %d inode %d) is not the source's %s (device %d inode %d)",
+				ErrDiskMismatch, dd[i], ds.Dev, ds.Ino, sd[i], ss.Dev, ss.Ino)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ignoreShared are the capabilities of a device-state-only migration:
+// RAM in shared backends is skipped (the destination maps the same
+// contents), and QEMU's post-copy, which cannot be combined with it, is off.
+func ignoreShared() map[string]bool {
+	return map[string]bool{CapIgnoreShared: true, CapPostcopyRAM: false}
+}
+
+func sockName(dir, what string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return filepath.Join(dir, what+"-"+hex.EncodeToString(b[:])+".sock")
+}
+
+// SendDeviceState migrates the source's device state (and non-shared RAM:
+// ROMs, ~1 MB) into w, with x-ignore-shared set: QEMU sends to a unix
+// socket dmig listens on in dir, and dmig copies the stream to w (its own
+// connection to the destination). The source should be stopped first; it
+// stays stopped (postmigrate) after: Cont resumes it if the destination
+// fails. Returns the source's query-migrate figures.
+func SendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer) (MigrationInfo, error) {
+	if err := src.SetCapabilities(ctx, ignoreShared()); err != nil {
+		return MigrationInfo{}, fmt.Errorf("set source capabilities: %w", err)
+	}
+	path := sockName(dir, "devstate-out")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return MigrationInfo{}, fmt.Errorf("listen for device state: %w", err)
+	}
+	defer os.Remove(path)
+	defer l.Close()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	if err := src.Migrate(ctx, "unix:"+path); err != nil {
+		return MigrationInfo{}, fmt.Errorf("start device-state migration: %w", err)
+	}
+	c, err := l.Accept()
+	if err != nil {
+		_ = src.MigrateCancel(context.WithoutCancel(ctx))
+		return MigrationInfo{}, fmt.Errorf("accept device state from qemu: %w", errors.Join(err, context.Cause(ctx)))
+	}
+	defer c.Close()
+	stopc := context.AfterFunc(ctx, func() { c.Close() })
+	defer stopc()
+	if _, err := io.Copy(w, c); err != nil {
+		_ = src.MigrateCancel(context.WithoutCancel(ctx))
+		return MigrationInfo{}, fmt.Errorf("copy device state: %w", errors.Join(err, context.Cause(ctx)))
+	}
+	info, err := src.WaitMigration(ctx, nil)
+	if err != nil {
+		return info, fmt.Errorf("device-state migration: %w", err)
+	}
+	return info, nil
+}
+
+// ReceiveDeviceState loads device state read from r into the destination
+// (started with -incoming defer), x-ignore-shared set, and returns once the
+// load is done. Guest RAM must already be in its shared files (or be
+// registered with userfaultfd): QEMU reads guest RAM while loading devices.
+// The destination is then paused if the source was, else running.
+func ReceiveDeviceState(ctx context.Context, dst *Monitor, dir string, r io.Reader) error {
+	if err := dst.SetCapabilities(ctx, ignoreShared()); err != nil {
+		return fmt.Errorf("set destination capabilities: %w", err)
+	}
+	path := sockName(dir, "devstate-in")
+	if err := dst.MigrateIncoming(ctx, "unix:"+path); err != nil {
+		return fmt.Errorf("listen for device state: %w", err)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return fmt.Errorf("connect to destination qemu: %w", err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if _, err := io.Copy(c, r); err != nil {
+		return fmt.Errorf("copy device state: %w", errors.Join(err, context.Cause(ctx)))
+	}
+	if uc, ok := c.(*net.UnixConn); ok {
+		_ = uc.CloseWrite()
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := dst.QueryStatus(ctx)
+		if err != nil {
+			return fmt.Errorf("destination after device state: %w", err)
+		}
+		if st.Status != "inmigrate" {
+			if st.Status != "paused" && st.Status != "running" {
+				return fmt.Errorf("%w: destination is %s after loading device state", ErrMigrationFailed, st.Status)
+			}
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for device state to load: %w", context.Cause(ctx))
+		}
+	}
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Builds the Debian 12 guest image dmig's QEMU tests and comparison runs boot:
+# MariaDB (1 GiB buffer pool), sysbench, and dmig's guest agent started at
+# boot on a virtio-serial port. Runs as root.
+#
+#   build.sh [--dmig BIN] OUT
+#
+# The base image (everything but the dmig binary) is cached as
+# $DMIG_IMAGE_CACHE/guest-<hash>.raw, the hash covering this directory's
+# files and the kernel the guest boots, so a machine builds it once. OUT is a
+# sparse copy of it with BIN written in as /usr/local/bin/dmig (by debugfs:
+# no loop mount). Prints OUT's path, and the kernel and initrd to boot it
+# with, as shell assignments.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${DMIG_IMAGE_CACHE:-/var/cache/dmig}
+mirror=${DMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+size=${DMIG_IMAGE_SIZE:-4G}
+dmig=
+while [ $# -gt 1 ]; do
+	case $1 in
+	--dmig) dmig=$2; shift 2 ;;
+	*) echo "build.sh: unknown flag $1" >&2; exit 2 ;;
+	esac
+done
+[ $# -eq 1 ] || { echo "usage: build.sh [--dmig BIN] OUT" >&2; exit 2; }
+out=$1
+
+# The guest boots the host's Debian kernel (linux-image-amd64): its initrd
+# has the virtio drivers, and its modules are copied into the image.
+kernel=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1 || true)
+[ -n "$kernel" ] || { echo "build.sh: no /boot/vmlinuz-*: apt-get install linux-image-amd64" >&2; exit 1; }
+kver=${kernel#/boot/vmlinuz-}
+initrd=/boot/initrd.img-$kver
+[ -r "$initrd" ] || { echo "build.sh: no $initrd" >&2; exit 1; }
+[ -d "/lib/modules/$kver" ] || { echo "build.sh: no /lib/modules/$kver" >&2; exit 1; }
+
+hash=$( (cd "$here" && cat $(ls -1 | sort); echo "$kver $size $mirror") | sha256sum | cut -c1-16)
+base=$cache/guest-$hash.raw
+
+build_base() {
+	mkdir -p "$cache"
+	work=$(mktemp -d "$cache/build.XXXXXX")
+	trap 'rm -rf "$work"' EXIT
+	local root=$work/rootfs
+	echo "build.sh: debootstrap into $root (about 2 minutes)" >&2
+	debootstrap --variant=minbase \
+		--include=systemd-sysv,udev,kmod,iproute2,mariadb-server,mariadb-client,sysbench,socat,python3,procps,netbase \
+		bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+		{ tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+	mkdir -p "$root/lib/modules"
+	cp -a "/lib/modules/$kver" "$root/lib/modules/"
+	install -D -m 0644 "$here/fstab" "$root/etc/fstab"
+	echo dmig-guest >"$root/etc/hostname"
+	printf '127.0.0.1 localhost\n127.0.1.1 dmig-guest\n' >"$root/etc/hosts"
+	install -D -m 0644 "$here/10-net.network" "$root/etc/systemd/network/10-net.network"
+	install -D -m 0644 "$here/99-dmig.cnf" "$root/etc/mysql/mariadb.conf.d/99-dmig.cnf"
+	install -D -m 0644 "$here/dmig-init.sql" "$root/etc/mysql/dmig-init.sql"
+	install -D -m 0644 "$here/dmig-agent.service" "$root/etc/systemd/system/dmig-agent.service"
+	# Serial console login as root without a password: a test guest.
+	chroot "$root" passwd -d root >/dev/null
+	chroot "$root" systemctl enable systemd-networkd dmig-agent.service >/dev/null 2>&1
+	chroot "$root" apt-get clean
+	rm -rf "$root/var/lib/apt/lists/"* "$root/var/log/"*.log
+	truncate -s "$size" "$work/guest.raw"
+	mkfs.ext4 -q -F -L dmig-root -d "$root" "$work/guest.raw"
+	mv "$work/guest.raw" "$base"
+	echo "build.sh: built $base" >&2
+}
+
+if [ ! -f "$base" ]; then
+	# One builder per machine: CI and a developer may start at once.
+	mkdir -p "$cache"
+	exec 9>"$cache/.lock"
+	flock 9
+	[ -f "$base" ] || (build_base)
+	flock -u 9
+fi
+
+mkdir -p "$(dirname "$out")"
+cp --sparse=always "$base" "$out.tmp"
+if [ -n "$dmig" ]; then
+	debugfs -w -f - "$out.tmp" >/dev/null 2>&1 <<DBG
+write $dmig /usr/local/bin/dmig
+set_inode_field /usr/local/bin/dmig mode 0100755
+set_inode_field /usr/local/bin/dmig uid 0
+set_inode_field /usr/local/bin/dmig gid 0
+DBG
+	debugfs -R 'stat /usr/local/bin/dmig' "$out.tmp" 2>/dev/null | grep -q 'Mode:  *0755' ||
+		{ echo "build.sh: writing $dmig into the image failed" >&2; rm -f "$out.tmp"; exit 1; }
+fi
+mv "$out.tmp" "$out"
+echo "image=$out"
+echo "kernel=$kernel"
+echo "initrd=$initrd"

@@ -1,0 +1,170 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Status is query-status's reply.
+type Status struct {
+	Running bool   `json:"running"`
+	Status  string `json:"status"` // running, paused, inmigrate, postmigrate, ...
+}
+
+// QueryStatus returns the VM's run state.
+func (m *Monitor) QueryStatus(ctx context.Context) (Status, error) {
+	var s Status
+	err := m.Execute(ctx, "query-status", nil, &s)
+	return s, err
+}
+
+// Stop pauses every vCPU; it returns once they are paused.
+func (m *Monitor) Stop(ctx context.Context) error { return m.Execute(ctx, "stop", nil, nil) }
+
+// Cont resumes the vCPUs.
+func (m *Monitor) Cont(ctx context.Context) error { return m.Execute(ctx, "cont", nil, nil) }
+
+// Capability names dmig sets (QEMU 7.2).
+const (
+	CapIgnoreShared = "x-ignore-shared"
+	CapPostcopyRAM  = "postcopy-ram"
+	CapEvents       = "events"
+)
+
+// SetCapabilities sets migration capabilities. Every capability dmig
+// relies on is set explicitly, on or off: a QEMU that was itself a
+// destination keeps the capabilities it was migrated with.
+func (m *Monitor) SetCapabilities(ctx context.Context, caps map[string]bool) error {
+	type cap struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	var list []cap
+	for c, on := range caps {
+		list = append(list, cap{c, on})
+	}
+	return m.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": list}, nil)
+}
+
+// Parameters are the migration parameters dmig sets; zero fields are left
+// as they are.
+type Parameters struct {
+	MaxBandwidth  uint64 `json:"max-bandwidth,omitempty"`  // bytes/s
+	DowntimeLimit uint64 `json:"downtime-limit,omitempty"` // ms
+}
+
+// SetParameters sets migration parameters.
+func (m *Monitor) SetParameters(ctx context.Context, p Parameters) error {
+	return m.Execute(ctx, "migrate-set-parameters", p, nil)
+}
+
+// Migrate starts an outgoing migration to uri (tcp:HOST:PORT,
+// unix:PATH, fd:NAME). It returns at once; see WaitMigration.
+func (m *Monitor) Migrate(ctx context.Context, uri string) error {
+	return m.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil)
+}
+
+// MigrateIncoming makes a QEMU started with -incoming defer listen on uri.
+func (m *Monitor) MigrateIncoming(ctx context.Context, uri string) error {
+	return m.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
+}
+
+// StartPostcopy switches a running migration (with postcopy-ram on both
+// sides) to post-copy.
+func (m *Monitor) StartPostcopy(ctx context.Context) error {
+	return m.Execute(ctx, "migrate-start-postcopy", nil, nil)
+}
+
+// MigrateCancel cancels an outgoing migration; the source runs on.
+func (m *Monitor) MigrateCancel(ctx context.Context) error {
+	return m.Execute(ctx, "migrate_cancel", nil, nil)
+}
+
+// RAMStats is query-migrate's "ram" member.
+type RAMStats struct {
+	Transferred      uint64  `json:"transferred"`
+	Remaining        uint64  `json:"remaining"`
+	Total            uint64  `json:"total"`
+	Duplicate        uint64  `json:"duplicate"`
+	Normal           uint64  `json:"normal"`
+	NormalBytes      uint64  `json:"normal-bytes"`
+	DirtySyncCount   uint64  `json:"dirty-sync-count"`
+	PostcopyRequests uint64  `json:"postcopy-requests"`
+	MBps             float64 `json:"mbps"`
+	PagesPerSecond   uint64  `json:"pages-per-second"`
+}
+
+// MigrationInfo is query-migrate's reply (the fields dmig reports).
+type MigrationInfo struct {
+	Status           string    `json:"status"`
+	TotalTime        uint64    `json:"total-time"` // ms
+	Downtime         uint64    `json:"downtime"`   // ms
+	ExpectedDowntime uint64    `json:"expected-downtime"`
+	SetupTime        uint64    `json:"setup-time"`
+	RAM              *RAMStats `json:"ram"`
+	ErrorDesc        string    `json:"error-desc"`
+}
+
+// QueryMigrate returns the state of the current or last migration.
+func (m *Monitor) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
+	var i MigrationInfo
+	err := m.Execute(ctx, "query-migrate", nil, &i)
+	return i, err
+}
+
+// Terminal migration states.
+func migrationDone(s string) bool {
+	switch s {
+	case "completed", "failed", "cancelled":
+		return true
+	}
+	return false
+}
+
+// WaitMigration polls query-migrate until the migration ends or until
+// (when non-nil) until returns true for the current state. A failed or
+// cancelled migration returns ErrMigrationFailed with QEMU's reason.
+func (m *Monitor) WaitMigration(ctx context.Context, until func(MigrationInfo) bool) (MigrationInfo, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		i, err := m.QueryMigrate(ctx)
+		if err != nil {
+			return i, err
+		}
+		switch {
+		case i.Status == "completed":
+			return i, nil
+		case migrationDone(i.Status):
+			return i, fmt.Errorf("%w: %s: %s", ErrMigrationFailed, i.Status, i.ErrorDesc)
+		case until != nil && until(i):
+			return i, nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return i, fmt.Errorf("wait for migration: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// WaitStatus polls query-status until the VM's status is want.
+func (m *Monitor) WaitStatus(ctx context.Context, want string) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s, err := m.QueryStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if s.Status == want {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for vm status %s (is %s): %w", want, s.Status, context.Cause(ctx))
+		}
+	}
+}

@@ -1,0 +1,362 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+)
+
+// image is a guest image made by image/build.sh for this test.
+type image struct {
+	Path, Kernel, Initrd string
+}
+
+// guestImage builds dmig and the guest image (the base is cached per
+// machine, see image/build.sh) and returns a private copy to boot.
+func guestImage(t *testing.T, dir string) image {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("qemu-system-x86_64 is needed (.ci/run installs qemu-system-x86): %v", err)
+	}
+	bin := filepath.Join(dir, "dmig")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/dmig").CombinedOutput(); err != nil {
+		t.Fatalf("build dmig for the guest: %v\n%s", err, out)
+	}
+	cmd := exec.Command("bash", "image/build.sh", "--dmig", bin, filepath.Join(dir, "guest.raw"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("build guest image: %v", err)
+	}
+	var img image
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		switch k {
+		case "image":
+			img.Path = v
+		case "kernel":
+			img.Kernel = v
+		case "initrd":
+			img.Initrd = v
+		}
+	}
+	if img.Path == "" || img.Kernel == "" || img.Initrd == "" {
+		t.Fatalf("build.sh printed %q", out)
+	}
+	return img
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitSQL waits for MariaDB in the guest to answer on host port port.
+func waitSQL(ctx context.Context, t *testing.T, port int) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=5s&readTimeout=60s", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	for {
+		var one int
+		err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+		if err == nil {
+			return db
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("mariadb on port %d never answered: %v", port, err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// checksums returns CHECKSUM TABLE of every sysbench table.
+func checksums(ctx context.Context, t *testing.T, db *sql.DB) string {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, "CHECKSUM TABLE sbtest1, sbtest2")
+	if err != nil {
+		t.Fatalf("checksum tables: %v", err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var name string
+		var sum sql.NullInt64
+		if err := rows.Scan(&name, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if !sum.Valid {
+			t.Fatalf("table %s has no checksum (missing?)", name)
+		}
+		fmt.Fprintf(&b, "%s=%d ", name, sum.Int64)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// running is a VM under test and where it answers.
+type running struct {
+	vm   *VM
+	port int
+	args []string
+}
+
+// destination starts a destination of src with -incoming defer, its RAM
+// in memPath and MariaDB forwarded to a new port. The VM lives until owner
+// (the whole test: it outlives the subtest that migrates to it) ends.
+func destination(ctx context.Context, t, owner *testing.T, src *running, dir, memPath string) *running {
+	t.Helper()
+	_, args, err := SourceCommand(src.vm.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := DestArgs(args, DestOptions{Dir: dir, MemPaths: map[string]string{"ram0": memPath}, Ports: map[int]int{src.port: port}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDisks(src.vm.Pid(), args, plan.Args); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := Start(ctx, "qemu-system-x86_64", plan.Args, plan.QMP, plan.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner.Cleanup(func() { vm.Kill() })
+	return &running{vm: vm, port: port, args: plan.Args}
+}
+
+// TestQEMU boots one guest and moves it from QEMU to QEMU on this host:
+// by device state alone over a shared RAM file (x-ignore-shared, what
+// dmig's switchover does), then by QEMU's own pre-copy and post-copy. The
+// database must answer after each with the same table checksums.
+func TestQEMU(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	img := guestImage(t, dir)
+	shm := fmt.Sprintf("/dev/shm/dmig-qemu-test-%d-", os.Getpid())
+	t.Cleanup(func() {
+		for _, s := range []string{"a", "c", "d", "p"} {
+			os.Remove(shm + s)
+		}
+	})
+
+	port := freePort(t)
+	cfg := Config{Dir: filepath.Join(dir, "a"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
+		MemPath: shm + "a", Forward: []Forward{{port, 3306}}, AgentSocket: filepath.Join(dir, "a", "agent.sock")}
+	start := time.Now()
+	vm, err := StartConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Kill() })
+	cur := &running{vm: vm, port: port}
+	db := waitSQL(ctx, t, port)
+	t.Logf("boot: mariadb answered %.1f s after qemu started", time.Since(start).Seconds())
+
+	var want string
+	ok := t.Run("load", func(t *testing.T) {
+		var pool int64
+		if err := db.QueryRowContext(ctx, "SELECT @@innodb_buffer_pool_size").Scan(&pool); err != nil {
+			t.Fatal(err)
+		}
+		if pool < 1<<30 {
+			t.Fatalf("buffer pool %d bytes, want >= 1 GiB", pool)
+		}
+		out, err := exec.CommandContext(ctx, "sysbench", "oltp_read_only", "--db-driver=mysql",
+			"--mysql-host=127.0.0.1", fmt.Sprint("--mysql-port=", port), "--mysql-user=dmig", "--mysql-password=dmig",
+			"--mysql-db=sbtest", "--tables=2", "--table-size=20000", "prepare").CombinedOutput()
+		if err != nil {
+			t.Fatalf("sysbench prepare: %v\n%s", err, out)
+		}
+		want = checksums(ctx, t, db)
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("discover", func(t *testing.T) {
+		m, err := Discover(ctx, cur.vm.Mon, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Pid != cur.vm.Pid() {
+			t.Fatalf("pid %d from the qmp socket, qemu is %d", m.Pid, cur.vm.Pid())
+		}
+		if len(m.Blocks) != 1 {
+			t.Fatalf("blocks %+v, want one", m.Blocks)
+		}
+		b := m.Blocks[0]
+		if b.ID != "ram0" || b.Path != shm+"a" || b.Size != 2<<30 || !b.Share || b.Type != "memory-backend-file" {
+			t.Fatalf("block %+v", b)
+		}
+		var mapped uint64
+		for _, mp := range b.Mappings {
+			if !mp.Shared() {
+				t.Fatalf("qemu maps its RAM privately: %+v", mp)
+			}
+			mapped += uint64(mp.Len())
+		}
+		if mapped != b.Size {
+			t.Fatalf("qemu maps %d bytes of %s, want %d", mapped, b.Path, b.Size)
+		}
+		// On pc below 3 GiB, RAM is identity-mapped around the ROM hole.
+		// The low MiB is split by ROM and PAM windows the firmware sets;
+		// everything above it is one range up to the end of RAM.
+		var high bool
+		for _, r := range b.GPA {
+			if r.GPA != r.Offset {
+				t.Fatalf("range %+v is not identity", r)
+			}
+			high = high || (r.GPA <= 1<<20 && r.GPA+r.Len == b.Size)
+		}
+		if !high {
+			t.Fatalf("guest-physical ranges %+v do not cover 1 MiB to the end of RAM", b.GPA)
+		}
+		if _, off, ok := m.Block(b.Size - 4096); !ok || off != b.Size-4096 {
+			t.Fatalf("last RAM page maps to %#x, %v", off, ok)
+		}
+		// Guest RAM seen through the file is the guest's: the kernel's
+		// banner is in it.
+		mem, err := os.ReadFile(b.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(mem), "Linux version 6.") {
+			t.Fatal("the RAM file does not hold the running kernel")
+		}
+	})
+	if !ok {
+		return
+	}
+
+	t.Run("private-ram-refused", func(t *testing.T) {
+		pc := Config{Dir: filepath.Join(dir, "p"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
+			MemPath: shm + "p", Private: true, Incoming: "defer"}
+		p, err := StartConfig(ctx, pc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Kill()
+		_, err = Discover(ctx, p.Mon, 0)
+		if !errors.Is(err, ErrNotShared) || !strings.Contains(err.Error(), "share=on") {
+			t.Fatalf("Discover on share=off RAM: %v; want ErrNotShared saying how to start QEMU", err)
+		}
+	})
+
+	top := t
+	ok = t.Run("ignore-shared", func(t *testing.T) {
+		// The destination maps the same RAM file: only devices move.
+		dst := destination(ctx, t, top, cur, filepath.Join(dir, "b"), shm+"a")
+		began := time.Now()
+		if err := cur.vm.Mon.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pr, pw := io.Pipe()
+		sent := make(chan error, 1)
+		var info MigrationInfo
+		go func() {
+			var err error
+			info, err = SendDeviceState(ctx, cur.vm.Mon, dir, pw)
+			pw.CloseWithError(err)
+			sent <- err
+		}()
+		if err := ReceiveDeviceState(ctx, dst.vm.Mon, dir, pr); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+		if err := dst.vm.Mon.Cont(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("x-ignore-shared: guest paused %.0f ms, %d bytes of RAM sent (%d MiB guest)",
+			float64(time.Since(began).Microseconds())/1000, info.RAM.Transferred, 2048)
+		if info.RAM.Transferred > 8<<20 {
+			t.Errorf("x-ignore-shared sent %d bytes of RAM: shared RAM was copied", info.RAM.Transferred)
+		}
+		if st, _ := cur.vm.Mon.QueryStatus(ctx); st.Status != "postmigrate" {
+			t.Errorf("source is %q after migration, want postmigrate", st.Status)
+		}
+		if err := cur.vm.Quit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cur = dst
+		ddb := waitSQL(ctx, t, dst.port)
+		if got := checksums(ctx, t, ddb); got != want {
+			t.Fatalf("checksums at the destination %s, source had %s", got, want)
+		}
+		// The guest runs: its clock moves and it takes writes.
+		var u1, u2 int64
+		ddb.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'").Scan(&u1)
+		time.Sleep(2 * time.Second)
+		ddb.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'").Scan(&u2)
+		if u2 <= u1 {
+			t.Fatalf("guest uptime %d then %d: not running", u1, u2)
+		}
+		if _, err := ddb.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS alive (x INT)"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	for i, mode := range []string{ModePrecopy, ModePostcopy} {
+		ok = t.Run(mode, func(t *testing.T) {
+			mem := shm + string(rune('c'+i))
+			dst := destination(ctx, t, top, cur, filepath.Join(dir, mode), mem)
+			r, err := MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, %d post-copy requests",
+				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, r.Pages.PostcopyFault)
+			if r.BytesSent < 100<<20 {
+				t.Errorf("%s sent %d bytes: less than the guest's used RAM", mode, r.BytesSent)
+			}
+			if mode == ModePostcopy && r.Iterations < 1 {
+				t.Errorf("post-copy after %d passes", r.Iterations)
+			}
+			old := cur
+			cur = dst
+			if err := old.vm.Quit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ddb := waitSQL(ctx, t, dst.port)
+			if got := checksums(ctx, t, ddb); got != want {
+				t.Fatalf("checksums at the destination %s, source had %s", got, want)
+			}
+		})
+		if !ok {
+			return
+		}
+	}
+}

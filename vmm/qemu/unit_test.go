@@ -1,0 +1,124 @@
+package qemu
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// Captured from QEMU 7.2 (pc, 2 GiB memory-backend-file ram0).
+const flatView = `FlatView #0
+ AS "memory", root: system
+ AS "cpu-memory-0", root: system
+ Root memory region: system
+  0000000000000000-00000000000bffff (prio 0, ram): ram0
+  00000000000c0000-00000000000dffff (prio 1, rom): pc.rom
+  00000000000e0000-00000000000fffff (prio 0, rom): pc.bios @0000000000020000
+  0000000000100000-000000007fffffff (prio 0, ram): ram0 @0000000000100000
+  00000000fec00000-00000000fec00fff (prio 0, i/o): ioapic
+  00000000fffc0000-00000000ffffffff (prio 0, rom): pc.bios
+
+FlatView #1
+ AS "I/O", root: io
+ Root memory region: io
+  0000000000000000-0000000000000007 (prio 0, i/o): dma-chan
+
+FlatView #2
+ AS "virtio-net-pci", root: bus master container
+ Root memory region: bus master container
+  0000000000000000-00000000000bffff (prio 0, ram): other
+`
+
+func TestParseFlatView(t *testing.T) {
+	got, err := parseFlatView(flatView)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []GPARange{{0, 0xc0000, 0}, {0x100000, 0x80000000 - 0x100000, 0x100000}}
+	if !slices.Equal(got["ram0"], want) {
+		t.Fatalf("ram0 ranges %+v, want %+v", got["ram0"], want)
+	}
+	if len(got) != 1 {
+		t.Fatalf("regions %v: only the memory address space's RAM counts", got)
+	}
+	m := &Machine{Blocks: []RAMBlock{{ID: "ram0", GPA: got["ram0"]}}}
+	for _, c := range []struct {
+		gpa, off uint64
+		ok       bool
+	}{{0x1000, 0x1000, true}, {0xc0000, 0, false}, {0x7fffffff, 0x7fffffff, true}, {0x80000000, 0, false}} {
+		b, off, ok := m.Block(c.gpa)
+		if ok != c.ok || (ok && (b.ID != "ram0" || off != c.off)) {
+			t.Errorf("Block(%#x) = %v, %#x, %v; want ram0, %#x, %v", c.gpa, b, off, ok, c.off, c.ok)
+		}
+	}
+	if _, err := parseFlatView("FlatView #1\n AS \"I/O\", root: io\n"); err == nil {
+		t.Fatal("a map without the memory address space parsed")
+	}
+}
+
+func TestOpts(t *testing.T) {
+	p := opts("memory-backend-file,id=ram0,mem-path=/a,,b,share=on")
+	if want := []string{"memory-backend-file", "id=ram0", "mem-path=/a,b", "share=on"}; !slices.Equal(p, want) {
+		t.Fatalf("opts = %q, want %q", p, want)
+	}
+	if j := joinOpts(p); j != "memory-backend-file,id=ram0,mem-path=/a,,b,share=on" {
+		t.Fatalf("joinOpts = %q", j)
+	}
+}
+
+func TestDestArgs(t *testing.T) {
+	c := Config{Dir: "/run/a", Image: "/img/g,1.raw", Kernel: "/k", Initrd: "/i", MemPath: "/dev/shm/a",
+		Forward: []Forward{{13306, 3306}, {17070, 7070}}, AgentSocket: "/run/a/agent.sock"}
+	src := append(c.Args(), "-daemonize", "-pidfile", "/run/a/pid", "-S")
+	p, err := DestArgs(src, DestOptions{Dir: "/run/b", MemPaths: map[string]string{"ram0": "/dev/shm/b"}, Ports: map[int]int{13306: 23306}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Dir: "/run/b", Image: "/img/g,1.raw", Kernel: "/k", Initrd: "/i", MemPath: "/dev/shm/b",
+		Forward: []Forward{{23306, 3306}, {17070, 7070}}, AgentSocket: "/run/b/agent0.sock", Incoming: "defer"}
+	wa := want.Args()
+	// -name is the operator's and stays.
+	wa[slices.Index(wa, "-name")+1] = "a"
+	wa = slices.Insert(wa, len(wa)-2, "-S")
+	if !slices.Equal(p.Args, wa) {
+		t.Fatalf("destination args\n%q\nwant\n%q", p.Args, wa)
+	}
+	if p.QMP != "/run/b/qmp.sock" || p.Serial != "/run/b/serial.log" {
+		t.Fatalf("plan paths %+v", p)
+	}
+	if d := Disks(p.Args); !slices.Equal(d, []string{"/img/g,1.raw"}) {
+		t.Fatalf("Disks = %q", d)
+	}
+}
+
+func TestCheckDisks(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "guest.raw")
+	if err := os.WriteFile(img, []byte("disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.raw")
+	if err := os.Link(img, link); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other", "guest.raw") // same name, another file
+	if err := os.MkdirAll(filepath.Dir(other), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, []byte("disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := func(p string) []string { return []string{"-drive", "file=" + p + ",format=raw,if=virtio"} }
+	pid := os.Getpid()
+	if err := CheckDisks(pid, args(img), args(link)); err != nil {
+		t.Fatalf("hard link refused: %v", err)
+	}
+	if err := CheckDisks(pid, args(img), args(other)); !errors.Is(err, ErrDiskMismatch) {
+		t.Fatalf("another file under the same name: %v, want ErrDiskMismatch", err)
+	}
+	if err := CheckDisks(pid, args(img), nil); !errors.Is(err, ErrDiskMismatch) {
+		t.Fatalf("no disk: %v, want ErrDiskMismatch", err)
+	}
+}
