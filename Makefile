@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test bench lint demo clean
+.PHONY: all build test bench lint demo clean guest-image
 
 all: build
 
@@ -27,6 +27,12 @@ lint:
 	$(GO) vet ./...
 	@test -x "$$($(GO) env GOPATH)/bin/staticcheck" || $(GO) install $(STATICCHECK)
 	"$$($(GO) env GOPATH)/bin/staticcheck" ./...
+
+# Debian 12 guest for QEMU runs: base cached in /var/cache/dmig by a hash
+# of its recipe, plus this build's dmig as its guest agent (README, "Guest image").
+GUEST_IMAGE ?= bin/guest.raw
+guest-image: build
+	bash vmm/qemu/image/build.sh --dmig $(BIN) $(GUEST_IMAGE)
 
 clean:
 	rm -rf bin
