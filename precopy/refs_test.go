@@ -1,0 +1,141 @@
+package precopy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"testing"
+
+	"github.com/dmig/dmig/internal/storageref"
+	"github.com/dmig/dmig/layout"
+	"github.com/dmig/dmig/wire"
+)
+
+// serveLayout serves l on a local port until the test ends.
+func serveLayout(t *testing.T, l *layout.Layout) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		layout.Serve(ctx, ln, func(context.Context) (*layout.Layout, error) { return l, nil })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ln.Addr().String()
+}
+
+func TestRefSourceModes(t *testing.T) {
+	blocks := []*srcBlock{{idx: 0, npages: 8}}
+	for _, m := range []Mode{ModePrecopy, ModePostcopy} {
+		if r := newRefSource(hybridCfg(Config{Mode: m, LayoutAddr: "127.0.0.1:1"}), blocks); r != nil {
+			t.Errorf("%s uses storage references", m)
+		}
+	}
+	if r := newRefSource(hybridCfg(Config{Mode: ModeHybrid}), blocks); r != nil {
+		t.Error("hybrid without a layout uses storage references")
+	}
+}
+
+func TestRefSourceAdd(t *testing.T) {
+	// Two blocks of 4 pages: guest pages 0-3 and 4-7. The layout names
+	// guest pages 1, 5 and 6.
+	l := &layout.Layout{
+		Disks: []layout.Disk{{ID: 0, Name: "data"}},
+		Runs: []layout.Run{
+			{GuestPage: 1, Pages: 1, Disk: 0, Offset: 40960},
+			{GuestPage: 5, Pages: 2, Disk: 0, Offset: 8192},
+		},
+	}
+	addr := serveLayout(t, l)
+	blocks := []*srcBlock{{idx: 0, npages: 4}, {idx: 1, npages: 4}}
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: addr}), blocks)
+	r.prepare(context.Background(), 1, 8)
+	page := bytes.Repeat([]byte{7}, pageSize)
+
+	var batch wire.PageBatch
+	batch.Reset(1, 1)
+	if r.add(&batch, blocks[1], 0, page) {
+		t.Error("guest page 4, not in the layout, became a reference")
+	}
+	if !r.add(&batch, blocks[1], 1, page) || !r.add(&batch, blocks[1], 2, page) {
+		t.Fatal("guest pages 5 and 6 (block 1 pages 1, 2) did not become references")
+	}
+	want := wire.Ref{Disk: storageref.DiskKey("data"), Offset: 8192 + pageSize, Hash: storageref.Hash(page)}
+	if got := batch.Entries[1].Ref; got != want {
+		t.Errorf("reference for guest page 6 = %+v, want %+v", got, want)
+	}
+	// The layout was fetched for pass 1: not used in another pass, the final
+	// one or a post-copy push.
+	for _, iter := range []uint32{2, wire.IterationPostcopy} {
+		batch.Reset(0, iter)
+		if r.add(&batch, blocks[0], 1, page) {
+			t.Errorf("layout of pass 1 used in iteration %d", iter)
+		}
+	}
+	// Without refresh, pass 2 fetches nothing and sends data.
+	r.refresh = false
+	r.prepare(context.Background(), 2, 8)
+	batch.Reset(0, 2)
+	if r.add(&batch, blocks[0], 1, page) {
+		t.Error("layout of pass 1 used in pass 2 without a refresh")
+	}
+}
+
+func TestRefSourceBadLayout(t *testing.T) {
+	// A layout beyond the guest is refused: the pass sends data.
+	l := &layout.Layout{Disks: []layout.Disk{{ID: 0, Name: "data"}}, Runs: []layout.Run{{GuestPage: 6, Pages: 4, Disk: 0}}}
+	blocks := []*srcBlock{{idx: 0, npages: 8}}
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks)
+	r.prepare(context.Background(), 1, 8)
+	var batch wire.PageBatch
+	batch.Reset(0, 1)
+	if r.add(&batch, blocks[0], 6, make([]byte, pageSize)) {
+		t.Error("page of an out-of-range layout became a reference")
+	}
+	// An unreachable layout endpoint costs the pass its references only.
+	r = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: "127.0.0.1:1"}), blocks)
+	r.prepare(context.Background(), 1, 8)
+	if r.add(&batch, blocks[0], 6, make([]byte, pageSize)) {
+		t.Error("reference without a layout")
+	}
+}
+
+func hybridCfg(c Config) Config {
+	c.defaults()
+	return c
+}
+
+func TestRefSourceDiskKeyCollision(t *testing.T) {
+	// Two disk names with one wire key: the second disk's pages go as data.
+	seen := map[uint16]string{}
+	var a, b string
+	for i := 0; b == ""; i++ {
+		n := fmt.Sprintf("disk%d", i)
+		k := storageref.DiskKey(n)
+		if prev, ok := seen[k]; ok {
+			a, b = prev, n
+		}
+		seen[k] = n
+	}
+	l := &layout.Layout{
+		Disks: []layout.Disk{{ID: 0, Name: a}, {ID: 1, Name: b}},
+		Runs:  []layout.Run{{GuestPage: 0, Pages: 1, Disk: 0}, {GuestPage: 1, Pages: 1, Disk: 1}},
+	}
+	blocks := []*srcBlock{{idx: 0, npages: 2}}
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks)
+	r.prepare(context.Background(), 1, 2)
+	var batch wire.PageBatch
+	batch.Reset(0, 1)
+	page := make([]byte, pageSize)
+	if !r.add(&batch, blocks[0], 0, page) {
+		t.Errorf("page on disk %s (first of the pair) is not a reference", a)
+	}
+	if r.add(&batch, blocks[0], 1, page) {
+		t.Errorf("page on disk %s, whose key %#x disk %s has, became a reference", b, storageref.DiskKey(b), a)
+	}
+}
