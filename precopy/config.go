@@ -54,6 +54,10 @@ type Config struct {
 	// TLS, if set, secures every connection to the destination (see
 	// wire.WithTLS).
 	TLS *tls.Config
+	// ConnectTimeout, if set, bounds setting up the session (see
+	// wire.WithTimeout): a destination that never answers aborts the
+	// migration instead of holding the guest.
+	ConnectTimeout time.Duration
 	// Progress, if set, is called after each pre-copy pass, periodically
 	// during post-copy, and at completion, from the engine's goroutines: it
 	// must return quickly.

@@ -405,7 +405,7 @@ func (s *source) dial(ctx context.Context) error {
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
 	}
-	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS))
+	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithTimeout(s.cfg.ConnectTimeout))
 	if err != nil {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,6 +84,21 @@ func TestMigrateExitCodes(t *testing.T) {
 	<-first
 	if !g.progressing(t) {
 		t.Fatal("source guest not running after both migrations")
+	}
+
+	// Unattended, a destination that never answers must not hold the
+	// guest: --connect-timeout aborts, source intact.
+	start := time.Now()
+	args = append(migrateArgs(g, tarpit.Addr().String(), "hybrid", filepath.Join(dir, "w.stats")), "--connect-timeout", "500ms")
+	code, out = dmigRun(t, ctx, args...)
+	if code != 3 || !strings.Contains(out, "did not answer in time") {
+		t.Fatalf("migrate to a silent destination with --connect-timeout: exit %d, want 3\n%s", code, out)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("gave up after %v", d)
+	}
+	if !g.progressing(t) {
+		t.Fatal("source guest not running after the timed-out migration")
 	}
 }
 

@@ -35,6 +35,8 @@ var (
 	ErrRole = errors.New("bad connection role or index")
 	// ErrRefused: the destination answered Hello with a refusal; see RefusedError.
 	ErrRefused = errors.New("migration refused by peer")
+	// ErrTimeout: Dial's WithTimeout expired before the session was set up.
+	ErrTimeout = errors.New("destination did not answer in time")
 	// ErrDataPending: a misuse of the page-data API (reading more page data than
 	// the current batch holds, or a length that is not whole pages).
 	ErrDataPending = errors.New("page data misuse")

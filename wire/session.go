@@ -67,6 +67,21 @@ func dial(ctx context.Context, addr string, h Hello, version uint16, opts ...Dia
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.timeout <= 0 {
+		return dialSession(ctx, addr, h, version, o)
+	}
+	// The session's connections keep nothing of this context: it bounds
+	// the set-up only.
+	tctx, cancel := context.WithTimeoutCause(ctx, o.timeout, fmt.Errorf("%w: no session within %v", ErrTimeout, o.timeout))
+	defer cancel()
+	s, err := dialSession(tctx, addr, h, version, o)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(tctx), ErrTimeout) {
+		err = fmt.Errorf("%w: %w", context.Cause(tctx), err)
+	}
+	return s, err
+}
+
+func dialSession(ctx context.Context, addr string, h Hello, version uint16, o dialOptions) (*Session, error) {
 	h.Version = version
 	if h.PageSize == 0 {
 		h.PageSize = PageSize

@@ -12,7 +12,16 @@ import (
 type DialOption func(*dialOptions)
 
 type dialOptions struct {
-	tls *tls.Config
+	tls     *tls.Config
+	timeout time.Duration
+}
+
+// WithTimeout bounds the whole of Dial (every connection's TCP connect, TLS
+// handshake and preamble, and the wait for HelloAck): a destination that
+// accepts connections but never answers makes Dial fail instead of hang.
+// Zero means no bound beyond ctx.
+func WithTimeout(d time.Duration) DialOption {
+	return func(o *dialOptions) { o.timeout = d }
 }
 
 // WithTLS makes every connection of the session (control, bulk, urgent) run

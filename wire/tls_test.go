@@ -377,3 +377,55 @@ func TestTLSClientVerifiesServer(t *testing.T) {
 		t.Fatal("the Hello reached an unverified server")
 	}
 }
+
+// TestDialTimeout: a destination that accepts TCP and never answers makes
+// Dial fail with ErrTimeout once WithTimeout expires, not hang.
+func TestDialTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	for _, opts := range [][]DialOption{
+		{WithTimeout(200 * time.Millisecond)},
+		{WithTimeout(200 * time.Millisecond), WithTLS(newTestCA(t, "ca").clientConfig(t))},
+	} {
+		start := time.Now()
+		_, err = Dial(testCtx(t), ln.Addr().String(), sessionHello(), opts...)
+		if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial a silent peer: %v, want ErrTimeout", err)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond || d > 2*time.Second {
+			t.Fatalf("dial gave up after %v, want about 200ms", d)
+		}
+	}
+	// A session set up in time is not bounded afterwards.
+	l, _ := listen(t)
+	acc := acceptAsync(testCtx(t), l, nil)
+	s, err := Dial(testCtx(t), l.Addr().String(), sessionHello(), WithTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := <-acc
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	defer a.s.Close()
+	time.Sleep(1100 * time.Millisecond)
+	if err := s.Control.WriteFrame(testCtx(t), &Abort{Reason: "late"}); err != nil {
+		t.Fatalf("write after the dial timeout passed: %v", err)
+	}
+	if _, err := a.s.Control.ReadFrame(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -14,13 +14,14 @@ import (
 )
 
 type drainCmd struct {
-	Config   string `required:"" type:"existingfile" help:"Drain config (YAML or JSON): the guests to move and where."`
-	Parallel int    `default:"1" help:"Guests migrated at once."`
-	State    string `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
-	LockDir  string `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
-	Report   string `help:"Write the JSON summary to this file ('-' for stdout)."`
-	Metrics  string `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
-	MaxIter  int    `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
+	Config         string        `required:"" type:"existingfile" help:"Drain config (YAML or JSON): the guests to move and where."`
+	Parallel       int           `default:"1" help:"Guests migrated at once."`
+	State          string        `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
+	LockDir        string        `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
+	Report         string        `help:"Write the JSON summary to this file ('-' for stdout)."`
+	Metrics        string        `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
+	MaxIter        int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
+	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
 }
@@ -58,7 +59,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			}
 			rep, err := precopy.Run(ctx, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter,
-				Logger: log.Named(vm.Name), TLS: tc,
+				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout,
 			}, guest)
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)

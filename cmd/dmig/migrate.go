@@ -55,8 +55,9 @@ type migrateCmd struct {
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
 	tlsFlags
-	TLSServerName string `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
-	NoProgress    bool   `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
+	TLSServerName  string        `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
+	NoProgress     bool          `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
+	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Abort (source intact) if the destination has not accepted the session within this time (0: wait forever)."`
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -85,7 +86,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce,
-		Progress: view.update,
+		Progress: view.update, ConnectTimeout: c.ConnectTimeout,
 	}, guest)
 	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {
