@@ -1,0 +1,183 @@
+package dbrestore
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/storageref"
+	"github.com/dmig/dmig/wire"
+)
+
+// restoreFixture is a destination of one 16-page block backed by a file,
+// and a disk "data" of 16 pages, page i filled with byte i+1.
+type restoreFixture struct {
+	d    *dest
+	r    *restorer
+	ram  *os.File
+	disk [][]byte
+}
+
+func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFlags) *restoreFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &restoreFixture{}
+	var img []byte
+	for i := range 16 {
+		p := bytes.Repeat([]byte{byte(i + 1)}, pageSize)
+		f.disk = append(f.disk, p)
+		img = append(img, p...)
+	}
+	diskPath := filepath.Join(dir, "data.img")
+	if err := os.WriteFile(diskPath, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if disks == nil {
+		disks = map[string]string{"data": diskPath}
+	}
+	ram, err := os.Create(filepath.Join(dir, "ram"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ram.Truncate(16 * pageSize); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ram.Close() })
+	f.ram = ram
+	f.d = &dest{
+		cfg:    Config{Disks: disks},
+		sess:   &wire.Session{Hello: wire.Hello{Flags: flags}},
+		log:    hclog.NewNullLogger(),
+		blocks: []*dstBlock{{idx: 0, name: "ram", file: ram, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}},
+	}
+	f.r = newRestorer(f.d)
+	t.Cleanup(f.r.close)
+	return f
+}
+
+func (f *restoreFixture) ref(disk string, page uint64, content []byte) wire.Ref {
+	return wire.Ref{Disk: storageref.DiskKey(disk), Offset: page * pageSize, Hash: storageref.Hash(content)}
+}
+
+// run starts the collectors, waits for the queue to drain and stops them.
+func (f *restoreFixture) run(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	f.r.start(ctx, &wg)
+	if err := f.r.drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	wg.Wait()
+}
+
+func (f *restoreFixture) ramPage(t *testing.T, p uint64) []byte {
+	t.Helper()
+	b := make([]byte, pageSize)
+	if _, err := f.ram.ReadAt(b, int64(p*pageSize)); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func owedPages(runs []wire.Run) []uint64 {
+	var ps []uint64
+	for _, r := range runs {
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func TestRestorePlacesVerifiedPages(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	ctx := context.Background()
+	// Guest page 2 is disk page 5; guest page 3 claims disk page 6 but the
+	// source read other bytes; guest page 4 names a disk this host lacks.
+	must(t, f.r.enqueue(ctx, 0, 2, 1, f.ref("data", 5, f.disk[5])))
+	must(t, f.r.enqueue(ctx, 0, 3, 1, f.ref("data", 6, []byte("not what the disk holds"))))
+	must(t, f.r.enqueue(ctx, 0, 4, 1, f.ref("ghost", 1, f.disk[1])))
+	f.run(t)
+	if got := f.ramPage(t, 2); !bytes.Equal(got, f.disk[5]) {
+		t.Errorf("page 2 holds %d..., want disk page 5", got[0])
+	}
+	if got := f.ramPage(t, 3); !bytes.Equal(got, make([]byte, pageSize)) {
+		t.Errorf("page 3 was written from a disk page that failed its hash (%d...)", got[0])
+	}
+	if got, want := owedPages(f.r.owed()), []uint64{3, 4}; !slices.Equal(got, want) {
+		t.Errorf("owed pages %v, want %v", got, want)
+	}
+	if v, m := f.r.verified.Load(), f.r.mismatch.Load(); v != 1 || m != 2 {
+		t.Errorf("verified %d, mismatched %d; want 1, 2", v, m)
+	}
+	if !f.d.blocks[0].placed.Has(2) || f.d.blocks[0].placed.Has(3) {
+		t.Error("placed set wrong")
+	}
+}
+
+// A reference still queued when a newer entry for its page arrives must not
+// be placed, and a failed one must not be owed: the newer entry wins.
+func TestRestoreNewerEntryWins(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	ctx := context.Background()
+	must(t, f.r.enqueue(ctx, 0, 7, 1, f.ref("data", 7, f.disk[7])))
+	must(t, f.r.enqueue(ctx, 0, 8, 1, f.ref("data", 8, []byte("stale"))))
+	must(t, f.r.enqueue(ctx, 0, 9, 1, f.ref("data", 9, f.disk[9])))
+	// Iteration 2 sends page 7 as data (written by the caller after
+	// supersede), page 8 as zero; page 9 gets a reference again.
+	f.r.supersede(0, 7, 2)
+	newer := bytes.Repeat([]byte{0xee}, pageSize)
+	if _, err := f.ram.WriteAt(newer, 7*pageSize); err != nil {
+		t.Fatal(err)
+	}
+	f.r.supersede(0, 8, 2)
+	must(t, f.r.enqueue(ctx, 0, 9, 2, f.ref("data", 9, f.disk[9])))
+	f.run(t)
+	if got := f.ramPage(t, 7); !bytes.Equal(got, newer) {
+		t.Errorf("page 7: an older reference overwrote newer data (%#x...)", got[0])
+	}
+	if got := f.ramPage(t, 9); !bytes.Equal(got, f.disk[9]) {
+		t.Errorf("page 9 not restored")
+	}
+	if got := owedPages(f.r.owed()); len(got) != 0 {
+		t.Errorf("owed %v: a failed reference superseded by a newer entry is not owed", got)
+	}
+}
+
+func TestRestoreWithoutDisks(t *testing.T) {
+	dir := t.TempDir()
+	// A directory and a missing file: neither opens; every reference is owed.
+	f := newRestoreFixture(t, map[string]string{"data": dir, "other": filepath.Join(dir, "missing")}, wire.FlagStorageRefs)
+	must(t, f.r.enqueue(context.Background(), 0, 1, 1, f.ref("data", 1, f.disk[1])))
+	f.run(t)
+	if got := owedPages(f.r.owed()); !slices.Equal(got, []uint64{1}) {
+		t.Errorf("owed %v, want [1]", got)
+	}
+}
+
+func TestRestoreInactiveWithoutFlag(t *testing.T) {
+	f := newRestoreFixture(t, nil, 0)
+	if f.r.active || f.r.reader != nil {
+		t.Fatal("restorer active for a session without storage references")
+	}
+	f.r.supersede(0, 1, 1) // must not panic: no per-page state
+	if got := f.r.owed(); len(got) != 0 {
+		t.Errorf("owed %v", got)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
