@@ -108,6 +108,16 @@ func TestTLSRefusals(t *testing.T) {
 	if strings.Contains(out, "\x1b[") || strings.Contains(out, "\r") {
 		t.Fatalf("terminal control sequences in migrate's output off a terminal:\n%q", out)
 	}
+	// Off a terminal every line is JSON, the summary included.
+	var summary map[string]any
+	for _, l := range jsonLogs(t, out) {
+		if l["@message"] == "summary" {
+			summary = l
+		}
+	}
+	if summary == nil || summary["outcome"] != "completed" || summary["bytes_sent"] != float64(rep.BytesSent) {
+		t.Fatalf("no JSON summary matching the report in migrate's output:\n%s", out)
+	}
 	if n := len(srv.sessions(t)); n != 1 {
 		t.Fatalf("%d session directories after one migration", n)
 	}

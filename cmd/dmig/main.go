@@ -13,7 +13,6 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/term"
 )
 
 // globals are the flags every command takes.
@@ -24,7 +23,7 @@ type globals struct {
 
 // logger builds the process's logger from the global flags.
 func (g *globals) logger(name string) hclog.Logger {
-	json := g.LogFormat == "json" || (g.LogFormat == "auto" && !term.IsTerminal(int(os.Stderr.Fd())))
+	json := g.jsonLogs()
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       name,
 		Level:      hclog.LevelFromString(g.LogLevel),

@@ -97,7 +97,11 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 			log.Error("write metrics", "error", werr)
 		}
 	}
-	printSummary(rep)
+	if g.jsonLogs() {
+		logSummary(log, rep)
+	} else {
+		printSummary(rep)
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, precopy.ErrBusy), errors.Is(err, wire.ErrRefused) && isBusy(err):

@@ -7,11 +7,33 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
 	"github.com/dmig/dmig/internal/report"
 )
+
+// jsonLogs says whether logs are JSON: asked for, or auto off a terminal.
+func (g *globals) jsonLogs() bool {
+	return g.LogFormat == "json" || (g.LogFormat == "auto" && !term.IsTerminal(int(os.Stderr.Fd())))
+}
+
+// logSummary is printSummary for log collectors: one structured line.
+func logSummary(log hclog.Logger, r *report.Report) {
+	if r == nil {
+		return
+	}
+	args := []any{"mode", r.Mode, "guest", r.Guest, "outcome", r.Outcome, "total_ms", r.TotalMS, "downtime_ms", r.DowntimeMS,
+		"bytes_sent", r.BytesSent, "iterations", r.Iterations, "pages_data", r.Pages.Data, "pages_zero", r.Pages.Zero,
+		"pages_storage_verified", r.Pages.StorageVerified, "pages_storage_mismatch", r.Pages.StorageMismatch,
+		"pages_postcopy_fault", r.Pages.PostcopyFault, "pages_prefetch", r.Pages.Prefetch,
+		"fault_latency_p50_us", r.FaultLatencyUS.P50, "fault_latency_p99_us", r.FaultLatencyUS.P99}
+	if r.Error != "" {
+		args = append(args, "error", r.Error)
+	}
+	log.Info("summary", args...)
+}
 
 // progressView draws a running migration on a terminal: a bar of the
 // guest's pages already sent (or no longer owed, in post-copy), the phase,
