@@ -134,7 +134,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	}
 	for dec == iterate {
 		iter++
-		s.refs.prepare(ctx, uint32(iter), s.guestPages())
+		s.prepareRefs(ctx, uint32(iter))
 		t0 := time.Now()
 		sent0 := s.bytesSent()
 		n, err := s.pass(ctx, uint32(iter))
