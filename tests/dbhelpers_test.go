@@ -68,11 +68,17 @@ func startDBSource(t testing.TB, dir string, o dbOpts) *dbGuest {
 // startDBDest is startDest with shared disks (name → path) to restore from.
 func startDBDest(t testing.TB, disks map[string]string) *dest {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	l, err := wire.Listen(ctx, "127.0.0.1:0")
+	l, err := wire.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startDBDestOn(t, l, disks)
+}
+
+// startDBDestOn is startDBDest accepting on l.
+func startDBDestOn(t testing.TB, l *wire.Listener, disks map[string]string) *dest {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
 	d := &dest{addr: l.Addr().String(), targets: make(chan *testTarget, 1), result: make(chan error, 1), cancel: cancel}
 	shm, err := os.MkdirTemp("/dev/shm", "dmig-e2e-dst-")
 	if err != nil {

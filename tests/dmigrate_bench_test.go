@@ -1,0 +1,154 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/wire"
+)
+
+// BenchmarkDMigrateModes migrates the same database-mode guest (a fresh one
+// per mode: RAM DMIG_BENCH_GIB GiB, default 2, buffer pool 70 % of it, under
+// read/modify/flush load) with precopy, postcopy and hybrid, and reports
+// total time, downtime and network bytes as ratios to precopy. The
+// destination listens in a network namespace behind a veth pair shaped to
+// DMIG_BENCH_RATE (tc tbf, default 1gbit; "none" for plain loopback). Run:
+//
+//	go test -run '^$' -bench DMigrateModes -benchtime 1x -timeout 30m ./tests/
+func BenchmarkDMigrateModes(b *testing.B) {
+	size := int64(2)
+	if v := os.Getenv("DMIG_BENCH_GIB"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			b.Fatalf("DMIG_BENCH_GIB=%q: want a whole number of GiB", v)
+		}
+		size = n
+	}
+	rate := os.Getenv("DMIG_BENCH_RATE")
+	if rate == "" {
+		rate = "1gbit"
+	}
+	listen := func(b *testing.B) *wire.Listener {
+		l, err := wire.Listen(context.Background(), "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return l
+	}
+	if rate != "none" {
+		ns := shapedLink(b, rate)
+		listen = func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }
+	}
+	modes := []precopy.Mode{precopy.ModePrecopy, precopy.ModePostcopy, precopy.ModeHybrid}
+	for range b.N {
+		reps := map[precopy.Mode]*report.Report{}
+		for _, mode := range modes {
+			dir := b.TempDir()
+			g := startDBSource(b, dir, dbOpts{size: size * gib, poolPart: 0.7, readRate: 3000, modifyRate: 1000, flushRate: 800})
+			d := startDBDestOn(b, listen(b), map[string]string{"data": g.dataFile})
+			destStats := filepath.Join(b.TempDir(), "dst.stats")
+			rep, err := migrateDB(b, g, d.addr, mode, g.layout, destStats)
+			if err != nil {
+				b.Fatalf("%s: migrate: %v", mode, err)
+			}
+			if err := <-d.result; err != nil {
+				b.Fatalf("%s: destination: %v", mode, err)
+			}
+			checkDestGuest(b, d, destStats)
+			reps[mode] = rep
+		}
+		pre := reps[precopy.ModePrecopy]
+		var tab strings.Builder
+		fmt.Fprintf(&tab, "%d GiB guest, pool 70 %%, link %s\n", size, rate)
+		fmt.Fprintf(&tab, "%-9s %9s %8s %11s %9s %9s %9s %7s %7s %7s\n", "mode", "total ms", "down ms", "network MB", "data pg", "storage", "faults", "total×", "down×", "bytes×")
+		for _, mode := range modes {
+			r := reps[mode]
+			fmt.Fprintf(&tab, "%-9s %9.0f %8.1f %11.1f %9d %9d %9d %7.2f %7.2f %7.2f\n", mode, r.TotalMS, r.DowntimeMS, float64(r.BytesSent)/1e6,
+				r.Pages.Data, r.Pages.StorageVerified, r.Pages.PostcopyFault, r.TotalMS/pre.TotalMS, r.DowntimeMS/pre.DowntimeMS, float64(r.BytesSent)/float64(pre.BytesSent))
+			b.ReportMetric(r.TotalMS/pre.TotalMS, string(mode)+"-total/precopy")
+			b.ReportMetric(float64(r.BytesSent)/float64(pre.BytesSent), string(mode)+"-bytes/precopy")
+		}
+		h := reps[precopy.ModeHybrid]
+		fmt.Fprintf(&tab, "hybrid storage: %.1f MB read at %.0f MB/s, %d mismatches; postcopy fault latency p50 %.0f µs p99 %.0f µs\n",
+			float64(h.Storage.BytesRead)/1e6, h.Storage.MBps, h.Pages.StorageMismatch, reps[precopy.ModePostcopy].FaultLatencyUS.P50, reps[precopy.ModePostcopy].FaultLatencyUS.P99)
+		// Stdout, not b.Log: the engines' debug logs would truncate it.
+		fmt.Print(tab.String())
+		for _, mode := range modes {
+			fmt.Printf("%s passes: %+v\n", mode, reps[mode].IterationLog)
+		}
+	}
+}
+
+const (
+	benchSrcIP  = "10.231.7.1"
+	benchDestIP = "10.231.7.2"
+)
+
+// shapedLink makes a network namespace reached over a veth pair whose both
+// directions are shaped to rate, and returns the namespace's name.
+func shapedLink(b *testing.B, rate string) string {
+	b.Helper()
+	ns := fmt.Sprintf("dmigb%d", os.Getpid())
+	veth := fmt.Sprintf("dmb%d", os.Getpid()%100000)
+	run := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			b.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	b.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	b.Cleanup(func() { exec.Command("ip", "link", "del", veth).Run() })
+	run("ip", "addr", "add", benchSrcIP+"/30", "dev", veth)
+	run("ip", "link", "set", veth, "up")
+	run("ip", "-n", ns, "addr", "add", benchDestIP+"/30", "dev", "eth0")
+	run("ip", "-n", ns, "link", "set", "eth0", "up")
+	run("ip", "-n", ns, "link", "set", "lo", "up")
+	run("tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
+	run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
+	return ns
+}
+
+// listenIn opens a listener inside network namespace ns: a socket belongs
+// to the namespace of the thread that creates it.
+func listenIn(b *testing.B, ns, addr string) *wire.Listener {
+	b.Helper()
+	type result struct {
+		l   *wire.Listener
+		err error
+	}
+	ch := make(chan result)
+	go func() {
+		// The thread stays locked and dies with this goroutine: it never
+		// runs other goroutines in the wrong namespace.
+		runtime.LockOSThread()
+		f, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("enter netns %s: %w", ns, err)}
+			return
+		}
+		l, err := wire.Listen(context.Background(), addr)
+		ch <- result{l, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		b.Fatal(r.err)
+	}
+	return r.l
+}
