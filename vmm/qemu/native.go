@@ -26,6 +26,20 @@ type NativeConfig struct {
 	MaxBandwidth uint64
 	// DowntimeLimit in ms (default 300).
 	DowntimeLimit uint64
+	// PostcopyAfter, if set, switches to post-copy this long after the
+	// start even if the first pass has not ended (for runs that match
+	// dmig's own switchover time).
+	PostcopyAfter time.Duration
+}
+
+// NativeResult is a native migration's outcome.
+type NativeResult struct {
+	Report *report.Report
+	// Postcopy: the source entered post-copy (postcopy-active) rather than
+	// completing before the switch took effect.
+	Postcopy bool
+	// Source is the source's final query-migrate.
+	Source MigrationInfo
 }
 
 func (c *NativeConfig) defaults() {
@@ -39,10 +53,11 @@ func (c *NativeConfig) defaults() {
 
 // MigrateNative migrates the VM behind src to the QEMU behind dst (started
 // with -incoming defer) with QEMU's own pre-copy, or post-copy switched on
-// once the first pass has been sent. It returns when the destination runs,
-// with figures from the source's query-migrate. On failure before the
-// destination runs, the source is resumed if it had stopped.
-func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*report.Report, error) {
+// once the first pass has been sent (or after PostcopyAfter). It returns
+// when the destination runs, with figures from the source's query-migrate.
+// On failure before the destination runs, the source is resumed if it had
+// stopped.
+func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*NativeResult, error) {
 	cfg.defaults()
 	var post bool
 	switch cfg.Mode {
@@ -68,7 +83,7 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*r
 	if err := src.Migrate(ctx, cfg.URI); err != nil {
 		return nil, fmt.Errorf("start migration to %s: %w", cfg.URI, err)
 	}
-	fail := func(err error) (*report.Report, error) {
+	fail := func(err error) (*NativeResult, error) {
 		// Leave the source running: cancel whatever is left, and undo a
 		// pause QEMU made at completion of a pass the destination lost.
 		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -79,17 +94,30 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*r
 		}
 		return nil, err
 	}
+	res := &NativeResult{}
+	var switchPages uint64
 	if post {
 		// The first pass is done when QEMU syncs the dirty bitmap the
 		// second time.
-		i, err := src.WaitMigration(ctx, func(i MigrationInfo) bool { return i.RAM != nil && i.RAM.DirtySyncCount >= 2 })
+		i, err := src.WaitMigration(ctx, func(i MigrationInfo) bool {
+			return (i.RAM != nil && i.RAM.DirtySyncCount >= 2) ||
+				(cfg.PostcopyAfter > 0 && time.Since(start) >= cfg.PostcopyAfter)
+		})
 		if err != nil {
 			return fail(fmt.Errorf("first pass: %w", err))
 		}
 		if i.Status != "completed" {
+			if i.RAM != nil {
+				switchPages = i.RAM.Remaining / 4096
+			}
 			if err := src.StartPostcopy(ctx); err != nil {
 				return fail(fmt.Errorf("switch to post-copy: %w", err))
 			}
+			i, err := src.WaitMigration(ctx, func(i MigrationInfo) bool { return i.Status != "active" })
+			if err != nil {
+				return nil, fmt.Errorf("post-copy migration: %w", err)
+			}
+			res.Postcopy = i.Status == "postcopy-active"
 		}
 	}
 	info, err := src.WaitMigration(ctx, nil)
@@ -103,6 +131,7 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*r
 	if err := dst.WaitStatus(ctx, "running"); err != nil {
 		return nil, fmt.Errorf("destination after migration: %w", err)
 	}
+	res.Source = info
 	r := &report.Report{
 		Mode:       cfg.Mode,
 		Outcome:    report.Completed,
@@ -120,5 +149,9 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*r
 		r.Pages.PostcopyFault = info.RAM.PostcopyRequests
 		r.GuestPages = info.RAM.Total / 4096
 	}
-	return r, nil
+	if res.Postcopy {
+		r.PostcopyPages = switchPages
+	}
+	res.Report = r
+	return res, nil
 }

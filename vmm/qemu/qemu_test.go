@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+
+	"github.com/dmig/dmig/wire"
 )
 
 // image is a guest image made by image/build.sh for this test.
@@ -152,6 +155,42 @@ func destination(ctx context.Context, t, owner *testing.T, src *running, dir, me
 	return &running{vm: vm, port: port, args: plan.Args}
 }
 
+// copyRAM copies the paused source's RAM file into the destination's,
+// skipping zero runs (the destination file is sparse), and returns the
+// bytes written.
+func copyRAM(t *testing.T, from, to string) int64 {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	buf := make([]byte, 1<<20)
+	var off, n int64
+	for {
+		k, err := src.ReadAt(buf, off)
+		chunk := buf[:k]
+		if k > 0 && !bytes.Equal(chunk, make([]byte, k)) {
+			if _, err := dst.WriteAt(chunk, off); err != nil {
+				t.Fatal(err)
+			}
+			n += int64(k)
+		}
+		off += int64(k)
+		if errors.Is(err, io.EOF) {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestQEMU boots one guest and moves it from QEMU to QEMU on this host:
 // by device state alone over a shared RAM file (x-ignore-shared, what
 // dmig's switchover does), then by QEMU's own pre-copy and post-copy. The
@@ -272,53 +311,106 @@ func TestQEMU(t *testing.T) {
 	})
 
 	top := t
-	ok = t.Run("ignore-shared", func(t *testing.T) {
-		// The destination maps the same RAM file: only devices move.
-		dst := destination(ctx, t, top, cur, filepath.Join(dir, "b"), shm+"a")
-		began := time.Now()
-		if err := cur.vm.Mon.Stop(ctx); err != nil {
+	ok = t.Run("abort-before-cont", func(t *testing.T) {
+		// The destination dies while the source is paused: the source is
+		// resumed and answers.
+		src, err := newSource(ctx, cur.vm.Mon)
+		if err != nil {
 			t.Fatal(err)
 		}
+		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "x"), Ports: map[int]int{cur.port: freePort(t)}, SourcePid: src.Pid()}
+		if _, err := tg.Create(ctx, []wire.Block{{Name: "ram0", Size: 2 << 30}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tg.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := src.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := tg.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if err := src.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := checksums(ctx, t, db); got != want {
+			t.Fatalf("source after abort: checksums %s, want %s", got, want)
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("ignore-shared", func(t *testing.T) {
+		// dmig's switchover: a destination with its own RAM file, filled
+		// while the source is paused (here by copying the file, as dmig's
+		// page placement would), then only device state moves.
+		src, err := newSource(ctx, cur.vm.Mon)
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := freePort(t)
 		pr, pw := io.Pipe()
+		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "b"), Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(),
+			DeviceState: func(context.Context) (io.Reader, error) { return pr, nil }}
+		blocks := src.RAM()
+		paths, err := tg.Create(ctx, []wire.Block{{Name: blocks[0].Name, Size: blocks[0].Size}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		top.Cleanup(func() { tg.Kill() })
+		if _, err := tg.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		if err := src.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		copied := copyRAM(t, blocks[0].Path, paths[0])
 		sent := make(chan error, 1)
 		var info MigrationInfo
 		go func() {
 			var err error
-			info, err = SendDeviceState(ctx, cur.vm.Mon, dir, pw)
+			info, err = src.DeviceState(ctx, dir, pw)
 			pw.CloseWithError(err)
 			sent <- err
 		}()
-		if err := ReceiveDeviceState(ctx, dst.vm.Mon, dir, pr); err != nil {
+		if err := tg.Resume(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if err := <-sent; err != nil {
 			t.Fatal(err)
 		}
-		if err := dst.vm.Mon.Cont(ctx); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("x-ignore-shared: guest paused %.0f ms, %d bytes of RAM sent (%d MiB guest)",
-			float64(time.Since(began).Microseconds())/1000, info.RAM.Transferred, 2048)
+		t.Logf("x-ignore-shared: guest paused %.0f ms (RAM file copy %d MiB included), %d bytes of RAM in the stream",
+			float64(time.Since(began).Microseconds())/1000, copied>>20, info.RAM.Transferred)
 		if info.RAM.Transferred > 8<<20 {
 			t.Errorf("x-ignore-shared sent %d bytes of RAM: shared RAM was copied", info.RAM.Transferred)
 		}
-		if st, _ := cur.vm.Mon.QueryStatus(ctx); st.Status != "postmigrate" {
+		if st, _ := src.Monitor().QueryStatus(ctx); st.Status != "postmigrate" {
 			t.Errorf("source is %q after migration, want postmigrate", st.Status)
 		}
-		if err := cur.vm.Quit(ctx); err != nil {
+		if err := src.Finish(ctx); err != nil {
 			t.Fatal(err)
 		}
-		cur = dst
-		ddb := waitSQL(ctx, t, dst.port)
+		<-cur.vm.Exited()
+		os.Remove(shm + "a")
+		cur = &running{vm: tg.VM(), port: port}
+		ddb := waitSQL(ctx, t, port)
 		if got := checksums(ctx, t, ddb); got != want {
 			t.Fatalf("checksums at the destination %s, source had %s", got, want)
 		}
 		// The guest runs: its clock moves and it takes writes.
-		var u1, u2 int64
-		ddb.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'").Scan(&u1)
+		uptime := func() int64 {
+			var u int64
+			if err := ddb.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'").Scan(&u); err != nil {
+				t.Fatal(err)
+			}
+			return u
+		}
+		u1 := uptime()
 		time.Sleep(2 * time.Second)
-		ddb.QueryRowContext(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'").Scan(&u2)
-		if u2 <= u1 {
+		if u2 := uptime(); u2 <= u1 {
 			t.Fatalf("guest uptime %d then %d: not running", u1, u2)
 		}
 		if _, err := ddb.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS alive (x INT)"); err != nil {
@@ -333,17 +425,27 @@ func TestQEMU(t *testing.T) {
 		ok = t.Run(mode, func(t *testing.T) {
 			mem := shm + string(rune('c'+i))
 			dst := destination(ctx, t, top, cur, filepath.Join(dir, mode), mem)
-			r, err := MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))})
+			nc := NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))}
+			if mode == ModePostcopy {
+				// An idle guest's first pass leaves almost nothing: switch
+				// during it so pages really come by post-copy.
+				nc.PostcopyAfter = time.Second
+			}
+			res, err := MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, nc)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, %d post-copy requests",
-				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, r.Pages.PostcopyFault)
+			r := res.Report
+			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
+				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
 			if r.BytesSent < 100<<20 {
 				t.Errorf("%s sent %d bytes: less than the guest's used RAM", mode, r.BytesSent)
 			}
-			if mode == ModePostcopy && r.Iterations < 1 {
-				t.Errorf("post-copy after %d passes", r.Iterations)
+			if (mode == ModePostcopy) != res.Postcopy {
+				t.Errorf("%s: source went through post-copy: %v", mode, res.Postcopy)
+			}
+			if mode == ModePostcopy && r.PostcopyPages == 0 {
+				t.Errorf("post-copy switched with nothing left to send")
 			}
 			old := cur
 			cur = dst

@@ -1,0 +1,207 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/wire"
+)
+
+// Source is a running QEMU on the source host, as the migration engine
+// sees it. It owns its Monitor (Close it).
+type Source struct {
+	mon     *Monitor
+	machine *Machine
+	command []string
+	name    string
+}
+
+var _ precopy.Guest = (*Source)(nil)
+
+// NewSource connects to the QEMU whose QMP socket is qmpPath and discovers
+// its RAM (see Discover: RAM must be a shared file or memfd).
+func NewSource(ctx context.Context, qmpPath string) (*Source, error) {
+	mon, err := Dial(ctx, qmpPath)
+	if err != nil {
+		return nil, err
+	}
+	s, err := newSource(ctx, mon)
+	if err != nil {
+		mon.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func newSource(ctx context.Context, mon *Monitor) (*Source, error) {
+	m, err := Discover(ctx, mon, 0)
+	if err != nil {
+		return nil, err
+	}
+	bin, args, err := SourceCommand(m.Pid)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{mon: mon, machine: m, command: append([]string{bin}, args...), name: "qemu:" + strconv.Itoa(m.Pid)}
+	var info struct {
+		Name string `json:"name"`
+	}
+	if err := mon.Execute(ctx, "query-name", nil, &info); err == nil && info.Name != "" {
+		s.name = info.Name
+	}
+	return s, nil
+}
+
+func (s *Source) Name() string                     { return s.name }
+func (s *Source) Pid() int                         { return s.machine.Pid }
+func (s *Source) Machine() *Machine                { return s.machine }
+func (s *Source) Monitor() *Monitor                { return s.mon }
+func (s *Source) Close() error                     { return s.mon.Close() }
+func (s *Source) Pause(ctx context.Context) error  { return s.mon.Stop(ctx) }
+func (s *Source) Resume(ctx context.Context) error { return s.mon.Cont(ctx) }
+
+// RAM lists the RAM backends; a block's name is the backend id, which is
+// QEMU's RAM block name too.
+func (s *Source) RAM() []precopy.Block {
+	out := make([]precopy.Block, len(s.machine.Blocks))
+	for i, b := range s.machine.Blocks {
+		out[i] = precopy.Block{Name: b.ID, Path: b.Path, Size: b.Size}
+	}
+	return out
+}
+
+// DestCommand is the source's own command line (binary first); the
+// destination rewrites it with DestArgs.
+func (s *Source) DestCommand() []string { return s.command }
+
+// DeviceState sends the paused source's device state into w
+// (x-ignore-shared), through a unix socket in dir.
+func (s *Source) DeviceState(ctx context.Context, dir string, w io.Writer) (MigrationInfo, error) {
+	return SendDeviceState(ctx, s.mon, dir, w)
+}
+
+// Finish ends the source QEMU once the destination runs the guest.
+func (s *Source) Finish(ctx context.Context) error {
+	err := s.mon.Execute(ctx, "quit", nil, nil)
+	if errors.Is(err, ErrMonitorClosed) {
+		err = nil // QEMU may close the socket before replying
+	}
+	if err != nil {
+		return fmt.Errorf("quit source qemu: %w", err)
+	}
+	return nil
+}
+
+// Target is a destination QEMU, as the migration engine sees it: RAM files
+// made by Create, QEMU started with the source's command line rewritten
+// (DestArgs) and -incoming defer, device state loaded and the guest let
+// run by Resume.
+type Target struct {
+	// Command is the source's command line, binary first (from the
+	// source's Hello, or the operator).
+	Command []string
+	// Dir holds the RAM files, sockets and logs.
+	Dir string
+	// Ports maps hostfwd ports (see DestOptions).
+	Ports map[int]int
+	// SourcePid, if not 0, is the source QEMU on this host: its disks are
+	// checked to be the destination's (CheckDisks).
+	SourcePid int
+	// DeviceState returns the stream the source's device state arrives
+	// on; Resume loads it before letting the guest run.
+	DeviceState func(ctx context.Context) (io.Reader, error)
+
+	mem map[string]string
+	vm  *VM
+}
+
+var _ dbrestore.Guest = (*Target)(nil)
+
+// Create makes the RAM files, sparse, at the source's sizes.
+func (t *Target) Create(_ context.Context, blocks []wire.Block) ([]string, error) {
+	if err := os.MkdirAll(t.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create destination dir: %w", err)
+	}
+	t.mem = map[string]string{}
+	var paths []string
+	for _, b := range blocks {
+		p := filepath.Join(t.Dir, "ram-"+filepath.Base(b.Name))
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create RAM file of %s: %w", b.Name, err)
+		}
+		err = f.Truncate(int64(b.Size))
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("size RAM file of %s: %w", b.Name, err)
+		}
+		t.mem[b.Name] = p
+		paths = append(paths, p)
+	}
+	return paths, nil
+}
+
+// Start starts QEMU waiting for device state; it maps the RAM files and
+// touches none of their pages until then.
+func (t *Target) Start(ctx context.Context) (int, error) {
+	if len(t.Command) == 0 {
+		return 0, errors.New("no source command line for the destination qemu")
+	}
+	plan, err := DestArgs(t.Command[1:], DestOptions{Dir: t.Dir, MemPaths: t.mem, Ports: t.Ports})
+	if err != nil {
+		return 0, err
+	}
+	if t.SourcePid != 0 {
+		if err := CheckDisks(t.SourcePid, t.Command[1:], plan.Args); err != nil {
+			return 0, err
+		}
+	}
+	vm, err := Start(ctx, t.Command[0], plan.Args, plan.QMP, plan.Stderr)
+	if err != nil {
+		return 0, err
+	}
+	t.vm = vm
+	return vm.Pid(), nil
+}
+
+// VM is the destination QEMU once started.
+func (t *Target) VM() *VM { return t.vm }
+
+// Resume loads the device state and lets the guest run.
+func (t *Target) Resume(ctx context.Context) error {
+	if t.vm == nil {
+		return errors.New("destination qemu not started")
+	}
+	if t.DeviceState == nil {
+		return errors.New("no device-state stream for the destination qemu")
+	}
+	r, err := t.DeviceState(ctx)
+	if err != nil {
+		return fmt.Errorf("open device-state stream: %w", err)
+	}
+	if err := ReceiveDeviceState(ctx, t.vm.Mon, t.Dir, r); err != nil {
+		return err
+	}
+	return t.vm.Mon.Cont(ctx)
+}
+
+// Kill ends QEMU at once and removes the RAM files.
+func (t *Target) Kill() error {
+	var err error
+	if t.vm != nil {
+		err = t.vm.Kill()
+	}
+	for _, p := range t.mem {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
