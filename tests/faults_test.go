@@ -96,10 +96,7 @@ func destProcess(t *testing.T) *killableServe {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"serve", "--listen", addr, "--dir", dir, "--once"}
-	if help, _ := exec.Command(dmigBin, "serve", "--help").CombinedOutput(); strings.Contains(string(help), "--insecure") {
-		args = append(args, "--insecure")
-	}
+	args := append([]string{"serve", "--listen", addr, "--dir", dir, "--once"}, insecureFlag()...)
 	cmd := exec.Command(dmigBin, args...)
 	cmd.Stderr = prefixWriter(t, "dmig-serve: ")
 	if err := cmd.Start(); err != nil {
@@ -124,6 +121,15 @@ func destProcess(t *testing.T) *killableServe {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return &killableServe{Cmd: cmd, addr: addr, dir: dir}
+}
+
+// insecureFlag is what `dmig serve` needs to run without TLS certificates
+// (tests on one host): --insecure.
+func insecureFlag() []string {
+	if help, _ := exec.Command(dmigBin, "serve", "--help").CombinedOutput(); strings.Contains(string(help), "--insecure") {
+		return []string{"--insecure"}
+	}
+	return nil
 }
 
 // killGuestsUnder kills processes whose DMIG_RAM names a file under dir:
