@@ -72,11 +72,16 @@ func dial(ctx context.Context, addr string, h Hello, version uint16, opts ...Dia
 	}
 	// The session's connections keep nothing of this context: it bounds
 	// the set-up only.
-	tctx, cancel := context.WithTimeoutCause(ctx, o.timeout, fmt.Errorf("%w: no session within %v", ErrTimeout, o.timeout))
+	limit := time.Now().Add(o.timeout)
+	tctx, cancel := context.WithDeadline(ctx, limit)
 	defer cancel()
 	s, err := dialSession(tctx, addr, h, version, o)
-	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(tctx), ErrTimeout) {
-		err = fmt.Errorf("%w: %w", context.Cause(tctx), err)
+	// The socket deadline may fire before the context's timer: judge by
+	// the clock, and only if this bound (not the caller's) was the first.
+	pd, bounded := ctx.Deadline()
+	if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)) &&
+		!time.Now().Before(limit) && (!bounded || pd.After(limit)) {
+		err = fmt.Errorf("%w: no session within %v: %w", ErrTimeout, o.timeout, err)
 	}
 	return s, err
 }
