@@ -48,14 +48,23 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read drain config: %w", err)
 	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("drain config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses and checks a drain config's text.
+func ParseConfig(b []byte) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("parse drain config %s: %w: %v", path, ErrConfig, err)
+		return nil, fmt.Errorf("parse: %w: %v", ErrConfig, err)
 	}
 	if err := c.check(); err != nil {
-		return nil, fmt.Errorf("drain config %s: %w", path, err)
+		return nil, err
 	}
 	return &c, nil
 }

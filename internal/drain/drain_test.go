@@ -216,3 +216,27 @@ func TestDrainRetriesTransientFailures(t *testing.T) {
 		t.Fatalf("summary %+v, calls %v", sum, calls)
 	}
 }
+
+// FuzzParseConfig: any input is parsed or refused with ErrConfig, and what
+// is accepted satisfies the checks the drain relies on.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(`{"vms":[{"name":"x","pid":5,"ram":["/r"],"dest_cmd":["g"],"to":"h:1"}]}`))
+	f.Add([]byte("vms:\n  - name: a\n    pid_file: /p\n    ram: [/r]\n    dest_cmd: [g]\n    to: h:1\n    downtime: 5ms\n"))
+	f.Add([]byte("vms: [{name: ..}]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("error without ErrConfig: %v", err)
+			}
+			return
+		}
+		names := map[string]bool{}
+		for _, vm := range c.VMs {
+			if !validName(vm.Name) || strings.ContainsAny(vm.Name, "/\x00") || names[vm.Name] || vm.To == "" || len(vm.RAM) == 0 {
+				t.Fatalf("accepted %+v", vm)
+			}
+			names[vm.Name] = true
+		}
+	})
+}
