@@ -34,5 +34,10 @@ GUEST_IMAGE ?= bin/guest.raw
 guest-image: build
 	bash vmm/qemu/image/build.sh --dmig $(BIN) $(GUEST_IMAGE)
 
+# The README's first command: a test guest under load migrated on this host
+# in hybrid mode (root).
+demo: build
+	BIN=$(BIN) bash tests/demo.sh
+
 clean:
 	rm -rf bin

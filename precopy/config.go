@@ -21,9 +21,9 @@ const (
 	// ModePostcopy resumes the destination at once; every page follows by
 	// fault or background push.
 	ModePostcopy Mode = "postcopy"
-	// ModeHybrid pre-copies while it converges, switches over when the
-	// remainder fits the budget (sent during downtime) or when it stops
-	// shrinking (the remainder follows by post-copy).
+	// ModeHybrid pre-copies while it converges and switches over when the
+	// remainder fits the budget or stops shrinking; the remainder follows by
+	// post-copy (faults and background push).
 	ModeHybrid Mode = "hybrid"
 )
 

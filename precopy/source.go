@@ -164,7 +164,10 @@ func (s *source) run(ctx context.Context) (err error) {
 		return err
 	}
 	final := uint32(iter)
-	if dec == finish {
+	// Pre-copy sends the remainder while the guest is paused. Hybrid leaves
+	// it, small by now, to post-copy: the downtime is then only the
+	// switchover itself, whatever the remainder.
+	if dec == finish && s.cfg.Mode == ModePrecopy {
 		final++
 		if _, err := s.pass(ctx, final); err != nil {
 			return s.cause(ctx, fmt.Errorf("final pass: %w", err))
