@@ -1,7 +1,7 @@
 package tests
 
 import (
-		"path/filepath"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
