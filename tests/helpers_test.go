@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -202,6 +203,9 @@ type dest struct {
 	// beforeResume, if set before the migration starts, runs right before
 	// the destination guest is resumed.
 	beforeResume func()
+
+	mu  sync.Mutex
+	all []*testTarget // every guest created, killed at cleanup
 }
 
 type destOpts struct {
@@ -228,6 +232,9 @@ func startDest(t testing.TB, o destOpts) *dest {
 				return nil, err
 			}
 			tt := &testTarget{Target: pt, snapshotAt: o.snapshot, beforeResume: d.beforeResume, resumed: make(chan struct{})}
+			d.mu.Lock()
+			d.all = append(d.all, tt)
+			d.mu.Unlock()
 			d.targets <- tt
 			return tt, nil
 		},
@@ -238,10 +245,10 @@ func startDest(t testing.TB, o destOpts) *dest {
 	}()
 	t.Cleanup(func() {
 		cancel()
-		select {
-		case tt := <-d.targets:
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, tt := range d.all {
 			tt.Kill()
-		default:
 		}
 		os.RemoveAll(shm)
 	})
