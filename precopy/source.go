@@ -354,6 +354,9 @@ func dataPages(f *os.File, npages uint64) (*pages.Set, error) {
 func (s *source) collect() (uint64, error) {
 	runs, err := s.tracker.Collect(nil)
 	if err != nil {
+		if moved := s.remapped(); moved != "" {
+			return 0, fmt.Errorf("collect dirty pages: %s: its writes there cannot be tracked: %w", moved, err)
+		}
 		return 0, fmt.Errorf("collect dirty pages: %w", err)
 	}
 	for _, b := range s.blocks {
@@ -377,6 +380,27 @@ func (s *source) collect() (uint64, error) {
 		total += b.pending.Count()
 	}
 	return total, nil
+}
+
+// remapped says how the guest's mappings of its RAM changed since tracking
+// began ("" if they did not): a guest that unmaps or moves its RAM takes it
+// out of dirty tracking, and the migration must stop.
+func (s *source) remapped() string {
+	for _, b := range s.blocks {
+		now, err := uffd.FileMappingsOf(s.g.Pid(), b.file)
+		if err != nil {
+			return fmt.Sprintf("guest pid %d is gone or unreadable (%v)", s.g.Pid(), err)
+		}
+		if len(now) != len(b.maps) {
+			return fmt.Sprintf("guest pid %d now maps RAM block %s %d times, %d when tracking began", s.g.Pid(), b.Name, len(now), len(b.maps))
+		}
+		for i := range now {
+			if now[i].Start != b.maps[i].Start || now[i].End != b.maps[i].End || now[i].Offset != b.maps[i].Offset {
+				return fmt.Sprintf("guest pid %d remapped RAM block %s (was %#x-%#x, now %#x-%#x)", s.g.Pid(), b.Name, b.maps[i].Start, b.maps[i].End, now[i].Start, now[i].End)
+			}
+		}
+	}
+	return ""
 }
 
 // locate maps a guest address range to a block and its file pages.
