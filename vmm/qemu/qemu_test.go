@@ -18,6 +18,7 @@ import (
 
 	_ "github.com/go-sql-driver/mysql"
 
+	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -295,6 +296,77 @@ func TestQEMU(t *testing.T) {
 	if !ok {
 		return
 	}
+
+	t.Run("guest-agent", func(t *testing.T) {
+		// The agent the image starts at boot answers on the virtio-serial
+		// port, and its guest-physical layout lands, through Discover's
+		// map, on RAM-file pages equal to the disk blocks it names.
+		if _, err := db.ExecContext(ctx, "SET GLOBAL innodb_max_dirty_pages_pct = 0"); err != nil {
+			t.Fatal(err)
+		}
+		var lay *layout.Layout
+		for lay == nil || lay.Pages() == 0 {
+			c, err := net.Dial("unix", cfg.AgentSocket)
+			if err == nil {
+				rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+				lay, err = layout.Request(rctx, c, true)
+				cancel()
+				c.Close()
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no layout from the guest agent: %v", err)
+			}
+			if lay == nil || lay.Pages() == 0 {
+				time.Sleep(2 * time.Second)
+			}
+		}
+		if len(lay.Disks) != 1 || lay.Disks[0].Name != "vda" {
+			t.Fatalf("layout disks %+v, want vda", lay.Disks)
+		}
+		m, err := Discover(ctx, cur.vm.Mon, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cur.vm.Mon.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer cur.vm.Mon.Cont(ctx)
+		ram, err := os.Open(m.Blocks[0].Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ram.Close()
+		disk, err := os.Open(img.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer disk.Close()
+		var refs []layout.Ref
+		lay.Each(func(r layout.Ref) bool { refs = append(refs, r); return true })
+		step := max(1, len(refs)/500)
+		var same, n int
+		a, b := make([]byte, layout.PageSize), make([]byte, layout.PageSize)
+		for i := 0; i < len(refs); i += step {
+			blk, off, ok := m.Block(refs[i].GuestPage * layout.PageSize)
+			if !ok {
+				t.Fatalf("layout page %#x is not guest RAM", refs[i].GuestPage)
+			}
+			if _, err := ram.ReadAt(a, int64(off)); err != nil {
+				t.Fatalf("read %s: %v", blk.Path, err)
+			}
+			if _, err := disk.ReadAt(b, int64(refs[i].Offset)); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if bytes.Equal(a, b) {
+				same++
+			}
+		}
+		t.Logf("guest agent: layout of %d pages (%d MiB); %d of %d sampled pages equal their disk blocks", lay.Pages(), lay.Pages()>>8, same, n)
+		if same < n*95/100 {
+			t.Fatalf("only %d of %d sampled layout pages equal their disk blocks", same, n)
+		}
+	})
 
 	t.Run("private-ram-refused", func(t *testing.T) {
 		pc := Config{Dir: filepath.Join(dir, "p"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
