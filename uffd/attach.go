@@ -200,7 +200,7 @@ func (t *tracee) wait() (unix.WaitStatus, error) {
 	var ws unix.WaitStatus
 	deadline := time.Now().Add(stopTimeout)
 	pause := 5 * time.Microsecond
-	for {
+	for spin := 0; ; spin++ {
 		pid, err := unix.Wait4(t.pid, &ws, unix.WALL|unix.WNOHANG, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -216,6 +216,11 @@ func (t *tracee) wait() (unix.WaitStatus, error) {
 		}
 		if time.Now().After(deadline) {
 			return ws, fmt.Errorf("pid %d did not report a ptrace stop within %v: is another thread of this process waiting on it (wait4/waitid, os/exec's Wait)? Such a waiter takes the stops", t.pid, stopTimeout)
+		}
+		// A stop usually arrives within tens of microseconds, less than a
+		// Go sleep lasts: ask again at once for a while before sleeping.
+		if spin < 500 {
+			continue
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, time.Millisecond)
