@@ -35,12 +35,7 @@ func BenchmarkFaults(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {
-				done <- u.Serve(ctx, HandlerFunc(func(_ context.Context, m Msg) error {
-					page := m.Addr &^ (PageSize - 1)
-					off := page - c.addr
-					_, _, err := u.CopyRange(page, src[off:off+PageSize], 0)
-					return err
-				}), ServeConfig{Workers: workers}, nil)
+				done <- u.Serve(ctx, copyFrom(u, c.addr, src), ServeConfig{Workers: workers}, nil)
 			}()
 			var reads, ns, p50, p99 float64
 			b.ResetTimer()

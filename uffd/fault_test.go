@@ -341,12 +341,7 @@ func TestManyFaults(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- u.Serve(ctx, HandlerFunc(func(_ context.Context, m Msg) error {
-			page := m.Addr &^ (PageSize - 1)
-			off := page - c.addr
-			_, _, err := u.CopyRange(page, src[off:off+PageSize], 0)
-			return err
-		}), ServeConfig{Workers: 2}, &stats)
+		done <- u.Serve(ctx, copyFrom(u, c.addr, src), ServeConfig{Workers: 2}, &stats)
 	}()
 	got := c.do("hammer 32 400 2 1")
 	cancel()

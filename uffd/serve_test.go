@@ -21,3 +21,14 @@ func serveWith(t *testing.T, u *FD, fn func(Msg) error) (stop func()) {
 		}
 	}
 }
+
+// copyFrom resolves each fault with the page of src at its offset from
+// base (src mirrors the memory registered at base).
+func copyFrom(u *FD, base uintptr, src []byte) Handler {
+	return HandlerFunc(func(_ context.Context, m Msg) error {
+		page := m.Addr &^ (PageSize - 1)
+		off := page - base
+		_, _, err := u.CopyRange(page, src[off:off+PageSize], 0)
+		return err
+	})
+}
