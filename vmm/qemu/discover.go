@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,9 @@ type GPARange struct {
 type Machine struct {
 	Pid    int
 	Blocks []RAMBlock
+	// DeviceRAM names RAM regions of devices (vga.vram, ...): not shared,
+	// moved by QEMU with the device state.
+	DeviceRAM []string
 }
 
 // Block returns the block backing guest-physical address gpa and the
@@ -160,9 +164,21 @@ func Discover(ctx context.Context, mon *Monitor, pid int) (*Machine, error) {
 	if len(m.Blocks) == 0 {
 		return nil, fmt.Errorf("%w: no memory backend backs guest RAM; %s", ErrNotShared, shareHint)
 	}
+	// RAM regions that are no backend (video RAM, option ROMs) belong to
+	// devices: QEMU moves them with the device state even under
+	// x-ignore-shared.
 	for id := range gpa {
 		if _, ok := types[id]; !ok {
-			return nil, fmt.Errorf("%w: guest RAM region %s is not a memory backend; %s", ErrNotShared, id, shareHint)
+			m.DeviceRAM = append(m.DeviceRAM, id)
+		}
+	}
+	slices.Sort(m.DeviceRAM)
+	// The machine's main RAM must be among the blocks found.
+	var main string
+	if err := mon.Execute(ctx, "qom-get", map[string]string{"path": "/machine", "property": "memory-backend"}, &main); err == nil && main != "" {
+		id := strings.TrimPrefix(main, "/objects/")
+		if !slices.ContainsFunc(m.Blocks, func(b RAMBlock) bool { return b.ID == id }) {
+			return nil, fmt.Errorf("the machine's RAM backend %s backs no guest-physical memory", id)
 		}
 	}
 	return m, nil

@@ -77,6 +77,17 @@ func (s *Source) RAM() []precopy.Block {
 	return out
 }
 
+// Translate maps a guest-physical address (what guest-agent layouts
+// carry) to a RAM block and the offset in it; false for addresses no RAM
+// backs.
+func (s *Source) Translate(gpa uint64) (block string, off uint64, ok bool) {
+	b, off, ok := s.machine.Block(gpa)
+	if !ok {
+		return "", 0, false
+	}
+	return b.ID, off, true
+}
+
 // DestCommand is the source's own command line (binary first); the
 // destination rewrites it with DestArgs.
 func (s *Source) DestCommand() []string { return s.command }

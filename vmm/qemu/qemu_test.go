@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -323,10 +324,11 @@ func TestQEMU(t *testing.T) {
 		if len(lay.Disks) != 1 || lay.Disks[0].Name != "vda" {
 			t.Fatalf("layout disks %+v, want vda", lay.Disks)
 		}
-		m, err := Discover(ctx, cur.vm.Mon, 0)
+		src, err := newSource(ctx, cur.vm.Mon)
 		if err != nil {
 			t.Fatal(err)
 		}
+		m := src.Machine()
 		if err := cur.vm.Mon.Stop(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -347,12 +349,12 @@ func TestQEMU(t *testing.T) {
 		var same, n int
 		a, b := make([]byte, layout.PageSize), make([]byte, layout.PageSize)
 		for i := 0; i < len(refs); i += step {
-			blk, off, ok := m.Block(refs[i].GuestPage * layout.PageSize)
-			if !ok {
-				t.Fatalf("layout page %#x is not guest RAM", refs[i].GuestPage)
+			blk, off, ok := src.Translate(refs[i].GuestPage * layout.PageSize)
+			if !ok || blk != "ram0" {
+				t.Fatalf("layout page %#x is not guest RAM (%q, %v)", refs[i].GuestPage, blk, ok)
 			}
 			if _, err := ram.ReadAt(a, int64(off)); err != nil {
-				t.Fatalf("read %s: %v", blk.Path, err)
+				t.Fatalf("read %s: %v", m.Blocks[0].Path, err)
 			}
 			if _, err := disk.ReadAt(b, int64(refs[i].Offset)); err != nil {
 				t.Fatal(err)
@@ -379,6 +381,59 @@ func TestQEMU(t *testing.T) {
 		_, err = Discover(ctx, p.Mon, 0)
 		if !errors.Is(err, ErrNotShared) || !strings.Contains(err.Error(), "share=on") {
 			t.Fatalf("Discover on share=off RAM: %v; want ErrNotShared saying how to start QEMU", err)
+		}
+		// Plain -m, no memory backend at all.
+		ld := filepath.Join(dir, "legacy")
+		if err := os.MkdirAll(ld, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M", "-machine", "pc", "-S",
+			"-display", "none", "-nodefaults", "-qmp", "unix:" + ld + "/qmp.sock,server=on,wait=off"},
+			ld+"/qmp.sock", ld+"/stderr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Kill()
+		_, err = Discover(ctx, l.Mon, 0)
+		if !errors.Is(err, ErrNotShared) || !strings.Contains(err.Error(), "share=on") {
+			t.Fatalf("Discover on -m RAM: %v; want ErrNotShared saying how to start QEMU", err)
+		}
+		t.Logf("refused: %v", err)
+	})
+
+	t.Run("device-ram", func(t *testing.T) {
+		// Video RAM is device RAM, not a backend: accepted, and listed
+		// apart from the blocks dmig moves. No disk and no kernel: the
+		// firmware maps the VGA BAR and finds nothing to boot.
+		vd := filepath.Join(dir, "v")
+		if err := os.MkdirAll(vd, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(shm + "v")
+		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M",
+			"-object", "memory-backend-file,id=ram0,size=256M,mem-path=" + shm + "v,share=on",
+			"-machine", "pc,memory-backend=ram0", "-vga", "std", "-display", "none", "-nodefaults",
+			"-qmp", "unix:" + vd + "/qmp.sock,server=on,wait=off"}, vd+"/qmp.sock", vd+"/stderr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Kill()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			m, err := Discover(ctx, v.Mon, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Blocks) != 1 || m.Blocks[0].ID != "ram0" {
+				t.Fatalf("blocks %+v; want ram0", m.Blocks)
+			}
+			if slices.Contains(m.DeviceRAM, "vga.vram") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("device RAM %v never listed vga.vram", m.DeviceRAM)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 	})
 
