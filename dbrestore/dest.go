@@ -564,9 +564,13 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				}
 				j++
 			case wire.KindRef:
-				if push || !d.restore.active {
+				if !d.restore.active {
 					d.errCode = wire.ErrorProtocol
 					return fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page)
+				}
+				if push && !b.missing.Has(e.Page) {
+					j++
+					continue
 				}
 				if err := d.restore.enqueue(ctx, b.idx, e.Page, batch.Iteration, e.Ref); err != nil {
 					return fmt.Errorf("bulk connection %d: %w", i, err)
@@ -593,6 +597,11 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 	b, p, ok := d.locate(m.Addr)
 	if !ok {
 		return fmt.Errorf("fault at %#x outside the guest's RAM", m.Addr)
+	}
+	// A page whose storage reference is queued is read at once rather
+	// than behind the queue or from the source.
+	if d.restore.fault(b, p, t0) {
+		return nil
 	}
 	key := pageKey{b.idx, p}
 	d.waitMu.Lock()

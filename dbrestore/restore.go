@@ -53,7 +53,8 @@ var errHashMismatch = errors.New("hash mismatch")
 type restorer struct {
 	d      *dest
 	log    hclog.Logger
-	active bool // the session announced storage references
+	active bool            // the session announced storage references
+	ctx    context.Context // the collectors' (set by start)
 
 	store  *layout.Storage
 	reader *layout.Reader
@@ -69,6 +70,13 @@ type restorer struct {
 	inflight int // queued and not yet checked
 	first    time.Time
 	last     time.Time
+
+	// After switchover: references pushed for missing pages, readable by
+	// a fault before the queue gets to them.
+	postMu   sync.Mutex
+	post     map[pageKey]wire.Ref
+	faultLat []time.Duration // faults resolved from storage
+	postDone atomic.Uint64   // counter for resolved(): storage pages count as verified
 
 	verified, mismatch atomic.Uint64
 }
@@ -86,6 +94,7 @@ type refJob struct {
 func newRestorer(d *dest) *restorer {
 	r := &restorer{d: d, log: d.log.Named("restore"), active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0}
 	r.cond = sync.NewCond(&r.mu)
+	r.post = map[pageKey]wire.Ref{}
 	if !r.active {
 		return r
 	}
@@ -136,6 +145,7 @@ func (r *restorer) start(ctx context.Context, wg *sync.WaitGroup) {
 	if !r.active {
 		return
 	}
+	r.ctx = ctx
 	for range restoreCollectors {
 		wg.Add(1)
 		go func() {
@@ -169,9 +179,16 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 	mu.Unlock()
 }
 
-// enqueue queues a reference of iteration iter for page p of block b.
+// enqueue queues a reference of iteration iter for page p of block b. After
+// switchover (iter IterationPostcopy, p missing) a fault may take it first.
 func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uint32, ref wire.Ref) error {
-	r.supersede(block, p, iter)
+	if iter == wire.IterationPostcopy {
+		r.postMu.Lock()
+		r.post[pageKey{block, p}] = ref
+		r.postMu.Unlock()
+	} else {
+		r.supersede(block, p, iter)
+	}
 	r.mu.Lock()
 	r.inflight++
 	if r.first.IsZero() {
@@ -251,9 +268,24 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 }
 
 // place writes a verified page into the RAM file if its reference is still
-// the page's latest entry.
+// the page's latest entry; after switchover it places it with UFFDIO_COPY if
+// it is still missing (every route then carries the paused source's final
+// content, so no order matters).
 func (r *restorer) place(j refJob, page []byte) {
 	b := r.d.blocks[j.block]
+	if j.iter == wire.IterationPostcopy {
+		r.forget(j.block, j.page)
+		if b.missing.Has(j.page) {
+			if err := r.d.place(b, j.page, page); err != nil {
+				r.log.Warn("place restored page after switchover", "error", err)
+				r.fail(j, err)
+				return
+			}
+			r.d.resolved(b, j.page, &r.postDone)
+		}
+		r.verified.Add(1)
+		return
+	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
 	var err error
@@ -273,8 +305,19 @@ func (r *restorer) place(j refJob, page []byte) {
 	r.verified.Add(1)
 }
 
-// fail records a reference whose disk copy could not be used.
+// fail records a reference whose disk copy could not be used. After
+// switchover the page is asked from the source at once.
 func (r *restorer) fail(j refJob, err error) {
+	if j.iter == wire.IterationPostcopy {
+		r.forget(j.block, j.page)
+		r.mismatch.Add(1)
+		if r.d.blocks[j.block].missing.Has(j.page) {
+			if err := r.d.sess.Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
+				r.log.Warn("ask the source for a page after a failed reference", "error", err)
+			}
+		}
+		return
+	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
 	if r.ver[j.block][j.page] == j.iter {
@@ -352,8 +395,47 @@ func (r *restorer) report(fig *report.Dest) {
 	fig.Storage.BytesRead = r.reader.Stats().Bytes
 	r.mu.Lock()
 	span := r.last.Sub(r.first)
+	fig.Storage.FaultLatencyUS = report.Summarize(r.faultLat)
+	fig.Storage.PostcopyPages = r.postDone.Load()
 	r.mu.Unlock()
 	if span > 0 {
 		fig.Storage.MBps = float64(fig.Storage.BytesRead) / 1e6 / span.Seconds()
 	}
+}
+
+func (r *restorer) forget(block uint32, p uint64) {
+	r.postMu.Lock()
+	delete(r.post, pageKey{block, p})
+	r.postMu.Unlock()
+}
+
+// fault resolves a fault on page p of b from storage if a reference for it
+// is queued: one read, checked, placed. It reports whether it did; if not
+// (no reference, or it failed), the caller asks the source.
+func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
+	if !r.active || r.reader == nil {
+		return false
+	}
+	r.postMu.Lock()
+	ref, ok := r.post[pageKey{b.idx, p}]
+	r.postMu.Unlock()
+	if !ok {
+		return false
+	}
+	id, ok := r.ids[ref.Disk]
+	if !ok {
+		return false
+	}
+	page := make([]byte, pageSize)
+	if err := r.reader.ReadPage(layout.Ref{GuestPage: p, Disk: id, Offset: ref.Offset}, page); err != nil || storageref.Hash(page) != ref.Hash {
+		return false
+	}
+	if err := r.d.place(b, p, page); err != nil {
+		return false
+	}
+	r.d.resolved(b, p, &r.postDone)
+	r.mu.Lock()
+	r.faultLat = append(r.faultLat, time.Since(t0))
+	r.mu.Unlock()
+	return true
 }

@@ -26,7 +26,10 @@ const layoutTimeout = 5 * time.Second
 // the fetch are collected after the pass and, in a later pass, go out as data
 // or under a newer layout: a page written since the layout was taken is never
 // referenced under it. The final pass (guest paused, no fetch possible) sends
-// data, so downtime never waits for storage.
+// data, so downtime never waits for storage. When hybrid leaves pages to
+// post-copy, a layout is fetched just before the pause for the post-copy
+// push: pages the scan at pause finds written go as data, the others it
+// names as references, which the destination restores or reads on fault.
 type refSource struct {
 	addr    string
 	refresh bool
@@ -121,10 +124,20 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	r.log.Debug("layout fetched", "iteration", iter, "pages", l.Pages(), "runs", len(l.Runs), "took", time.Since(t0))
 }
 
+// prepareFinalRefs fetches a layout for the post-copy push, just before
+// the guest is paused. Pages written after the last pass's scan (the hot set
+// the scan at pause leaves) may postdate it and go as data.
+func (s *source) prepareFinalRefs(ctx context.Context) {
+	s.refs.prepare(ctx, wire.IterationPostcopy, s.guestPages())
+}
+
 // add appends page p of b (its bytes in page, read from guest RAM) to the
 // batch as a storage reference if the layout of this pass names it.
 func (r *refSource) add(batch *wire.PageBatch, b *srcBlock, p uint64, page []byte) bool {
 	if r == nil || r.lay == nil || batch.Iteration != r.pass {
+		return false
+	}
+	if batch.Iteration == wire.IterationPostcopy && b.hot.Has(p) {
 		return false
 	}
 	ref, ok := r.lay.Lookup(r.base[b.idx] + p)

@@ -155,6 +155,9 @@ func (s *source) run(ctx context.Context) (err error) {
 	s.rep.Iterations = iter
 
 	// Switchover.
+	if dec == postcopy {
+		s.prepareFinalRefs(ctx)
+	}
 	tPause := time.Now()
 	if err := s.g.Pause(ctx); err != nil {
 		return s.cause(ctx, fmt.Errorf("pause guest: %w", err))

@@ -116,13 +116,20 @@ func startDBDestOn(t testing.TB, l *wire.Listener, disks map[string]string) *des
 // migrateDB migrates g with its layout taken from layoutAddr ("" for none).
 func migrateDB(t testing.TB, g *dbGuest, to string, mode precopy.Mode, layoutAddr, destStats string) (*report.Report, error) {
 	t.Helper()
+	return migrateDBWith(t, g, precopy.Config{To: to, Mode: mode, LayoutAddr: layoutAddr}, destStats)
+}
+
+// migrateDBWith migrates g with cfg (its Logger set here).
+func migrateDBWith(t testing.TB, g *dbGuest, cfg precopy.Config, destStats string) (*report.Report, error) {
+	t.Helper()
 	src, err := proc.NewSource(g.pid(), []string{g.ram}, destCommand(destStats))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	return precopy.Run(ctx, precopy.Config{To: to, Mode: mode, LayoutAddr: layoutAddr, Logger: testLogger(t, "source")}, src)
+	cfg.Logger = testLogger(t, "source")
+	return precopy.Run(ctx, cfg, src)
 }
 
 // checkDestGuest waits for the destination guest to verify its RAM (buffer

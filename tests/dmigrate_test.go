@@ -203,3 +203,36 @@ func checkFailingDisk(t *testing.T) {
 		t.Fatalf("read of %s gave %v, want an I/O error", failingDisk, err)
 	}
 }
+
+// TestDMigratePostcopyRefs makes hybrid switch over after one pass (at most
+// one iteration), so many clean pool pages are still owed: the source pushes
+// them as storage references from a layout taken just before the pause, the
+// destination places them from storage, and a fault on one is resolved from
+// storage at once. Exact, and storage placed part of what post-copy owed.
+func TestDMigratePostcopyRefs(t *testing.T) {
+	dir := t.TempDir()
+	// Many more db pages than frames: reads load new pages into frames,
+	// which are clean (and in the layout) again right after.
+	g := startDBSource(t, dir, dbOpts{size: gib / 2, poolPart: 0.75, dbPages: 200000, readRate: 20000, modifyRate: 500, flushRate: 400})
+	d := startDBDest(t, map[string]string{"data": g.dataFile})
+	destStats := filepath.Join(t.TempDir(), "dst.stats")
+	rep, err := migrateDBWith(t, g, precopy.Config{To: d.addr, Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1}, destStats)
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if err := <-d.result; err != nil {
+		t.Fatalf("destination: %v", err)
+	}
+	t.Logf("post-copy refs: total %.0f ms, downtime %.1f ms, %.1f MB, pages %+v, owed at switchover %d, storage %+v",
+		rep.TotalMS, rep.DowntimeMS, float64(rep.BytesSent)/1e6, rep.Pages, rep.PostcopyPages, rep.Storage)
+	if rep.Outcome != report.Completed {
+		t.Fatalf("outcome %s", rep.Outcome)
+	}
+	if rep.PostcopyPages == 0 {
+		t.Fatal("nothing owed at switchover: the test did not exercise post-copy")
+	}
+	if rep.Storage.PostcopyPages == 0 {
+		t.Errorf("none of the %d pages owed after switchover came from storage", rep.PostcopyPages)
+	}
+	checkDestGuest(t, d, destStats)
+}

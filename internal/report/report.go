@@ -53,6 +53,11 @@ type Pages struct {
 type Storage struct {
 	BytesRead uint64  `json:"storage_bytes_read"`
 	MBps      float64 `json:"storage_read_mbps"`
+	// PostcopyPages: pages owed after switchover placed from storage
+	// (pushed references and faults); part of the storage-verified pages.
+	PostcopyPages uint64 `json:"postcopy_pages"`
+	// FaultLatencyUS: post-copy faults resolved from shared storage.
+	FaultLatencyUS Latency `json:"fault_latency_us"`
 }
 
 // Latency is a distribution summary in microseconds.
