@@ -216,7 +216,10 @@ func TestDMigratePostcopyRefs(t *testing.T) {
 	g := startDBSource(t, dir, dbOpts{size: gib / 2, poolPart: 0.75, dbPages: 200000, readRate: 20000, modifyRate: 500, flushRate: 400})
 	d := startDBDest(t, map[string]string{"data": g.dataFile})
 	destStats := filepath.Join(t.TempDir(), "dst.stats")
-	rep, err := migrateDBWith(t, g, precopy.Config{To: d.addr, Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1}, destStats)
+	// The destination guest goes straight to its workload (random pool
+	// reads) instead of reading all RAM in order: faults land on pages whose
+	// reference is still queued.
+	rep, err := migrateDBWith(t, g, precopy.Config{To: d.addr, Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1}, destStats, "--skip-resume-verify")
 	if err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
@@ -234,5 +237,5 @@ func TestDMigratePostcopyRefs(t *testing.T) {
 	if rep.Storage.PostcopyPages == 0 {
 		t.Errorf("none of the %d pages owed after switchover came from storage", rep.PostcopyPages)
 	}
-	checkDestGuest(t, d, destStats)
+	checkDestGuestVerify(t, d, destStats, true)
 }
