@@ -2,4 +2,11 @@
 // (plain writes before resume, UFFDIO_COPY after), restoring storage
 // references from shared disks with hash verification, resolving faults and
 // prefetching until no page is missing.
+//
+// Storage invariants (restore.go): a page is placed from shared storage only
+// if its bytes hash to the reference's hash; a reference is placed only while
+// it is its page's latest entry, so a late read never overwrites newer data;
+// every pre-switchover reference is checked before the switchover barrier
+// passes, and the pages of failed ones are owed by the source like pending
+// pages.
 package dbrestore

@@ -2,4 +2,9 @@
 // iterations, page classification, the switchover policy and the post-copy
 // page server. Until the destination resumes, any error aborts and leaves
 // the source guest running with its memory untouched.
+//
+// Storage references (hybrid, refs.go) carry the hash of the page as read
+// from guest RAM, so they move exactly what a data page would; a layout is
+// used only for the pass it was fetched for (and the post-copy push for a
+// layout fetched just before the pause, minus pages written since).
 package precopy
