@@ -23,32 +23,34 @@ import (
 type RAMBlock struct {
 	// ID is the backend's id, which is the RAM block's name in QEMU's
 	// migration stream: a destination must use the same id and size.
-	ID    string
-	Type  string // memory-backend-file or memory-backend-memfd
-	Size  uint64
-	Share bool
+	ID    string `json:"id"`
+	Type  string `json:"type"` // memory-backend-file or memory-backend-memfd
+	Size  uint64 `json:"size"`
+	Share bool   `json:"share"`
 	// Path opens the backing file: the mem-path, or /proc/PID/fd/N for a
 	// memfd.
-	Path string
+	Path string `json:"path"`
 	// Mappings are QEMU's mappings of the file (from /proc/PID/maps).
-	Mappings []uffd.Mapping
+	Mappings []uffd.Mapping `json:"mappings"`
 	// GPA are the guest-physical ranges backed by this block, sorted.
-	GPA []GPARange
+	GPA []GPARange `json:"gpa"`
 }
 
 // GPARange maps guest-physical [GPA, GPA+Len) to [Offset, Offset+Len) of a
 // RAM block.
 type GPARange struct {
-	GPA, Len, Offset uint64
+	GPA    uint64 `json:"gpa"`
+	Len    uint64 `json:"len"`
+	Offset uint64 `json:"offset"`
 }
 
 // Machine is what Discover found about a running QEMU.
 type Machine struct {
-	Pid    int
-	Blocks []RAMBlock
+	Pid    int        `json:"pid"`
+	Blocks []RAMBlock `json:"blocks"`
 	// DeviceRAM names RAM regions of devices (vga.vram, ...): not shared,
 	// moved by QEMU with the device state.
-	DeviceRAM []string
+	DeviceRAM []string `json:"device_ram"`
 }
 
 // Block returns the block backing guest-physical address gpa and the
@@ -202,19 +204,37 @@ func backingPath(ctx context.Context, mon *Monitor, pid int, b RAMBlock) (string
 		}
 		return p, nil
 	}
-	// A memfd has no name in the file system: reach it through QEMU's fd.
+	// A memfd has no name in the file system, and QEMU names every one
+	// "memory-backend-memfd": reach it through QEMU's fd, picked by size.
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return "", fmt.Errorf("list qemu's fds: %w", err)
 	}
+	var found []string
+	seen := map[[2]uint64]bool{}
 	for _, e := range ents {
-		l, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err == nil && strings.HasPrefix(l, "/memfd:"+b.ID+" ") {
-			return filepath.Join(dir, e.Name()), nil
+		p := filepath.Join(dir, e.Name())
+		l, err := os.Readlink(p)
+		if err != nil || !strings.HasPrefix(l, "/memfd:memory-backend-memfd") {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil || uint64(st.Size) != b.Size {
+			continue
+		}
+		if id := [2]uint64{st.Dev, st.Ino}; !seen[id] {
+			seen[id] = true
+			found = append(found, p)
 		}
 	}
-	return "", fmt.Errorf("find the memfd of backend %s in %s", b.ID, dir)
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("find the memfd of backend %s in %s", b.ID, dir)
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("backend %s: %d memfds of %d bytes in %s, cannot tell which is which; give them different sizes or use memory-backend-file", b.ID, len(found), b.Size, dir)
 }
 
 // A flat-view line: "  0000000000100000-000000007fffffff (prio 0, ram): ram0 @0000000000100000".

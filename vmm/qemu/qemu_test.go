@@ -437,6 +437,36 @@ func TestQEMU(t *testing.T) {
 		}
 	})
 
+	t.Run("memfd", func(t *testing.T) {
+		// A memfd backend has no path: dmig reaches it through QEMU's fd.
+		md := filepath.Join(dir, "memfd")
+		if err := os.MkdirAll(md, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "128M",
+			"-object", "memory-backend-memfd,id=mem1,size=128M,share=on",
+			"-machine", "pc,memory-backend=mem1", "-display", "none", "-nodefaults", "-S",
+			"-qmp", "unix:" + md + "/qmp.sock,server=on,wait=off"}, md+"/qmp.sock", md+"/stderr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Kill()
+		m, err := Discover(ctx, v.Mon, v.Pid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Blocks) != 1 {
+			t.Fatalf("blocks %+v", m.Blocks)
+		}
+		b := m.Blocks[0]
+		if b.ID != "mem1" || b.Type != "memory-backend-memfd" || b.Size != 128<<20 || !strings.HasPrefix(b.Path, fmt.Sprintf("/proc/%d/fd/", v.Pid())) {
+			t.Fatalf("block %+v", b)
+		}
+		if len(b.Mappings) == 0 || !b.Mappings[0].Shared() {
+			t.Fatalf("mappings %+v", b.Mappings)
+		}
+	})
+
 	top := t
 	ok = t.Run("abort-before-cont", func(t *testing.T) {
 		// The destination dies while the source is paused: the source is
