@@ -41,6 +41,7 @@ type cli struct {
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	GuestAgent guestAgentCmd `cmd:"" name:"guest-agent" help:"In-guest agent: layout of the database buffer pool (run as root in the guest)."`
 	Testguest  testguestCmd  `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`
+	Qemu       qemuCmd       `cmd:"" name:"qemu" help:"QEMU guests: discover a VM's RAM, run QEMU's own migration for comparison."`
 }
 
 type versionCmd struct{}

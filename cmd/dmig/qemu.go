@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"time"
+
+	"github.com/dmig/dmig/vmm/qemu"
+)
+
+// qemuCmd is `dmig qemu`: operator tools for QEMU guests.
+type qemuCmd struct {
+	Discover qemuDiscoverCmd `cmd:"" help:"Print a running QEMU's RAM blocks, its mappings of them and the guest-physical map, as JSON."`
+	Migrate  qemuMigrateCmd  `cmd:"" help:"Run QEMU's own migration (qemu-precopy, qemu-postcopy) for comparison; prints the report as JSON."`
+}
+
+type qemuDiscoverCmd struct {
+	QMP string `name:"qmp" required:"" help:"QMP unix socket of the running QEMU."`
+}
+
+func (c *qemuDiscoverCmd) Run(ctx context.Context) error {
+	src, err := qemu.NewSource(ctx, c.QMP)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(src.Machine())
+}
+
+type qemuMigrateCmd struct {
+	Mode          string        `help:"qemu-precopy or qemu-postcopy." enum:"qemu-precopy,qemu-postcopy" default:"qemu-precopy"`
+	From          string        `name:"from" required:"" help:"QMP socket of the source QEMU."`
+	To            string        `name:"to" required:"" help:"QMP socket of the destination QEMU (started with -incoming defer)."`
+	URI           string        `name:"uri" default:"tcp:127.0.0.1:4444" help:"Address the destination listens on for the migration stream."`
+	Bandwidth     uint64        `help:"max-bandwidth in MiB/s." default:"1024"`
+	Downtime      time.Duration `help:"downtime-limit." default:"300ms"`
+	PostcopyAfter time.Duration `name:"postcopy-after" help:"Switch to post-copy after this long even if the first pass has not ended (0: after the first pass)."`
+}
+
+func (c *qemuMigrateCmd) Run(ctx context.Context) error {
+	src, err := qemu.Dial(ctx, c.From)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := qemu.Dial(ctx, c.To)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	res, err := qemu.MigrateNative(ctx, src, dst, qemu.NativeConfig{
+		Mode: c.Mode, URI: c.URI, MaxBandwidth: c.Bandwidth << 20,
+		DowntimeLimit: uint64(c.Downtime.Milliseconds()), PostcopyAfter: c.PostcopyAfter,
+	})
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res.Report)
+}
