@@ -2,7 +2,6 @@ package dbrestore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -30,9 +29,6 @@ const (
 	lockStripes       = 4096
 	refetchChunk      = 64 // pages per PageRequest for failed references
 )
-
-// errHashMismatch: a disk copy is not the page the source read.
-var errHashMismatch = errors.New("hash mismatch")
 
 // restorer reads storage-referenced pages from the shared disks while the
 // network transfer runs, checks each against the hash the source sent, and
@@ -260,7 +256,7 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 		case err != nil:
 			r.fail(j, err)
 		case storageref.Hash(page) != j.ref.Hash:
-			r.fail(j, errHashMismatch)
+			r.fail(j, ErrHashMismatch)
 		default:
 			r.place(j, page)
 		}
