@@ -71,7 +71,7 @@ type restorer struct {
 	// a fault before the queue gets to them.
 	postMu   sync.Mutex
 	post     map[pageKey]wire.Ref
-	faultLat []time.Duration // faults resolved from storage
+	faultLat []time.Duration // faults resolved from storage (under mu)
 	postDone atomic.Uint64   // counter for resolved(): storage pages count as verified
 
 	verified, mismatch atomic.Uint64
