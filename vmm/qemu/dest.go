@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -128,7 +127,16 @@ func DestArgs(src []string, o DestOptions) (*DestPlan, error) {
 			}
 		}
 	}
-	sawQMP := false
+	// QEMU serves one client per QMP socket, so an operator may run
+	// several (one for libvirt, one for dmig): the first is dmig's.
+	nqmp := 0
+	qmpPath := func() string {
+		nqmp++
+		if nqmp == 1 {
+			return p.QMP
+		}
+		return filepath.Join(o.Dir, fmt.Sprintf("qmp%d.sock", nqmp-1))
+	}
 	a := make([]string, 0, len(src)+2)
 	for i := 0; i < len(src); i++ {
 		arg := src[i]
@@ -156,11 +164,7 @@ func DestArgs(src []string, o DestOptions) (*DestPlan, error) {
 				val = joinOpts(parts)
 			}
 		case "-qmp":
-			if sawQMP {
-				return nil, errors.New("source has several -qmp monitors: give the destination's command line")
-			}
-			sawQMP = true
-			val = "unix:" + escapeOpt(p.QMP) + ",server=on,wait=off"
+			val = "unix:" + escapeOpt(qmpPath()) + ",server=on,wait=off"
 		case "-serial":
 			if strings.HasPrefix(val, "file:") {
 				val = "file:" + escapeOpt(p.Serial)
@@ -171,7 +175,7 @@ func DestArgs(src []string, o DestOptions) (*DestPlan, error) {
 			if _, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
 				np := filepath.Join(o.Dir, id+".sock")
 				if controlChardevs[id] {
-					np, sawQMP = p.QMP, true
+					np = qmpPath()
 				}
 				setOpt(parts, "path", np)
 				val = joinOpts(parts)
@@ -194,7 +198,7 @@ func DestArgs(src []string, o DestOptions) (*DestPlan, error) {
 		a = append(a, arg, val)
 		i++
 	}
-	if !sawQMP {
+	if nqmp == 0 {
 		a = append(a, "-qmp", "unix:"+escapeOpt(p.QMP)+",server=on,wait=off")
 	}
 	p.Args = append(a, "-incoming", "defer")

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 
 	_ "github.com/go-sql-driver/mysql"
 
+	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
 )
@@ -191,6 +193,34 @@ func copyRAM(t *testing.T, from, to string) int64 {
 			t.Fatal(err)
 		}
 	}
+}
+
+// cliMigrate runs nc through `dmig qemu migrate`. QEMU serves one QMP
+// client at a time, so the test's monitors step aside meanwhile.
+func cliMigrate(ctx context.Context, t *testing.T, bin string, src, dst *VM, nc NativeConfig) *NativeResult {
+	t.Helper()
+	src.Mon.Close()
+	dst.Mon.Close()
+	out, err := exec.CommandContext(ctx, bin, "qemu", "migrate", "--mode", nc.Mode, "--from", src.QMP, "--to", dst.QMP,
+		"--uri", nc.URI, "--postcopy-after", nc.PostcopyAfter.String()).Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		t.Fatalf("dmig qemu migrate: %v\n%s", err, ee.Stderr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []*VM{src, dst} {
+		if v.Mon, err = Dial(ctx, v.QMP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var r report.Report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("dmig qemu migrate printed %q: %v", out, err)
+	}
+	// The report counts pages owed at the switch only if QEMU switched.
+	return &NativeResult{Report: &r, Postcopy: r.PostcopyPages > 0}
 }
 
 // TestQEMU boots one guest and moves it from QEMU to QEMU on this host:
@@ -588,9 +618,14 @@ func TestQEMU(t *testing.T) {
 				// during it so pages really come by post-copy.
 				nc.PostcopyAfter = time.Second
 			}
-			res, err := MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, nc)
-			if err != nil {
-				t.Fatal(err)
+			var res *NativeResult
+			if mode == ModePrecopy {
+				var err error
+				if res, err = MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, nc); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				res = cliMigrate(ctx, t, filepath.Join(dir, "dmig"), cur.vm, dst.vm, nc)
 			}
 			r := res.Report
 			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",

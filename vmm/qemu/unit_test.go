@@ -91,6 +91,26 @@ func TestDestArgs(t *testing.T) {
 	if d := Disks(p.Args); !slices.Equal(d, []string{"/img/g,1.raw"}) {
 		t.Fatalf("Disks = %q", d)
 	}
+
+	// A libvirt-style control chardev and a second -qmp: each gets its own
+	// socket, the first is dmig's; no -qmp at all: one is added.
+	p, err = DestArgs([]string{"-chardev", "socket,id=mon0,path=/run/a/lv.sock,server=on,wait=off", "-mon", "chardev=mon0,mode=control",
+		"-qmp", "unix:/run/a/q.sock,server=on,wait=off"}, DestOptions{Dir: "/run/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want2 := []string{"-chardev", "socket,id=mon0,path=/run/b/qmp.sock,server=on,wait=off", "-mon", "chardev=mon0,mode=control",
+		"-qmp", "unix:/run/b/qmp1.sock,server=on,wait=off", "-incoming", "defer"}
+	if !slices.Equal(p.Args, want2) || p.QMP != "/run/b/qmp.sock" {
+		t.Fatalf("two monitors: %q (QMP %s)", p.Args, p.QMP)
+	}
+	p, err = DestArgs([]string{"-m", "1G"}, DestOptions{Dir: "/run/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want3 := []string{"-m", "1G", "-qmp", "unix:/run/b/qmp.sock,server=on,wait=off", "-incoming", "defer"}; !slices.Equal(p.Args, want3) {
+		t.Fatalf("no monitor: %q", p.Args)
+	}
 }
 
 func TestCheckDisks(t *testing.T) {
