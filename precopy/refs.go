@@ -2,6 +2,7 @@ package precopy
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -35,27 +36,109 @@ type refSource struct {
 	refresh bool
 	log     hclog.Logger
 
-	lay  *layout.Layout
-	pass uint32   // the pass lay may be used in
-	keys []uint16 // wire disk id by layout disk id
-	use  []bool   // layout disk id usable (its key is unique in the layout)
-	base []uint64 // first guest page of each block: RAM pages are the blocks' concatenation
+	lay     *layout.Layout
+	byBlock []*layout.Layout // lay in block page numbers (GuestPage = page of the block)
+	pass    uint32           // the pass lay may be used in
+	keys    []uint16         // wire disk id by layout disk id
+	use     []bool           // layout disk id usable (its key is unique in the layout)
+	nblocks int
+	// translate maps a layout page (guest-physical page number) to a block
+	// index and page; strict: a layout naming a page it cannot map is
+	// refused as a whole (the blocks' concatenation), else such pages are
+	// skipped (a guest-physical map has holes).
+	translate func(gpage uint64) (int, uint64, bool)
+	strict    bool
 
 	fetchTook time.Duration // the last successful fetch
 	sent      atomic.Uint64 // references sent
 }
 
-func newRefSource(cfg Config, blocks []*srcBlock) *refSource {
+// AddressTranslator is implemented by a Guest whose layouts name
+// guest-physical pages that are not simply its RAM blocks back to back (a
+// QEMU machine: RAM split around the PCI hole). Translate maps a
+// guest-physical address to a RAM block (by Block.Name) and the byte offset
+// in it; false where no RAM block backs the address.
+type AddressTranslator interface {
+	Translate(gpa uint64) (block string, off uint64, ok bool)
+}
+
+func newRefSource(cfg Config, blocks []*srcBlock, g Guest) *refSource {
 	if cfg.Mode != ModeHybrid || cfg.LayoutAddr == "" {
 		return nil
 	}
-	r := &refSource{addr: cfg.LayoutAddr, refresh: !cfg.LayoutOnce, log: cfg.Logger.Named("layout")}
+	r := &refSource{addr: cfg.LayoutAddr, refresh: !cfg.LayoutOnce, log: cfg.Logger.Named("layout"), nblocks: len(blocks)}
+	if t, ok := g.(AddressTranslator); ok {
+		idx := map[string]int{}
+		for i, b := range blocks {
+			idx[b.Name] = i
+		}
+		r.translate = func(gpage uint64) (int, uint64, bool) {
+			name, off, ok := t.Translate(gpage * pageSize)
+			i, known := idx[name]
+			if !ok || !known || off%pageSize != 0 || off/pageSize >= blocks[i].npages {
+				return 0, 0, false
+			}
+			return i, off / pageSize, true
+		}
+		return r
+	}
+	// A process guest: RAM page n is page n of the blocks' concatenation.
+	r.strict = true
+	base := make([]uint64, len(blocks))
 	var next uint64
-	for _, b := range blocks {
-		r.base = append(r.base, next)
+	for i, b := range blocks {
+		base[i] = next
 		next += b.npages
 	}
+	r.translate = func(gpage uint64) (int, uint64, bool) {
+		for i := len(blocks) - 1; i >= 0; i-- {
+			if gpage >= base[i] {
+				if gpage-base[i] < blocks[i].npages {
+					return i, gpage - base[i], true
+				}
+				return 0, 0, false
+			}
+		}
+		return 0, 0, false
+	}
 	return r
+}
+
+// lookup returns the layout's reference for page p of block b.
+func (r *refSource) lookup(b *srcBlock, p uint64) (layout.Ref, bool) {
+	if r.byBlock == nil || int(b.idx) >= len(r.byBlock) {
+		return layout.Ref{}, false
+	}
+	return r.byBlock[b.idx].Lookup(p)
+}
+
+// index re-expresses l in block page numbers.
+func (r *refSource) index(l *layout.Layout) ([]*layout.Layout, error) {
+	refs := make([][]layout.Ref, r.nblocks)
+	var err error
+	l.Each(func(ref layout.Ref) bool {
+		b, p, ok := r.translate(ref.GuestPage)
+		if !ok {
+			if r.strict {
+				err = fmt.Errorf("guest page %#x: %w", ref.GuestPage, layout.ErrOutOfRange)
+				return false
+			}
+			return true
+		}
+		ref.GuestPage = p
+		refs[b] = append(refs[b], ref)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*layout.Layout, r.nblocks)
+	for i := range refs {
+		if out[i], err = layout.Build(refs[i]); err != nil {
+			return nil, fmt.Errorf("block %d: %w", i, err)
+		}
+	}
+	return out, nil
 }
 
 // prepareRefs fetches the layout for pass iter: always for the first, for a
@@ -75,7 +158,7 @@ func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 		for _, b := range s.blocks {
 			b.pending.Runs(0, b.npages, func(start, count uint64) bool {
 				for p := start; p < start+count; p++ {
-					if _, ok := r.lay.Lookup(r.base[b.idx] + p); ok {
+					if _, ok := r.lookup(b, p); ok {
 						named++
 					}
 				}
@@ -103,14 +186,18 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	defer cancel()
 	t0 := time.Now()
 	l, err := layout.Fetch(fctx, r.addr)
-	if err == nil {
+	if err == nil && r.strict {
 		err = l.Validate(guestPages)
+	}
+	var byBlock []*layout.Layout
+	if err == nil {
+		byBlock, err = r.index(l)
 	}
 	if err != nil {
 		r.log.Warn("no storage references this pass", "iteration", iter, "error", err)
 		return
 	}
-	r.lay, r.pass, r.fetchTook = l, iter, time.Since(t0)
+	r.lay, r.byBlock, r.pass, r.fetchTook = l, byBlock, iter, time.Since(t0)
 	r.keys, r.use = make([]uint16, len(l.Disks)), make([]bool, len(l.Disks))
 	seen := map[uint16]bool{}
 	for _, d := range l.Disks {
@@ -140,7 +227,7 @@ func (r *refSource) add(batch *wire.PageBatch, b *srcBlock, p uint64, page []byt
 	if batch.Iteration == wire.IterationPostcopy && b.hot.Has(p) {
 		return false
 	}
-	ref, ok := r.lay.Lookup(r.base[b.idx] + p)
+	ref, ok := r.lookup(b, p)
 	if !ok || !r.use[ref.Disk] {
 		return false
 	}

@@ -32,11 +32,11 @@ func serveLayout(t *testing.T, l *layout.Layout) string {
 func TestRefSourceModes(t *testing.T) {
 	blocks := []*srcBlock{{idx: 0, npages: 8}}
 	for _, m := range []Mode{ModePrecopy, ModePostcopy} {
-		if r := newRefSource(hybridCfg(Config{Mode: m, LayoutAddr: "127.0.0.1:1"}), blocks); r != nil {
+		if r := newRefSource(hybridCfg(Config{Mode: m, LayoutAddr: "127.0.0.1:1"}), blocks, nil); r != nil {
 			t.Errorf("%s uses storage references", m)
 		}
 	}
-	if r := newRefSource(hybridCfg(Config{Mode: ModeHybrid}), blocks); r != nil {
+	if r := newRefSource(hybridCfg(Config{Mode: ModeHybrid}), blocks, nil); r != nil {
 		t.Error("hybrid without a layout uses storage references")
 	}
 }
@@ -53,7 +53,7 @@ func TestRefSourceAdd(t *testing.T) {
 	}
 	addr := serveLayout(t, l)
 	blocks := []*srcBlock{{idx: 0, npages: 4}, {idx: 1, npages: 4}}
-	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: addr}), blocks)
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: addr}), blocks, nil)
 	r.prepare(context.Background(), 1, 8)
 	page := bytes.Repeat([]byte{7}, pageSize)
 
@@ -90,7 +90,7 @@ func TestRefSourceBadLayout(t *testing.T) {
 	// A layout beyond the guest is refused: the pass sends data.
 	l := &layout.Layout{Disks: []layout.Disk{{ID: 0, Name: "data"}}, Runs: []layout.Run{{GuestPage: 6, Pages: 4, Disk: 0}}}
 	blocks := []*srcBlock{{idx: 0, npages: 8}}
-	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks)
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks, nil)
 	r.prepare(context.Background(), 1, 8)
 	var batch wire.PageBatch
 	batch.Reset(0, 1)
@@ -98,7 +98,7 @@ func TestRefSourceBadLayout(t *testing.T) {
 		t.Error("page of an out-of-range layout became a reference")
 	}
 	// An unreachable layout endpoint costs the pass its references only.
-	r = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: "127.0.0.1:1"}), blocks)
+	r = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: "127.0.0.1:1"}), blocks, nil)
 	r.prepare(context.Background(), 1, 8)
 	if r.add(&batch, blocks[0], 6, make([]byte, pageSize)) {
 		t.Error("reference without a layout")
@@ -127,7 +127,7 @@ func TestRefSourceDiskKeyCollision(t *testing.T) {
 		Runs:  []layout.Run{{GuestPage: 0, Pages: 1, Disk: 0}, {GuestPage: 1, Pages: 1, Disk: 1}},
 	}
 	blocks := []*srcBlock{{idx: 0, npages: 2}}
-	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks)
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks, nil)
 	r.prepare(context.Background(), 1, 2)
 	var batch wire.PageBatch
 	batch.Reset(0, 1)
@@ -137,5 +137,48 @@ func TestRefSourceDiskKeyCollision(t *testing.T) {
 	}
 	if r.add(&batch, blocks[0], 1, page) {
 		t.Errorf("page on disk %s, whose key %#x disk %s has, became a reference", b, storageref.DiskKey(b), a)
+	}
+}
+
+// xlateGuest maps guest-physical pages [0, 4) to block "lo" and
+// [0x100000, 0x100004) to block "hi", like RAM split around a PCI hole.
+type xlateGuest struct{ Guest }
+
+func (xlateGuest) Translate(gpa uint64) (string, uint64, bool) {
+	switch p := gpa / pageSize; {
+	case p < 4:
+		return "lo", gpa, true
+	case p >= 0x100000 && p < 0x100004:
+		return "hi", gpa - 0x100000*pageSize, true
+	}
+	return "", 0, false
+}
+
+func TestRefSourceTranslates(t *testing.T) {
+	l := &layout.Layout{
+		Disks: []layout.Disk{{ID: 0, Name: "vda"}},
+		Runs: []layout.Run{
+			{GuestPage: 2, Pages: 1, Disk: 0, Offset: 1 << 20},
+			{GuestPage: 0x50, Pages: 1, Disk: 0, Offset: 2 << 20}, // no RAM: skipped
+			{GuestPage: 0x100001, Pages: 2, Disk: 0, Offset: 3 << 20},
+		},
+	}
+	blocks := []*srcBlock{{Block: Block{Name: "lo"}, idx: 0, npages: 4}, {Block: Block{Name: "hi"}, idx: 1, npages: 4}}
+	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks, xlateGuest{})
+	r.prepare(context.Background(), 1, 8)
+	page := bytes.Repeat([]byte{3}, pageSize)
+	var batch wire.PageBatch
+	batch.Reset(0, 1)
+	if !r.add(&batch, blocks[0], 2, page) || r.add(&batch, blocks[0], 1, page) {
+		t.Fatal("block lo: want a reference for page 2 only")
+	}
+	batch.Reset(1, 1)
+	for p := uint64(0); p < 4; p++ {
+		if got, want := r.add(&batch, blocks[1], p, page), p == 1 || p == 2; got != want {
+			t.Fatalf("block hi page %d: reference %v, want %v", p, got, want)
+		}
+	}
+	if got, want := batch.Entries[1].Ref.Offset, uint64(3<<20+pageSize); got != want {
+		t.Errorf("block hi page 2 at offset %#x, want %#x", got, want)
 	}
 }

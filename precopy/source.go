@@ -97,7 +97,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.track(); err != nil {
 		return err
 	}
-	s.refs = newRefSource(s.cfg, s.blocks)
+	s.refs = newRefSource(s.cfg, s.blocks, s.g)
 	if err := s.dial(ctx); err != nil {
 		return err
 	}
