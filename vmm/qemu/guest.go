@@ -118,8 +118,11 @@ type Target struct {
 	// Command is the source's command line, binary first (from the
 	// source's Hello, or the operator).
 	Command []string
-	// Dir holds the RAM files, sockets and logs.
+	// Dir holds the sockets and logs.
 	Dir string
+	// RAMDir holds the RAM files (default Dir): tmpfs such as /dev/shm,
+	// like the source's.
+	RAMDir string
 	// Ports maps hostfwd ports (see DestOptions).
 	Ports map[int]int
 	// SourcePid, if not 0, is the source QEMU on this host: its disks are
@@ -137,13 +140,19 @@ var _ dbrestore.Guest = (*Target)(nil)
 
 // Create makes the RAM files, sparse, at the source's sizes.
 func (t *Target) Create(_ context.Context, blocks []wire.Block) ([]string, error) {
-	if err := os.MkdirAll(t.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create destination dir: %w", err)
+	ramDir := t.RAMDir
+	if ramDir == "" {
+		ramDir = t.Dir
+	}
+	for _, d := range []string{t.Dir, ramDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create destination dir: %w", err)
+		}
 	}
 	t.mem = map[string]string{}
 	var paths []string
 	for _, b := range blocks {
-		p := filepath.Join(t.Dir, "ram-"+filepath.Base(b.Name))
+		p := filepath.Join(ramDir, "dmig-"+filepath.Base(t.Dir)+"-"+filepath.Base(b.Name))
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("create RAM file of %s: %w", b.Name, err)

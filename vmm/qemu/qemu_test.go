@@ -19,6 +19,7 @@ import (
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+	"golang.org/x/sys/unix"
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/layout"
@@ -506,11 +507,22 @@ func TestQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "x"), Ports: map[int]int{cur.port: freePort(t)}, SourcePid: src.Pid()}
-		if _, err := tg.Create(ctx, []wire.Block{{Name: "ram0", Size: 2 << 30}}); err != nil {
+		paths, err := tg.Create(ctx, []wire.Block{{Name: "ram0", Size: 2 << 30}})
+		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := tg.Start(ctx); err != nil {
 			t.Fatal(err)
+		}
+		// dbrestore.Guest's contract: the waiting destination has touched
+		// none of its RAM (every page is still a hole dmig can fill or
+		// register as missing).
+		var st unix.Stat_t
+		if err := unix.Stat(paths[0], &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Blocks != 0 {
+			t.Fatalf("destination qemu waiting for device state allocated %d KiB of its RAM file", st.Blocks/2)
 		}
 		if err := src.Pause(ctx); err != nil {
 			t.Fatal(err)
