@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/storageref"
@@ -103,13 +102,15 @@ func TestDMigrateAdversarialLayout(t *testing.T) {
 // references fetched from the source.
 func TestDMigrateDestStorage(t *testing.T) {
 	cases := []struct {
-		name  string
-		setup func(t *testing.T, disk string) (path string, during func())
+		name string
+		// setup returns the disk's path and what to do to it while the
+		// migration runs (until stop is closed), if anything.
+		setup func(t *testing.T, disk string) (path string, during func(stop <-chan struct{}))
 	}{
-		{"rewritten", func(t *testing.T, disk string) (string, func()) {
-			return disk, func() { overwrite(t, disk) }
+		{"rewritten", func(t *testing.T, disk string) (string, func(<-chan struct{})) {
+			return disk, func(stop <-chan struct{}) { overwrite(t, disk, stop) }
 		}},
-		{"truncated", func(t *testing.T, disk string) (string, func()) {
+		{"truncated", func(t *testing.T, disk string) (string, func(<-chan struct{})) {
 			st, err := os.Stat(disk)
 			if err != nil {
 				t.Fatal(err)
@@ -119,7 +120,7 @@ func TestDMigrateDestStorage(t *testing.T) {
 			}
 			return disk, nil
 		}},
-		{"directory", func(t *testing.T, disk string) (string, func()) {
+		{"directory", func(t *testing.T, disk string) (string, func(<-chan struct{})) {
 			if err := os.Remove(disk); err != nil {
 				t.Fatal(err)
 			}
@@ -128,10 +129,10 @@ func TestDMigrateDestStorage(t *testing.T) {
 			}
 			return disk, nil
 		}},
-		{"missing", func(t *testing.T, disk string) (string, func()) {
+		{"missing", func(t *testing.T, disk string) (string, func(<-chan struct{})) {
 			return filepath.Join(filepath.Dir(disk), "no-such-disk"), nil
 		}},
-		{"ioerror", func(t *testing.T, disk string) (string, func()) {
+		{"ioerror", func(t *testing.T, disk string) (string, func(<-chan struct{})) {
 			checkFailingDisk(t)
 			return failingDisk, nil
 		}},
@@ -145,10 +146,16 @@ func TestDMigrateDestStorage(t *testing.T) {
 			path, during := c.setup(t, disk)
 			d := startDBDest(t, map[string]string{"data": path})
 			destStats := filepath.Join(t.TempDir(), "dst.stats")
-			if during != nil {
-				go during()
-			}
+			stop, stopped := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(stopped)
+				if during != nil {
+					during(stop)
+				}
+			}()
 			rep, err := migrateDB(t, g, d.addr, precopy.ModeHybrid, g.layout, destStats)
+			close(stop)
+			<-stopped
 			if err != nil {
 				t.Fatalf("migrate: %v", err)
 			}
@@ -167,12 +174,16 @@ func TestDMigrateDestStorage(t *testing.T) {
 	}
 }
 
-// overwrite rewrites the file with other bytes, over and over for a while
-// (the migration runs meanwhile).
-func overwrite(t *testing.T, path string) {
+// overwrite rewrites the file with other bytes, over and over until stop
+// is closed (the migration runs meanwhile).
+func overwrite(t *testing.T, path string, stop <-chan struct{}) {
 	junk := bytes.Repeat([]byte("rewritten under the migration!\n"), 4096)
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		f, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err != nil {
 			t.Errorf("rewrite disk: %v", err)
