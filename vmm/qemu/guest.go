@@ -131,6 +131,8 @@ type Target struct {
 	// DeviceState returns the stream the source's device state arrives
 	// on; Resume loads it before letting the guest run.
 	DeviceState func(ctx context.Context) (io.Reader, error)
+	// KillWithParent: see Config.
+	KillWithParent bool
 
 	mem map[string]string
 	vm  *VM
@@ -183,7 +185,7 @@ func (t *Target) Start(ctx context.Context) (int, error) {
 			return 0, err
 		}
 	}
-	vm, err := Start(ctx, t.Command[0], plan.Args, plan.QMP, plan.Stderr)
+	vm, err := Start(ctx, t.Command[0], plan.Args, plan.QMP, plan.Stderr, t.KillWithParent)
 	if err != nil {
 		return 0, err
 	}

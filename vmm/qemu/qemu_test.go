@@ -152,7 +152,7 @@ func destination(ctx context.Context, t, owner *testing.T, src *running, dir, me
 	if err := CheckDisks(src.vm.Pid(), args, plan.Args); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := Start(ctx, "qemu-system-x86_64", plan.Args, plan.QMP, plan.Stderr)
+	vm, err := Start(ctx, "qemu-system-x86_64", plan.Args, plan.QMP, plan.Stderr, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestQEMU(t *testing.T) {
 
 	port := freePort(t)
 	cfg := Config{Dir: filepath.Join(dir, "a"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
-		MemPath: shm + "a", Forward: []Forward{{port, 3306}}, AgentSocket: filepath.Join(dir, "a", "agent.sock")}
+		MemPath: shm + "a", Forward: []Forward{{port, 3306}}, AgentSocket: filepath.Join(dir, "a", "agent.sock"), KillWithParent: true}
 	start := time.Now()
 	vm, err := StartConfig(ctx, cfg)
 	if err != nil {
@@ -269,6 +269,12 @@ func TestQEMU(t *testing.T) {
 			t.Fatalf("sysbench prepare: %v\n%s", err, out)
 		}
 		want = checksums(ctx, t, db)
+		if _, err := db.ExecContext(ctx, "CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.ExecContext(ctx, "INSERT INTO counter VALUES (1, 0)"); err != nil {
+			t.Fatal(err)
+		}
 	})
 	if !ok {
 		return
@@ -403,7 +409,7 @@ func TestQEMU(t *testing.T) {
 
 	t.Run("private-ram-refused", func(t *testing.T) {
 		pc := Config{Dir: filepath.Join(dir, "p"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
-			MemPath: shm + "p", Private: true, Incoming: "defer"}
+			MemPath: shm + "p", Private: true, Incoming: "defer", KillWithParent: true}
 		p, err := StartConfig(ctx, pc)
 		if err != nil {
 			t.Fatal(err)
@@ -420,7 +426,7 @@ func TestQEMU(t *testing.T) {
 		}
 		l, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M", "-machine", "pc", "-S",
 			"-display", "none", "-nodefaults", "-qmp", "unix:" + ld + "/qmp.sock,server=on,wait=off"},
-			ld+"/qmp.sock", ld+"/stderr")
+			ld+"/qmp.sock", ld+"/stderr", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,7 +450,7 @@ func TestQEMU(t *testing.T) {
 		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M",
 			"-object", "memory-backend-file,id=ram0,size=256M,mem-path=" + shm + "v,share=on",
 			"-machine", "pc,memory-backend=ram0", "-vga", "std", "-display", "none", "-nodefaults",
-			"-qmp", "unix:" + vd + "/qmp.sock,server=on,wait=off"}, vd+"/qmp.sock", vd+"/stderr")
+			"-qmp", "unix:" + vd + "/qmp.sock,server=on,wait=off"}, vd+"/qmp.sock", vd+"/stderr", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -477,7 +483,7 @@ func TestQEMU(t *testing.T) {
 		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "128M",
 			"-object", "memory-backend-memfd,id=mem1,size=128M,share=on",
 			"-machine", "pc,memory-backend=mem1", "-display", "none", "-nodefaults", "-S",
-			"-qmp", "unix:" + md + "/qmp.sock,server=on,wait=off"}, md+"/qmp.sock", md+"/stderr")
+			"-qmp", "unix:" + md + "/qmp.sock,server=on,wait=off"}, md+"/qmp.sock", md+"/stderr", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -506,7 +512,7 @@ func TestQEMU(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "x"), Ports: map[int]int{cur.port: freePort(t)}, SourcePid: src.Pid()}
+		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "x"), Ports: map[int]int{cur.port: freePort(t)}, SourcePid: src.Pid(), KillWithParent: true}
 		paths, err := tg.Create(ctx, []wire.Block{{Name: "ram0", Size: 2 << 30}})
 		if err != nil {
 			t.Fatal(err)
@@ -552,7 +558,7 @@ func TestQEMU(t *testing.T) {
 		port := freePort(t)
 		pr, pw := io.Pipe()
 		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "b"), Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(),
-			DeviceState: func(context.Context) (io.Reader, error) { return pr, nil }}
+			DeviceState: func(context.Context) (io.Reader, error) { return pr, nil }, KillWithParent: true}
 		blocks := src.RAM()
 		paths, err := tg.Create(ctx, []wire.Block{{Name: blocks[0].Name, Size: blocks[0].Size}})
 		if err != nil {
@@ -624,6 +630,32 @@ func TestQEMU(t *testing.T) {
 		ok = t.Run(mode, func(t *testing.T) {
 			mem := shm + string(rune('c'+i))
 			dst := destination(ctx, t, top, cur, filepath.Join(dir, mode), mem)
+			// Commits during the migration: every acknowledged one must
+			// be at the destination (and at most the one in flight more).
+			type result struct{ acked, attempted int64 }
+			done := make(chan result, 1)
+			wdb, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=5s&readTimeout=20s&writeTimeout=20s", cur.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer wdb.Close()
+			wdb.SetMaxOpenConns(1)
+			wdb.SetConnMaxLifetime(0)
+			var base int64
+			if err := wdb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&base); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				n := base
+				for {
+					if _, err := wdb.ExecContext(ctx, "UPDATE counter SET n = n + 1 WHERE id = 1"); err != nil {
+						break
+					}
+					n++
+				}
+				done <- result{n, n + 1}
+			}()
+			time.Sleep(time.Second)
 			nc := NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))}
 			if mode == ModePostcopy {
 				// An idle guest's first pass leaves almost nothing: switch
@@ -656,9 +688,19 @@ func TestQEMU(t *testing.T) {
 			if err := old.vm.Quit(ctx); err != nil {
 				t.Fatal(err)
 			}
+			w := <-done // the source's end cuts the writer's connection
+			last, attempted := w.acked, w.attempted
 			ddb := waitSQL(ctx, t, dst.port)
 			if got := checksums(ctx, t, ddb); got != want {
 				t.Fatalf("checksums at the destination %s, source had %s", got, want)
+			}
+			var n int64
+			if err := ddb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %d commits during the migration, counter %d at the destination", mode, last-base, n)
+			if n < last || n > attempted || last-base < 10 {
+				t.Fatalf("destination counter %d; %d commits acknowledged (from %d), %d attempted", n, last, base, attempted)
 			}
 		})
 		if !ok {

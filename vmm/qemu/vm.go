@@ -50,6 +50,9 @@ type Config struct {
 	Incoming string
 	// Binary is the QEMU executable (default qemu-system-x86_64).
 	Binary string
+	// KillWithParent ends QEMU when dmig's process ends (tests; a
+	// destination must outlive dmig).
+	KillWithParent bool
 }
 
 // Paths of the files a VM started from Config uses.
@@ -133,7 +136,9 @@ type VM struct {
 // Start runs binary with args in the background (never -daemonize: that
 // hides QEMU's errors), its stderr to stderrPath, and connects to the QMP
 // socket qmpPath once QEMU listens on it. The VM must be Killed or Waited.
-func Start(ctx context.Context, binary string, args []string, qmpPath, stderrPath string) (*VM, error) {
+// With killWithParent, the kernel ends QEMU when this process ends
+// (PR_SET_PDEATHSIG): for tests, whose cleanups a timeout skips.
+func Start(ctx context.Context, binary string, args []string, qmpPath, stderrPath string, killWithParent bool) (*VM, error) {
 	ef, err := os.OpenFile(stderrPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create qemu stderr file: %w", err)
@@ -144,6 +149,9 @@ func Start(ctx context.Context, binary string, args []string, qmpPath, stderrPat
 	cmd.Stderr, cmd.Stdout = ef, ef
 	// Its own process group: a ^C to dmig must not kill the guest.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if killWithParent {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
@@ -177,7 +185,7 @@ func StartConfig(ctx context.Context, c Config) (*VM, error) {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create vm dir: %w", err)
 	}
-	return Start(ctx, c.Binary, c.Args(), c.QMPPath(), c.StderrPath())
+	return Start(ctx, c.Binary, c.Args(), c.QMPPath(), c.StderrPath(), c.KillWithParent)
 }
 
 // Pid is QEMU's process id.
