@@ -16,11 +16,19 @@ type qemuCmd struct {
 }
 
 type qemuDiscoverCmd struct {
-	QMP string `name:"qmp" required:"" help:"QMP unix socket of the running QEMU."`
+	QMP string `name:"qmp" xor:"vm" required:"" help:"QMP unix socket of the running QEMU."`
+	Pid int    `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
 }
 
 func (c *qemuDiscoverCmd) Run(ctx context.Context) error {
-	src, err := qemu.NewSource(ctx, c.QMP)
+	sock := c.QMP
+	if c.Pid != 0 {
+		var err error
+		if sock, err = qemu.QMPSocket(c.Pid); err != nil {
+			return err
+		}
+	}
+	src, err := qemu.NewSource(ctx, sock)
 	if err != nil {
 		return err
 	}

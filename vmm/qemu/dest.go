@@ -278,3 +278,54 @@ func CheckDisks(srcPid int, srcArgs, dstArgs []string) error {
 	}
 	return nil
 }
+
+// QMPSocket finds the QMP unix socket of the running QEMU pid from its
+// command line (-qmp unix:PATH, or a socket chardev behind -mon
+// mode=control); a relative path is resolved in QEMU's working directory.
+func QMPSocket(pid int) (string, error) {
+	_, args, err := SourceCommand(pid)
+	if err != nil {
+		return "", err
+	}
+	p, ok := qmpSocketOf(args)
+	if !ok {
+		return "", fmt.Errorf("qemu pid %d has no QMP unix socket: start it with -qmp unix:PATH,server=on,wait=off", pid)
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(fmt.Sprintf("/proc/%d/cwd", pid), p)
+	}
+	return p, nil
+}
+
+func qmpSocketOf(args []string) (string, bool) {
+	control := map[string]bool{}
+	paths := map[string]string{}
+	for i := 0; i+1 < len(args); i++ {
+		parts := opts(args[i+1])
+		switch "-" + strings.TrimLeft(args[i], "-") {
+		case "-qmp":
+			if p, ok := strings.CutPrefix(parts[0], "unix:"); ok {
+				return p, true
+			}
+		case "-mon":
+			if m, _ := optValue(parts, "mode"); m == "control" {
+				id, _ := optValue(parts, "chardev")
+				control[id] = true
+			}
+		case "-chardev":
+			id, _ := optValue(parts, "id")
+			if p, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
+				paths[id] = p
+			}
+		default:
+			continue
+		}
+		i++
+	}
+	for id := range control {
+		if p, ok := paths[id]; ok {
+			return p, true
+		}
+	}
+	return "", false
+}

@@ -281,6 +281,9 @@ func TestQEMU(t *testing.T) {
 	}
 
 	ok = t.Run("discover", func(t *testing.T) {
+		if q, err := QMPSocket(cur.vm.Pid()); err != nil || q != cfg.QMPPath() {
+			t.Fatalf("QMPSocket = %q, %v; want %s", q, err, cfg.QMPPath())
+		}
 		m, err := Discover(ctx, cur.vm.Mon, 0)
 		if err != nil {
 			t.Fatal(err)

@@ -142,3 +142,20 @@ func TestCheckDisks(t *testing.T) {
 		t.Fatalf("no disk: %v, want ErrDiskMismatch", err)
 	}
 }
+
+func TestQMPSocketOf(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-m", "1G", "-qmp", "unix:/run/q,,1.sock,server=on,wait=off"}, "/run/q,1.sock"},
+		{[]string{"-chardev", "socket,id=m,path=/run/lv.sock,server=on", "-mon", "chardev=m,mode=control"}, "/run/lv.sock"},
+		{[]string{"-chardev", "socket,id=m,path=/run/hmp.sock,server=on", "-mon", "chardev=m,mode=readline"}, ""},
+		{[]string{"-qmp", "tcp:127.0.0.1:4444,server=on"}, ""},
+	} {
+		got, ok := qmpSocketOf(c.args)
+		if got != c.want || ok != (c.want != "") {
+			t.Errorf("qmpSocketOf(%q) = %q, %v; want %q", c.args, got, ok, c.want)
+		}
+	}
+}
