@@ -23,7 +23,10 @@ type Source struct {
 	name    string
 }
 
-var _ precopy.Guest = (*Source)(nil)
+var (
+	_ precopy.Guest             = (*Source)(nil)
+	_ precopy.AddressTranslator = (*Source)(nil)
+)
 
 // NewSource connects to the QEMU whose QMP socket is qmpPath and discovers
 // its RAM (see Discover: RAM must be a shared file or memfd).
