@@ -527,8 +527,17 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					for k := range uint64(run) {
 						d.restore.supersede(b.idx, e.Page+k, batch.Iteration)
 					}
-					if err := c.ReadData(b.mem[e.Page*pageSize : (e.Page+uint64(run))*pageSize]); err != nil {
+					// Through a buffer and pwrite rather than straight into
+					// the mapping: a whole-page write to a hole of the shmem
+					// file allocates the page without faulting it in and
+					// zeroing it first, which dominated the receive path.
+					buf := scratch[:run*pageSize]
+					if err := c.ReadData(buf); err != nil {
 						return fmt.Errorf("bulk connection %d: %w", i, err)
+					}
+					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
+						d.errCode = wire.ErrorResource
+						return fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err)
 					}
 					b.placed.AddRange(e.Page, uint64(run))
 					d.data.Add(uint64(run))
