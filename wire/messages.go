@@ -51,6 +51,8 @@ func newMessage(t Type) Message {
 		return new(Ready)
 	case TypeGo:
 		return new(Go)
+	case TypeDeviceState:
+		return new(DeviceState)
 	case TypePageBatch:
 		return new(PageBatch)
 	case TypePageRequest:
@@ -360,6 +362,56 @@ func (*Go) appendPayload(b []byte) []byte { return b }
 func (*Go) decode(p []byte) error {
 	d := decoder{b: p}
 	return d.finish()
+}
+
+// DeviceState carries a piece of the VMM's device state (source →
+// destination, after the guest paused, before Switchover): an opaque
+// stream, such as QEMU's migration stream with x-ignore-shared, cut into
+// frames. Last ends the stream; a VMM without device state sends none.
+type DeviceState struct {
+	Data []byte
+	Last bool
+}
+
+func (*DeviceState) Type() Type { return TypeDeviceState }
+
+func (m *DeviceState) validate() error {
+	if len(m.Data) > MaxDeviceState {
+		return fmt.Errorf("%w: device state piece of %d bytes exceeds %d", ErrRange, len(m.Data), MaxDeviceState)
+	}
+	// Only the last piece may be empty: an empty piece that does not end
+	// the stream carries nothing and would let a peer loop us for free.
+	if len(m.Data) == 0 && !m.Last {
+		return fmt.Errorf("%w: empty device state piece that is not the last", ErrRange)
+	}
+	return nil
+}
+
+func (m *DeviceState) appendPayload(b []byte) []byte {
+	last := byte(0)
+	if m.Last {
+		last = 1
+	}
+	b = append(b, last)
+	// Length-prefixed, so that a cut-off frame is refused rather than taken
+	// for a shorter piece.
+	b = binary.AppendUvarint(b, uint64(len(m.Data)))
+	return append(b, m.Data...)
+}
+
+func (m *DeviceState) decode(p []byte) error {
+	d := decoder{b: p}
+	m.Last = d.bool("last")
+	n := d.count("device state length", MaxDeviceState, 1)
+	data := d.take(n, "device state")
+	if err := d.finish(); err != nil {
+		return err
+	}
+	m.Data = nil
+	if n > 0 {
+		m.Data = append([]byte(nil), data...)
+	}
+	return m.validate()
 }
 
 // Resumed: the destination guest runs (destination → source). From here on

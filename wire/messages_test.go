@@ -60,6 +60,9 @@ func sampleMessages() []Message {
 		&Resumed{},
 		&Ready{},
 		&Go{},
+		&DeviceState{Data: []byte("QEVM\x00\x00\x00\x03"), Last: false},
+		&DeviceState{Last: true},
+		&DeviceState{Data: bytes.Repeat([]byte{0xa5}, 300), Last: true},
 		&Complete{},
 		&Complete{Figures: []byte(`{"mode":"hybrid","pages":{"data":12,"zero":3}}`)},
 		&Error{Code: ErrorStorage, Message: "read disk 2 at 0x1000: EIO"},
@@ -217,6 +220,11 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		{"iteration end no conns", withPayload(TypeIterationEnd, []byte{1, 0, 0, 0, 0}), ErrRange},
 		{"iteration end count lies", withPayload(TypeIterationEnd, []byte{1, 0, 0, 0, 5, 1}), ErrTruncated},
 		{"complete not json", withPayload(TypeComplete, []byte(`{"a":`)), ErrMalformed},
+		{"device state empty not last", withPayload(TypeDeviceState, []byte{0, 0}), ErrRange},
+		{"device state bool 2", withPayload(TypeDeviceState, []byte{2, 1, 7}), ErrMalformed},
+		{"device state too big", withPayload(TypeDeviceState, []byte{1, 0x81, 0x80, 0x40}), ErrRange},
+		{"device state length lies", withPayload(TypeDeviceState, []byte{1, 5, 7}), ErrTruncated},
+		{"device state trailing", withPayload(TypeDeviceState, []byte{1, 1, 7, 8}), ErrMalformed},
 		{"request zero pages", withPayload(TypePageRequest, (&PageRequest{Count: 0}).appendPayload(nil)), ErrRange},
 		{"request too many pages", withPayload(TypePageRequest, (&PageRequest{Count: MaxRequestPages + 1}).appendPayload(nil)), ErrRange},
 		{"request wraps", withPayload(TypePageRequest, (&PageRequest{Page: 1<<64 - 1, Count: 2}).appendPayload(nil)), ErrRange},
@@ -274,6 +282,8 @@ func TestEncodeRefusesInvalid(t *testing.T) {
 		{"zero-length run", &Switchover{Pending: []Run{{0, 3, 0}}}, ErrRange},
 		{"reply data size", &PageReply{Kind: KindData, Data: make([]byte, 10)}, ErrMalformed},
 		{"complete not json", &Complete{Figures: []byte("nope")}, ErrMalformed},
+		{"device state empty not last", &DeviceState{}, ErrRange},
+		{"device state too big", &DeviceState{Data: make([]byte, MaxDeviceState+1)}, ErrRange},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

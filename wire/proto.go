@@ -28,6 +28,7 @@ const (
 	MaxFiguresLen     = 1 << 20 // Complete's JSON
 	MaxRequestPages   = 512     // pages in one PageRequest
 	MaxCommandArgs    = 256     // words in Hello.Command
+	MaxDeviceState    = 1 << 20 // bytes of VMM device state in one frame
 	MaxBatchEntries   = 1 << 16
 	MaxBatchTable     = 2 << 20
 	MaxBatchDataPages = 512 // 2 MiB of page data per batch
@@ -63,6 +64,7 @@ const (
 	TypeProgress     Type = 9
 	TypeReady        Type = 10
 	TypeGo           Type = 11
+	TypeDeviceState  Type = 12
 	TypePageBatch    Type = 16
 	TypePageRequest  Type = 32
 	TypePageReply    Type = 33
@@ -92,6 +94,8 @@ func (t Type) String() string {
 		return "Ready"
 	case TypeGo:
 		return "Go"
+	case TypeDeviceState:
+		return "DeviceState"
 	case TypePageBatch:
 		return "PageBatch"
 	case TypePageRequest:
@@ -105,7 +109,7 @@ func (t Type) String() string {
 // role returns the connection role that carries frames of type t, or 0.
 func (t Type) role() Role {
 	switch {
-	case t >= TypeHello && t <= TypeGo:
+	case t >= TypeHello && t <= TypeDeviceState:
 		return RoleControl
 	case t == TypePageBatch:
 		return RoleBulk
