@@ -42,7 +42,28 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
-	os.Exit(m.Run())
+	// Like cilium/ebpf: a test run that leaks a uffd or a pagemap fd fails
+	// (a leaked uffd keeps a target's faults pending).
+	before := openFDs()
+	code := m.Run()
+	if after := openFDs(); code == 0 && len(after) > len(before) {
+		fmt.Fprintf(os.Stderr, "fd leak: %d open before the tests, %d after: %v\n", len(before), len(after), after)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// openFDs lists this process's open userfaultfds and pagemap files.
+func openFDs() []string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if strings.Contains(l, "userfaultfd") || strings.HasSuffix(l, "/pagemap") {
+			out = append(out, e.Name()+"->"+l)
+		}
+	}
+	return out
 }
 
 // pattern fills a page with bytes derived from (page, version).
