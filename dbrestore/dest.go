@@ -109,6 +109,8 @@ type dest struct {
 	prefetch, faulted, zero, data atomic.Uint64
 	latMu                         sync.Mutex
 	lat                           []time.Duration
+
+	devState deviceState // control goroutine only, until switchover
 }
 
 type pageKey struct {
@@ -200,6 +202,11 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 				d.expected[i] += c
 			}
 			d.mu.Unlock()
+		case *wire.DeviceState:
+			if err := d.devState.add(m); err != nil {
+				d.errCode = wire.ErrorProtocol
+				return nil, err
+			}
 		case *wire.Switchover:
 			cp := *m
 			sw = &cp
@@ -214,6 +221,10 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 
 	tSwitch := time.Now()
+	if err := d.devState.handOff(d.g); err != nil {
+		d.errCode = wire.ErrorProtocol
+		return nil, err
+	}
 	if err := d.barrier(ctx); err != nil {
 		return nil, d.cause(ctx, err)
 	}
@@ -229,7 +240,12 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	var serveWG sync.WaitGroup
 	serveCtx, stopServe := context.WithCancel(ctx)
 	var serveErr error
-	if d.missing.Load() > 0 {
+	// A VMM loading device state in Resume reads guest RAM: serve its
+	// faults even with nothing missing.
+	if d.missing.Load() > 0 || d.devState.seen {
+		if d.missing.Load() == 0 {
+			d.doneOnce.Do(func() { close(d.done) })
+		}
 		serveWG.Add(2)
 		go func() {
 			defer serveWG.Done()
@@ -616,10 +632,11 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 	d.waitMu.Lock()
 	if !b.missing.Has(p) {
 		d.waitMu.Unlock()
-		// Placed between the fault and now: its waiters were woken by the
-		// placement, or are woken here.
-		addr, _ := b.guestAddr(p)
-		return d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
+		// Placed between the fault and now (the zero page fails with
+		// EEXIST and place wakes the waiters), or a page never sent: a
+		// zero page left a hole, which a VMM loading device state (QEMU)
+		// may read.
+		return d.place(b, p, nil)
 	}
 	ch, asked := d.waiters[key]
 	if !asked {

@@ -176,6 +176,14 @@ func (s *source) run(ctx context.Context) (err error) {
 			return s.cause(ctx, fmt.Errorf("final pass: %w", err))
 		}
 	}
+	if ds, ok := s.g.(DeviceStater); ok {
+		t0 := time.Now()
+		n, err := s.sendDeviceState(ctx, ds)
+		if err != nil {
+			return s.cause(ctx, err)
+		}
+		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(t0))
+	}
 	var pending []wire.Run
 	for _, b := range s.blocks {
 		b.pending.Runs(0, b.npages, func(start, count uint64) bool {
