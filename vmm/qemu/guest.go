@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/precopy"
@@ -26,6 +27,7 @@ type Source struct {
 var (
 	_ precopy.Guest             = (*Source)(nil)
 	_ precopy.AddressTranslator = (*Source)(nil)
+	_ precopy.DeviceStater      = (*Source)(nil)
 )
 
 // NewSource connects to the QEMU whose QMP socket is qmpPath and discovers
@@ -101,6 +103,19 @@ func (s *Source) DeviceState(ctx context.Context, dir string, w io.Writer) (Migr
 	return SendDeviceState(ctx, s.mon, dir, w)
 }
 
+// IsCommand reports whether argv starts a QEMU system emulator (what a
+// QEMU source puts in Hello.Command): a destination then runs a Target.
+func IsCommand(argv []string) bool {
+	return len(argv) > 0 && strings.HasPrefix(filepath.Base(argv[0]), "qemu-system-")
+}
+
+// SendDeviceState is DeviceState for the migration engine
+// (precopy.DeviceStater), its socket in the temporary directory.
+func (s *Source) SendDeviceState(ctx context.Context, w io.Writer) error {
+	_, err := s.DeviceState(ctx, os.TempDir(), w)
+	return err
+}
+
 // Finish ends the source QEMU once the destination runs the guest.
 func (s *Source) Finish(ctx context.Context) error {
 	err := s.mon.Execute(ctx, "quit", nil, nil)
@@ -141,7 +156,18 @@ type Target struct {
 	vm  *VM
 }
 
-var _ dbrestore.Guest = (*Target)(nil)
+var (
+	_ dbrestore.Guest             = (*Target)(nil)
+	_ dbrestore.DeviceStateLoader = (*Target)(nil)
+)
+
+// SetDeviceState makes r the device-state stream Resume loads (the
+// engine's, received from the source), unless DeviceState is set.
+func (t *Target) SetDeviceState(r io.Reader) {
+	if t.DeviceState == nil {
+		t.DeviceState = func(context.Context) (io.Reader, error) { return r, nil }
+	}
+}
 
 // Create makes the RAM files, sparse, at the source's sizes.
 func (t *Target) Create(_ context.Context, blocks []wire.Block) ([]string, error) {

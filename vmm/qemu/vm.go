@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dmig/dmig/vmm/proc"
 )
 
 // Forward is one QEMU user-net hostfwd: host TCP port → guest TCP port.
@@ -156,7 +158,14 @@ func Start(ctx context.Context, binary string, args []string, qmpPath, stderrPat
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
 	v := &VM{Cmd: cmd, QMP: qmpPath, Stderr: stderrPath, exited: make(chan struct{})}
+	// Reap QEMU only once it has exited: a wait pending meanwhile would take
+	// the ptrace stops uffd.Attach needs, and dmig attaches to QEMUs it
+	// started (destinations; sources in tests).
+	gone, werr := proc.Exited(cmd.Process.Pid)
 	go func() {
+		if werr == nil {
+			<-gone
+		}
 		v.err = cmd.Wait()
 		close(v.exited)
 	}()
