@@ -11,6 +11,7 @@ import (
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/vmm/qemu"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -44,8 +45,9 @@ func (e *statusError) ExitCode() int { return e.code }
 type migrateCmd struct {
 	To         string        `required:"" help:"Destination address (host:port of 'dmig serve')."`
 	Mode       string        `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
-	Pid        int           `required:"" help:"Pid of the guest process (the process that maps the RAM files)."`
-	RAM        []string      `required:"" name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
+	Pid        int           `help:"Pid of the guest process (the process that maps the RAM files); with --ram."`
+	RAM        []string      `name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
+	QMP        string        `name:"qmp" placeholder:"SOCKET" help:"QMP socket of a QEMU guest (instead of --pid and --ram): its RAM, command line and device state are found through it."`
 	DestCmd    []string      `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
 	Downtime   time.Duration `default:"50ms" help:"Downtime budget."`
 	MaxIter    int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
@@ -74,9 +76,23 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	case err != nil:
 		return &statusError{exitUsage, err}
 	}
-	guest, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
-	if err != nil {
-		return &statusError{exitUsage, err}
+	var guest precopy.Guest
+	switch {
+	case c.QMP != "":
+		src, err := qemu.NewSource(ctx, c.QMP)
+		if err != nil {
+			return &statusError{exitUsage, err}
+		}
+		defer src.Close()
+		guest = src
+	case c.Pid != 0 && len(c.RAM) > 0:
+		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
+		if err != nil {
+			return &statusError{exitUsage, err}
+		}
+		guest = src
+	default:
+		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
 	var view *progressView
 	if !c.NoProgress {

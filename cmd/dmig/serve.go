@@ -9,6 +9,7 @@ import (
 	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/vmm/qemu"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -19,7 +20,8 @@ type serveCmd struct {
 	FaultWorkers int      `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
 	Disks        []string `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
 	tlsFlags
-	Insecure bool `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
+	VMM      string `default:"auto" enum:"auto,process,qemu" help:"How to start arriving guests: qemu (a QEMU with the source's command line rewritten, -incoming defer), process, or auto (qemu when the source's command is qemu-system-*)."`
+	Insecure bool   `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
 }
 
 func (c *serveCmd) Run(g *globals, ctx context.Context) error {
@@ -53,7 +55,11 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		Disks:        disks,
 		Logger:       log,
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
-			return proc.NewTarget(filepath.Join(c.Dir, h.Session.String()), h.Command)
+			dir := filepath.Join(c.Dir, h.Session.String())
+			if c.VMM == "qemu" || c.VMM == "auto" && qemu.IsCommand(h.Command) {
+				return &qemu.Target{Command: h.Command, Dir: dir}, nil
+			}
+			return proc.NewTarget(dir, h.Command)
 		},
 	}
 	err = dbrestore.Serve(ctx, l, cfg, c.Once, func(r dbrestore.Result) {
