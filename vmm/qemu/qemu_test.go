@@ -714,96 +714,101 @@ func TestQEMU(t *testing.T) {
 		}
 	}
 
-	t.Run("dmig-hybrid", func(t *testing.T) {
-		// dmig's own engine end to end: pre-copy from the RAM file, the
-		// paused source's device state in DeviceState frames, the rest by
-		// post-copy into the destination QEMU, whose device-state load
-		// reads guest RAM through the registered uffd.
-		src, err := newSource(ctx, cur.vm.Mon)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := wire.Listen(ctx, "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		log := hclog.New(&hclog.LoggerOptions{Name: "dmig", Level: hclog.Info, Output: os.Stderr})
-		port := freePort(t)
-		var tg *Target
-		top.Cleanup(func() {
-			if tg != nil {
-				tg.Kill()
+	// dmig's own engine end to end, in each mode: pages from the RAM file,
+	// the paused source's device state in DeviceState frames, the
+	// destination QEMU's device-state load reading guest RAM through the
+	// registered uffd (post-copy faults served meanwhile).
+	for _, mode := range []precopy.Mode{precopy.ModeHybrid, precopy.ModePrecopy, precopy.ModePostcopy} {
+		ok = t.Run("dmig-"+string(mode), func(t *testing.T) {
+			src, err := newSource(ctx, cur.vm.Mon)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := wire.Listen(ctx, "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			log := hclog.New(&hclog.LoggerOptions{Name: "dmig", Level: hclog.Info, Output: os.Stderr})
+			port := freePort(t)
+			var tg *Target
+			top.Cleanup(func() {
+				if tg != nil {
+					tg.Kill()
+				}
+			})
+			got := make(chan dbrestore.Result, 1)
+			served := make(chan error, 1)
+			go func() {
+				served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: log, NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
+					tg = &Target{Command: h.Command, Dir: filepath.Join(dir, fmt.Sprintf("dmig-%s-%d", mode, os.Getpid())), RAMDir: "/dev/shm",
+						Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(), KillWithParent: true}
+					return tg, nil
+				}}, true, func(r dbrestore.Result) { got <- r })
+			}()
+
+			wdb, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=5s&readTimeout=20s&writeTimeout=20s", cur.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer wdb.Close()
+			wdb.SetMaxOpenConns(1)
+			var base int64
+			if err := wdb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&base); err != nil {
+				t.Fatal(err)
+			}
+			acked := make(chan int64, 1)
+			go func() {
+				n := base
+				for {
+					if _, err := wdb.ExecContext(ctx, "UPDATE counter SET n = n + 1 WHERE id = 1"); err != nil {
+						break
+					}
+					n++
+				}
+				acked <- n
+			}()
+			time.Sleep(time.Second)
+
+			r, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Logger: log}, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-served; err != nil {
+				t.Fatalf("destination: %v", err)
+			}
+			dr := <-got
+			if dr.Err != nil {
+				t.Fatalf("destination: %v", dr.Err)
+			}
+			t.Logf("dmig %s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, %d pages owed at the switch, %d faults, %d pushed",
+				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, r.PostcopyPages, dr.Figures.Pages.PostcopyFault, dr.Figures.Pages.Prefetch)
+			if r.BytesSent < 100<<20 {
+				t.Errorf("dmig sent %d bytes: less than the guest's used RAM", r.BytesSent)
+			}
+			// The source QEMU is gone (Finish quit it).
+			select {
+			case <-cur.vm.Exited():
+			case <-time.After(30 * time.Second):
+				t.Fatal("source qemu still runs after the migration")
+			}
+			last := <-acked
+			cur = &running{vm: tg.VM(), port: port}
+			ddb := waitSQL(ctx, t, port)
+			if got := checksums(ctx, t, ddb); got != want {
+				t.Fatalf("checksums at the destination %s, source had %s", got, want)
+			}
+			var n int64
+			if err := ddb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("dmig %s: %d commits during the migration, counter %d at the destination", mode, last-base, n)
+			if n < last || n > last+1 || last-base < 10 {
+				t.Fatalf("destination counter %d; %d commits acknowledged (from %d)", n, last, base)
 			}
 		})
-		got := make(chan dbrestore.Result, 1)
-		served := make(chan error, 1)
-		go func() {
-			served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: log, NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
-				tg = &Target{Command: h.Command, Dir: filepath.Join(dir, fmt.Sprintf("hybrid-%d", os.Getpid())), RAMDir: "/dev/shm",
-					Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(), KillWithParent: true}
-				return tg, nil
-			}}, true, func(r dbrestore.Result) { got <- r })
-		}()
-
-		wdb, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=5s&readTimeout=20s&writeTimeout=20s", cur.port))
-		if err != nil {
-			t.Fatal(err)
+		if !ok {
+			return
 		}
-		defer wdb.Close()
-		wdb.SetMaxOpenConns(1)
-		var base int64
-		if err := wdb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&base); err != nil {
-			t.Fatal(err)
-		}
-		acked := make(chan int64, 1)
-		go func() {
-			n := base
-			for {
-				if _, err := wdb.ExecContext(ctx, "UPDATE counter SET n = n + 1 WHERE id = 1"); err != nil {
-					break
-				}
-				n++
-			}
-			acked <- n
-		}()
-		time.Sleep(time.Second)
-
-		r, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: precopy.ModeHybrid, Logger: log}, src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := <-served; err != nil {
-			t.Fatalf("destination: %v", err)
-		}
-		dr := <-got
-		if dr.Err != nil {
-			t.Fatalf("destination: %v", dr.Err)
-		}
-		t.Logf("dmig hybrid: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, %d pages owed at the switch, %d faults, %d pushed",
-			r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, r.PostcopyPages, dr.Figures.Pages.PostcopyFault, dr.Figures.Pages.Prefetch)
-		if r.BytesSent < 100<<20 {
-			t.Errorf("dmig sent %d bytes: less than the guest's used RAM", r.BytesSent)
-		}
-		// The source QEMU is gone (Finish quit it).
-		select {
-		case <-cur.vm.Exited():
-		case <-time.After(30 * time.Second):
-			t.Fatal("source qemu still runs after the migration")
-		}
-		last := <-acked
-		cur = &running{vm: tg.VM(), port: port}
-		ddb := waitSQL(ctx, t, port)
-		if got := checksums(ctx, t, ddb); got != want {
-			t.Fatalf("checksums at the destination %s, source had %s", got, want)
-		}
-		var n int64
-		if err := ddb.QueryRowContext(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("dmig hybrid: %d commits during the migration, counter %d at the destination", last-base, n)
-		if n < last || n > last+1 || last-base < 10 {
-			t.Fatalf("destination counter %d; %d commits acknowledged (from %d)", n, last, base)
-		}
-	})
+	}
 }
