@@ -179,11 +179,7 @@ func TestHandshakeVersionMismatch(t *testing.T) {
 		t.Fatalf("dial after mismatch: %v", err)
 	}
 	defer s.Close()
-	a := <-acc
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
-	defer a.s.Close()
+	mustAccept(t, acc)
 	if !rej.has(ErrVersion) {
 		t.Fatalf("listener did not report the version mismatch: %v", rej.errs)
 	}
@@ -238,11 +234,7 @@ func TestHandshakeGarbage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if a := <-acc; a.err != nil {
-		t.Fatal(a.err)
-	} else {
-		a.s.Close()
-	}
+	mustAccept(t, acc).Close()
 	if !rej.has(ErrMagic) || !rej.has(ErrTruncated) {
 		t.Fatalf("listener reports: %v; want ErrMagic and ErrTruncated", rej.errs)
 	}
@@ -272,11 +264,7 @@ func TestHelloRefused(t *testing.T) {
 		t.Fatalf("dial with the right geometry: %v", err)
 	}
 	s.Close()
-	if a := <-acc; a.err != nil {
-		t.Fatal(a.err)
-	} else {
-		a.s.Close()
-	}
+	mustAccept(t, acc).Close()
 }
 
 func TestAcceptStrayBeforeSessionAndCancel(t *testing.T) {
@@ -317,11 +305,7 @@ func TestAcceptStrayBeforeSessionAndCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	if a := <-acc; a.err != nil {
-		t.Fatal(a.err)
-	} else {
-		a.s.Close()
-	}
+	mustAccept(t, acc).Close()
 }
 
 func TestHandshakeBadRole(t *testing.T) {
@@ -379,12 +363,19 @@ func TestAcceptDropsHalfOpenSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if got := mustAccept(t, acc); got.ID() != s.ID() {
+		t.Fatalf("accepted session %s, dialled %s", got.ID(), s.ID())
+	}
+}
+
+// mustAccept takes the next accepted session from acc, failing the test on
+// an accept error; the session is closed when the test ends.
+func mustAccept(t testing.TB, acc <-chan accepted) *Session {
+	t.Helper()
 	a := <-acc
 	if a.err != nil {
-		t.Fatal(a.err)
+		t.Fatalf("accept: %v", a.err)
 	}
-	defer a.s.Close()
-	if a.s.ID() != s.ID() {
-		t.Fatalf("accepted session %s, dialled %s", a.s.ID(), s.ID())
-	}
+	t.Cleanup(func() { a.s.Close() })
+	return a.s
 }

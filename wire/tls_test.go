@@ -117,15 +117,11 @@ func TestTLSSession(t *testing.T) {
 		t.Fatalf("dial with mutual TLS: %v", err)
 	}
 	defer src.Close()
-	a := <-acc
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
-	defer a.s.Close()
+	dst := mustAccept(t, acc)
 	if hellos.Load() != 1 {
 		t.Fatalf("%d hellos reached decide, want 1", hellos.Load())
 	}
-	for _, c := range a.s.conns() {
+	for _, c := range dst.conns() {
 		if got := PeerCertificateSubject(c); got != "CN=source" {
 			t.Fatalf("%s conn %d: peer certificate %q, want CN=source", c.Role(), c.Index(), got)
 		}
@@ -143,11 +139,11 @@ func TestTLSSession(t *testing.T) {
 	if err := src.Bulk[1].WriteFrame(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	m, err := a.s.Bulk[1].ReadFrame(ctx)
+	m, err := dst.Bulk[1].ReadFrame(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := readBatchData(t, a.s.Bulk[1], m.(*PageBatch))
+	got := readBatchData(t, dst.Bulk[1], m.(*PageBatch))
 	if !bytes.Equal(got, page) {
 		t.Fatal("page data changed over TLS")
 	}
@@ -238,11 +234,7 @@ func TestTLSRefusesPeers(t *testing.T) {
 		t.Fatalf("good peer after refusals: %v", err)
 	}
 	src.Close()
-	if a := <-acc; a.err != nil {
-		t.Fatal(a.err)
-	} else {
-		a.s.Close()
-	}
+	mustAccept(t, acc).Close()
 }
 
 // rawExchange writes b on a new connection and reads until the peer closes.
@@ -416,16 +408,12 @@ func TestDialTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	a := <-acc
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
-	defer a.s.Close()
+	dst := mustAccept(t, acc)
 	time.Sleep(1100 * time.Millisecond)
 	if err := s.Control.WriteFrame(testCtx(t), &Abort{Reason: "late"}); err != nil {
 		t.Fatalf("write after the dial timeout passed: %v", err)
 	}
-	if _, err := a.s.Control.ReadFrame(testCtx(t)); err != nil {
+	if _, err := dst.Control.ReadFrame(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 }
