@@ -157,7 +157,11 @@ func (a *Agent) Scan(ctx context.Context) (*Result, error) {
 
 // ServeConfig says where to serve layouts.
 type ServeConfig struct {
-	Listen  string // TCP address, e.g. ":7070"; empty: none
+	// Listen is a loopback TCP address, e.g. "127.0.0.1:7070"; empty:
+	// none. A layout names where the database's pages are in guest memory
+	// and on disk: only the host may ask (through the channel), or a
+	// process in the guest, so other addresses are refused.
+	Listen  string
 	Channel string // a virtio-serial port (or any char device); empty: none
 }
 
@@ -174,6 +178,9 @@ func (a *Agent) Serve(ctx context.Context, sc ServeConfig) error {
 	errc := make(chan error, 2)
 	n := 0
 	if sc.Listen != "" {
+		if err := loopbackOnly(sc.Listen); err != nil {
+			return err
+		}
 		ln, err := net.Listen("tcp", sc.Listen)
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
@@ -194,6 +201,21 @@ func (a *Agent) Serve(ctx context.Context, sc ServeConfig) error {
 		}
 	}
 	return first
+}
+
+// loopbackOnly refuses a listen address reachable from outside the guest.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("serve: listen address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("serve: %w: %q is not a loopback address (serve the host through a virtio-serial --channel)", ErrNotLoopback, addr)
+	}
+	return nil
 }
 
 // serveChannel answers requests on a character device such as a

@@ -24,4 +24,7 @@ var (
 	ErrUnsupportedFS = errors.New("unsupported file system")
 	// ErrUnsupportedDevice: the file system sits on a stacked device.
 	ErrUnsupportedDevice = errors.New("unsupported block device")
+	// ErrNotLoopback: a TCP listen address others than the guest itself
+	// could reach.
+	ErrNotLoopback = errors.New("layouts are served to the host only")
 )

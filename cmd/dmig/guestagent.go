@@ -14,7 +14,7 @@ import (
 
 // guestAgentCmd is `dmig guest-agent`: runs inside the guest, as root.
 type guestAgentCmd struct {
-	Serve guestServeCmd `cmd:"" help:"Serve layouts over TCP and/or a virtio-serial port."`
+	Serve guestServeCmd `cmd:"" help:"Serve layouts to the host over a virtio-serial port (and/or loopback TCP)."`
 	Dump  guestDumpCmd  `cmd:"" help:"Take one layout and print a summary."`
 }
 
@@ -27,7 +27,7 @@ type guestAgentFlags struct {
 
 type guestServeCmd struct {
 	guestAgentFlags
-	Listen  string `help:"TCP address to serve layouts on (empty: none)." default:":7070"`
+	Listen  string `help:"Loopback TCP address to also serve layouts on, e.g. 127.0.0.1:7070 (others are refused: the host asks through --channel)."`
 	Channel string `help:"virtio-serial port to serve layouts on, e.g. /dev/virtio-ports/dmig.layout."`
 }
 
