@@ -221,7 +221,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 
 	tSwitch := time.Now()
-	if err := d.devState.handOff(d.g); err != nil {
+	if err := d.devState.check(d.g); err != nil {
 		d.errCode = wire.ErrorProtocol
 		return nil, err
 	}
@@ -240,8 +240,8 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	var serveWG sync.WaitGroup
 	serveCtx, stopServe := context.WithCancel(ctx)
 	var serveErr error
-	// A VMM loading device state in Resume reads guest RAM: serve its
-	// faults even with nothing missing.
+	// A VMM loading device state reads guest RAM: serve its faults even
+	// with nothing missing.
 	if d.missing.Load() > 0 || d.devState.seen {
 		if d.missing.Load() == 0 {
 			d.doneOnce.Do(func() { close(d.done) })
@@ -267,6 +267,9 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	defer func() { stopServe(); serveWG.Wait() }()
 
+	if err := d.devState.load(ctx, d.g); err != nil {
+		return nil, d.cause(ctx, err)
+	}
 	// Ready, then resume only on Go: until the source sends Go it may
 	// still abort and resume its own copy.
 	if err := d.sess.Control.WriteFrame(ctx, &wire.Ready{}); err != nil {

@@ -2,6 +2,7 @@ package dbrestore
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +12,12 @@ import (
 
 // DeviceStateLoader is a guest whose VMM needs device state beyond its
 // RAM (QEMU). The engine hands it the stream the source sent, complete,
-// before Resume; the guest loads it in Resume, while post-copy faults are
-// already served (the VMM may read guest RAM while loading).
+// after the switchover's last pages and before it answers Ready: faults
+// are already served (the VMM reads guest RAM while loading), and a load
+// that fails, or a VMM that dies meanwhile, is still a clean abort that
+// resumes the source. The guest must stay paused until Resume.
 type DeviceStateLoader interface {
-	SetDeviceState(r io.Reader)
+	LoadDeviceState(ctx context.Context, r io.Reader) error
 }
 
 // deviceState collects DeviceState frames until the Last one. The whole
@@ -36,20 +39,28 @@ func (s *deviceState) add(m *wire.DeviceState) error {
 	return nil
 }
 
-// handOff gives the received stream to g at switchover. A source that sent
-// none leaves g alone; a stream cut short or a guest that cannot load one
-// is an error.
-func (s *deviceState) handOff(g Guest) error {
+// check refuses, at switchover, a stream cut short or one the guest cannot
+// load.
+func (s *deviceState) check(g Guest) error {
 	if !s.seen {
 		return nil
 	}
 	if !s.done {
 		return fmt.Errorf("switchover before the device state ended (%d bytes received)", s.buf.Len())
 	}
-	l, ok := g.(DeviceStateLoader)
-	if !ok {
+	if _, ok := g.(DeviceStateLoader); !ok {
 		return fmt.Errorf("the source sent %d bytes of device state, and this guest cannot load device state", s.buf.Len())
 	}
-	l.SetDeviceState(bytes.NewReader(s.buf.Bytes()))
+	return nil
+}
+
+// load has g load the received stream (nothing if the source sent none).
+func (s *deviceState) load(ctx context.Context, g Guest) error {
+	if !s.seen {
+		return nil
+	}
+	if err := g.(DeviceStateLoader).LoadDeviceState(ctx, bytes.NewReader(s.buf.Bytes())); err != nil {
+		return fmt.Errorf("load device state (%d bytes): %w", s.buf.Len(), err)
+	}
 	return nil
 }

@@ -130,8 +130,8 @@ func (s *Source) Finish(ctx context.Context) error {
 
 // Target is a destination QEMU, as the migration engine sees it: RAM files
 // made by Create, QEMU started with the source's command line rewritten
-// (DestArgs) and -incoming defer, device state loaded and the guest let
-// run by Resume.
+// (DestArgs) and -incoming defer, device state loaded by LoadDeviceState
+// (the VM stays paused: the source was) and the guest let run by Resume.
 type Target struct {
 	// Command is the source's command line, binary first (from the
 	// source's Hello, or the operator).
@@ -146,14 +146,12 @@ type Target struct {
 	// SourcePid, if not 0, is the source QEMU on this host: its disks are
 	// checked to be the destination's (CheckDisks).
 	SourcePid int
-	// DeviceState returns the stream the source's device state arrives
-	// on; Resume loads it before letting the guest run.
-	DeviceState func(ctx context.Context) (io.Reader, error)
 	// KillWithParent: see Config.
 	KillWithParent bool
 
-	mem map[string]string
-	vm  *VM
+	mem    map[string]string
+	vm     *VM
+	loaded bool
 }
 
 var (
@@ -161,12 +159,28 @@ var (
 	_ dbrestore.DeviceStateLoader = (*Target)(nil)
 )
 
-// SetDeviceState makes r the device-state stream Resume loads (the
-// engine's, received from the source), unless DeviceState is set.
-func (t *Target) SetDeviceState(r io.Reader) {
-	if t.DeviceState == nil {
-		t.DeviceState = func(context.Context) (io.Reader, error) { return r, nil }
+// LoadDeviceState loads the source's device state (x-ignore-shared) read
+// from r into the waiting QEMU. The VM is left paused, as the source was
+// when it sent the state: a failure from here until Resume leaves the
+// source free to run on.
+func (t *Target) LoadDeviceState(ctx context.Context, r io.Reader) error {
+	if t.vm == nil {
+		return errors.New("destination qemu not started")
 	}
+	if err := ReceiveDeviceState(ctx, t.vm.Mon, t.Dir, r); err != nil {
+		return err
+	}
+	st, err := t.vm.Mon.QueryStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("destination after device state: %w", err)
+	}
+	if st.Running {
+		// Only a source that ran while sending gives a running VM: the
+		// engine pauses the source first, so this is a misuse.
+		return fmt.Errorf("%w: destination runs before cont (the source was not paused)", ErrMigrationFailed)
+	}
+	t.loaded = true
+	return nil
 }
 
 // Create makes the RAM files, sparse, at the source's sizes.
@@ -225,22 +239,15 @@ func (t *Target) Start(ctx context.Context) (int, error) {
 // VM is the destination QEMU once started.
 func (t *Target) VM() *VM { return t.vm }
 
-// Resume loads the device state and lets the guest run.
+// Resume lets the guest run (cont) once its device state is loaded.
 func (t *Target) Resume(ctx context.Context) error {
-	if t.vm == nil {
-		return errors.New("destination qemu not started")
+	if t.vm == nil || !t.loaded {
+		return errors.New("destination qemu has no device state loaded: nothing to resume")
 	}
-	if t.DeviceState == nil {
-		return errors.New("no device-state stream for the destination qemu")
+	if err := t.vm.Mon.Cont(ctx); err != nil {
+		return fmt.Errorf("cont destination qemu: %w", err)
 	}
-	r, err := t.DeviceState(ctx)
-	if err != nil {
-		return fmt.Errorf("open device-state stream: %w", err)
-	}
-	if err := ReceiveDeviceState(ctx, t.vm.Mon, t.Dir, r); err != nil {
-		return err
-	}
-	return t.vm.Mon.Cont(ctx)
+	return nil
 }
 
 // Kill ends QEMU at once and removes the RAM files.

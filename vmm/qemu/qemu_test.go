@@ -563,8 +563,7 @@ func TestQEMU(t *testing.T) {
 		}
 		port := freePort(t)
 		pr, pw := io.Pipe()
-		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "b"), Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(),
-			DeviceState: func(context.Context) (io.Reader, error) { return pr, nil }, KillWithParent: true}
+		tg := &Target{Command: src.DestCommand(), Dir: filepath.Join(dir, "b"), Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(), KillWithParent: true}
 		blocks := src.RAM()
 		paths, err := tg.Create(ctx, []wire.Block{{Name: blocks[0].Name, Size: blocks[0].Size}})
 		if err != nil {
@@ -587,6 +586,15 @@ func TestQEMU(t *testing.T) {
 			pw.CloseWithError(err)
 			sent <- err
 		}()
+		if err := tg.Resume(ctx); err == nil {
+			t.Fatal("Resume before the device state loaded let the guest run")
+		}
+		if err := tg.LoadDeviceState(ctx, pr); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := tg.VM().Mon.QueryStatus(ctx); st.Status != "paused" {
+			t.Fatalf("destination is %q after loading device state, want paused until cont", st.Status)
+		}
 		if err := tg.Resume(ctx); err != nil {
 			t.Fatal(err)
 		}
