@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -31,11 +32,16 @@ const (
 	respHeaderSize = 5
 )
 
-// Fetch asks the layout server at addr (host:port) for a freshly taken
-// layout.
+// Fetch asks the layout server at addr for a freshly taken layout: host:port
+// over TCP, or unix:PATH, a unix socket such as the host end of a QEMU
+// guest's virtio-serial port.
 func Fetch(ctx context.Context, addr string) (*Layout, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	network, where := "tcp", addr
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, where = "unix", p
+	}
+	conn, err := d.DialContext(ctx, network, where)
 	if err != nil {
 		return nil, fmt.Errorf("fetch layout: %w", err)
 	}

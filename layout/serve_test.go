@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"reflect"
 	"sync/atomic"
 	"testing"
@@ -143,5 +144,29 @@ func TestRequestRejectsBadResponse(t *testing.T) {
 				t.Errorf("Request = %v, want %v", err, c.want)
 			}
 		})
+	}
+}
+
+// TestFetchUnix: a QEMU guest's virtio-serial port is a unix socket on the
+// host; "unix:PATH" reaches it.
+func TestFetchUnix(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	want := &Layout{Generation: 7, Disks: disks("vda"), Runs: []Run{{GuestPage: 9, Pages: 2, Offset: 4096}}}
+	go Serve(ctx, ln, func(context.Context) (*Layout, error) { return want, nil })
+	l, err := Fetch(ctx, "unix:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(l, want) {
+		t.Fatalf("Fetch(unix:) = %+v, want %+v", l, want)
+	}
+	if _, err := Fetch(ctx, "unix:"+path+".missing"); err == nil {
+		t.Fatal("Fetch from a missing socket succeeded")
 	}
 }
