@@ -84,6 +84,13 @@ type refJob struct {
 	ref   wire.Ref
 }
 
+// SharedDisker is a guest that knows its own disks on shared storage (a
+// QEMU destination opens the source's images): layout disk name → path.
+// Config.Disks adds to and overrides them.
+type SharedDisker interface {
+	SharedDisks() map[string]string
+}
+
 // newRestorer opens the configured disks that can be opened (a disk that
 // cannot costs speed: its references fail and their pages come from the
 // source) for a session that announced storage references.
@@ -99,9 +106,14 @@ func newRestorer(d *dest) *restorer {
 		r.ver = append(r.ver, make([]uint32, b.npages))
 		r.bad = append(r.bad, pages.NewSet(b.npages))
 	}
+	disks := map[string]string{}
+	if sd, ok := d.g.(SharedDisker); ok {
+		maps.Copy(disks, sd.SharedDisks())
+	}
+	maps.Copy(disks, d.cfg.Disks) // the operator's word wins
 	good := map[string]string{}
-	for _, name := range slices.Sorted(maps.Keys(d.cfg.Disks)) {
-		path := d.cfg.Disks[name]
+	for _, name := range slices.Sorted(maps.Keys(disks)) {
+		path := disks[name]
 		s, err := layout.OpenStorage(map[string]string{name: path})
 		if err != nil {
 			r.log.Warn("disk unusable: its references will be fetched from the source", "disk", name, "path", path, "error", err)

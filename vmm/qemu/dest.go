@@ -248,6 +248,32 @@ func Disks(args []string) []string {
 	return out
 }
 
+// GuestDiskNames names the virtio disks of a command line as the guest's
+// Linux does (vda, vdb, ... in -drive if=virtio order: QEMU gives them PCI
+// slots in that order, and the kernel names them in slot order), the names
+// a guest agent's layout uses: name → image path. Other disks (IDE, SCSI,
+// -blockdev with -device) are not named: their pages go as data.
+func GuestDiskNames(args []string) map[string]string {
+	out := map[string]string{}
+	n := 0
+	for i := 0; i+1 < len(args); i++ {
+		if "-"+strings.TrimLeft(args[i], "-") != "-drive" {
+			continue
+		}
+		parts := opts(args[i+1])
+		i++
+		if iface, _ := optValue(parts, "if"); iface != "virtio" {
+			continue
+		}
+		file, ok := optValue(parts, "file")
+		if ok && file != "" && n < 26 {
+			out["vd"+string(rune('a'+n))] = file
+		}
+		n++
+	}
+	return out
+}
+
 // CheckDisks refuses a destination whose disks are not the source's own
 // files: a destination started on another image reads wrong data and
 // corrupts it, and QEMU does not check. The source's relative paths are

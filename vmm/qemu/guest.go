@@ -157,7 +157,18 @@ type Target struct {
 var (
 	_ dbrestore.Guest             = (*Target)(nil)
 	_ dbrestore.DeviceStateLoader = (*Target)(nil)
+	_ dbrestore.SharedDisker      = (*Target)(nil)
 )
+
+// SharedDisks names the source's virtio disks as its guest does (see
+// GuestDiskNames): the destination reads storage-referenced pages from
+// them. Start has checked, on one host, that they are the source's files.
+func (t *Target) SharedDisks() map[string]string {
+	if len(t.Command) == 0 {
+		return nil
+	}
+	return GuestDiskNames(t.Command[1:])
+}
 
 // LoadDeviceState loads the source's device state (x-ignore-shared) read
 // from r into the waiting QEMU. The VM is left paused, as the source was

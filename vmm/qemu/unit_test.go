@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -157,5 +158,19 @@ func TestQMPSocketOf(t *testing.T) {
 		if got != c.want || ok != (c.want != "") {
 			t.Errorf("qmpSocketOf(%q) = %q, %v; want %q", c.args, got, ok, c.want)
 		}
+	}
+}
+
+func TestGuestDiskNames(t *testing.T) {
+	got := GuestDiskNames([]string{
+		"-drive", "file=/img/root,,1.raw,format=raw,if=virtio",
+		"-drive", "file=/img/cd.iso,media=cdrom", // IDE: not a vdX
+		"--drive", "if=virtio,file=/img/data.raw",
+		"-drive", "if=virtio,file=", // an empty virtio drive still takes vdc
+		"-drive", "file=/img/logs.raw,if=virtio",
+	})
+	want := map[string]string{"vda": "/img/root,1.raw", "vdb": "/img/data.raw", "vdd": "/img/logs.raw"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("GuestDiskNames = %v, want %v", got, want)
 	}
 }
