@@ -355,3 +355,65 @@ func qmpSocketOf(args []string) (string, bool) {
 	}
 	return "", false
 }
+
+// AgentChannel is the name of the virtio-serial port dmig's guest agent
+// serves layouts on.
+const AgentChannel = "org.dmig.agent"
+
+// AgentSocket finds, in a command line, the host end of the guest agent's
+// virtio-serial port: the unix socket of the chardev behind
+// "-device virtserialport,...,name=org.dmig.agent". A relative path is
+// returned as written.
+func AgentSocket(args []string) (string, bool) {
+	var chardev string
+	paths := map[string]string{}
+	for i := 0; i+1 < len(args); i++ {
+		parts := opts(args[i+1])
+		switch "-" + strings.TrimLeft(args[i], "-") {
+		case "-device":
+			if parts[0] == "virtserialport" {
+				if n, _ := optValue(parts, "name"); n == AgentChannel {
+					chardev, _ = optValue(parts, "chardev")
+				}
+			}
+		case "-chardev":
+			id, _ := optValue(parts, "id")
+			if p, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
+				paths[id] = p
+			}
+		default:
+			continue
+		}
+		i++
+	}
+	p, ok := paths[chardev]
+	return p, ok && chardev != ""
+}
+
+// HostForwardPorts lists the host ports of a command line's user-network
+// hostfwd rules: a destination on the same host needs others (see
+// DestOptions.Ports).
+func HostForwardPorts(args []string) []int {
+	var out []int
+	for i := 0; i+1 < len(args); i++ {
+		switch "-" + strings.TrimLeft(args[i], "-") {
+		case "-netdev", "-nic":
+		default:
+			continue
+		}
+		for _, part := range opts(args[i+1]) {
+			rule, ok := strings.CutPrefix(part, "hostfwd=")
+			if !ok {
+				continue
+			}
+			host, _, _ := strings.Cut(rule, "-")
+			if j := strings.LastIndexByte(host, ':'); j >= 0 {
+				if p, err := strconv.Atoi(host[j+1:]); err == nil {
+					out = append(out, p)
+				}
+			}
+		}
+		i++
+	}
+	return out
+}

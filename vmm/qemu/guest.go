@@ -274,3 +274,12 @@ func (t *Target) Kill() error {
 	}
 	return err
 }
+
+// RAMFiles are the RAM files Create made.
+func (t *Target) RAMFiles() []string {
+	var out []string
+	for _, p := range t.mem {
+		out = append(out, p)
+	}
+	return out
+}

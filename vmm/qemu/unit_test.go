@@ -174,3 +174,21 @@ func TestGuestDiskNames(t *testing.T) {
 		t.Fatalf("GuestDiskNames = %v, want %v", got, want)
 	}
 }
+
+func TestAgentSocketAndForwards(t *testing.T) {
+	c := Config{Dir: "/run/a", Image: "/img", Kernel: "/k", Initrd: "/i",
+		Forward: []Forward{{13306, 3306}, {17070, 22}}, AgentSocket: "/run/a/agent,1.sock"}
+	args := c.Args()
+	if p, ok := AgentSocket(args); !ok || p != "/run/a/agent,1.sock" {
+		t.Fatalf("AgentSocket = %q, %v", p, ok)
+	}
+	if p, ok := AgentSocket([]string{"-chardev", "socket,id=c0,path=/x.sock", "-device", "virtserialport,chardev=c0,name=org.qemu.guest_agent.0"}); ok {
+		t.Fatalf("another port's socket taken for the agent's: %q", p)
+	}
+	if got := HostForwardPorts(args); !slices.Equal(got, []int{13306, 17070}) {
+		t.Fatalf("HostForwardPorts = %v", got)
+	}
+	if got := HostForwardPorts([]string{"-nic", "user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53"}); !slices.Equal(got, []int{2222, 5353}) {
+		t.Fatalf("HostForwardPorts(-nic) = %v", got)
+	}
+}

@@ -1,0 +1,14 @@
+package compare
+
+import "errors"
+
+var (
+	// ErrMode: a mode the comparison does not know.
+	ErrMode = errors.New("unknown comparison mode")
+	// ErrCheck: the check command failed to run or exited non-zero.
+	ErrCheck = errors.New("check command failed")
+	// ErrTimeout: a migration took longer than Config.Timeout.
+	ErrTimeout = errors.New("migration timed out")
+	// ErrWorkloadEnded: the workload exited during the comparison.
+	ErrWorkloadEnded = errors.New("workload ended")
+)
