@@ -87,7 +87,7 @@ func (w *workload) read(r io.Reader) {
 		line := sc.Text()
 		w.mu.Lock()
 		if t, s, ok := parseInterval(line); ok {
-			s.T = w.started.Add(time.Duration(t*float64(time.Second))).Sub(w.base).Seconds()
+			s.T = w.started.Add(time.Duration(t * float64(time.Second))).Sub(w.base).Seconds()
 			w.samples = append(w.samples, s)
 		} else if strings.Contains(line, "FATAL") || strings.Contains(line, "ALERT") {
 			w.fatal = append(w.fatal, line)
