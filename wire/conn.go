@@ -14,7 +14,7 @@ import (
 )
 
 // Frame header: type u8 | flags u8 | reserved u16 | payload length u32 (LE).
-// Flags and reserved are zero in version 1.
+// Flags and reserved are zero.
 const frameHeaderLen = 8
 
 const (
@@ -454,6 +454,12 @@ func (g *geometry) check(m Message) error {
 	case *Switchover:
 		for _, r := range m.Pending {
 			if err := g.span("pending run", r.Block, r.Page, r.Count); err != nil {
+				return err
+			}
+		}
+	case *Resend:
+		for _, r := range m.Pages {
+			if err := g.span("resend run", r.Block, r.Page, r.Count); err != nil {
 				return err
 			}
 		}

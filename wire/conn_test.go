@@ -402,6 +402,9 @@ func TestConnGeometry(t *testing.T) {
 		{RoleUrgent, &PageReply{Block: 1, Page: 32, Kind: KindZero}, false},
 		{RoleControl, &Switchover{Pending: []Run{{1, 0, 32}}}, true},
 		{RoleControl, &Switchover{Pending: []Run{{0, 0, 1}, {1, 1, 32}}}, false},
+		{RoleControl, &Resend{Pages: []Run{{0, 262143, 1}, {1, 0, 32}}}, true},
+		{RoleControl, &Resend{Pages: []Run{{0, 262143, 2}}}, false},
+		{RoleControl, &Resend{Pages: []Run{{2, 0, 1}}}, false},
 		{RoleControl, &IterationEnd{Iteration: 1, Batches: []uint64{1, 2, 3}}, true},
 		{RoleControl, &IterationEnd{Iteration: 1, Batches: []uint64{1, 2}}, false},
 	}

@@ -26,6 +26,7 @@ func addSeeds(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add(withPayload(TypePageBatch, []byte{0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3}))
 	f.Add(withPayload(TypeSwitchover, []byte{0, 0, 0, 0, 2, 0, 5, 0, 0, 0xff, 0xff, 0x03, 1}))
+	f.Add(withPayload(TypeResend, []byte{2, 0, 5, 0, 1, 0xff, 0xff, 0x03, 1}))
 }
 
 // FuzzUnmarshal: no input makes a decoder panic or loop, and whatever a
@@ -143,7 +144,7 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 // survives a round trip.
 func FuzzPreamble(f *testing.F) {
 	f.Add(preamble{version: Version, role: RoleBulk, index: 3, session: SessionID{9}}.marshal())
-	f.Add([]byte("DMIG\x01\x00\x09\x00\x00\x00................"))
+	f.Add([]byte("DMIG\x02\x00\x09\x00\x00\x00................"))
 	f.Add([]byte("SSH-2.0-OpenSSH_9.2p1 Debi"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) != preambleLen {

@@ -53,6 +53,8 @@ func newMessage(t Type) Message {
 		return new(Go)
 	case TypeDeviceState:
 		return new(DeviceState)
+	case TypeResend:
+		return new(Resend)
 	case TypePageBatch:
 		return new(PageBatch)
 	case TypePageRequest:
@@ -331,6 +333,35 @@ func (m *Switchover) decode(p []byte) error {
 	d := decoder{b: p}
 	m.Iteration = d.u32("iteration")
 	m.Pending = decodeRuns(&d)
+	if err := d.finish(); err != nil {
+		return err
+	}
+	return m.validate()
+}
+
+// Resend asks the source to send Pages again as data in a later pre-copy
+// pass (control connection, destination → source): their storage
+// references failed at the destination (hash mismatch, read error, a disk
+// it lacks), so the layout was wrong for them. Only sent before Switchover;
+// references that fail later are owed after switchover instead.
+type Resend struct {
+	Pages []Run // sorted, not empty
+}
+
+func (*Resend) Type() Type { return TypeResend }
+
+func (m *Resend) validate() error {
+	if len(m.Pages) == 0 {
+		return fmt.Errorf("%w: resend of no pages", ErrRange)
+	}
+	return checkRuns(m.Pages)
+}
+
+func (m *Resend) appendPayload(b []byte) []byte { return appendRuns(b, m.Pages) }
+
+func (m *Resend) decode(p []byte) error {
+	d := decoder{b: p}
+	m.Pages = decodeRuns(&d)
 	if err := d.finish(); err != nil {
 		return err
 	}

@@ -8,13 +8,13 @@ import (
 
 // Version is the protocol version this package speaks. Peers must speak the
 // same version exactly: any change to an encoding bumps it.
-const Version uint16 = 1
+const Version uint16 = 2
 
 // magic opens every connection, in both directions.
 const magic = "DMIG"
 
-// PageSize is the size of a page on the wire. Version 1 moves 4 KiB pages
-// only; Hello carries the page size so a later version can negotiate others.
+// PageSize is the size of a page on the wire. Versions 1 and 2 move 4 KiB
+// pages only; Hello carries the page size so a later version can negotiate others.
 const PageSize = 4096
 
 // Limits. Decoders reject anything beyond them before allocating for it.
@@ -65,6 +65,7 @@ const (
 	TypeReady        Type = 10
 	TypeGo           Type = 11
 	TypeDeviceState  Type = 12
+	TypeResend       Type = 13
 	TypePageBatch    Type = 16
 	TypePageRequest  Type = 32
 	TypePageReply    Type = 33
@@ -96,6 +97,8 @@ func (t Type) String() string {
 		return "Go"
 	case TypeDeviceState:
 		return "DeviceState"
+	case TypeResend:
+		return "Resend"
 	case TypePageBatch:
 		return "PageBatch"
 	case TypePageRequest:
@@ -109,7 +112,7 @@ func (t Type) String() string {
 // role returns the connection role that carries frames of type t, or 0.
 func (t Type) role() Role {
 	switch {
-	case t >= TypeHello && t <= TypeDeviceState:
+	case t >= TypeHello && t <= TypeResend:
 		return RoleControl
 	case t == TypePageBatch:
 		return RoleBulk
