@@ -11,4 +11,6 @@ var (
 	ErrTimeout = errors.New("migration timed out")
 	// ErrWorkloadEnded: the workload exited during the comparison.
 	ErrWorkloadEnded = errors.New("workload ended")
+	// ErrPlotFormat: a plot path whose extension is neither .png nor .svg.
+	ErrPlotFormat = errors.New("unknown plot format")
 )
