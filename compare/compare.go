@@ -336,7 +336,8 @@ func (r *runner) migrate(ctx context.Context, mode string) (*report.Report, erro
 	defer src.Close()
 	cmd := src.DestCommand()
 	r.seq++
-	tg := &qemu.Target{Command: cmd, Dir: filepath.Join(r.cfg.Dir, fmt.Sprintf("%02d-%s", r.seq, mode)),
+	// The directory's name also names the RAM files: unique per run.
+	tg := &qemu.Target{Command: cmd, Dir: filepath.Join(r.cfg.Dir, fmt.Sprintf("%d-%02d-%s", r.res.Started.Unix(), r.seq, mode)),
 		RAMDir: r.cfg.RAMDir, SourcePid: src.Pid(), Ports: map[int]int{}}
 	for _, p := range qemu.HostForwardPorts(cmd[1:]) {
 		np, err := freePort()
@@ -361,10 +362,7 @@ func (r *runner) migrate(ctx context.Context, mode string) (*report.Report, erro
 			r.log.Warn("remove the old RAM file", "path", p, "error", err)
 		}
 	}
-	r.owned = r.owned[:0]
-	for _, b := range tg.RAMFiles() {
-		r.owned = append(r.owned, b)
-	}
+	r.owned = append(r.owned[:0], tg.RAMFiles()...)
 	r.cur = tg.VM().QMP
 	return rep, nil
 }
