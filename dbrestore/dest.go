@@ -210,6 +210,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		case *wire.Switchover:
 			cp := *m
 			sw = &cp
+			d.restore.final.Store(true)
 		case *wire.Abort:
 			return nil, fmt.Errorf("source aborted: %s", m.Reason)
 		case *wire.Error:

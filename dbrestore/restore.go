@@ -1,6 +1,7 @@
 package dbrestore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -42,10 +43,13 @@ const (
 //     happen under the page's stripe lock, and a reference is placed only if
 //     it is still the latest entry: an older read that completes late never
 //     overwrites newer data.
-//   - bad holds the pages whose latest entry is a reference that failed. At
-//     switchover, once every queued read finished, they are owed like
-//     Switchover.Pending pages: made missing and fetched from the source,
-//     whose guest is paused, so they get its final content.
+//   - bad holds the pages whose latest entry is a reference that failed.
+//     While passes run (before Switchover arrives) each such page is handed
+//     back to the source (wire.Resend), which sends it as data in a later
+//     pass; that entry supersedes the failed one and clears it from bad. At
+//     switchover, once every queued read finished, what is still bad is
+//     owed like Switchover.Pending pages: made missing and fetched from the
+//     source, whose guest is paused, so they get its final content.
 type restorer struct {
 	d      *dest
 	log    hclog.Logger
@@ -58,8 +62,12 @@ type restorer struct {
 
 	jobs  chan refJob
 	locks [lockStripes]sync.Mutex
-	ver   [][]uint32   // by block, page
-	bad   []*pages.Set // by block
+	// final is set when Switchover arrives: failures from then on are
+	// owed after switchover, not handed back.
+	final      atomic.Bool
+	handedBack atomic.Uint64 // pages handed back with Resend
+	ver        [][]uint32    // by block, page
+	bad        []*pages.Set  // by block
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -248,13 +256,24 @@ func (r *restorer) collect(ctx context.Context) {
 }
 
 // read checks and places one batch. GuestPage of the layout refs it reads
-// is the job's index in batch.
+// is the job's index in batch. The pages whose reference failed and is
+// still their latest entry are handed back to the source at the end.
 func (r *restorer) read(ctx context.Context, batch []refJob) {
+	var backMu sync.Mutex
+	var back []pageKey
+	fail := func(j refJob, err error) {
+		if r.fail(j, err) {
+			backMu.Lock()
+			back = append(back, pageKey{j.block, j.page})
+			backMu.Unlock()
+		}
+	}
+	defer func() { r.handBack(ctx, back) }()
 	refs := make([]layout.Ref, 0, len(batch))
 	for i, j := range batch {
 		id, ok := r.ids[j.ref.Disk]
 		if r.reader == nil || !ok {
-			r.fail(j, fmt.Errorf("disk %#x: %w", j.ref.Disk, layout.ErrNoDisk))
+			fail(j, fmt.Errorf("disk %#x: %w", j.ref.Disk, layout.ErrNoDisk))
 			continue
 		}
 		refs = append(refs, layout.Ref{GuestPage: uint64(i), Disk: id, Offset: j.ref.Offset})
@@ -266,13 +285,40 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 		j := batch[ref.GuestPage]
 		switch {
 		case err != nil:
-			r.fail(j, err)
+			fail(j, err)
 		case storageref.Hash(page) != j.ref.Hash:
-			r.fail(j, ErrHashMismatch)
+			fail(j, ErrHashMismatch)
 		default:
 			r.place(j, page)
 		}
 	})
+}
+
+// handBack asks the source to send pages as data in a later pass (their
+// references failed), unless Switchover arrived: the barrier then owes
+// them. A Resend that cannot be sent leaves them owed too.
+func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
+	if len(keys) == 0 || r.final.Load() {
+		return
+	}
+	slices.SortFunc(keys, func(a, b pageKey) int {
+		return cmp.Or(cmp.Compare(a.block, b.block), cmp.Compare(a.page, b.page))
+	})
+	var runs []wire.Run
+	for _, k := range keys {
+		if n := len(runs); n > 0 && runs[n-1].Block == k.block && runs[n-1].Page+runs[n-1].Count >= k.page {
+			runs[n-1].Count = max(runs[n-1].Count, k.page-runs[n-1].Page+1)
+			continue
+		}
+		runs = append(runs, wire.Run{Block: k.block, Page: k.page, Count: 1})
+	}
+	if err := r.d.sess.Control.WriteFrame(ctx, &wire.Resend{Pages: runs}); err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("hand failed storage references back to the source: they will be fetched after switchover", "pages", len(keys), "error", err)
+		}
+		return
+	}
+	r.handedBack.Add(wire.PageCount(runs))
 }
 
 // place writes a verified page into the RAM file if its reference is still
@@ -313,9 +359,10 @@ func (r *restorer) place(j refJob, page []byte) {
 	r.verified.Add(1)
 }
 
-// fail records a reference whose disk copy could not be used. After
-// switchover the page is asked from the source at once.
-func (r *restorer) fail(j refJob, err error) {
+// fail records a reference whose disk copy could not be used and reports
+// whether the page is now owed (the reference is its latest entry, before
+// switchover). After switchover the page is asked from the source at once.
+func (r *restorer) fail(j refJob, err error) bool {
 	if j.iter == wire.IterationPostcopy {
 		r.forget(j.block, j.page)
 		r.mismatch.Add(1)
@@ -324,17 +371,19 @@ func (r *restorer) fail(j refJob, err error) {
 				r.log.Warn("ask the source for a page after a failed reference", "error", err)
 			}
 		}
-		return
+		return false
 	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
-	if r.ver[j.block][j.page] == j.iter {
+	owed := r.ver[j.block][j.page] == j.iter
+	if owed {
 		r.bad[j.block].Add(j.page)
 	}
 	mu.Unlock()
 	if n := r.mismatch.Add(1); n <= 5 {
 		r.log.Debug("storage reference failed: the page will come from the source", "block", j.block, "page", j.page, "disk", j.ref.Disk, "offset", j.ref.Offset, "error", err)
 	}
+	return owed
 }
 
 // drain waits until every queued reference was checked.
@@ -370,8 +419,8 @@ func (r *restorer) owed() []wire.Run {
 		st := r.reader.Stats()
 		r.log.Debug("storage reads at switchover", "reads", st.Reads, "bytes", st.Bytes, "pages", st.Pages, "errors", st.Errors)
 	}
-	if n := wire.PageCount(runs); n > 0 {
-		r.log.Info("pages owed by the source after failed storage references", "pages", n)
+	if n := wire.PageCount(runs); n > 0 || r.handedBack.Load() > 0 {
+		r.log.Info("pages owed by the source after failed storage references", "pages", n, "handed_back_before", r.handedBack.Load())
 	}
 	return runs
 }

@@ -3,11 +3,13 @@ package dbrestore
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -23,6 +25,10 @@ type restoreFixture struct {
 	r    *restorer
 	ram  *os.File
 	disk [][]byte
+
+	// What the restorer sent the source on the control connection.
+	mu      sync.Mutex
+	resends []wire.Run
 }
 
 func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFlags) *restoreFixture {
@@ -51,9 +57,28 @@ func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFl
 	}
 	t.Cleanup(func() { ram.Close() })
 	f.ram = ram
+	// The source's end of the control connection records every Resend.
+	dstEnd, srcEnd := net.Pipe()
+	ctrl, src := wire.NewConn(dstEnd, wire.RoleControl, 0), wire.NewConn(srcEnd, wire.RoleControl, 0)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			m, err := src.ReadFrame(context.Background())
+			if err != nil {
+				return
+			}
+			if rs, ok := m.(*wire.Resend); ok {
+				f.mu.Lock()
+				f.resends = append(f.resends, rs.Pages...)
+				f.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { ctrl.Close(); src.Close(); <-readDone })
 	f.d = &dest{
 		cfg:    Config{Disks: disks},
-		sess:   &wire.Session{Hello: wire.Hello{Flags: flags}},
+		sess:   &wire.Session{Hello: wire.Hello{Flags: flags}, Control: ctrl},
 		log:    hclog.NewNullLogger(),
 		blocks: []*dstBlock{{idx: 0, name: "ram", file: ram, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}},
 	}
@@ -88,6 +113,23 @@ func (f *restoreFixture) ramPage(t *testing.T, p uint64) []byte {
 	return b
 }
 
+// handedBack returns the pages sent back to the source, once at least n
+// arrived or after a second: the source's end decodes a frame after the
+// restorer's write returned.
+func (f *restoreFixture) handedBack(n int) []uint64 {
+	deadline := time.Now().Add(time.Second)
+	for {
+		f.mu.Lock()
+		ps := owedPages(f.resends)
+		f.mu.Unlock()
+		if len(ps) >= n || time.Now().After(deadline) {
+			slices.Sort(ps)
+			return ps
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func owedPages(runs []wire.Run) []uint64 {
 	var ps []uint64
 	for _, r := range runs {
@@ -115,6 +157,9 @@ func TestRestorePlacesVerifiedPages(t *testing.T) {
 	}
 	if got, want := owedPages(f.r.owed()), []uint64{3, 4}; !slices.Equal(got, want) {
 		t.Errorf("owed pages %v, want %v", got, want)
+	}
+	if got, want := f.handedBack(2), []uint64{3, 4}; !slices.Equal(got, want) {
+		t.Errorf("pages handed back to the source %v, want %v", got, want)
 	}
 	if v, m := f.r.verified.Load(), f.r.mismatch.Load(); v != 1 || m != 2 {
 		t.Errorf("verified %d, mismatched %d; want 1, 2", v, m)
@@ -150,6 +195,39 @@ func TestRestoreNewerEntryWins(t *testing.T) {
 	}
 	if got := owedPages(f.r.owed()); len(got) != 0 {
 		t.Errorf("owed %v: a failed reference superseded by a newer entry is not owed", got)
+	}
+}
+
+// Before switchover a failed reference is handed back to the source (a
+// later pass sends the page as data, which clears it); once Switchover
+// arrived it is only owed; one superseded before its read failed is
+// neither.
+func TestRestoreHandsBackFailedRefs(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	ctx := context.Background()
+	for _, p := range []uint64{1, 2, 3, 5} {
+		must(t, f.r.enqueue(ctx, 0, p, 1, f.ref("data", p, []byte("stale"))))
+	}
+	f.r.supersede(0, 5, 2) // data of pass 2 arrived before the read failed
+	f.run(t)
+	if got, want := f.handedBack(3), []uint64{1, 2, 3}; !slices.Equal(got, want) {
+		t.Fatalf("handed back %v, want %v", got, want)
+	}
+	// Pass 2 resends pages 1 and 2 as data: no longer owed.
+	f.r.supersede(0, 1, 2)
+	f.r.supersede(0, 2, 2)
+	// Switchover arrives; a failure found now stays with the destination.
+	f.r.final.Store(true)
+	must(t, f.r.enqueue(ctx, 0, 9, 2, f.ref("data", 9, []byte("stale"))))
+	f.run(t)
+	if got, want := f.handedBack(4), []uint64{1, 2, 3}; !slices.Equal(got, want) {
+		t.Errorf("after switchover handed back %v, want still %v", got, want)
+	}
+	if got, want := owedPages(f.r.owed()), []uint64{3, 9}; !slices.Equal(got, want) {
+		t.Errorf("owed at switchover %v, want %v", got, want)
+	}
+	if n := f.r.handedBack.Load(); n != 3 {
+		t.Errorf("handed-back counter %d, want 3", n)
 	}
 }
 

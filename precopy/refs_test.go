@@ -7,6 +7,9 @@ import (
 	"net"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/storageref"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
@@ -180,5 +183,45 @@ func TestRefSourceTranslates(t *testing.T) {
 	}
 	if got, want := batch.Entries[1].Ref.Offset, uint64(3<<20+pageSize); got != want {
 		t.Errorf("block hi page 2 at offset %#x, want %#x", got, want)
+	}
+}
+
+// A page the destination hands back (wire.Resend) is pending again and goes
+// as data in the next pass even though the layout still names it, and is
+// counted as resent; one handed back after the pause is only kept from
+// references (the destination owes it after switchover).
+func TestResendGoesAsData(t *testing.T) {
+	l := &layout.Layout{
+		Disks: []layout.Disk{{ID: 0, Name: "data"}},
+		Runs:  []layout.Run{{GuestPage: 0, Pages: 4, Disk: 0, Offset: 0}},
+	}
+	blk := &srcBlock{idx: 0, npages: 4, mem: bytes.Repeat([]byte{9}, 4*pageSize)}
+	blk.pending, blk.hot, blk.noref, blk.resend = pages.NewSet(4), pages.NewSet(4), pages.NewSet(4), pages.NewSet(4)
+	s := &source{log: hclog.NewNullLogger(), blocks: []*srcBlock{blk}}
+	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
+	s.refs.prepare(context.Background(), 2, 4)
+
+	s.markResend([]wire.Run{{Block: 0, Page: 1, Count: 2}})
+	if !blk.pending.Has(1) || !blk.pending.Has(2) || blk.pending.Has(0) {
+		t.Fatal("handed-back pages 1 and 2 not pending again")
+	}
+	var batch wire.PageBatch
+	batch.Reset(0, 2)
+	for p := range uint64(4) {
+		s.addPage(&batch, blk, p)
+	}
+	for _, e := range batch.Entries {
+		if want := map[bool]wire.Kind{true: wire.KindData, false: wire.KindRef}[e.Page == 1 || e.Page == 2]; e.Kind != want {
+			t.Errorf("page %d sent as %v, want %v", e.Page, e.Kind, want)
+		}
+	}
+	if n := s.resent.Load(); n != 2 {
+		t.Errorf("resent %d pages, want 2", n)
+	}
+
+	s.pausing.Store(true)
+	s.markResend([]wire.Run{{Block: 0, Page: 3, Count: 1}})
+	if blk.pending.Has(3) || !blk.noref.Has(3) {
+		t.Error("page handed back after the pause: pending again, or still referenced")
 	}
 }

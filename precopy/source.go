@@ -55,6 +55,13 @@ type source struct {
 	sess    *wire.Session
 
 	dataPages, zeroPages atomic.Uint64
+	// resent counts pages the destination handed back (wire.Resend) that
+	// went again as data or zero in a later pre-copy pass.
+	resent atomic.Uint64
+	// pausing is set just before the guest is paused: a Resend arriving
+	// later no longer makes pages pending (the destination owes them after
+	// switchover instead).
+	pausing atomic.Bool
 
 	// Set by the control reader.
 	ready     chan struct{}
@@ -72,6 +79,11 @@ type srcBlock struct {
 	pending *pages.Set // not yet sent since last written
 	hot     *pages.Set // written in the last interval (post-copy pushes these first)
 	data    *pages.Set // pages that are not holes, for the first pass
+	// noref: pages whose storage reference failed at the destination; the
+	// layout is wrong for them, so they go as data from then on.
+	noref *pages.Set
+	// resend: pages handed back by the destination and not sent again yet.
+	resend *pages.Set
 }
 
 func (s *source) bytesSent() uint64 {
@@ -158,6 +170,7 @@ func (s *source) run(ctx context.Context) (err error) {
 	if dec == postcopy {
 		s.prepareFinalRefs(ctx)
 	}
+	s.pausing.Store(true)
 	tPause := time.Now()
 	if err := s.g.Pause(ctx); err != nil {
 		return s.cause(ctx, fmt.Errorf("pause guest: %w", err))
@@ -301,6 +314,8 @@ func (s *source) open() error {
 		}
 		blk.pending = pages.NewSet(blk.npages)
 		blk.hot = pages.NewSet(blk.npages)
+		blk.noref = pages.NewSet(blk.npages)
+		blk.resend = pages.NewSet(blk.npages)
 	}
 	if len(s.blocks) == 0 {
 		return errors.New("guest has no RAM blocks")
@@ -507,11 +522,34 @@ func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) 
 			return
 		case *wire.Progress:
 			s.log.Debug("destination progress", "placed", m.Placed, "missing", m.Missing)
+		case *wire.Resend:
+			s.markResend(m.Pages)
 		default:
 			fail(fmt.Errorf("control connection: unexpected %v from destination", m.Type()))
 			return
 		}
 	}
+}
+
+// markResend makes the pages the destination handed back pending again,
+// for the next pass, and never referenced again. The connection checked the
+// runs against the blocks.
+func (s *source) markResend(runs []wire.Run) {
+	var n uint64
+	late := s.pausing.Load()
+	for _, r := range runs {
+		b := s.blocks[r.Block]
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			b.noref.Add(p)
+			if late {
+				continue
+			}
+			b.resend.Add(p)
+			b.pending.Add(p)
+			n++
+		}
+	}
+	s.log.Debug("destination handed back failed storage references", "pages", wire.PageCount(runs), "pending_again", n)
 }
 
 // pass sends every pending page once over the bulk connections, then the
@@ -599,6 +637,9 @@ func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter u
 }
 
 func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
+	if b.resend.Remove(p) && batch.Iteration != wire.IterationPostcopy {
+		s.resent.Add(1)
+	}
 	if b.data != nil && !b.data.Has(p) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
@@ -610,7 +651,7 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 		s.zeroPages.Add(1)
 		return
 	}
-	if s.refs.add(batch, b, p, page) {
+	if !b.noref.Has(p) && s.refs.add(batch, b, p, page) {
 		return
 	}
 	batch.AddData(p, page)
@@ -681,6 +722,7 @@ func (s *source) servePages(ctx context.Context) {
 func (s *source) mergeDest(c *wire.Complete) {
 	s.rep.Pages.Data = s.dataPages.Load()
 	s.rep.Pages.Zero = s.zeroPages.Load()
+	s.rep.Pages.StorageResent = s.resent.Load()
 	for _, b := range s.blocks {
 		s.rep.GuestPages += b.npages
 	}

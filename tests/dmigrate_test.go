@@ -55,7 +55,7 @@ func TestDMigrateHybrid(t *testing.T) {
 // the references point to the wrong offset, 10 % to a disk whose pages
 // change after the layout was taken, and 5 % to a disk the destination
 // lacks. The migration must still be exact, with the spoiled references
-// counted as mismatches and their pages fetched from the source.
+// counted as mismatches and their pages sent again as data in a later pass.
 func TestDMigrateAdversarialLayout(t *testing.T) {
 	dir := t.TempDir()
 	g := startDBSource(t, dir, dbOpts{size: gib / 2, poolPart: 0.75, readRate: 3000, modifyRate: 1000, flushRate: 800})
@@ -91,6 +91,19 @@ func TestDMigrateAdversarialLayout(t *testing.T) {
 	}
 	if rep.Pages.StorageVerified == 0 {
 		t.Error("no page restored from storage")
+	}
+	// The references of pass 1 fail while pass 2 can still carry their
+	// pages: the destination hands them back and the source resends them as
+	// data before switchover, rather than the destination fetching them
+	// from the paused source.
+	if rep.Iterations < 2 {
+		t.Fatalf("%d pre-copy passes: no later pass to resend pages in", rep.Iterations)
+	}
+	if rep.Pages.StorageResent < spoiled/2 {
+		t.Errorf("%d pages resent in a later pass, want at least half of the %d spoiled references of pass 1", rep.Pages.StorageResent, spoiled)
+	}
+	if rep.Pages.PostcopyFault >= rep.Pages.StorageResent {
+		t.Errorf("%d pages fetched after switchover, %d resent before: failed references should mostly be resent", rep.Pages.PostcopyFault, rep.Pages.StorageResent)
 	}
 	checkDestGuest(t, d, destStats)
 }

@@ -47,6 +47,10 @@ type Pages struct {
 	StorageMismatch uint64 `json:"storage_mismatch"`
 	PostcopyFault   uint64 `json:"postcopy_fault"`
 	Prefetch        uint64 `json:"prefetch"`
+	// StorageResent: pages whose reference failed before switchover and
+	// that the source sent again as data in a later pre-copy pass (also
+	// counted in Data or Zero).
+	StorageResent uint64 `json:"storage_resent"`
 }
 
 // Storage are the destination's shared-storage figures.
