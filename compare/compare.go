@@ -363,6 +363,8 @@ func (r *runner) migrate(ctx context.Context, mode string) (*report.Report, erro
 		}
 	}
 	r.owned = append(r.owned[:0], tg.RAMFiles()...)
+	// QEMU serves one QMP client at a time: the next migration's.
+	tg.VM().Mon.Close()
 	r.cur = tg.VM().QMP
 	return rep, nil
 }
