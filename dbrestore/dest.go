@@ -46,8 +46,14 @@ type Config struct {
 	// layout disk name → path of a file or block device (--disk NAME=PATH).
 	// A disk that cannot be opened, or one a reference names but this map
 	// lacks, costs speed: those pages come from the source.
-	Disks  map[string]string
-	Logger hclog.Logger
+	Disks map[string]string
+	// PostcopyRestoreRate caps, in bytes per second, the background
+	// restore of storage references once the guest runs here (0: no cap),
+	// leaving the shared disk's bandwidth and the host's CPU to the
+	// guest's own I/O. A fault on a page whose reference is queued is read
+	// at once whatever the cap.
+	PostcopyRestoreRate int64
+	Logger              hclog.Logger
 }
 
 func (c *Config) defaults() {
@@ -232,8 +238,14 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.restore.drain(ctx); err != nil {
 		return nil, d.cause(ctx, err)
 	}
-	owed := d.restore.owed()
-	if err := d.markPending(append(sw.Pending, owed...)); err != nil {
+	if err := d.markPending(sw.Pending); err != nil {
+		return nil, err
+	}
+	// Owed pages the source also lists as pending come with its push; ask
+	// only for the others, so the urgent connection is not clogged with
+	// pages nobody waits for ahead of the guest's faults.
+	owed := d.unlisted(d.restore.owed())
+	if err := d.markPending(owed); err != nil {
 		return nil, err
 	}
 	close(d.switched)
@@ -430,6 +442,26 @@ func (d *dest) markPending(runs []wire.Run) error {
 	return nil
 }
 
+// unlisted returns the pages of runs not yet missing. Call it before
+// resume, with runs checked against the blocks (restorer.owed).
+func (d *dest) unlisted(runs []wire.Run) []wire.Run {
+	var out []wire.Run
+	for _, r := range runs {
+		b := d.blocks[r.Block]
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			if b.missing.Has(p) {
+				continue
+			}
+			if n := len(out); n > 0 && out[n-1].Block == r.Block && out[n-1].Page+out[n-1].Count == p {
+				out[n-1].Count++
+			} else {
+				out = append(out, wire.Run{Block: r.Block, Page: p, Count: 1})
+			}
+		}
+	}
+	return out
+}
+
 // guestAddr is the address of page p of b in the guest's first mapping that
 // covers it.
 func (b *dstBlock) guestAddr(p uint64) (uintptr, bool) {
@@ -455,8 +487,9 @@ func (d *dest) locate(addr uintptr) (*dstBlock, uint64, bool) {
 }
 
 // resolved records that page p is in place after switchover, and releases
-// any fault handler waiting for it, whichever route placed it.
-func (d *dest) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) {
+// any fault handler waiting for it, whichever route placed it. It reports
+// whether this call was the first for p (and so counted it).
+func (d *dest) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) bool {
 	key := pageKey{b.idx, p}
 	d.waitMu.Lock()
 	if ch, ok := d.waiters[key]; ok {
@@ -465,12 +498,13 @@ func (d *dest) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) {
 	}
 	d.waitMu.Unlock()
 	if !b.missing.Remove(p) {
-		return
+		return false
 	}
 	counter.Add(1)
 	if d.missing.Add(-1) == 0 {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
+	return true
 }
 
 // place puts data (nil: a zero page) at page p of b after resume, atomically

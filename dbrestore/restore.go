@@ -76,11 +76,17 @@ type restorer struct {
 	last     time.Time
 
 	// After switchover: references pushed for missing pages, readable by
-	// a fault before the queue gets to them.
+	// a fault before the queue gets to them. They are never refused: what
+	// the full queue cannot take waits in backlog (kick wakes a
+	// collector), so the bulk connection reads on and every pushed
+	// reference is known to the fault path as soon as it arrives.
 	postMu   sync.Mutex
 	post     map[pageKey]wire.Ref
+	backlog  []refJob
+	kick     chan struct{}
+	pace     *pacer          // nil: post-copy restore at full speed
 	faultLat []time.Duration // faults resolved from storage (under mu)
-	postDone atomic.Uint64   // counter for resolved(): storage pages count as verified
+	postDone atomic.Uint64   // counter for resolved(): owed pages placed from storage (also verified)
 
 	verified, mismatch atomic.Uint64
 }
@@ -106,6 +112,8 @@ func newRestorer(d *dest) *restorer {
 	r := &restorer{d: d, log: d.log.Named("restore"), active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0}
 	r.cond = sync.NewCond(&r.mu)
 	r.post = map[pageKey]wire.Ref{}
+	r.kick = make(chan struct{}, 1)
+	r.pace = newPacer(d.cfg.PostcopyRestoreRate)
 	if !r.active {
 		return r
 	}
@@ -196,13 +204,10 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 }
 
 // enqueue queues a reference of iteration iter for page p of block b. After
-// switchover (iter IterationPostcopy, p missing) a fault may take it first.
+// switchover (iter IterationPostcopy, p missing) a fault may take it first,
+// and enqueue never blocks.
 func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uint32, ref wire.Ref) error {
-	if iter == wire.IterationPostcopy {
-		r.postMu.Lock()
-		r.post[pageKey{block, p}] = ref
-		r.postMu.Unlock()
-	} else {
+	if iter != wire.IterationPostcopy {
 		r.supersede(block, p, iter)
 	}
 	r.mu.Lock()
@@ -211,13 +216,49 @@ func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uin
 		r.first = time.Now()
 	}
 	r.mu.Unlock()
+	j := refJob{block: block, page: p, iter: iter, ref: ref}
+	if iter == wire.IterationPostcopy {
+		r.postMu.Lock()
+		r.post[pageKey{block, p}] = ref
+		select {
+		case r.jobs <- j:
+		default:
+			r.backlog = append(r.backlog, j)
+			r.wake()
+		}
+		r.postMu.Unlock()
+		return nil
+	}
 	select {
-	case r.jobs <- refJob{block: block, page: p, iter: iter, ref: ref}:
+	case r.jobs <- j:
 		return nil
 	case <-ctx.Done():
 		r.done(1)
 		return ctx.Err()
 	}
+}
+
+// wake makes sure a collector looks at the backlog.
+func (r *restorer) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// takeBacklog appends backlogged jobs to batch, up to limit in all.
+func (r *restorer) takeBacklog(batch []refJob, limit int) []refJob {
+	r.postMu.Lock()
+	defer r.postMu.Unlock()
+	n := max(0, min(limit-len(batch), len(r.backlog)))
+	batch = append(batch, r.backlog[:n]...)
+	r.backlog = r.backlog[n:]
+	if len(r.backlog) > 0 {
+		r.wake()
+	} else {
+		r.backlog = nil
+	}
+	return batch
 }
 
 func (r *restorer) done(n int) {
@@ -231,18 +272,28 @@ func (r *restorer) done(n int) {
 }
 
 // collect reads what queued while its previous read ran, as one batch.
+// After switchover (only post-copy references queue then) batches keep to
+// the pace, if one is set.
 func (r *restorer) collect(ctx context.Context) {
 	batch := make([]refJob, 0, maxRestoreBatch)
 	for {
 		batch = batch[:0]
+		post := false
 		select {
 		case j := <-r.jobs:
 			batch = append(batch, j)
+			post = j.iter == wire.IterationPostcopy
+		case <-r.kick:
+			post = true // only post-copy references are backlogged
 		case <-ctx.Done():
 			return
 		}
+		limit := maxRestoreBatch
+		if post && r.pace != nil {
+			limit = r.pace.chunk
+		}
 	more:
-		for len(batch) < maxRestoreBatch {
+		for len(batch) < limit {
 			select {
 			case j := <-r.jobs:
 				batch = append(batch, j)
@@ -250,8 +301,58 @@ func (r *restorer) collect(ctx context.Context) {
 				break more
 			}
 		}
+		batch = r.takeBacklog(batch, limit)
+		if len(batch) == 0 {
+			continue
+		}
+		if post && r.pace != nil {
+			if err := r.pace.wait(ctx, len(batch)); err != nil {
+				r.done(len(batch))
+				return
+			}
+		}
 		r.read(ctx, batch)
 		r.done(len(batch))
+	}
+}
+
+// pacer spaces reads of pages to a rate, across collectors.
+type pacer struct {
+	per   time.Duration // per page
+	chunk int           // pages per read: 50 ms worth
+	mu    sync.Mutex
+	next  time.Time
+}
+
+func newPacer(bytesPerSec int64) *pacer {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	pps := max(1, bytesPerSec/pageSize)
+	return &pacer{per: time.Second / time.Duration(pps), chunk: int(max(16, min(pps/20, maxRestoreBatch)))}
+}
+
+// wait returns when n more pages may be read.
+func (p *pacer) wait(ctx context.Context, n int) error {
+	p.mu.Lock()
+	now := time.Now()
+	if p.next.Before(now) {
+		p.next = now
+	}
+	at := p.next
+	p.next = p.next.Add(time.Duration(n) * p.per)
+	p.mu.Unlock()
+	d := time.Until(at)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -271,6 +372,10 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 	defer func() { r.handBack(ctx, back) }()
 	refs := make([]layout.Ref, 0, len(batch))
 	for i, j := range batch {
+		if j.iter == wire.IterationPostcopy && !r.d.blocks[j.block].missing.Has(j.page) {
+			r.forget(j.block, j.page) // placed meanwhile (a fault, a reply)
+			continue
+		}
 		id, ok := r.ids[j.ref.Disk]
 		if r.reader == nil || !ok {
 			fail(j, fmt.Errorf("disk %#x: %w", j.ref.Disk, layout.ErrNoDisk))
@@ -335,9 +440,10 @@ func (r *restorer) place(j refJob, page []byte) {
 				r.fail(j, err)
 				return
 			}
-			r.d.resolved(b, j.page, &r.postDone)
+			if r.d.resolved(b, j.page, &r.postDone) {
+				r.verified.Add(1)
+			}
 		}
-		r.verified.Add(1)
 		return
 	}
 	mu := r.lock(j.block, j.page)
@@ -490,7 +596,9 @@ func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
 	if err := r.d.place(b, p, page); err != nil {
 		return false
 	}
-	r.d.resolved(b, p, &r.postDone)
+	if r.d.resolved(b, p, &r.postDone) {
+		r.verified.Add(1)
+	}
 	r.mu.Lock()
 	r.faultLat = append(r.faultLat, time.Since(t0))
 	r.mu.Unlock()

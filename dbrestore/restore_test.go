@@ -325,3 +325,44 @@ func BenchmarkRestore(b *testing.B) {
 		}
 	}
 }
+
+// The post-copy restore pace spaces reads across collectors: pages beyond
+// the first read wait their turn at the configured rate.
+func TestPacerSpacesReads(t *testing.T) {
+	if p := newPacer(0); p != nil {
+		t.Fatal("a pacer without a rate")
+	}
+	p := newPacer(100 * pageSize) // 100 pages a second
+	if p.chunk != 16 {
+		t.Errorf("chunk %d pages, want the floor of 16", p.chunk)
+	}
+	ctx := context.Background()
+	t0 := time.Now()
+	for range 3 {
+		must(t, p.wait(ctx, 10)) // at 0, 100 and 200 ms
+	}
+	if el := time.Since(t0); el < 190*time.Millisecond || el > 2*time.Second {
+		t.Errorf("three reads of 10 pages at 100 pages/s took %v, want ~200ms", el)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := p.wait(cctx, 10); err == nil {
+		t.Error("a wait past the pace returned despite a cancelled context")
+	}
+}
+
+// Owed pages the source lists as pending are not asked for again: only
+// those it does not know about are.
+func TestUnlistedOwedPages(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	for _, p := range []uint64{2, 3, 7} {
+		f.d.blocks[0].missing.Add(p)
+	}
+	got := f.d.unlisted([]wire.Run{{Block: 0, Page: 1, Count: 4}, {Block: 0, Page: 7, Count: 2}})
+	if want := []uint64{1, 4, 8}; !slices.Equal(owedPages(got), want) {
+		t.Errorf("unlisted %v, want pages %v", got, want)
+	}
+	if len(got) != 3 {
+		t.Errorf("runs %v: pages 1, 4 and 8 are not adjacent", got)
+	}
+}

@@ -236,6 +236,22 @@ func (r *refSource) add(batch *wire.PageBatch, b *srcBlock, p uint64, page []byt
 	return true
 }
 
+// pushable reports whether the post-copy push has a layout to send
+// references under.
+func (r *refSource) pushable() bool {
+	return r != nil && r.lay != nil && r.pass == wire.IterationPostcopy
+}
+
+// names reports whether the post-copy push would send page p of b as a
+// reference (unless its content turns out to be zeros).
+func (r *refSource) names(b *srcBlock, p uint64) bool {
+	if b.hot.Has(p) || b.noref.Has(p) {
+		return false
+	}
+	ref, ok := r.lookup(b, p)
+	return ok && r.use[ref.Disk]
+}
+
 // guestPages is the size of the guest in pages, all blocks together.
 func (s *source) guestPages() uint64 {
 	var n uint64

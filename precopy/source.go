@@ -80,7 +80,8 @@ type srcBlock struct {
 	hot     *pages.Set // written in the last interval (post-copy pushes these first)
 	data    *pages.Set // pages that are not holes, for the first pass
 	// noref: pages whose storage reference failed at the destination; the
-	// layout is wrong for them, so they go as data from then on.
+	// layout is wrong for their content, so they go as data until the
+	// guest writes them again.
 	noref *pages.Set
 	// resend: pages handed back by the destination and not sent again yet.
 	resend *pages.Set
@@ -408,6 +409,9 @@ func (s *source) collect() (uint64, error) {
 		for p := first; p < first+n; p++ {
 			b.pending.Add(p)
 			b.hot.Add(p)
+			// New content may have a correct home in a newer layout (a
+			// buffer-pool frame that loaded another page).
+			b.noref.Remove(p)
 			if b.data != nil {
 				b.data.Add(p)
 			}
@@ -564,7 +568,7 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			counts[i], sent[i], errs[i] = s.sendStripes(ctx, c, i, n, iter, nil)
+			counts[i], sent[i], errs[i] = s.sendStripes(ctx, c, i, n, iter, nil, nil)
 		}()
 	}
 	wg.Wait()
@@ -584,8 +588,9 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 // sendStripes sends the pending pages that travel on bulk connection i (a
 // page always takes the same one, wire.BulkConn, so a resend can never
 // overtake an older copy of the page on another stream), restricted to the
-// set only returns if only is not nil. It returns batches and pages sent.
-func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter uint32, only func(b *srcBlock) *pages.Set) (batches, sent uint64, err error) {
+// set only returns if only is not nil and to the pages keep accepts if keep
+// is not nil. It returns batches and pages sent.
+func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter uint32, only func(b *srcBlock) *pages.Set, keep func(b *srcBlock, p uint64) bool) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
 	flush := func() error {
 		if len(batch.Entries) == 0 {
@@ -606,7 +611,7 @@ func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter u
 		var werr error
 		src.Runs(0, b.npages, func(start, count uint64) bool {
 			for p := start; p < start+count; p++ {
-				if wire.BulkConn(b.idx, p, n) != i || !b.pending.Has(p) {
+				if wire.BulkConn(b.idx, p, n) != i || !b.pending.Has(p) || (keep != nil && !keep(b, p)) {
 					continue
 				}
 				if !b.pending.Remove(p) {
@@ -658,8 +663,12 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	s.dataPages.Add(1)
 }
 
-// push sends what post-copy still owes, pages written last first (the guest
-// is likeliest to touch them again), until everything is sent or ctx ends.
+// push sends what post-copy still owes until everything is sent or ctx
+// ends: first the storage references (26 bytes a page: a GiB of pool pages
+// is sent in tens of milliseconds, after which the destination resolves
+// faults on any of them from its disk instead of over the network), then
+// the pages written last (the guest is likeliest to touch them again), then
+// the rest.
 func (s *source) push(ctx context.Context) {
 	const iter = wire.IterationPostcopy
 	n := len(s.sess.Bulk)
@@ -668,13 +677,21 @@ func (s *source) push(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, _, err := s.sendStripes(ctx, c, i, n, iter, func(b *srcBlock) *pages.Set { return b.hot }); err != nil {
+			if s.refs.pushable() {
+				if _, _, err := s.sendStripes(ctx, c, i, n, iter, nil, s.refs.names); err != nil {
+					if ctx.Err() == nil {
+						s.log.Warn("post-copy push", "conn", i, "error", err)
+					}
+					return
+				}
+			}
+			if _, _, err := s.sendStripes(ctx, c, i, n, iter, func(b *srcBlock) *pages.Set { return b.hot }, nil); err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("post-copy push", "conn", i, "error", err)
 				}
 				return
 			}
-			if _, _, err := s.sendStripes(ctx, c, i, n, iter, nil); err != nil && ctx.Err() == nil {
+			if _, _, err := s.sendStripes(ctx, c, i, n, iter, nil, nil); err != nil && ctx.Err() == nil {
 				s.log.Warn("post-copy push", "conn", i, "error", err)
 			}
 		}()
