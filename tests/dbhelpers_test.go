@@ -34,6 +34,9 @@ type dbOpts struct {
 	// Buffer-pool operations per second.
 	readRate, modifyRate, flushRate int64
 	writeRate                       int64 // data-page writes per second outside the pool
+	// hot is the share of pages (data and db) that get 90 % of the
+	// accesses (testguest.Params.Hot; default 0.1, 1: uniform).
+	hot float64
 }
 
 // startDBSource starts a database-mode guest with a warm buffer pool whose
@@ -51,7 +54,7 @@ func startDBSource(t testing.TB, dir string, o dbOpts) *dbGuest {
 		File: filepath.Join(dir, "data.db"), Pages: o.dbPages, Frames: frames, Fill: 1,
 		ReadRate: o.readRate, ModifyRate: o.modifyRate, FlushRate: o.flushRate,
 	}
-	g := startSource(t, guestOpts{size: o.size, writeRate: o.writeRate, db: db, layout: "127.0.0.1:0"})
+	g := startSource(t, guestOpts{size: o.size, writeRate: o.writeRate, hot: o.hot, db: db, layout: "127.0.0.1:0"})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := testguest.ReadStats(g.stats)
@@ -75,8 +78,9 @@ func startDBDest(t testing.TB, disks map[string]string) *dest {
 	return startDBDestOn(t, l, disks)
 }
 
-// startDBDestOn is startDBDest accepting on l.
-func startDBDestOn(t testing.TB, l *wire.Listener, disks map[string]string) *dest {
+// startDBDestOn is startDBDest accepting on l; tune, if given, adjusts the
+// destination's configuration.
+func startDBDestOn(t testing.TB, l *wire.Listener, disks map[string]string, tune ...func(*dbrestore.Config)) *dest {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &dest{addr: l.Addr().String(), targets: make(chan *testTarget, 1), result: make(chan error, 1), cancel: cancel}
@@ -96,6 +100,9 @@ func startDBDestOn(t testing.TB, l *wire.Listener, disks map[string]string) *des
 			d.targets <- tt
 			return tt, nil
 		},
+	}
+	for _, f := range tune {
+		f(&cfg)
 	}
 	go func() {
 		d.result <- dbrestore.Serve(ctx, l, cfg, true, nil)

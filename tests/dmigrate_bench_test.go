@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/wire"
@@ -155,4 +156,88 @@ func listenIn(b *testing.B, ns, addr string) *wire.Listener {
 		b.Fatal(r.err)
 	}
 	return r.l
+}
+
+// BenchmarkDMigrateStorageFaults measures post-copy faults resolved from
+// shared storage against those resolved from the source, in one hybrid
+// migration. Hybrid switches over after one pass (MaxIterations 1) while
+// the guest's buffer pool churns (uniform reads over a data file four times
+// the pool, so most reads load a page into a frame): frames loaded during
+// the pass and clean at the pause are owed as storage references, frames
+// written since as data. The destination caps its background restore after
+// switchover (dbrestore.Config.PostcopyRestoreRate, DMIG_BENCH_RESTORE_MBPS,
+// default 64 MB/s), as an operator would to leave the shared disk to the
+// running guest; at this machine's scale that also stands in for a pool of
+// many GiB, whose owed references take seconds to restore at full speed.
+// The destination guest goes straight to its workload
+// (--skip-resume-verify), so it faults on owed pages of both kinds while
+// they are still owed. RAM DMIG_BENCH_GIB GiB (default 1), link as in
+// BenchmarkDMigrateModes (DMIG_BENCH_RATE); the data file is in the page
+// cache. Run:
+//
+//	go test -run '^$' -bench DMigrateStorageFaults -benchtime 1x ./tests/
+func BenchmarkDMigrateStorageFaults(b *testing.B) {
+	size := int64(1)
+	if v := os.Getenv("DMIG_BENCH_GIB"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			b.Fatalf("DMIG_BENCH_GIB=%q: want a whole number of GiB", v)
+		}
+		size = n
+	}
+	restoreRate := int64(64)
+	if v := os.Getenv("DMIG_BENCH_RESTORE_MBPS"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			b.Fatalf("DMIG_BENCH_RESTORE_MBPS=%q: want a whole number of MB/s (0: no cap)", v)
+		}
+		restoreRate = n
+	}
+	rate := os.Getenv("DMIG_BENCH_RATE")
+	if rate == "" {
+		rate = "1gbit"
+	}
+	listen := func(b *testing.B) *wire.Listener {
+		l, err := wire.Listen(context.Background(), "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return l
+	}
+	if rate != "none" {
+		ns := shapedLink(b, rate)
+		listen = func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }
+	}
+	for range b.N {
+		dir := b.TempDir()
+		frames := size * gib * 3 / 4 / 4096 / 4
+		g := startDBSource(b, dir, dbOpts{size: size * gib, poolPart: 0.75, dbPages: 4 * frames, hot: 1, writeRate: 1, readRate: 20000, modifyRate: 500, flushRate: 400})
+		d := startDBDestOn(b, listen(b), map[string]string{"data": g.dataFile}, func(c *dbrestore.Config) { c.PostcopyRestoreRate = restoreRate * 1e6 })
+		destStats := filepath.Join(b.TempDir(), "dst.stats")
+		rep, err := migrateDBWith(b, g, precopy.Config{To: d.addr, Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1}, destStats, "--skip-resume-verify")
+		if err != nil {
+			b.Fatalf("migrate: %v", err)
+		}
+		if err := <-d.result; err != nil {
+			b.Fatalf("destination: %v", err)
+		}
+		checkDestGuestVerify(b, d, destStats, true)
+		st, src := rep.Storage.FaultLatencyUS, rep.FaultLatencyUS
+		fmt.Printf("%d GiB guest, link %s, post-copy restore capped at %d MB/s: total %.0f ms, downtime %.1f ms, owed at switchover %d pages, %d of them placed from storage\n",
+			size, rate, restoreRate, rep.TotalMS, rep.DowntimeMS, rep.PostcopyPages, rep.Storage.PostcopyPages)
+		fmt.Printf("faults from storage: %d, p50 %.1f µs, p99 %.1f µs, max %.0f µs\n", st.Count, st.P50, st.P99, st.Max)
+		fmt.Printf("faults from source:  %d, p50 %.1f µs, p99 %.1f µs, max %.0f µs\n", src.Count, src.P50, src.P99, src.Max)
+		if src.P50 > 0 && src.P99 > 0 {
+			fmt.Printf("storage / source: p50 %.2f×, p99 %.2f×\n", st.P50/src.P50, st.P99/src.P99)
+		}
+		b.ReportMetric(st.P50, "storage-p50-µs")
+		b.ReportMetric(st.P99, "storage-p99-µs")
+		b.ReportMetric(float64(st.Count), "storage-faults")
+		b.ReportMetric(src.P50, "source-p50-µs")
+		b.ReportMetric(src.P99, "source-p99-µs")
+		b.ReportMetric(float64(src.Count), "source-faults")
+		if st.Count == 0 {
+			b.Errorf("no fault was resolved from storage")
+		}
+	}
 }
