@@ -24,7 +24,12 @@ import (
 // read/modify/flush load) with precopy, postcopy and hybrid, and reports
 // total time, downtime and network bytes as ratios to precopy. The
 // destination listens in a network namespace behind a veth pair shaped to
-// DMIG_BENCH_RATE (tc tbf, default 1gbit; "none" for plain loopback). Run:
+// DMIG_BENCH_RATE (tc tbf, default 1gbit; "none" for plain loopback). The
+// data file (on the file system of the test's temporary directory: give it
+// a disk, not tmpfs, for large guests) holds DMIG_BENCH_DATA_RATIO times
+// the pool's pages (default 4/3: a quarter of the pool reads load a page);
+// 1 keeps its page cache within reach of the two RAM files of an 8 GiB
+// guest on a 24 GiB host. Run:
 //
 //	go test -run '^$' -bench DMigrateModes -benchtime 1x -timeout 30m ./tests/
 func BenchmarkDMigrateModes(b *testing.B) {
@@ -35,6 +40,14 @@ func BenchmarkDMigrateModes(b *testing.B) {
 			b.Fatalf("DMIG_BENCH_GIB=%q: want a whole number of GiB", v)
 		}
 		size = n
+	}
+	ratio := 4.0 / 3
+	if v := os.Getenv("DMIG_BENCH_DATA_RATIO"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 1 {
+			b.Fatalf("DMIG_BENCH_DATA_RATIO=%q: want a number ≥ 1", v)
+		}
+		ratio = f
 	}
 	rate := os.Getenv("DMIG_BENCH_RATE")
 	if rate == "" {
@@ -51,6 +64,7 @@ func BenchmarkDMigrateModes(b *testing.B) {
 		ns := shapedLink(b, rate)
 		listen = func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }
 	}
+	frames := int64(float64(size*gib/4096)*0.7) / 4
 	modes := []precopy.Mode{precopy.ModePrecopy, precopy.ModePostcopy, precopy.ModeHybrid}
 	// Sub-benchmarks, so that each mode's guests are gone before the next
 	// starts (their cleanups run at the end of each).
@@ -59,7 +73,7 @@ func BenchmarkDMigrateModes(b *testing.B) {
 		b.Run(string(mode), func(b *testing.B) {
 			for range b.N {
 				dir := b.TempDir()
-				g := startDBSource(b, dir, dbOpts{size: size * gib, poolPart: 0.7, readRate: 3000, modifyRate: 1000, flushRate: 800})
+				g := startDBSource(b, dir, dbOpts{size: size * gib, poolPart: 0.7, dbPages: int64(float64(frames) * ratio), readRate: 3000, modifyRate: 1000, flushRate: 800})
 				d := startDBDestOn(b, listen(b), map[string]string{"data": g.dataFile})
 				destStats := filepath.Join(b.TempDir(), "dst.stats")
 				rep, err := migrateDB(b, g, d.addr, mode, g.layout, destStats)
@@ -77,7 +91,7 @@ func BenchmarkDMigrateModes(b *testing.B) {
 	if len(reps) == len(modes) {
 		pre := reps[precopy.ModePrecopy]
 		var tab strings.Builder
-		fmt.Fprintf(&tab, "%d GiB guest, pool 70 %%, link %s\n", size, rate)
+		fmt.Fprintf(&tab, "%d GiB guest, pool 70 %%, data file %.2f× the pool, link %s\n", size, ratio, rate)
 		fmt.Fprintf(&tab, "%-9s %9s %8s %11s %9s %9s %9s %7s %7s %7s\n", "mode", "total ms", "down ms", "network MB", "data pg", "storage", "faults", "total×", "down×", "bytes×")
 		for _, mode := range modes {
 			r := reps[mode]
