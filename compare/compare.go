@@ -53,6 +53,8 @@ type Config struct {
 	// Layout is the guest agent's layout endpoint for hybrid mode (default:
 	// the host end of the VM's org.dmig.agent virtio-serial port).
 	Layout string
+	// LayoutTimeout bounds each layout fetch (see precopy.Config).
+	LayoutTimeout time.Duration
 	// Downtime is dmig's downtime budget and QEMU's downtime-limit
 	// (default 50 ms).
 	Downtime time.Duration
@@ -396,7 +398,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		}
 	}
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
-		MaxIterations: r.cfg.MaxIterations, LayoutAddr: lay, Logger: r.log.Named("source")}, src)
+		MaxIterations: r.cfg.MaxIterations, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
 	serr := <-served
 	if err == nil && serr != nil {
 		err = fmt.Errorf("destination: %w", serr)

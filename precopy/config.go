@@ -50,7 +50,11 @@ type Config struct {
 	// LayoutOnce fetches the layout before the first pass only, instead
 	// of before every pass.
 	LayoutOnce bool
-	Logger     hclog.Logger
+	// LayoutTimeout bounds one layout fetch (default 5 s): a guest too
+	// busy to answer costs the pass its references, not the migration. The
+	// agent walks the whole buffer pool; a slow guest (TCG) needs longer.
+	LayoutTimeout time.Duration
+	Logger        hclog.Logger
 	// TLS, if set, secures every connection to the destination (see
 	// wire.WithTLS).
 	TLS *tls.Config
@@ -76,6 +80,9 @@ func (c *Config) defaults() {
 	}
 	if c.BulkConns <= 0 {
 		c.BulkConns = 2
+	}
+	if c.LayoutTimeout <= 0 {
+		c.LayoutTimeout = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

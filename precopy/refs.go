@@ -13,10 +13,6 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// layoutTimeout bounds one layout fetch: a guest too busy to answer costs
-// the pass its references, not the migration.
-const layoutTimeout = 5 * time.Second
-
 // refSource turns the pages a storage layout names into storage references
 // (hybrid mode). A layout is a hint: each reference carries the hash of the
 // page as read from guest RAM, so whatever the layout says, the destination
@@ -33,6 +29,7 @@ const layoutTimeout = 5 * time.Second
 // names as references, which the destination restores or reads on fault.
 type refSource struct {
 	addr    string
+	timeout time.Duration
 	refresh bool
 	log     hclog.Logger
 
@@ -66,7 +63,7 @@ func newRefSource(cfg Config, blocks []*srcBlock, g Guest) *refSource {
 	if cfg.Mode != ModeHybrid || cfg.LayoutAddr == "" {
 		return nil
 	}
-	r := &refSource{addr: cfg.LayoutAddr, refresh: !cfg.LayoutOnce, log: cfg.Logger.Named("layout"), nblocks: len(blocks)}
+	r := &refSource{addr: cfg.LayoutAddr, timeout: cfg.LayoutTimeout, refresh: !cfg.LayoutOnce, log: cfg.Logger.Named("layout"), nblocks: len(blocks)}
 	if t, ok := g.(AddressTranslator); ok {
 		idx := map[string]int{}
 		for i, b := range blocks {
@@ -182,7 +179,7 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	if r == nil || (iter > 1 && !r.refresh) {
 		return
 	}
-	fctx, cancel := context.WithTimeout(ctx, layoutTimeout)
+	fctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	t0 := time.Now()
 	l, err := layout.Fetch(fctx, r.addr)

@@ -13,24 +13,25 @@ import (
 )
 
 type compareCmd struct {
-	QMP       string        `name:"qmp" xor:"vm" required:"" placeholder:"SOCKET" help:"QMP socket of the running QEMU VM."`
-	Pid       int           `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
-	Modes     []string      `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-postcopy" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's), qemu-precopy, qemu-postcopy (QEMU's own)."`
-	Rounds    int           `default:"1" help:"Run every mode this many times, in turn."`
-	Dir       string        `default:"/var/tmp/dmig-compare" help:"Directory for the destinations' sockets and logs (one subdirectory per migration)."`
-	RAMDir    string        `name:"ram-dir" default:"/dev/shm" help:"tmpfs directory for the destinations' RAM files."`
-	Workload  string        `placeholder:"CMD" help:"Shell command loading the guest for the whole run: sysbench ... --report-interval=1 --time=0 run (its interval lines give the throughput)."`
-	Warmup    time.Duration `default:"10s" help:"Workload time before each migration (the 'before' throughput)."`
-	Cooldown  time.Duration `default:"10s" help:"Workload time after each migration (the 'after' throughput)."`
-	Check     string        `placeholder:"CMD" help:"Shell command whose output must not change across migrations (e.g. mariadb -e 'CHECKSUM TABLE ...' on tables the workload only reads)."`
-	Layout    string        `placeholder:"ADDR" help:"Guest agent layout endpoint for hybrid (default: the VM's org.dmig.agent virtio-serial socket)."`
-	Downtime  time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
-	Bandwidth uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
-	MaxIter   int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
-	Timeout   time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
-	JSON      string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
-	CSV       string        `name:"csv" placeholder:"FILE" help:"Write one CSV row per migration ('-': stdout, instead of the table)."`
-	Plot      string        `placeholder:"FILE" help:"Draw the comparison into FILE.png or FILE.svg."`
+	QMP        string        `name:"qmp" xor:"vm" required:"" placeholder:"SOCKET" help:"QMP socket of the running QEMU VM."`
+	Pid        int           `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
+	Modes      []string      `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-postcopy" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's), qemu-precopy, qemu-postcopy (QEMU's own)."`
+	Rounds     int           `default:"1" help:"Run every mode this many times, in turn."`
+	Dir        string        `default:"/var/tmp/dmig-compare" help:"Directory for the destinations' sockets and logs (one subdirectory per migration)."`
+	RAMDir     string        `name:"ram-dir" default:"/dev/shm" help:"tmpfs directory for the destinations' RAM files."`
+	Workload   string        `placeholder:"CMD" help:"Shell command loading the guest for the whole run: sysbench ... --report-interval=1 --time=0 run (its interval lines give the throughput)."`
+	Warmup     time.Duration `default:"10s" help:"Workload time before each migration (the 'before' throughput)."`
+	Cooldown   time.Duration `default:"10s" help:"Workload time after each migration (the 'after' throughput)."`
+	Check      string        `placeholder:"CMD" help:"Shell command whose output must not change across migrations (e.g. mariadb -e 'CHECKSUM TABLE ...' on tables the workload only reads)."`
+	Layout     string        `placeholder:"ADDR" help:"Guest agent layout endpoint for hybrid (default: the VM's org.dmig.agent virtio-serial socket)."`
+	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (a TCG guest needs longer)."`
+	Downtime   time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
+	Bandwidth  uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
+	MaxIter    int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
+	Timeout    time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
+	JSON       string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
+	CSV        string        `name:"csv" placeholder:"FILE" help:"Write one CSV row per migration ('-': stdout, instead of the table)."`
+	Plot       string        `placeholder:"FILE" help:"Draw the comparison into FILE.png or FILE.svg."`
 }
 
 func (c *compareCmd) Run(g *globals, ctx context.Context) error {
@@ -45,7 +46,7 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 	res, err := compare.Run(ctx, compare.Config{
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
-		Layout: c.Layout, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter,
+		Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {
 			log.Info("migration done", "mode", m.Mode, "round", m.Round, "seconds", m.EndS-m.StartS, "check", m.Check, "error", m.Error)

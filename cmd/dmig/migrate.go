@@ -55,6 +55,7 @@ type migrateCmd struct {
 	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
 	Layout     string        `placeholder:"HOST:PORT" help:"Guest layout endpoint: in hybrid mode the clean database pages it names go as storage references (the destination reads them from its --disk)."`
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
+	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
 	tlsFlags
 	TLSServerName  string        `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
@@ -101,7 +102,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	rep, err := precopy.Run(ctx, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Logger: log, TLS: tc,
-		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce,
+		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout,
 	}, guest)
 	view.finish()
