@@ -1,6 +1,10 @@
 package precopy
 
-import "context"
+import (
+	"context"
+
+	"github.com/dmig/dmig/wire"
+)
 
 // Block is one RAM block of the guest: a file the guest maps MAP_SHARED.
 type Block struct {
@@ -26,4 +30,13 @@ type Guest interface {
 	Resume(ctx context.Context) error
 	// Finish ends the source guest after the destination completed.
 	Finish(ctx context.Context) error
+}
+
+// DiskMarker is a guest whose disks the destination opens on shared
+// storage (a QEMU VM). Before the session opens, MarkDisks labels each disk
+// file with the session's ID, so the destination can tell the source's own
+// files from copies under the same names on another host, where device and
+// inode numbers say nothing.
+type DiskMarker interface {
+	MarkDisks(ctx context.Context, session wire.SessionID) error
 }

@@ -474,6 +474,15 @@ func (s *source) dial(ctx context.Context) error {
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
 	}
+	h.Session = wire.NewSessionID()
+	if m, ok := s.g.(DiskMarker); ok {
+		// A disk that cannot be marked (a file system without user
+		// xattrs) is refused by a destination on another host; one on this
+		// host compares device and inode instead.
+		if err := m.MarkDisks(ctx, h.Session); err != nil {
+			s.log.Warn("mark the guest's disks for the destination's identity check", "error", err)
+		}
+	}
 	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithTimeout(s.cfg.ConnectTimeout))
 	if err != nil {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)

@@ -57,7 +57,7 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			dir := filepath.Join(c.Dir, h.Session.String())
 			if c.VMM == "qemu" || c.VMM == "auto" && qemu.IsCommand(h.Command) {
-				return &qemu.Target{Command: h.Command, Dir: dir}, nil
+				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session}, nil
 			}
 			return proc.NewTarget(dir, h.Command)
 		},

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -300,6 +301,56 @@ func CheckDisks(srcPid int, srcArgs, dstArgs []string) error {
 		if ss.Dev != ds.Dev || ss.Ino != ds.Ino {
 			return fmt.Errorf("%w: %s (device %d inode %d) is not the source's %s (device %d inode %d)",
 				ErrDiskMismatch, dd[i], ds.Dev, ds.Ino, sd[i], ss.Dev, ss.Ino)
+		}
+	}
+	return nil
+}
+
+// DiskMarkAttr is the extended attribute a source sets on its disk files to
+// the migration's session ID (see MarkDisks).
+const DiskMarkAttr = "user.dmig.session"
+
+// diskPaths are a command line's disk files, relative ones resolved in the
+// process pid's working directory (pid 0: ours).
+func diskPaths(pid int, args []string) []string {
+	var out []string
+	for _, p := range Disks(args) {
+		if !filepath.IsAbs(p) && pid != 0 {
+			p = filepath.Join(fmt.Sprintf("/proc/%d/cwd", pid), p)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// MarkDisks sets DiskMarkAttr on every disk file of the source (pid and
+// its arguments) to session: a destination on another host finds the mark
+// on its files only if they are the same files on shared storage.
+func MarkDisks(pid int, args []string, session string) error {
+	for _, p := range diskPaths(pid, args) {
+		if err := unix.Setxattr(p, DiskMarkAttr, []byte(session), 0); err != nil {
+			return fmt.Errorf("mark disk %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// CheckDiskMarks refuses a destination (its arguments) whose disk files do
+// not carry the session's mark: they are not the source's files (a copy, or
+// another host's file of the same name), or the storage does not keep user
+// xattrs. The mark is set just before the session opens, so even a copy
+// made earlier does not have it.
+func CheckDiskMarks(args []string, session string) error {
+	for _, p := range diskPaths(0, args) {
+		buf := make([]byte, 128)
+		n, err := unix.Getxattr(p, DiskMarkAttr, buf)
+		switch {
+		case errors.Is(err, unix.ENODATA):
+			return fmt.Errorf("%w: %s has no mark of this migration (%s): not the source's file on shared storage", ErrDiskMismatch, p, DiskMarkAttr)
+		case err != nil:
+			return fmt.Errorf("%w: read %s of %s: %v", ErrDiskMismatch, DiskMarkAttr, p, err)
+		case string(buf[:n]) != session:
+			return fmt.Errorf("%w: %s is marked by migration %s, this is %s: not the source's file", ErrDiskMismatch, p, buf[:n], session)
 		}
 	}
 	return nil

@@ -28,7 +28,14 @@ var (
 	_ precopy.Guest             = (*Source)(nil)
 	_ precopy.AddressTranslator = (*Source)(nil)
 	_ precopy.DeviceStater      = (*Source)(nil)
+	_ precopy.DiskMarker        = (*Source)(nil)
 )
+
+// MarkDisks labels the VM's disk files with the session (see the package
+// function MarkDisks).
+func (s *Source) MarkDisks(_ context.Context, session wire.SessionID) error {
+	return MarkDisks(s.machine.Pid, s.command[1:], session.String())
+}
 
 // NewSource connects to the QEMU whose QMP socket is qmpPath and discovers
 // its RAM (see Discover: RAM must be a shared file or memfd).
@@ -144,8 +151,12 @@ type Target struct {
 	// Ports maps hostfwd ports (see DestOptions).
 	Ports map[int]int
 	// SourcePid, if not 0, is the source QEMU on this host: its disks are
-	// checked to be the destination's (CheckDisks).
+	// checked to be the destination's (CheckDisks, device and inode).
 	SourcePid int
+	// Session, if SourcePid is 0, is the migration's session: the source
+	// marked its disk files with it, and Start refuses disks without the
+	// mark (CheckDiskMarks). With neither, disks are not checked.
+	Session wire.SessionID
 	// KillWithParent: see Config.
 	KillWithParent bool
 
@@ -234,8 +245,13 @@ func (t *Target) Start(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if t.SourcePid != 0 {
+	switch {
+	case t.SourcePid != 0:
 		if err := CheckDisks(t.SourcePid, t.Command[1:], plan.Args); err != nil {
+			return 0, err
+		}
+	case t.Session != wire.SessionID{}:
+		if err := CheckDiskMarks(plan.Args, t.Session.String()); err != nil {
 			return 0, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -190,5 +191,45 @@ func TestAgentSocketAndForwards(t *testing.T) {
 	}
 	if got := HostForwardPorts([]string{"-nic", "user,hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:5353-:53"}); !slices.Equal(got, []int{2222, 5353}) {
 		t.Fatalf("HostForwardPorts(-nic) = %v", got)
+	}
+}
+
+// TestDiskMarks: across hosts, device and inode numbers say nothing; the
+// source's mark on its disk files, set just before the session, does. A
+// copy made before the mark, or a file the source never marked, is
+// refused.
+func TestDiskMarks(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "guest.raw")
+	if err := os.WriteFile(img, []byte("disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := func(p string) []string { return []string{"-drive", "file=" + p + ",format=raw,if=virtio"} }
+	if err := CheckDiskMarks(args(img), "s1"); !errors.Is(err, ErrDiskMismatch) {
+		t.Fatalf("unmarked disk: %v, want ErrDiskMismatch", err)
+	}
+	if err := MarkDisks(os.Getpid(), args(img), "s1"); err != nil {
+		t.Fatalf("mark %s (does this file system keep user xattrs?): %v", img, err)
+	}
+	if err := CheckDiskMarks(args(img), "s1"); err != nil {
+		t.Fatalf("the marked disk itself: %v", err)
+	}
+	// A copy with its attributes, then the next migration marks the source.
+	cp := filepath.Join(dir, "copy.raw")
+	if out, err := exec.Command("cp", "--preserve=xattr", img, cp).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	if err := MarkDisks(os.Getpid(), args(img), "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDiskMarks(args(cp), "s2"); !errors.Is(err, ErrDiskMismatch) {
+		t.Fatalf("a copy marked by an earlier migration: %v, want ErrDiskMismatch", err)
+	}
+	if err := CheckDiskMarks(args(img), "s2"); err != nil {
+		t.Fatal(err)
+	}
+	// A relative path is the source's, resolved in its working directory.
+	if err := MarkDisks(os.Getpid(), args("no-such-disk.raw"), "s3"); err == nil {
+		t.Fatal("marking a missing disk succeeded")
 	}
 }
