@@ -6,5 +6,7 @@
 // Storage references (hybrid, refs.go) carry the hash of the page as read
 // from guest RAM, so they move exactly what a data page would; a layout is
 // used only for the pass it was fetched for (and the post-copy push for a
-// layout fetched just before the pause, minus pages written since).
+// layout fetched just before the pause, minus pages written since, sent
+// before any data). A page the destination hands back (its reference
+// failed) is pending again and never referenced until the guest writes it.
 package precopy
