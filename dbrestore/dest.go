@@ -235,9 +235,11 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.barrier(ctx); err != nil {
 		return nil, d.cause(ctx, err)
 	}
+	tBarrier := time.Now()
 	if err := d.restore.drain(ctx); err != nil {
 		return nil, d.cause(ctx, err)
 	}
+	tDrain := time.Now()
 	if err := d.markPending(sw.Pending); err != nil {
 		return nil, err
 	}
@@ -249,6 +251,8 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		return nil, err
 	}
 	close(d.switched)
+	// Where downtime goes when it is long.
+	d.log.Debug("switchover steps", "batches", tBarrier.Sub(tSwitch), "storage_reads", tDrain.Sub(tBarrier), "make_missing", time.Since(tDrain), "missing", d.missing.Load())
 
 	var serveWG sync.WaitGroup
 	serveCtx, stopServe := context.WithCancel(ctx)
