@@ -56,7 +56,7 @@ func AppendProm(b []byte, now time.Time, reps ...*Report) []byte {
 				route string
 				n     uint64
 			}{{"data", p.Data}, {"zero", p.Zero}, {"storage_verified", p.StorageVerified},
-				{"storage_mismatch", p.StorageMismatch}, {"postcopy_fault", p.PostcopyFault}, {"prefetch", p.Prefetch}} {
+				{"storage_mismatch", p.StorageMismatch}, {"storage_resent", p.StorageResent}, {"postcopy_fault", p.PostcopyFault}, {"prefetch", p.Prefetch}} {
 				s = append(s, sample{extra: `route="` + kv.route + `"`, v: float64(kv.n)})
 			}
 			return s

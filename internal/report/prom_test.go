@@ -61,7 +61,7 @@ func parseProm(t *testing.T, text string) map[string]float64 {
 
 func TestAppendProm(t *testing.T) {
 	a := &Report{Mode: "hybrid", Guest: `db"1\`, Outcome: Completed, TotalMS: 1500, DowntimeMS: 12.5, BytesSent: 123456789,
-		Iterations: 3, GuestPages: 262144, Pages: Pages{Data: 1000, Zero: 2000, StorageVerified: 300, PostcopyFault: 7, Prefetch: 9},
+		Iterations: 3, GuestPages: 262144, Pages: Pages{Data: 1000, Zero: 2000, StorageVerified: 300, PostcopyFault: 7, Prefetch: 9, StorageResent: 40},
 		FaultLatencyUS: Latency{P50: 50, P99: 900, Max: 1200}}
 	b := &Report{Mode: "precopy", Guest: "db2", Outcome: Aborted}
 	now := time.Unix(1700000000, 500e6)
@@ -78,6 +78,7 @@ func TestAppendProm(t *testing.T) {
 		"dmig_migration_iterations{" + la + "}":                            3,
 		"dmig_migration_pages{" + la + `,route="zero"}`:                    2000,
 		"dmig_migration_pages{" + la + `,route="storage_verified"}`:        300,
+		"dmig_migration_pages{" + la + `,route="storage_resent"}`:          40,
 		"dmig_migration_fault_latency_seconds{" + la + `,quantile="0.99"}`: 0.0009,
 		"dmig_report_timestamp_seconds{}":                                  1700000000.5,
 	} {
