@@ -47,6 +47,7 @@ type refSource struct {
 	strict    bool
 
 	fetchTook time.Duration // the last successful fetch
+	spent     time.Duration // in every fetch, failed ones too
 	sent      atomic.Uint64 // references sent
 }
 
@@ -183,6 +184,7 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	defer cancel()
 	t0 := time.Now()
 	l, err := layout.Fetch(fctx, r.addr)
+	r.spent += time.Since(t0)
 	if err == nil && r.strict {
 		err = l.Validate(guestPages)
 	}

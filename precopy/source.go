@@ -752,6 +752,9 @@ func (s *source) mergeDest(c *wire.Complete) {
 	for _, b := range s.blocks {
 		s.rep.GuestPages += b.npages
 	}
+	if s.refs != nil {
+		s.rep.LayoutMS = report.MS(s.refs.spent)
+	}
 	if c == nil || len(c.Figures) == 0 {
 		return
 	}

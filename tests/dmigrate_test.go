@@ -45,6 +45,9 @@ func TestDMigrateHybrid(t *testing.T) {
 	if limit := rep.GuestPages - poolPages + poolPages/5; network > limit {
 		t.Errorf("%d pages sent as data, want at most %d (guest %d pages, pool %d)", network, limit, rep.GuestPages, poolPages)
 	}
+	if rep.LayoutMS <= 0 || rep.LayoutMS >= rep.TotalMS {
+		t.Errorf("layout fetches took %.1f ms of the %.1f ms migration", rep.LayoutMS, rep.TotalMS)
+	}
 	if rep.Storage.BytesRead < rep.Pages.StorageVerified*4096 || rep.Storage.MBps <= 0 {
 		t.Errorf("storage figures %+v for %d verified pages", rep.Storage, rep.Pages.StorageVerified)
 	}

@@ -37,6 +37,9 @@ type Report struct {
 	Storage        Storage     `json:"storage"`
 	IterationLog   []Iteration `json:"iteration_log,omitempty"`
 	GuestPages     uint64      `json:"guest_pages"`
+	// LayoutMS is the time spent fetching guest layouts (hybrid), part of
+	// TotalMS: the guest agent walks the whole buffer pool for each.
+	LayoutMS float64 `json:"layout_ms,omitempty"`
 }
 
 // Pages counts pages by the route they took.
