@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -24,51 +23,11 @@ import (
 
 	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/internal/testvm"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/wire"
 )
-
-// image is a guest image made by image/build.sh for this test.
-type image struct {
-	Path, Kernel, Initrd string
-}
-
-// guestImage builds dmig and the guest image (the base is cached per
-// machine, see image/build.sh) and returns a private copy to boot.
-func guestImage(t *testing.T, dir string) image {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Fatalf("qemu-system-x86_64 is needed (.ci/run installs qemu-system-x86): %v", err)
-	}
-	bin := filepath.Join(dir, "dmig")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/dmig").CombinedOutput(); err != nil {
-		t.Fatalf("build dmig for the guest: %v\n%s", err, out)
-	}
-	cmd := exec.Command("bash", "image/build.sh", "--dmig", bin, filepath.Join(dir, "guest.raw"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("build guest image: %v", err)
-	}
-	var img image
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), "=")
-		switch k {
-		case "image":
-			img.Path = v
-		case "kernel":
-			img.Kernel = v
-		case "initrd":
-			img.Initrd = v
-		}
-	}
-	if img.Path == "" || img.Kernel == "" || img.Initrd == "" {
-		t.Fatalf("build.sh printed %q", out)
-	}
-	return img
-}
 
 func freePort(t *testing.T) int {
 	t.Helper()
@@ -235,7 +194,7 @@ func TestQEMU(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	img := guestImage(t, dir)
+	img := testvm.BuildImage(t, dir)
 	shm := fmt.Sprintf("/dev/shm/dmig-qemu-test-%d-", os.Getpid())
 	t.Cleanup(func() {
 		for _, s := range []string{"a", "c", "d", "p"} {
@@ -265,11 +224,12 @@ func TestQEMU(t *testing.T) {
 		if pool < 1<<30 {
 			t.Fatalf("buffer pool %d bytes, want >= 1 GiB", pool)
 		}
-		out, err := exec.CommandContext(ctx, "sysbench", "oltp_read_only", "--db-driver=mysql",
-			"--mysql-host=127.0.0.1", fmt.Sprint("--mysql-port=", port), "--mysql-user=dmig", "--mysql-password=dmig",
-			"--mysql-db=sbtest", "--tables=2", "--table-size=20000", "prepare").CombinedOutput()
-		if err != nil {
-			t.Fatalf("sysbench prepare: %v\n%s", err, out)
+		// The image comes with sysbench's tables (build.sh's preload).
+		for _, tbl := range []string{"sbtest1", "sbtest2"} {
+			var rows int
+			if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tbl).Scan(&rows); err != nil || rows != 20000 {
+				t.Fatalf("table %s: %d rows (%v), want the image's 20000", tbl, rows, err)
+			}
 		}
 		want = checksums(ctx, t, db)
 		if _, err := db.ExecContext(ctx, "CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT NOT NULL) ENGINE=InnoDB"); err != nil {
@@ -683,7 +643,7 @@ func TestQEMU(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				res = cliMigrate(ctx, t, filepath.Join(dir, "dmig"), cur.vm, dst.vm, nc)
+				res = cliMigrate(ctx, t, img.Dmig, cur.vm, dst.vm, nc)
 			}
 			r := res.Report
 			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
@@ -722,6 +682,56 @@ func TestQEMU(t *testing.T) {
 		}
 	}
 
+	ok = t.Run("dmig-dest-killed-before-cont", func(t *testing.T) {
+		// Through dmig's whole path: the destination QEMU dies as its
+		// device-state load begins (guest paused at the source, pages
+		// sent): the source must be resumed, its database answering.
+		src, err := newSource(ctx, cur.vm.Mon)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := wire.Listen(ctx, "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		log := hclog.New(&hclog.LoggerOptions{Name: "dmig", Level: hclog.Info, Output: os.Stderr})
+		var tg *Target
+		served := make(chan error, 1)
+		go func() {
+			served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: log, NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
+				tg = &Target{Command: h.Command, Dir: filepath.Join(dir, "killed"), RAMDir: "/dev/shm",
+					Ports: map[int]int{cur.port: freePort(t)}, SourcePid: src.Pid(), KillWithParent: true}
+				return dyingTarget{tg}, nil
+			}}, true, nil)
+		}()
+		r, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: precopy.ModeHybrid, Logger: log}, src)
+		if err == nil {
+			t.Fatal("migration to a destination qemu killed before cont succeeded")
+		}
+		if r.Outcome != report.Aborted {
+			t.Fatalf("outcome %s (%v), want aborted with the source intact", r.Outcome, err)
+		}
+		if serr := <-served; serr == nil {
+			t.Fatal("destination reported success")
+		}
+		t.Logf("aborted: %v", err)
+		if st, err := cur.vm.Mon.QueryStatus(ctx); err != nil || st.Status != "running" {
+			t.Fatalf("source qemu is %+v (%v) after the abort, want running", st, err)
+		}
+		if tg != nil {
+			if _, err := os.Stat(tg.RAMFiles()[0]); !errors.Is(err, os.ErrNotExist) || tg.VM() == nil {
+				t.Fatalf("destination RAM file left behind (%v) or qemu never started", err)
+			}
+		}
+		if got := checksums(ctx, t, waitSQL(ctx, t, cur.port)); got != want {
+			t.Fatalf("source after abort: checksums %s, want %s", got, want)
+		}
+	})
+	if !ok {
+		return
+	}
+
 	// dmig's own engine end to end, in each mode: pages from the RAM file,
 	// the paused source's device state in DeviceState frames, the
 	// destination QEMU's device-state load reading guest RAM through the
@@ -751,6 +761,11 @@ func TestQEMU(t *testing.T) {
 				served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: log, NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 					tg = &Target{Command: h.Command, Dir: filepath.Join(dir, fmt.Sprintf("dmig-%s-%d", mode, os.Getpid())), RAMDir: "/dev/shm",
 						Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(), KillWithParent: true}
+					if mode == precopy.ModePrecopy {
+						// As on another host: the disk is checked by the
+						// mark the source set for this session.
+						tg.SourcePid, tg.Session = 0, h.Session
+					}
 					return tg, nil
 				}}, true, func(r dbrestore.Result) { got <- r })
 			}()
@@ -819,4 +834,16 @@ func TestQEMU(t *testing.T) {
 			return
 		}
 	}
+}
+
+// dyingTarget is a destination QEMU that is killed (SIGKILL) as its device
+// state starts to load: a crash in the last step before cont.
+type dyingTarget struct{ *Target }
+
+func (d dyingTarget) LoadDeviceState(ctx context.Context, r io.Reader) error {
+	if err := d.VM().Cmd.Process.Kill(); err != nil {
+		return err
+	}
+	<-d.VM().Exited()
+	return d.Target.LoadDeviceState(ctx, r)
 }

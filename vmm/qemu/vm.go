@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,23 @@ import (
 // Forward is one QEMU user-net hostfwd: host TCP port → guest TCP port.
 type Forward struct {
 	Host, Guest int
+}
+
+// Tap is a guest network on a host bridge. Unlike user networking, whose
+// connections live in the QEMU process and die with it, the guest's
+// kernel holds its connections: they survive a migration, and the guest
+// keeps its address (QEMU announces the guest's MAC at the destination).
+type Tap struct {
+	// Script is run by QEMU with the new tap device's name (QEMU's
+	// script=): it attaches the tap to the bridge and brings it up. No tap
+	// name is given, so a destination on the same host gets its own.
+	Script string
+	// Addr is the guest's address with its prefix (10.77.0.2/24), given on
+	// the kernel command line (ip=, read by the image's
+	// systemd-network-generator).
+	Addr string
+	// MAC is the guest NIC's address (default 52:54:00:d1:0e:01).
+	MAC string
 }
 
 // Config describes a VM dmig starts (a test VM, or a destination). The
@@ -45,6 +63,9 @@ type Config struct {
 	SMP     int    // default 2
 	Accel   string // default tcg,thread=multi
 	Forward []Forward
+	// Tap, if set, puts the guest on a host bridge through a tap device
+	// instead of user networking (Forward is then ignored).
+	Tap *Tap
 	// AgentSocket, if set, is a unix socket QEMU listens on for the guest
 	// agent's virtio-serial port org.dmig.agent.
 	AgentSocket string
@@ -93,9 +114,20 @@ func (c Config) Args() []string {
 	if c.Private {
 		share = "off"
 	}
-	netdev := "user,id=n0"
+	netdev, nic, appendArgs := "user,id=n0", "virtio-net-pci,netdev=n0", c.Append
 	for _, f := range c.Forward {
 		netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", f.Host, f.Guest)
+	}
+	if t := c.Tap; t != nil {
+		mac := t.MAC
+		if mac == "" {
+			mac = "52:54:00:d1:0e:01"
+		}
+		netdev = "tap,id=n0,script=" + escapeOpt(t.Script) + ",downscript=no"
+		nic += ",mac=" + mac
+		if ip, n, err := net.ParseCIDR(t.Addr); err == nil {
+			appendArgs += fmt.Sprintf(" net.ifnames=0 ip=%s:::%s::eth0:off", ip, net.IP(n.Mask))
+		}
 	}
 	a := []string{
 		"-name", filepath.Base(c.Dir),
@@ -103,9 +135,9 @@ func (c Config) Args() []string {
 		"-m", fmt.Sprintf("%dM", c.MemSize>>20),
 		"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%d,mem-path=%s,share=%s", c.MemID, c.MemSize, c.MemPath, share),
 		"-machine", "pc,memory-backend=" + c.MemID,
-		"-kernel", c.Kernel, "-initrd", c.Initrd, "-append", c.Append,
+		"-kernel", c.Kernel, "-initrd", c.Initrd, "-append", appendArgs,
 		"-drive", "file=" + escapeOpt(c.Image) + ",format=raw,if=virtio,cache=none",
-		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+		"-netdev", netdev, "-device", nic,
 		"-qmp", "unix:" + escapeOpt(c.QMPPath()) + ",server=on,wait=off",
 		"-serial", "file:" + escapeOpt(c.SerialPath()),
 		"-display", "none", "-vga", "none", "-nodefaults",

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian 12 guest image dmig's QEMU tests and comparison runs boot:
 # MariaDB (1 GiB buffer pool), sysbench, and dmig's guest agent started at
-# boot on a virtio-serial port. Runs as root.
+# boot on a virtio-serial port, and a database `pool` of sysbench tables
+# (~750 MB) that the guest's MariaDB loads into its buffer pool at boot
+# (comparison runs and hybrid's storage references need a full pool). Runs
+# as root; needs debootstrap and sysbench on the host.
 #
 #   build.sh [--dmig BIN] OUT
 #
@@ -36,13 +39,41 @@ initrd=/boot/initrd.img-$kver
 [ -r "$initrd" ] || { echo "build.sh: no $initrd" >&2; exit 1; }
 [ -d "/lib/modules/$kver" ] || { echo "build.sh: no /lib/modules/$kver" >&2; exit 1; }
 
-hash=$( (cd "$here" && cat $(ls -1 | sort); echo "$kver $size $mirror") | sha256sum | cut -c1-16)
+hash=$( (cd "$here" && cat $(ls -1 | sort); echo "$kver $size $mirror ${DMIG_POOL_TABLES:-10} ${DMIG_POOL_ROWS:-300000}") | sha256sum | cut -c1-16)
 base=$cache/guest-$hash.raw
+
+# preload fills the databases `pool` (the bulk of the buffer pool) and
+# `sbtest` (2 x 20 000 rows: the tables tests load and checksum) with
+# sysbench's tables at native speed
+# (a server in the chroot; under TCG the guest would take many minutes),
+# and leaves a buffer-pool dump of every page (innodb_buffer_pool_dump_pct
+# is 100 in 99-dmig.cnf) for the guest's server to load at boot.
+preload() {
+	local root=$1 work=$2
+	mount -t proc proc "$root/proc"
+	install -d "$root/run/mysqld" "$root/var/log/mysql"
+	chroot "$root" chown mysql:mysql /run/mysqld /var/log/mysql
+	chroot "$root" /usr/sbin/mariadbd --user=mysql --skip-networking >"$work/mariadbd.log" 2>&1 &
+	local pid=$! sock=$root/run/mysqld/mysqld.sock
+	for _ in $(seq 120); do [ -S "$sock" ] && break; sleep 0.5; done
+	local sb="sysbench oltp_read_only --db-driver=mysql --mysql-socket=$sock --mysql-user=dmig --mysql-password=dmig"
+	if ! { $sb --mysql-db=pool --tables="${DMIG_POOL_TABLES:-10}" --table-size="${DMIG_POOL_ROWS:-300000}" prepare &&
+		$sb --mysql-db=sbtest --tables=2 --table-size=20000 prepare; } >"$work/prepare.log" 2>&1; then
+		tail -n 20 "$work/mariadbd.log" "$root/var/log/mysql/error.log" "$work/prepare.log" >&2 || true
+		kill "$pid" 2>/dev/null || true
+		exit 1
+	fi
+	chroot "$root" mariadb-admin shutdown
+	wait "$pid" || true
+	umount "$root/proc"
+	[ -s "$root/var/lib/mysql/ib_buffer_pool" ] || { echo "build.sh: no buffer pool dump" >&2; exit 1; }
+}
 
 build_base() {
 	mkdir -p "$cache"
 	work=$(mktemp -d "$cache/build.XXXXXX")
-	trap 'rm -rf "$work"' EXIT
+	# The preload mounts proc in the tree: never let rm cross into it.
+	trap 'umount -l "$work/rootfs/proc" 2>/dev/null || true; rm -rf --one-file-system "$work"' EXIT
 	local root=$work/rootfs
 	echo "build.sh: debootstrap into $root (about 2 minutes)" >&2
 	debootstrap --variant=minbase \
@@ -54,13 +85,14 @@ build_base() {
 	install -D -m 0644 "$here/fstab" "$root/etc/fstab"
 	echo dmig-guest >"$root/etc/hostname"
 	printf '127.0.0.1 localhost\n127.0.1.1 dmig-guest\n' >"$root/etc/hosts"
-	install -D -m 0644 "$here/10-net.network" "$root/etc/systemd/network/10-net.network"
+	install -D -m 0644 "$here/99-dhcp.network" "$root/etc/systemd/network/99-dhcp.network"
 	install -D -m 0644 "$here/99-dmig.cnf" "$root/etc/mysql/mariadb.conf.d/99-dmig.cnf"
 	install -D -m 0644 "$here/dmig-init.sql" "$root/etc/mysql/dmig-init.sql"
 	install -D -m 0644 "$here/dmig-agent.service" "$root/etc/systemd/system/dmig-agent.service"
 	# Serial console login as root without a password: a test guest.
 	chroot "$root" passwd -d root >/dev/null
-	chroot "$root" systemctl enable systemd-networkd dmig-agent.service >/dev/null 2>&1
+	chroot "$root" systemctl enable systemd-networkd systemd-network-generator dmig-agent.service >/dev/null 2>&1
+	preload "$root" "$work"
 	chroot "$root" apt-get clean
 	rm -rf "$root/var/lib/apt/lists/"* "$root/var/log/"*.log
 	truncate -s "$size" "$work/guest.raw"
