@@ -121,15 +121,18 @@ type Migration struct {
 	// empty without a check.
 	Check       string `json:"check,omitempty"`
 	CheckOutput string `json:"check_output,omitempty"`
-	Error       string `json:"error,omitempty"`
+	// GuestCrash is the first kernel crash line the destination guest's
+	// console logged by the end of the cooldown (its -serial file).
+	GuestCrash string `json:"guest_crash,omitempty"`
+	Error      string `json:"error,omitempty"`
 	// QMP is where the VM runs afterwards.
 	QMP string `json:"qmp"`
 }
 
 // OK reports whether the migration completed, the check (if any) held,
-// and the workload saw no errors.
+// the guest's kernel did not crash and the workload saw no errors.
 func (m *Migration) OK() bool {
-	return m.Error == "" && m.Check != "differs" && m.WorkloadErrors == 0
+	return m.Error == "" && m.Check != "differs" && m.WorkloadErrors == 0 && m.GuestCrash == ""
 }
 
 // Result is a whole comparison.
@@ -199,6 +202,8 @@ type runner struct {
 	res *Result
 	w   *workload
 	cur string // QMP socket of the VM now
+	// console is the current VM's console log, if this run started it.
+	console string
 	// owned are the RAM files of the current VM if this run made them: they
 	// are removed once the VM has left them.
 	owned []string
@@ -270,6 +275,12 @@ func (r *runner) run(ctx context.Context) error {
 				if werr != nil {
 					r.res.Migrations = append(r.res.Migrations, m)
 					return fmt.Errorf("after %s migration: %w", mode, werr)
+				}
+			}
+			if err == nil && r.console != "" {
+				m.GuestCrash = consoleCrash(r.console)
+				if m.GuestCrash != "" {
+					r.log.Error("the guest's kernel crashed after the migration", "mode", mode, "console", r.console, "line", m.GuestCrash)
 				}
 			}
 			if r.cfg.Check != "" {
@@ -368,6 +379,7 @@ func (r *runner) migrate(ctx context.Context, mode string) (*report.Report, erro
 	// QEMU serves one QMP client at a time: the next migration's.
 	tg.VM().Mon.Close()
 	r.cur = tg.VM().QMP
+	r.console = filepath.Join(tg.Dir, "serial.log")
 	return rep, nil
 }
 
