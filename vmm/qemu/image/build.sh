@@ -67,6 +67,9 @@ preload() {
 	wait "$pid" || true
 	umount "$root/proc"
 	[ -s "$root/var/lib/mysql/ib_buffer_pool" ] || { echo "build.sh: no buffer pool dump" >&2; exit 1; }
+	# LOAD_FILE reads only world-readable files; the server appends to
+	# this one and keeps its mode.
+	chmod 0644 "$root/var/log/mysql/error.log"
 }
 
 build_base() {
