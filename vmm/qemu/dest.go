@@ -374,9 +374,26 @@ func QMPSocket(pid int) (string, error) {
 	return p, nil
 }
 
+// chardevSockets maps the id of each unix socket chardev of a command line
+// to its path.
+func chardevSockets(args []string) map[string]string {
+	paths := map[string]string{}
+	for i := 0; i+1 < len(args); i++ {
+		if "-"+strings.TrimLeft(args[i], "-") != "-chardev" {
+			continue
+		}
+		parts := opts(args[i+1])
+		id, _ := optValue(parts, "id")
+		if p, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
+			paths[id] = p
+		}
+		i++
+	}
+	return paths
+}
+
 func qmpSocketOf(args []string) (string, bool) {
 	control := map[string]bool{}
-	paths := map[string]string{}
 	for i := 0; i+1 < len(args); i++ {
 		parts := opts(args[i+1])
 		switch "-" + strings.TrimLeft(args[i], "-") {
@@ -389,16 +406,12 @@ func qmpSocketOf(args []string) (string, bool) {
 				id, _ := optValue(parts, "chardev")
 				control[id] = true
 			}
-		case "-chardev":
-			id, _ := optValue(parts, "id")
-			if p, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
-				paths[id] = p
-			}
 		default:
 			continue
 		}
 		i++
 	}
+	paths := chardevSockets(args)
 	for id := range control {
 		if p, ok := paths[id]; ok {
 			return p, true
@@ -417,27 +430,17 @@ const AgentChannel = "org.dmig.agent"
 // returned as written.
 func AgentSocket(args []string) (string, bool) {
 	var chardev string
-	paths := map[string]string{}
 	for i := 0; i+1 < len(args); i++ {
-		parts := opts(args[i+1])
-		switch "-" + strings.TrimLeft(args[i], "-") {
-		case "-device":
-			if parts[0] == "virtserialport" {
-				if n, _ := optValue(parts, "name"); n == AgentChannel {
-					chardev, _ = optValue(parts, "chardev")
-				}
-			}
-		case "-chardev":
-			id, _ := optValue(parts, "id")
-			if p, ok := optValue(parts, "path"); ok && parts[0] == "socket" {
-				paths[id] = p
-			}
-		default:
+		if "-"+strings.TrimLeft(args[i], "-") != "-device" {
 			continue
+		}
+		parts := opts(args[i+1])
+		if n, _ := optValue(parts, "name"); parts[0] == "virtserialport" && n == AgentChannel {
+			chardev, _ = optValue(parts, "chardev")
 		}
 		i++
 	}
-	p, ok := paths[chardev]
+	p, ok := chardevSockets(args)[chardev]
 	return p, ok && chardev != ""
 }
 

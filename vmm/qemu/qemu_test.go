@@ -42,23 +42,7 @@ func freePort(t *testing.T) int {
 // waitSQL waits for MariaDB in the guest to answer on host port port.
 func waitSQL(ctx context.Context, t *testing.T, port int) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=5s&readTimeout=60s", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	for {
-		var one int
-		err := db.QueryRowContext(ctx, "SELECT 1").Scan(&one)
-		if err == nil {
-			return db
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("mariadb on port %d never answered: %v", port, err)
-		case <-time.After(time.Second):
-		}
-	}
+	return testvm.WaitSQL(ctx, t, fmt.Sprintf("127.0.0.1:%d", port))
 }
 
 // checksums returns CHECKSUM TABLE of every sysbench table.
