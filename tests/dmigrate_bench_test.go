@@ -49,21 +49,7 @@ func BenchmarkDMigrateModes(b *testing.B) {
 		}
 		ratio = f
 	}
-	rate := os.Getenv("DMIG_BENCH_RATE")
-	if rate == "" {
-		rate = "1gbit"
-	}
-	listen := func(b *testing.B) *wire.Listener {
-		l, err := wire.Listen(context.Background(), "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		return l
-	}
-	if rate != "none" {
-		ns := shapedLink(b, rate)
-		listen = func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }
-	}
+	listen, rate := benchListener(b)
 	frames := int64(float64(size*gib/4096)*0.7) / 4
 	modes := []precopy.Mode{precopy.ModePrecopy, precopy.ModePostcopy, precopy.ModeHybrid}
 	// Sub-benchmarks, so that each mode's guests are gone before the next
@@ -207,21 +193,7 @@ func BenchmarkDMigrateStorageFaults(b *testing.B) {
 		}
 		restoreRate = n
 	}
-	rate := os.Getenv("DMIG_BENCH_RATE")
-	if rate == "" {
-		rate = "1gbit"
-	}
-	listen := func(b *testing.B) *wire.Listener {
-		l, err := wire.Listen(context.Background(), "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		return l
-	}
-	if rate != "none" {
-		ns := shapedLink(b, rate)
-		listen = func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }
-	}
+	listen, rate := benchListener(b)
 	for range b.N {
 		dir := b.TempDir()
 		frames := size * gib * 3 / 4 / 4096 / 4
@@ -254,4 +226,25 @@ func BenchmarkDMigrateStorageFaults(b *testing.B) {
 			b.Errorf("no fault was resolved from storage")
 		}
 	}
+}
+
+// benchListener returns how a benchmark's destinations listen, and the
+// link's rate: behind a veth pair shaped to DMIG_BENCH_RATE (default
+// 1gbit), or on plain loopback with DMIG_BENCH_RATE=none.
+func benchListener(b *testing.B) (func(*testing.B) *wire.Listener, string) {
+	rate := os.Getenv("DMIG_BENCH_RATE")
+	if rate == "" {
+		rate = "1gbit"
+	}
+	if rate == "none" {
+		return func(b *testing.B) *wire.Listener {
+			l, err := wire.Listen(context.Background(), "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			return l
+		}, rate
+	}
+	ns := shapedLink(b, rate)
+	return func(b *testing.B) *wire.Listener { return listenIn(b, ns, benchDestIP+":0") }, rate
 }
