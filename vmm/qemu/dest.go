@@ -251,8 +251,9 @@ func Disks(args []string) []string {
 
 // GuestDiskNames names the virtio disks of a command line as the guest's
 // Linux does (vda, vdb, ... in -drive if=virtio order: QEMU gives them PCI
-// slots in that order, and the kernel names them in slot order), the names
-// a guest agent's layout uses: name → image path. Other disks (IDE, SCSI,
+// slots in that order, and the kernel names them in slot order), and as
+// serial:S for a drive with serial=S: the names a guest agent's layout
+// uses. name → image path. Other disks (IDE, SCSI,
 // -blockdev with -device) are not named: their pages go as data.
 func GuestDiskNames(args []string) map[string]string {
 	out := map[string]string{}
@@ -269,6 +270,10 @@ func GuestDiskNames(args []string) map[string]string {
 		file, ok := optValue(parts, "file")
 		if ok && file != "" && n < 26 {
 			out["vd"+string(rune('a'+n))] = file
+			// The guest agent names a disk with a serial by it.
+			if serial, ok := optValue(parts, "serial"); ok && serial != "" {
+				out["serial:"+serial] = file
+			}
 		}
 		n++
 	}

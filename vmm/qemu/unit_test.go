@@ -166,11 +166,11 @@ func TestGuestDiskNames(t *testing.T) {
 	got := GuestDiskNames([]string{
 		"-drive", "file=/img/root,,1.raw,format=raw,if=virtio",
 		"-drive", "file=/img/cd.iso,media=cdrom", // IDE: not a vdX
-		"--drive", "if=virtio,file=/img/data.raw",
+		"--drive", "if=virtio,file=/img/data.raw,serial=D1",
 		"-drive", "if=virtio,file=", // an empty virtio drive still takes vdc
 		"-drive", "file=/img/logs.raw,if=virtio",
 	})
-	want := map[string]string{"vda": "/img/root,1.raw", "vdb": "/img/data.raw", "vdd": "/img/logs.raw"}
+	want := map[string]string{"vda": "/img/root,1.raw", "vdb": "/img/data.raw", "serial:D1": "/img/data.raw", "vdd": "/img/logs.raw"}
 	if !maps.Equal(got, want) {
 		t.Fatalf("GuestDiskNames = %v, want %v", got, want)
 	}
