@@ -36,6 +36,12 @@ const (
 // over TCP, or unix:PATH, a unix socket such as the host end of a QEMU
 // guest's virtio-serial port.
 func Fetch(ctx context.Context, addr string) (*Layout, error) {
+	return FetchWith(ctx, addr, true)
+}
+
+// FetchWith is Fetch; without refresh the server may answer with a layout
+// it took earlier (see Server.MaxAge).
+func FetchWith(ctx context.Context, addr string, refresh bool) (*Layout, error) {
 	var d net.Dialer
 	network, where := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
@@ -46,7 +52,7 @@ func Fetch(ctx context.Context, addr string) (*Layout, error) {
 		return nil, fmt.Errorf("fetch layout: %w", err)
 	}
 	defer conn.Close()
-	l, err := Request(ctx, conn, true)
+	l, err := Request(ctx, conn, refresh)
 	if err != nil {
 		return nil, fmt.Errorf("fetch layout from %s: %w", addr, err)
 	}
@@ -97,9 +103,13 @@ func Request(ctx context.Context, rw io.ReadWriter, refresh bool) (*Layout, erro
 // there is one. get is called by one request at a time.
 type Server struct {
 	get func(context.Context) (*Layout, error)
+	// MaxAge, if set, is how old a cached layout a request without the
+	// refresh flag may get; an older one is taken anew.
+	MaxAge time.Duration
 
-	mu   sync.Mutex // serializes get
-	last []byte     // encoded; nil before the first successful get
+	mu    sync.Mutex // serializes get
+	last  []byte     // encoded; nil before the first successful get
+	taken time.Time  // when last was taken
 }
 
 // NewServer returns a Server over get.
@@ -204,26 +214,43 @@ func readRequest(br *bufio.Reader) (byte, error) {
 func (s *Server) respond(ctx context.Context, refresh bool) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if refresh || s.last == nil {
-		b, err := s.take(ctx)
-		if err != nil {
+	stale := s.MaxAge > 0 && time.Since(s.taken) > s.MaxAge
+	if refresh || s.last == nil || stale {
+		if err := s.take(ctx); err != nil {
 			msg := err.Error()
 			if len(msg) > maxErrorLen {
 				msg = msg[:maxErrorLen]
 			}
 			return frame(statusError, []byte(msg))
 		}
-		s.last = b
 	}
 	return frame(statusOK, s.last)
 }
 
-func (s *Server) take(ctx context.Context) ([]byte, error) {
+// Refresh takes a layout now and caches it for requests without the
+// refresh flag: a server that refreshes in the background answers them at
+// once, where taking one walks the whole buffer pool.
+func (s *Server) Refresh(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.take(ctx)
+}
+
+// take gets a layout into the cache; s.mu is held.
+func (s *Server) take(ctx context.Context) error {
+	t0 := time.Now()
 	l, err := s.get(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return l.MarshalBinary()
+	b, err := l.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	// Its age counts from the start of the walk: pages it names were read
+	// from then on.
+	s.last, s.taken = b, t0
+	return nil
 }
 
 func frame(status byte, payload []byte) []byte {

@@ -170,3 +170,45 @@ func TestFetchUnix(t *testing.T) {
 		t.Fatal("Fetch from a missing socket succeeded")
 	}
 }
+
+// TestServerMaxAgeRefresh: a server refreshed in the background answers a
+// request without the refresh flag from its cache, unless the cache is
+// older than MaxAge.
+func TestServerMaxAgeRefresh(t *testing.T) {
+	var takes atomic.Uint64
+	s := NewServer(func(context.Context) (*Layout, error) {
+		n := takes.Add(1)
+		return &Layout{Generation: n, Disks: disks("vda")}, nil
+	})
+	s.MaxAge = 200 * time.Millisecond
+	ctx := context.Background()
+	if err := s.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "l.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go s.Serve(cctx, ln)
+	get := func(refresh bool) uint64 {
+		t.Helper()
+		l, err := FetchWith(ctx, "unix:"+path, refresh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Generation
+	}
+	if g := get(false); g != 1 || takes.Load() != 1 {
+		t.Fatalf("cached request: generation %d after %d takes, want the background one (1)", g, takes.Load())
+	}
+	time.Sleep(300 * time.Millisecond)
+	if g := get(false); g != 2 {
+		t.Fatalf("request past MaxAge: generation %d, want a new take (2)", g)
+	}
+	if g := get(true); g != 3 {
+		t.Fatalf("refresh: generation %d, want 3", g)
+	}
+}

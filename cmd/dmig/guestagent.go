@@ -27,8 +27,9 @@ type guestAgentFlags struct {
 
 type guestServeCmd struct {
 	guestAgentFlags
-	Listen  string `help:"Loopback TCP address to also serve layouts on, e.g. 127.0.0.1:7070 (others are refused: the host asks through --channel)."`
-	Channel string `help:"virtio-serial port to serve layouts on, e.g. /dev/virtio-ports/dmig.layout."`
+	Listen  string        `help:"Loopback TCP address to also serve layouts on, e.g. 127.0.0.1:7070 (others are refused: the host asks through --channel)."`
+	Channel string        `help:"virtio-serial port to serve layouts on, e.g. /dev/virtio-ports/dmig.layout."`
+	Refresh time.Duration `name:"refresh-every" help:"Take a layout in the background this often, so a migration's first pass gets one at once (0: only on request)."`
 }
 
 type guestDumpCmd struct {
@@ -47,7 +48,7 @@ func (s *guestServeCmd) Run(ctx context.Context, g *globals) error {
 		return err
 	}
 	defer a.Close()
-	return a.Serve(ctx, guest.ServeConfig{Listen: s.Listen, Channel: s.Channel})
+	return a.Serve(ctx, guest.ServeConfig{Listen: s.Listen, Channel: s.Channel, RefreshEvery: s.Refresh})
 }
 
 func (d *guestDumpCmd) Run(ctx context.Context, g *globals) error {
