@@ -62,6 +62,10 @@ type Config struct {
 	// QEMU's own default is 128 MiB/s). dmig's modes have no cap, so the
 	// default is a cap no link here reaches: 10 GiB/s.
 	Bandwidth uint64
+	// Rate, if set, shapes the migration traffic on this host's loopback to
+	// a link of that rate (tc syntax: 1gbit), both dmig's and QEMU's: see
+	// shaper. It replaces lo's root qdisc for the run. Empty: unshaped.
+	Rate string
 	// MaxIterations bounds dmig's pre-copy passes (default 30).
 	MaxIterations int
 	// Timeout bounds each migration (default 15 minutes): QEMU's pre-copy
@@ -138,6 +142,7 @@ func (m *Migration) OK() bool {
 // Result is a whole comparison.
 type Result struct {
 	Started    time.Time   `json:"started"`
+	Rate       string      `json:"rate,omitempty"`
 	Workload   string      `json:"workload,omitempty"`
 	Check      string      `json:"check,omitempty"`
 	Baseline   string      `json:"check_baseline,omitempty"`
@@ -177,7 +182,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, errors.New("compare: no directory for the destinations")
 	}
 	r := &runner{cfg: cfg, log: cfg.Logger, cur: cfg.QMP}
-	r.res = &Result{Started: time.Now(), Workload: cfg.Workload, Check: cfg.Check, QMP: cfg.QMP}
+	r.res = &Result{Started: time.Now(), Workload: cfg.Workload, Check: cfg.Check, QMP: cfg.QMP, Rate: cfg.Rate}
+	if cfg.Rate != "" {
+		sh, err := newShaper("lo", cfg.Rate)
+		if err != nil {
+			return nil, err
+		}
+		r.shaper = sh
+		defer func() {
+			if err := sh.close(); err != nil {
+				r.log.Warn("remove the loopback shaping", "error", err)
+			}
+		}()
+	}
 	err := r.run(ctx)
 	if r.w != nil {
 		r.w.stop()
@@ -197,11 +214,12 @@ func validMode(m string) bool {
 }
 
 type runner struct {
-	cfg Config
-	log hclog.Logger
-	res *Result
-	w   *workload
-	cur string // QMP socket of the VM now
+	cfg    Config
+	log    hclog.Logger
+	res    *Result
+	w      *workload
+	cur    string  // QMP socket of the VM now
+	shaper *shaper // nil: unshaped
 	// console is the current VM's console log, if this run started it.
 	console string
 	// owned are the RAM files of the current VM if this run made them: they
@@ -391,6 +409,9 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		return nil, err
 	}
 	defer l.Close()
+	if err := r.shape(l.Addr().(*net.TCPAddr).Port); err != nil {
+		return nil, err
+	}
 	served := make(chan error, 1)
 	go func() {
 		served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: r.log.Named("dest"), NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
@@ -432,6 +453,9 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		return nil, err
 	}
 	port, err := freePort()
+	if err == nil {
+		err = r.shape(port)
+	}
 	if err != nil {
 		_ = tg.Kill()
 		return nil, err
@@ -454,6 +478,14 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		r.log.Warn("quit the source qemu", "error", err)
 	}
 	return res.Report, nil
+}
+
+// shape puts a migration's port behind the rate limit, if there is one.
+func (r *runner) shape(port int) error {
+	if r.shaper == nil {
+		return nil
+	}
+	return r.shaper.shape(port)
 }
 
 func freePort() (int, error) {

@@ -9,6 +9,8 @@ var (
 	ErrCheck = errors.New("check command failed")
 	// ErrTimeout: a migration took longer than Config.Timeout.
 	ErrTimeout = errors.New("migration timed out")
+	// ErrShape: the loopback could not be shaped (tc missing, not root).
+	ErrShape = errors.New("shape the loopback")
 	// ErrWorkloadEnded: the workload exited during the comparison.
 	ErrWorkloadEnded = errors.New("workload ended")
 	// ErrPlotFormat: a plot path whose extension is neither .png nor .svg.

@@ -28,6 +28,7 @@ type compareCmd struct {
 	Downtime   time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
 	Bandwidth  uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
 	MaxIter    int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
+	Rate       string        `placeholder:"RATE" help:"Shape the migration traffic on the loopback to a link of this rate (tc syntax, e.g. 1gbit), dmig's and QEMU's alike; replaces lo's root qdisc during the run."`
 	Timeout    time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
 	JSON       string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
 	CSV        string        `name:"csv" placeholder:"FILE" help:"Write one CSV row per migration ('-': stdout, instead of the table)."`
@@ -46,7 +47,7 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 	res, err := compare.Run(ctx, compare.Config{
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
-		Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter,
+		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {
 			log.Info("migration done", "mode", m.Mode, "round", m.Round, "seconds", m.EndS-m.StartS, "check", m.Check, "error", m.Error)
