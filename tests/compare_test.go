@@ -38,43 +38,47 @@ func sysbench(addr, test string, extra ...string) string {
 	return strings.Join(append(a, extra...), " ")
 }
 
-// TestCompare boots the MariaDB guest on a bridge and runs `dmig compare`
-// in all five modes twice: under sysbench's read-only load with CHECKSUM
-// TABLE of every table checked after each migration, then under its
-// read/write load, after which mariadb-check and InnoDB's error log must
-// find nothing wrong. The guest keeps its address and its connections
-// throughout (sysbench must report no error).
-func TestCompare(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	img := testvm.BuildImage(t, dir)
-	br := testvm.NewBridge(t, dir)
-	ramDir := fmt.Sprintf("/dev/shm/dmig-compare-%d", os.Getpid())
-	if err := os.MkdirAll(ramDir, 0o755); err != nil {
-		t.Fatal(err)
+// compareGuest is the MariaDB guest of the comparison runs, booted on a
+// bridge of its own, its buffer pool loaded.
+type compareGuest struct {
+	dir, ramDir string
+	addr        string // the guest's address on the bridge
+	qmp         string // its first QEMU's QMP socket
+	db          *sql.DB
+	poolSize    int64 // innodb_buffer_pool_size
+}
+
+// bootCompareGuest boots the guest and waits for its buffer pool. Its QEMUs
+// and RAM files go when tb ends.
+func bootCompareGuest(ctx context.Context, tb testing.TB) *compareGuest {
+	tb.Helper()
+	dir := tb.TempDir()
+	img := testvm.BuildImage(tb, dir)
+	br := testvm.NewBridge(tb, dir)
+	g := &compareGuest{dir: dir, ramDir: fmt.Sprintf("/dev/shm/dmig-compare-%d", os.Getpid()), addr: br.Addr(2)}
+	if err := os.MkdirAll(g.ramDir, 0o755); err != nil {
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		testvm.KillUnder(dir)
-		os.RemoveAll(ramDir)
+		os.RemoveAll(g.ramDir)
 	})
 	cfg := qemu.Config{Dir: filepath.Join(dir, "vm"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
-		MemPath: filepath.Join(ramDir, "source"), Tap: &qemu.Tap{Script: br.Script, Addr: br.CIDR(2)},
+		MemPath: filepath.Join(g.ramDir, "source"), Tap: &qemu.Tap{Script: br.Script, Addr: br.CIDR(2)},
 		AgentSocket: filepath.Join(dir, "vm", "agent.sock"), KillWithParent: true}
 	start := time.Now()
 	vm, err := qemu.StartConfig(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	// QEMU serves one QMP client at a time: dmig compare's.
 	vm.Mon.Close()
-	addr := br.Addr(2)
-	db := testvm.WaitSQL(ctx, t, addr)
-	poolBytes := waitPoolLoaded(ctx, t, db)
-	t.Logf("guest at %s: mariadb answered and its buffer pool holds %d MiB, %.0f s after qemu started", addr, poolBytes>>20, time.Since(start).Seconds())
-	var poolSize int64
-	if err := db.QueryRowContext(ctx, "SELECT @@innodb_buffer_pool_size").Scan(&poolSize); err != nil {
-		t.Fatal(err)
+	g.qmp = cfg.QMPPath()
+	g.db = testvm.WaitSQL(ctx, tb, g.addr)
+	poolBytes := waitPoolLoaded(ctx, tb, g.db)
+	tb.Logf("guest at %s: mariadb answered and its buffer pool holds %d MiB, %.0f s after qemu started", g.addr, poolBytes>>20, time.Since(start).Seconds())
+	if err := g.db.QueryRowContext(ctx, "SELECT @@innodb_buffer_pool_size").Scan(&g.poolSize); err != nil {
+		tb.Fatal(err)
 	}
 	// The image's agent refreshes its layout every 120 s; its first one
 	// predates the pool's load. Refresh it now, as its next tick would, so
@@ -82,16 +86,26 @@ func TestCompare(t *testing.T) {
 	t0 := time.Now()
 	lay, err := layout.FetchWith(ctx, "unix:"+cfg.AgentSocket, true)
 	if err != nil {
-		t.Fatalf("layout from the guest agent: %v", err)
+		tb.Fatalf("layout from the guest agent: %v", err)
 	}
-	t.Logf("guest agent: layout of %d MiB taken in %.1f s", lay.Pages()>>8, time.Since(t0).Seconds())
+	tb.Logf("guest agent: layout of %d MiB taken in %.1f s", lay.Pages()>>8, time.Since(t0).Seconds())
+	return g
+}
 
-	var tables []string
-	for i := 1; i <= sbTables; i++ {
-		tables = append(tables, fmt.Sprintf("sbtest%d", i))
-	}
-	client := fmt.Sprintf("mariadb -h %s -u dmig -pdmig sbtest -N", addr)
-	qmp := cfg.QMPPath()
+// TestCompare boots the MariaDB guest on a bridge and runs `dmig compare`
+// three times: dmig's modes under sysbench's read-only load with CHECKSUM
+// TABLE of every table checked after each migration, then under its
+// read/write load, after which mariadb-check and InnoDB's error log must
+// find nothing wrong, then QEMU's own modes for their figures. The guest
+// keeps its address and its connections throughout (sysbench must report
+// no error).
+func TestCompare(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	g := bootCompareGuest(ctx, t)
+	dir, ramDir, addr, poolSize := g.dir, g.ramDir, g.addr, g.poolSize
+
+	qmp := g.qmp
 	// DMIG_TEST_KEEP=DIR keeps compare's outputs (JSON, CSV, plot, log)
 	// after the test, to look at.
 	outDir := dir
@@ -141,7 +155,7 @@ func TestCompare(t *testing.T) {
 		return &res, runErr
 	}
 	dmigModes := "hybrid,precopy,postcopy"
-	checksum := client + " -e 'CHECKSUM TABLE " + strings.Join(tables, ", ") + "'"
+	checksum := checksumCmd(addr)
 
 	ok := t.Run("read-only", func(t *testing.T) {
 		res, err := runCompare(t, "ro", dmigModes, sysbench(addr, "oltp_read_only", "--threads=2", "--time=0", "--report-interval=1", "run"), checksum)
@@ -291,9 +305,64 @@ func guestHealthy(t *testing.T, dirs ...string) {
 	}
 }
 
+// checksumCmd is a shell command printing CHECKSUM TABLE of every sysbench
+// table of the guest at addr.
+func checksumCmd(addr string) string {
+	var tables []string
+	for i := 1; i <= sbTables; i++ {
+		tables = append(tables, fmt.Sprintf("sbtest%d", i))
+	}
+	return fmt.Sprintf("mariadb -h %s -u dmig -pdmig sbtest -N -e 'CHECKSUM TABLE %s'", addr, strings.Join(tables, ", "))
+}
+
+// BenchmarkCompare runs `dmig compare` in all five modes on the guest under
+// sysbench's read-only load, the migration traffic shaped on the loopback to
+// DMIG_BENCH_RATE (default 1gbit; "none": unshaped), and logs its table:
+// each mode's figures and their ratios against qemu-precopy of the same
+// run. DMIG_TEST_KEEP=DIR keeps the JSON and the plot.
+//
+//	go test -run '^$' -bench Compare -benchtime 1x -timeout 40m ./tests/
+func BenchmarkCompare(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	g := bootCompareGuest(ctx, b)
+	rate := os.Getenv("DMIG_BENCH_RATE")
+	if rate == "" {
+		rate = "1gbit"
+	}
+	outDir := g.dir
+	if keep := os.Getenv("DMIG_TEST_KEEP"); keep != "" {
+		outDir = keep
+	}
+	for i := range b.N {
+		out := filepath.Join(outDir, fmt.Sprint("bench", i))
+		args := []string{"compare", "--qmp", g.qmp, "--dir", out, "--ram-dir", g.ramDir,
+			"--workload", sysbench(g.addr, "oltp_read_only", "--threads=2", "--time=0", "--report-interval=1", "run"),
+			"--check", checksumCmd(g.addr), "--warmup", "5s", "--cooldown", "5s", "--timeout", "10m",
+			"--json", out + ".json", "--plot", out + ".png", "--log-format", "text"}
+		if rate != "none" {
+			args = append(args, "--rate", rate)
+		}
+		cmd := exec.CommandContext(ctx, dmigBin, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		table, err := cmd.Output()
+		var res compare.Result
+		if b2, rerr := os.ReadFile(out + ".json"); rerr == nil && json.Unmarshal(b2, &res) == nil {
+			g.qmp = res.QMP
+		}
+		b.Logf("dmig compare, link %s:\n%s", rate, table)
+		if err != nil {
+			// QEMU's own modes may break this TCG guest (README): the
+			// figures still stand, the log says what happened.
+			b.Logf("dmig compare: %v\n%s", err, tail(stderr.String(), 20))
+		}
+	}
+}
+
 // waitPoolLoaded waits for the guest's server to load its buffer-pool
 // dump and returns the bytes of data pages in the pool.
-func waitPoolLoaded(ctx context.Context, t *testing.T, db *sql.DB) int64 {
+func waitPoolLoaded(ctx context.Context, t testing.TB, db *sql.DB) int64 {
 	t.Helper()
 	for {
 		var name, status string
