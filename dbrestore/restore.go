@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/clock"
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/storageref"
@@ -342,18 +343,7 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 	at := p.next
 	p.next = p.next.Add(time.Duration(n) * p.per)
 	p.mu.Unlock()
-	d := time.Until(at)
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return clock.Sleep(ctx, time.Until(at))
 }
 
 // read checks and places one batch. GuestPage of the layout refs it reads

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dmig/dmig/internal/clock"
 	"github.com/dmig/dmig/layout"
 )
 
@@ -235,18 +236,7 @@ func (s *scanner) pace(ctx context.Context, start time.Time, read uint64) error 
 		return nil
 	}
 	due := time.Duration(float64(read) / s.rate * float64(time.Second))
-	wait := due - time.Since(start)
-	if wait <= 0 {
-		return nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return clock.Sleep(ctx, due-time.Since(start))
 }
 
 // refs turns the candidates into layout references: drops pages claimed by
