@@ -50,7 +50,8 @@
 //     independent streams: the destination knows iteration k has fully
 //     arrived when it has counted those batches. Progress may flow back,
 //     and Resend: pages whose storage references failed at the
-//     destination, which the source sends again as data in a later pass.
+//     destination, which the source sends again as data in a later pass;
+//     Verdict counts the references checked so far and how many failed.
 //  3. The source pauses the guest, sends the last iteration and its
 //     IterationEnd, then Switchover{final iteration, Pending}: Pending are
 //     the pages the destination must treat as not yet received. The

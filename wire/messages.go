@@ -55,6 +55,8 @@ func newMessage(t Type) Message {
 		return new(DeviceState)
 	case TypeResend:
 		return new(Resend)
+	case TypeVerdict:
+		return new(Verdict)
 	case TypePageBatch:
 		return new(PageBatch)
 	case TypePageRequest:
@@ -362,6 +364,44 @@ func (m *Resend) appendPayload(b []byte) []byte { return appendRuns(b, m.Pages) 
 func (m *Resend) decode(p []byte) error {
 	d := decoder{b: p}
 	m.Pages = decodeRuns(&d)
+	if err := d.finish(); err != nil {
+		return err
+	}
+	return m.validate()
+}
+
+// Verdict is the destination's running account of the storage references
+// it has checked before switchover (control connection, destination →
+// source): Checked of them were read and compared with their hash, Failed of
+// those failed. The Resend for the failures precedes the Verdict that counts
+// them. The source compares Checked with the references it sent to see how
+// far the restore lags, and Failed with Checked to judge the layout: with a
+// wrong layout it keeps passing until the lagging failures are handed back,
+// so their pages go as data before switchover instead of by post-copy
+// fault from the paused source.
+type Verdict struct {
+	Checked uint64
+	Failed  uint64
+}
+
+func (*Verdict) Type() Type { return TypeVerdict }
+
+func (m *Verdict) validate() error {
+	if m.Failed > m.Checked {
+		return fmt.Errorf("%w: %d of %d checked references failed", ErrRange, m.Failed, m.Checked)
+	}
+	return nil
+}
+
+func (m *Verdict) appendPayload(b []byte) []byte {
+	b = binary.AppendUvarint(b, m.Checked)
+	return binary.AppendUvarint(b, m.Failed)
+}
+
+func (m *Verdict) decode(p []byte) error {
+	d := decoder{b: p}
+	m.Checked = d.uvarint("checked")
+	m.Failed = d.uvarint("failed")
 	if err := d.finish(); err != nil {
 		return err
 	}

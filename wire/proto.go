@@ -66,6 +66,7 @@ const (
 	TypeGo           Type = 11
 	TypeDeviceState  Type = 12
 	TypeResend       Type = 13
+	TypeVerdict      Type = 14
 	TypePageBatch    Type = 16
 	TypePageRequest  Type = 32
 	TypePageReply    Type = 33
@@ -99,6 +100,8 @@ func (t Type) String() string {
 		return "DeviceState"
 	case TypeResend:
 		return "Resend"
+	case TypeVerdict:
+		return "Verdict"
 	case TypePageBatch:
 		return "PageBatch"
 	case TypePageRequest:
@@ -112,7 +115,7 @@ func (t Type) String() string {
 // role returns the connection role that carries frames of type t, or 0.
 func (t Type) role() Role {
 	switch {
-	case t >= TypeHello && t <= TypeResend:
+	case t >= TypeHello && t <= TypeVerdict:
 		return RoleControl
 	case t == TypePageBatch:
 		return RoleBulk
