@@ -30,6 +30,9 @@ const (
 	restoreQueue      = 1 << 14
 	lockStripes       = 4096
 	refetchChunk      = 64 // pages per PageRequest for failed references
+	// verdictEvery spaces wire.Verdict reports while references are still
+	// unchecked; the one that finds them all checked goes at once.
+	verdictEvery = 10 * time.Millisecond
 )
 
 // restorer reads storage-referenced pages from the shared disks while the
@@ -90,6 +93,12 @@ type restorer struct {
 	postDone atomic.Uint64   // counter for resolved(): owed pages placed from storage (also verified)
 
 	verified, mismatch atomic.Uint64
+
+	// The verdict on references received before switchover: received,
+	// checked (read and compared, or superseded) and failed of those.
+	received, checked, failed atomic.Uint64
+	verdictMu                 sync.Mutex // orders Verdicts: their counts only grow
+	verdictAt                 time.Time
 }
 
 type refJob struct {
@@ -210,6 +219,7 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uint32, ref wire.Ref) error {
 	if iter != wire.IterationPostcopy {
 		r.supersede(block, p, iter)
+		r.received.Add(1)
 	}
 	r.mu.Lock()
 	r.inflight++
@@ -352,14 +362,32 @@ func (p *pacer) wait(ctx context.Context, n int) error {
 func (r *restorer) read(ctx context.Context, batch []refJob) {
 	var backMu sync.Mutex
 	var back []pageKey
+	var failedPre uint64
 	fail := func(j refJob, err error) {
-		if r.fail(j, err) {
-			backMu.Lock()
+		owed := r.fail(j, err)
+		backMu.Lock()
+		if owed {
 			back = append(back, pageKey{j.block, j.page})
-			backMu.Unlock()
 		}
+		if j.iter != wire.IterationPostcopy {
+			failedPre++
+		}
+		backMu.Unlock()
 	}
-	defer func() { r.handBack(ctx, back) }()
+	defer func() {
+		r.handBack(ctx, back)
+		var pre uint64
+		for _, j := range batch {
+			if j.iter != wire.IterationPostcopy {
+				pre++
+			}
+		}
+		if pre > 0 {
+			r.checked.Add(pre)
+			r.failed.Add(failedPre)
+			r.sendVerdict(ctx)
+		}
+	}()
 	refs := make([]layout.Ref, 0, len(batch))
 	for i, j := range batch {
 		if j.iter == wire.IterationPostcopy && !r.d.blocks[j.block].missing.Has(j.page) {
@@ -414,6 +442,27 @@ func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
 		return
 	}
 	r.handedBack.Add(wire.PageCount(runs))
+}
+
+// sendVerdict reports the references checked so far to the source, at most
+// every verdictEvery unless they are all checked. After Switchover the
+// source no longer listens for it.
+func (r *restorer) sendVerdict(ctx context.Context) {
+	if r.final.Load() {
+		return
+	}
+	r.verdictMu.Lock()
+	defer r.verdictMu.Unlock()
+	// Counted checked then failed, loaded failed then checked: a Verdict
+	// never counts a failure it does not count as checked.
+	v := wire.Verdict{Failed: r.failed.Load(), Checked: r.checked.Load()}
+	if v.Checked < r.received.Load() && time.Since(r.verdictAt) < verdictEvery {
+		return
+	}
+	r.verdictAt = time.Now()
+	if err := r.d.sess.Control.WriteFrame(ctx, &v); err != nil && ctx.Err() == nil {
+		r.log.Debug("report checked storage references", "error", err)
+	}
 }
 
 // place writes a verified page into the RAM file if its reference is still

@@ -3,6 +3,7 @@ package dbrestore
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,8 +28,15 @@ type restoreFixture struct {
 	disk [][]byte
 
 	// What the restorer sent the source on the control connection.
-	mu      sync.Mutex
-	resends []wire.Run
+	mu       sync.Mutex
+	resends  []wire.Run
+	verdicts []verdictSeen
+}
+
+// verdictSeen is a Verdict and the pages handed back before it.
+type verdictSeen struct {
+	wire.Verdict
+	handedBack int
 }
 
 func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFlags) *restoreFixture {
@@ -68,11 +76,14 @@ func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFl
 			if err != nil {
 				return
 			}
-			if rs, ok := m.(*wire.Resend); ok {
-				f.mu.Lock()
-				f.resends = append(f.resends, rs.Pages...)
-				f.mu.Unlock()
+			f.mu.Lock()
+			switch m := m.(type) {
+			case *wire.Resend:
+				f.resends = append(f.resends, m.Pages...)
+			case *wire.Verdict:
+				f.verdicts = append(f.verdicts, verdictSeen{*m, len(owedPages(f.resends))})
 			}
+			f.mu.Unlock()
 		}
 	}()
 	t.Cleanup(func() { ctrl.Close(); src.Close(); <-readDone })
@@ -231,6 +242,50 @@ func TestRestoreHandsBackFailedRefs(t *testing.T) {
 	}
 }
 
+// The source learns how many references were checked and how many failed
+// (wire.Verdict), each failure handed back before the Verdict that counts
+// it; after Switchover no Verdict goes.
+func TestRestoreReportsVerdict(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	ctx := context.Background()
+	for _, p := range []uint64{1, 2, 3} {
+		must(t, f.r.enqueue(ctx, 0, p, 1, f.ref("data", p, f.disk[p])))
+	}
+	must(t, f.r.enqueue(ctx, 0, 4, 1, f.ref("data", 4, []byte("stale"))))
+	must(t, f.r.enqueue(ctx, 0, 5, 1, f.ref("ghost", 5, f.disk[5])))
+	f.run(t)
+	last := func() (verdictSeen, int) {
+		deadline := time.Now().Add(time.Second)
+		for {
+			f.mu.Lock()
+			vs := slices.Clone(f.verdicts)
+			f.mu.Unlock()
+			if (len(vs) > 0 && vs[len(vs)-1].Checked == 5) || time.Now().After(deadline) {
+				if len(vs) == 0 {
+					return verdictSeen{}, 0
+				}
+				for _, v := range vs {
+					if v.handedBack < int(v.Failed) {
+						t.Errorf("verdict %+v counts failures not handed back before it", v)
+					}
+				}
+				return vs[len(vs)-1], len(vs)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	v, n := last()
+	if v.Checked != 5 || v.Failed != 2 {
+		t.Fatalf("last verdict checked %d, failed %d; want 5, 2", v.Checked, v.Failed)
+	}
+	f.r.final.Store(true)
+	must(t, f.r.enqueue(ctx, 0, 6, 2, f.ref("data", 6, f.disk[6])))
+	f.run(t)
+	if _, m := last(); m != n {
+		t.Errorf("%d verdicts after switchover", m-n)
+	}
+}
+
 func TestRestoreWithoutDisks(t *testing.T) {
 	dir := t.TempDir()
 	// A directory and a missing file: neither opens; every reference is owed.
@@ -298,9 +353,12 @@ func BenchmarkRestore(b *testing.B) {
 		if err := shm.Truncate(n * pageSize); err != nil {
 			b.Fatal(err)
 		}
+		// The source's end of the control connection reads the Verdicts.
+		dstEnd, srcEnd := net.Pipe()
+		go func() { _, _ = io.Copy(io.Discard, srcEnd) }()
 		d := &dest{
 			cfg:    Config{Disks: map[string]string{"data": diskPath}},
-			sess:   &wire.Session{Hello: wire.Hello{Flags: wire.FlagStorageRefs}},
+			sess:   &wire.Session{Hello: wire.Hello{Flags: wire.FlagStorageRefs}, Control: wire.NewConn(dstEnd, wire.RoleControl, 0)},
 			log:    hclog.NewNullLogger(),
 			blocks: []*dstBlock{{idx: 0, name: "ram", file: shm, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}},
 		}
@@ -320,6 +378,7 @@ func BenchmarkRestore(b *testing.B) {
 		wg.Wait()
 		r.close()
 		shm.Close()
+		dstEnd.Close()
 		if v := r.verified.Load(); v != n {
 			b.Fatalf("%d of %d pages verified", v, n)
 		}
