@@ -25,11 +25,17 @@ type policy struct {
 }
 
 // next decides after pass iter (1-based), which sent bytes in elapsed and
-// left remaining pages dirty.
-func (p *policy) next(iter int, bytes uint64, elapsed time.Duration, remaining uint64) decision {
+// left remaining pages dirty. owed is how many storage references the
+// destination has yet to check are expected to fail: while there are any
+// (a wrong layout, a restore lagging behind), passes go on to carry their
+// pages as they are handed back, up to maxIterations.
+func (p *policy) next(iter int, bytes uint64, elapsed time.Duration, remaining, owed uint64) decision {
 	p.history = append(p.history, remaining)
 	if p.mode == ModePostcopy {
 		return postcopy
+	}
+	if owed > 0 && iter < p.maxIterations {
+		return iterate
 	}
 	// Bandwidth as achieved by this pass; a pass too short to measure
 	// counts as fast enough.

@@ -64,6 +64,9 @@ type source struct {
 	pausing atomic.Bool
 
 	// Set by the control reader.
+	verdictMu sync.Mutex
+	verdict   wire.Verdict  // the destination's latest
+	verdictCh chan struct{} // a Verdict arrived (capacity 1)
 	ready     chan struct{}
 	resumed   chan struct{}
 	completed chan *wire.Complete
@@ -154,15 +157,18 @@ func (s *source) run(ctx context.Context) (err error) {
 		if err != nil {
 			return s.cause(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
 		}
+		elapsed := time.Since(t0)
+		bytes := s.bytesSent() - sent0
+		// Before collecting: what the destination hands back meanwhile
+		// is pending for the next pass.
+		owed := s.awaitVerdict(ctx, max(elapsed, minVerdictWait))
 		remaining, err := s.collect()
 		if err != nil {
 			return err
 		}
-		elapsed := time.Since(t0)
-		bytes := s.bytesSent() - sent0
 		s.rep.IterationLog = append(s.rep.IterationLog, report.Iteration{Pages: n, Bytes: bytes, MS: report.MS(elapsed), DirtyPages: remaining})
-		dec = pol.next(iter, bytes, elapsed, remaining)
-		s.log.Debug("pass done", "iteration", iter, "pages", n, "bytes", bytes, "elapsed", elapsed, "dirty", remaining, "decision", dec)
+		dec = pol.next(iter, bytes, elapsed, remaining, owed)
+		s.log.Debug("pass done", "iteration", iter, "pages", n, "bytes", bytes, "elapsed", elapsed, "dirty", remaining, "owed", owed, "decision", dec)
 		s.progress(report.PhasePrecopy, iter, remaining, float64(bytes)/elapsed.Seconds())
 	}
 	s.rep.Iterations = iter
@@ -489,6 +495,7 @@ func (s *source) dial(ctx context.Context) error {
 	}
 	s.sess = sess
 	s.ready = make(chan struct{})
+	s.verdictCh = make(chan struct{}, 1)
 	s.resumed = make(chan struct{})
 	s.completed = make(chan *wire.Complete, 1)
 	return nil
@@ -537,10 +544,71 @@ func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) 
 			s.log.Debug("destination progress", "placed", m.Placed, "missing", m.Missing)
 		case *wire.Resend:
 			s.markResend(m.Pages)
+		case *wire.Verdict:
+			s.verdictMu.Lock()
+			if m.Checked >= s.verdict.Checked {
+				s.verdict = *m
+			}
+			s.verdictMu.Unlock()
+			select {
+			case s.verdictCh <- struct{}{}:
+			default:
+			}
 		default:
 			fail(fmt.Errorf("control connection: unexpected %v from destination", m.Type()))
 			return
 		}
+	}
+}
+
+// The destination's verdict on the storage references is awaited after a
+// pass until it covers verdictSample of them (or all, if fewer) and, if
+// more than 1/badLayout of those failed, until it covers every one; at most
+// as long as the pass took, and at least minVerdictWait.
+const (
+	verdictSample  = 256
+	badLayout      = 100
+	minVerdictWait = 20 * time.Millisecond
+)
+
+// awaitVerdict waits, at most limit, for the destination's verdict on the
+// storage references sent so far, and returns how many of those it has not
+// checked yet are expected to fail, at the rate the checked ones failed.
+//
+// A good layout costs no wait beyond a sample: references still unchecked
+// at switchover are restored after resume. A wrong one is worth waiting
+// for: its failures are handed back (wire.Resend) and go as data in the
+// next pass, instead of being fetched from the paused source by post-copy
+// fault, and the policy counts the failures still expected as pages to
+// send, so it does not switch over while the restore lags behind them.
+func (s *source) awaitVerdict(ctx context.Context, limit time.Duration) uint64 {
+	if s.refs == nil || s.cfg.Mode != ModeHybrid {
+		return 0
+	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		sent := s.refs.sent.Load()
+		s.verdictMu.Lock()
+		v := s.verdict
+		s.verdictMu.Unlock()
+		if v.Checked >= sent {
+			return 0
+		}
+		sampled := v.Checked >= min(sent, verdictSample)
+		if sampled && v.Failed*badLayout < v.Checked {
+			return 0
+		}
+		select {
+		case <-s.verdictCh:
+			continue
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+		if !sampled {
+			return 0
+		}
+		return (sent - v.Checked) * v.Failed / v.Checked
 	}
 }
 
