@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,15 +28,19 @@ func (r *rejections) add(_ net.Addr, err error) {
 	r.errs = append(r.errs, err)
 }
 
+// has waits up to 5 s for a rejection matching target: the listener reports
+// a refusal after writing it, so the refused peer may see it first.
 func (r *rejections) has(target error) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, e := range r.errs {
-		if errors.Is(e, target) {
-			return true
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		found := slices.ContainsFunc(r.errs, func(e error) bool { return errors.Is(e, target) })
+		r.mu.Unlock()
+		if found || time.Now().After(deadline) {
+			return found
 		}
+		time.Sleep(time.Millisecond)
 	}
-	return false
 }
 
 func listen(t *testing.T) (*Listener, *rejections) {
