@@ -218,8 +218,35 @@ func parseBatchHeader(p []byte, payloadLen uint32) (batchHeader, int, error) {
 	return h, int(data / PageSize), nil
 }
 
+// parseCompressedBatchHeader is parseBatchHeader for a frameCompressed
+// batch: the payload's length does not tell the pages of data, the table
+// does, so it returns -1 for them (parseTable then only counts).
+func parseCompressedBatchHeader(p []byte, payloadLen uint32) (batchHeader, int, error) {
+	h := batchHeader{
+		block: le.Uint32(p[0:]), iteration: le.Uint32(p[4:]),
+		entries: le.Uint32(p[8:]), tableLen: le.Uint32(p[12:]),
+	}
+	if h.entries == 0 || h.entries > MaxBatchEntries {
+		return h, 0, fmt.Errorf("%w: batch of %d entries, want 1..%d", ErrRange, h.entries, MaxBatchEntries)
+	}
+	if h.tableLen > MaxBatchTable || h.tableLen >= payloadLen-batchHeaderLen || h.tableLen < h.entries {
+		return h, 0, fmt.Errorf("%w: compressed batch table of %d bytes for %d entries in a %d-byte payload", ErrMalformed, h.tableLen, h.entries, payloadLen)
+	}
+	return h, -1, nil
+}
+
+func dataEntries(es []Entry) int {
+	n := 0
+	for _, e := range es {
+		if e.Kind == KindData {
+			n++
+		}
+	}
+	return n
+}
+
 // parseTable decodes n entries from table into entries (reusing its memory)
-// and checks that exactly nData of them are KindData.
+// and checks that exactly nData of them are KindData (unless nData < 0).
 func parseTable(table []byte, n uint32, nData int, entries []Entry) ([]Entry, error) {
 	entries = entries[:0]
 	d := decoder{b: table}
@@ -254,7 +281,7 @@ func parseTable(table []byte, n uint32, nData int, entries []Entry) ([]Entry, er
 	if err := d.finish(); err != nil {
 		return entries, err
 	}
-	if seen != nData {
+	if nData >= 0 && seen != nData {
 		return entries, fmt.Errorf("%w: %d data entries but %d pages of data", ErrMalformed, seen, nData)
 	}
 	return entries, nil

@@ -14,7 +14,7 @@ import (
 )
 
 // Frame header: type u8 | flags u8 | reserved u16 | payload length u32 (LE).
-// Flags and reserved are zero.
+// Flags are zero but for frameCompressed; reserved is zero.
 const frameHeaderLen = 8
 
 const (
@@ -50,6 +50,11 @@ type Conn struct {
 	reply    PageReply
 	request  PageRequest
 	dataLeft int64 // page data of the last batch not yet read
+	// compress: this bulk connection's session negotiated FlagCompress, so
+	// batches may go compressed both ways.
+	compress bool
+	zr       decompressor
+	zdata    []byte // a compressed batch's page data, decompressed, not yet read
 	riov     [][]byte
 	rctx     context.Context // the ReadFrame ctx governing ReadData
 	rerr     error
@@ -58,6 +63,7 @@ type Conn struct {
 
 	wmu     sync.Mutex
 	wbuf    []byte
+	zw      compressor
 	iov     net.Buffers
 	iovw    net.Buffers
 	werr    error
@@ -210,6 +216,9 @@ func (c *Conn) ReadFrame(ctx context.Context) (Message, error) {
 }
 
 func (c *Conn) readFrame() (m Message, clean bool, err error) {
+	if c.zdata != nil {
+		c.zdata, c.dataLeft = nil, 0
+	}
 	if c.dataLeft > 0 {
 		if err := c.rd.discard(c.dataLeft); err != nil {
 			return nil, false, err
@@ -225,11 +234,12 @@ func (c *Conn) readFrame() (m Message, clean bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	typ, length := Type(hdr[0]), le.Uint32(hdr[4:])
+	typ, flags, length := Type(hdr[0]), hdr[1], le.Uint32(hdr[4:])
+	compressed := flags == frameCompressed && typ == TypePageBatch && c.compress
 	switch {
 	case typ.role() == 0:
 		return nil, false, fmt.Errorf("%w %d", ErrUnknownType, hdr[0])
-	case hdr[1] != 0 || hdr[2] != 0 || hdr[3] != 0:
+	case (flags != 0 && !compressed) || hdr[2] != 0 || hdr[3] != 0:
 		return nil, false, fmt.Errorf("%w: %s frame flags %#x reserved %#x", ErrMalformed, typ, hdr[1], le.Uint16(hdr[2:]))
 	case typ.role() != c.role:
 		return nil, false, fmt.Errorf("%w: %s frame", ErrUnexpected, typ)
@@ -237,7 +247,7 @@ func (c *Conn) readFrame() (m Message, clean bool, err error) {
 		return nil, false, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrFrameTooLarge, typ, length, typ.maxLen())
 	}
 	if typ == TypePageBatch {
-		b, err := c.readBatch(length)
+		b, err := c.readBatch(length, compressed)
 		return b, false, err
 	}
 	p, err := c.readPayload(int(length))
@@ -280,7 +290,7 @@ func (c *Conn) readPayload(n int) ([]byte, error) {
 	return buf, nil
 }
 
-func (c *Conn) readBatch(length uint32) (*PageBatch, error) {
+func (c *Conn) readBatch(length uint32, compressed bool) (*PageBatch, error) {
 	if length < batchHeaderLen {
 		return nil, fmt.Errorf("%w: batch payload of %d bytes", ErrTruncated, length)
 	}
@@ -288,7 +298,11 @@ func (c *Conn) readBatch(length uint32) (*PageBatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, nData, err := parseBatchHeader(p, length)
+	parse := parseBatchHeader
+	if compressed {
+		parse = parseCompressedBatchHeader
+	}
+	h, nData, err := parse(p, length)
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +318,19 @@ func (c *Conn) readBatch(length uint32) (*PageBatch, error) {
 	}
 	if err := c.geo.check(b); err != nil {
 		return nil, fmt.Errorf("check batch: %w", err)
+	}
+	if compressed {
+		nData = dataEntries(b.Entries)
+		if nData == 0 || nData > MaxBatchDataPages {
+			return nil, fmt.Errorf("%w: compressed batch of %d data pages", ErrMalformed, nData)
+		}
+		z, err := c.readPayload(int(length - batchHeaderLen - h.tableLen))
+		if err != nil {
+			return nil, err
+		}
+		if c.zdata, err = c.zr.decompress(z, nData*PageSize); err != nil {
+			return nil, err
+		}
 	}
 	c.dataLeft = int64(nData) * PageSize
 	return b, nil
@@ -322,6 +349,11 @@ func (c *Conn) ReadData(dst []byte) error {
 	}
 	if len(dst)%PageSize != 0 || int64(len(dst)) > c.dataLeft {
 		return fmt.Errorf("read page data on %s: %w: %d bytes asked, %d left in batch", c, ErrDataPending, len(dst), c.dataLeft)
+	}
+	if c.zdata != nil {
+		c.zdata = c.zdata[copy(dst, c.zdata):]
+		c.dataLeft -= int64(len(dst))
+		return nil
 	}
 	ahead := int(min(c.dataLeft-int64(len(dst)), readBufSize))
 	if err := c.rd.readFull(dst, ahead); err != nil {
@@ -348,6 +380,13 @@ func (c *Conn) ReadDataVec(dsts [][]byte) error {
 	}
 	if total > c.dataLeft {
 		return fmt.Errorf("read page data on %s: %w: %d bytes asked, %d left in batch", c, ErrDataPending, total, c.dataLeft)
+	}
+	if c.zdata != nil {
+		for _, d := range dsts {
+			c.zdata = c.zdata[copy(d, c.zdata):]
+		}
+		c.dataLeft -= total
+		return nil
 	}
 	ahead := int(min(c.dataLeft-total, readBufSize))
 	var err error
@@ -380,6 +419,18 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 	c.iov = append(c.iov[:0], nil) // b, once complete
 	if pc, ok := m.(pageCarrier); ok {
 		c.iov = pc.appendPageData(c.iov)
+	}
+	if c.compress && typ == TypePageBatch && len(c.iov) > 1 {
+		z, ok, err := c.zw.compress(c.iov[1:])
+		if err != nil {
+			clear(c.iov)
+			return fmt.Errorf("write %s on %s: %w", typ, c, err)
+		}
+		if ok {
+			clear(c.iov[1:])
+			c.iov = append(c.iov[:1], z)
+			b[1] = frameCompressed
+		}
 	}
 	total := len(b) - frameHeaderLen
 	for _, d := range c.iov[1:] {

@@ -92,11 +92,13 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	}
 	f.Add(stream)
+	f.Add(compressedFrame(f, zstdPage()))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ctx := testCtx(t)
-		for _, role := range []Role{RoleControl, RoleBulk, RoleUrgent} {
+		for i, role := range []Role{RoleControl, RoleBulk, RoleUrgent, RoleBulk} {
 			c := NewConn(&streamConn{r: &chunkReader{b: in, n: 7}}, role, 0)
 			c.SetGeometry(testHello())
+			c.compress = i == 3 // the last bulk conn takes compressed batches
 			for range 1000 {
 				m, err := c.ReadFrame(ctx)
 				if err != nil {

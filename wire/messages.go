@@ -77,8 +77,11 @@ const (
 	// FlagPostcopy: the source will serve post-copy page requests, so the
 	// destination may resume before every page arrived.
 	FlagPostcopy HelloFlags = 1 << 1
+	// FlagCompress: batches on the bulk connections may carry their page
+	// data zstd-compressed (frame flag), whichever way they go.
+	FlagCompress HelloFlags = 1 << 2
 
-	knownFlags = FlagStorageRefs | FlagPostcopy
+	knownFlags = FlagStorageRefs | FlagPostcopy | FlagCompress
 )
 
 // Hello opens a session on the control connection (source → destination).

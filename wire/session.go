@@ -47,9 +47,12 @@ func (s *Session) conns() []*Conn {
 	return cs
 }
 
-func (s *Session) setGeometry() {
+// setup applies what Hello agreed to every connection: the geometry, and
+// compression of the bulk connections' batches.
+func (s *Session) setup() {
 	for _, c := range s.conns() {
 		c.SetGeometry(&s.Hello)
+		c.compress = c.role == RoleBulk && s.Hello.Flags&FlagCompress != 0
 	}
 }
 
@@ -118,7 +121,7 @@ func dialSession(ctx context.Context, addr string, h Hello, version uint16, o di
 		s.Close()
 		return nil, err
 	}
-	s.setGeometry()
+	s.setup()
 	return s, nil
 }
 
@@ -320,7 +323,7 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 			s.Urgent = c
 		}
 		if s.complete() {
-			s.setGeometry()
+			s.setup()
 			return s, nil
 		}
 	}
