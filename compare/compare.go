@@ -68,6 +68,9 @@ type Config struct {
 	Rate string
 	// MaxIterations bounds dmig's pre-copy passes (default 30).
 	MaxIterations int
+	// Compress: dmig's modes send page data zstd-compressed
+	// (precopy.Config.Compress). QEMU's run with its defaults, uncompressed.
+	Compress bool
 	// Timeout bounds each migration (default 15 minutes): QEMU's pre-copy
 	// never gives up on a guest that dirties memory faster than it sends.
 	Timeout time.Duration
@@ -431,7 +434,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		}
 	}
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
-		MaxIterations: r.cfg.MaxIterations, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
+		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
 	serr := <-served
 	if err == nil && serr != nil {
 		err = fmt.Errorf("destination: %w", serr)

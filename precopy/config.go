@@ -43,6 +43,10 @@ type Config struct {
 	Downtime      time.Duration // downtime budget, default 50ms
 	MaxIterations int           // pre-copy passes at most, default 30
 	BulkConns     int           // parallel bulk connections, default 2
+	// Compress sends page data zstd-compressed (each batch that shrinks by
+	// at least 1/16): worth it when the link, not the cores, limits the
+	// transfer; on a fast LAN the compression itself becomes the limit.
+	Compress bool
 	// LayoutAddr is the guest's layout endpoint (host:port, see
 	// layout.Fetch). In hybrid mode the pages its layout names go as
 	// storage references; precopy and postcopy ignore it.

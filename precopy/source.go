@@ -26,7 +26,7 @@ import (
 func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	cfg.defaults()
 	s := &source{cfg: cfg, g: g, log: cfg.Logger.With("guest", g.Name()), start: time.Now()}
-	s.rep = report.Report{Mode: string(cfg.Mode), Guest: g.Name()}
+	s.rep = report.Report{Mode: string(cfg.Mode), Guest: g.Name(), Compressed: cfg.Compress}
 	err := s.run(ctx)
 	s.rep.TotalMS = report.MS(time.Since(s.start))
 	s.rep.BytesSent = s.bytesSent()
@@ -476,6 +476,9 @@ func (s *source) dial(ctx context.Context) error {
 	}
 	if s.refs != nil {
 		h.Flags |= wire.FlagStorageRefs
+	}
+	if s.cfg.Compress {
+		h.Flags |= wire.FlagCompress
 	}
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})

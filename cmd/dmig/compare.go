@@ -28,6 +28,7 @@ type compareCmd struct {
 	Downtime   time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
 	Bandwidth  uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
 	MaxIter    int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
+	Compress   bool          `help:"Compress dmig's page data (zstd); QEMU's modes stay uncompressed, as QEMU's defaults are."`
 	Rate       string        `placeholder:"RATE" help:"Shape the migration traffic on the loopback to a link of this rate (tc syntax, e.g. 1gbit), dmig's and QEMU's alike; replaces lo's root qdisc during the run."`
 	Timeout    time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
 	JSON       string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
@@ -47,7 +48,7 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 	res, err := compare.Run(ctx, compare.Config{
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
-		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter,
+		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter, Compress: c.Compress,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {
 			log.Info("migration done", "mode", m.Mode, "round", m.Round, "seconds", m.EndS-m.StartS, "check", m.Check, "error", m.Error)

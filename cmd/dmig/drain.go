@@ -21,6 +21,7 @@ type drainCmd struct {
 	Report         string        `help:"Write the JSON summary to this file ('-' for stdout)."`
 	Metrics        string        `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
 	MaxIter        int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
+	Compress       bool          `help:"Compress page data (zstd): for links of about 1 Gbit/s and below."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
@@ -58,7 +59,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 				return nil, err
 			}
 			rep, err := precopy.Run(ctx, precopy.Config{
-				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter,
+				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
 				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout,
 			}, guest)
 			if errors.Is(err, precopy.ErrBusy) {

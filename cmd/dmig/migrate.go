@@ -52,6 +52,7 @@ type migrateCmd struct {
 	Downtime   time.Duration `default:"50ms" help:"Downtime budget."`
 	MaxIter    int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
 	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
+	Compress   bool          `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
 	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
 	Layout     string        `placeholder:"HOST:PORT" help:"Guest layout endpoint: in hybrid mode the clean database pages it names go as storage references (the destination reads them from its --disk)."`
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
@@ -101,7 +102,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	}
 	rep, err := precopy.Run(ctx, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
-		BulkConns: c.BulkConns, Logger: log, TLS: tc,
+		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout,
 	}, guest)

@@ -40,6 +40,9 @@ type Report struct {
 	// LayoutMS is the time spent fetching guest layouts (hybrid), part of
 	// TotalMS: the guest agent walks the whole buffer pool for each.
 	LayoutMS float64 `json:"layout_ms,omitempty"`
+	// Compressed: page data went zstd-compressed (BytesSent counts the
+	// compressed bytes).
+	Compressed bool `json:"compressed,omitempty"`
 }
 
 // Pages counts pages by the route they took.
