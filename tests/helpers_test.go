@@ -266,13 +266,21 @@ func destCommand(statsFile string) []string {
 
 func migrate(t testing.TB, g *srcGuest, to string, mode precopy.Mode, destStats string) (*report.Report, error) {
 	t.Helper()
+	return migrateWith(t, g, precopy.Config{To: to, Mode: mode}, destStats)
+}
+
+// migrateWith is migrate with a whole source configuration (its Logger is
+// set here).
+func migrateWith(t testing.TB, g *srcGuest, cfg precopy.Config, destStats string) (*report.Report, error) {
+	t.Helper()
 	src, err := proc.NewSource(g.pid(), []string{g.ram}, destCommand(destStats))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	return precopy.Run(ctx, precopy.Config{To: to, Mode: mode, Logger: testLogger(t, "source")}, src)
+	cfg.Logger = testLogger(t, "source")
+	return precopy.Run(ctx, cfg, src)
 }
 
 // waitGuestHealthy checks that the destination guest verified its RAM on

@@ -23,6 +23,12 @@ const (
 	dbTag   = 0x6462 << 48 // db piece: id = db page*4 + piece
 
 	gamma = 0x9e3779b97f4a7c15
+
+	// randomWords: the rest of a page repeats one word, so pages compress
+	// about 2x, as real guest memory does (zstd's fastest level: 2.7x on a
+	// MariaDB guest's non-zero pages), and a compressed migration carries
+	// test guests as it would real ones.
+	randomWords = wordsPerPage / 2
 )
 
 // mix is splitmix64's finaliser: a bijection that spreads every input bit
@@ -43,7 +49,8 @@ func words(page []byte) []uint64 {
 // fillPage writes the content of (tag, id, version v) into page. Version 0
 // is all zeros, so a never-written page is a hole the engine sends as a zero
 // page; any other version is self-describing (tag|id, version) followed by a
-// splitmix64 stream seeded by all three.
+// splitmix64 stream seeded by all three, then one word of the three
+// repeated.
 func fillPage(page []byte, tag, id uint64, v uint32) {
 	w := words(page)
 	if v == 0 {
@@ -53,9 +60,13 @@ func fillPage(page []byte, tag, id uint64, v uint32) {
 	w[0] = tag | id
 	w[1] = uint64(v)
 	s := mix(tag ^ id*0xd6e8feb86659fd93 ^ uint64(v)*gamma)
-	for i := 2; i < wordsPerPage; i++ {
+	for i := 2; i < randomWords; i++ {
 		s += gamma
 		w[i] = mix(s)
+	}
+	tail := mix(s)
+	for i := randomWords; i < wordsPerPage; i++ {
+		w[i] = tail
 	}
 }
 
@@ -74,9 +85,15 @@ func pageIs(page []byte, tag, id uint64, v uint32) bool {
 		return false
 	}
 	s := mix(tag ^ id*0xd6e8feb86659fd93 ^ uint64(v)*gamma)
-	for i := 2; i < wordsPerPage; i++ {
+	for i := 2; i < randomWords; i++ {
 		s += gamma
 		if w[i] != mix(s) {
+			return false
+		}
+	}
+	tail := mix(s)
+	for i := randomWords; i < wordsPerPage; i++ {
+		if w[i] != tail {
 			return false
 		}
 	}
