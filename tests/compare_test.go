@@ -95,7 +95,7 @@ func bootCompareGuest(ctx context.Context, tb testing.TB) *compareGuest {
 // TestCompare boots the MariaDB guest on a bridge and runs `dmig compare`
 // three times: dmig's modes under sysbench's read-only load with CHECKSUM
 // TABLE of every table checked after each migration, then under its
-// read/write load, after which mariadb-check and InnoDB's error log must
+// read/write load with page data compressed, after which mariadb-check and InnoDB's error log must
 // find nothing wrong, then QEMU's own modes for their figures. The guest
 // keeps its address and its connections throughout (sysbench must report
 // no error).
@@ -112,9 +112,9 @@ func TestCompare(t *testing.T) {
 	if keep := os.Getenv("DMIG_TEST_KEEP"); keep != "" {
 		outDir = keep
 	}
-	// runCompare runs dmig compare in modes and returns its result and
-	// exit error; outputs are checked against the JSON.
-	runCompare := func(t *testing.T, name, modes, workload, check string) (*compare.Result, error) {
+	// runCompare runs dmig compare in modes (with extra flags) and returns
+	// its result and exit error; outputs are checked against the JSON.
+	runCompare := func(t *testing.T, name, modes, workload, check string, extra ...string) (*compare.Result, error) {
 		t.Helper()
 		out := filepath.Join(outDir, name)
 		args := []string{"compare", "--qmp", qmp, "--modes", modes, "--dir", out, "--ram-dir", ramDir, "--workload", workload,
@@ -123,6 +123,7 @@ func TestCompare(t *testing.T) {
 		if check != "" {
 			args = append(args, "--check", check)
 		}
+		args = append(args, extra...)
 		cmd := exec.CommandContext(ctx, dmigBin, args...)
 		var stderr bytes.Buffer
 		logf, err := os.Create(out + ".log")
@@ -183,12 +184,18 @@ func TestCompare(t *testing.T) {
 		return
 	}
 
+	// Read/write, with page data compressed: the same checks hold.
 	ok = t.Run("read-write", func(t *testing.T) {
-		res, err := runCompare(t, "rw", dmigModes, sysbench(addr, "oltp_read_write", "--threads=2", "--time=0", "--report-interval=1", "run"), "")
+		res, err := runCompare(t, "rw", dmigModes, sysbench(addr, "oltp_read_write", "--threads=2", "--time=0", "--report-interval=1", "run"), "", "--compress")
 		if err != nil {
 			t.Fatalf("dmig compare: %v", err)
 		}
 		checkMigrations(t, res)
+		for _, m := range res.Migrations {
+			if r := m.Report; r != nil && (!r.Compressed || r.BytesSent >= (r.Pages.Data+r.Pages.Prefetch)*4096) {
+				t.Errorf("%s with --compress: compressed %v, %d bytes sent for %d data pages", m.Mode, r.Compressed, r.BytesSent, r.Pages.Data+r.Pages.Prefetch)
+			}
+		}
 		out, err := exec.CommandContext(ctx, "mariadb-check", "-h", addr, "-u", "dmig", "-pdmig", "--databases", "pool", "sbtest").CombinedOutput()
 		if err != nil {
 			t.Fatalf("mariadb-check: %v\n%s", err, out)
@@ -319,7 +326,9 @@ func checksumCmd(addr string) string {
 // sysbench's read-only load, the migration traffic shaped on the loopback to
 // DMIG_BENCH_RATE (default 1gbit; "none": unshaped), and logs its table:
 // each mode's figures and their ratios against qemu-precopy of the same
-// run. DMIG_TEST_KEEP=DIR keeps the JSON and the plot.
+// run. DMIG_BENCH_COMPRESS=1 compresses dmig's page data (--compress);
+// DMIG_BENCH_MODES picks the modes (compare's --modes). DMIG_TEST_KEEP=DIR
+// keeps the JSON and the plot.
 //
 //	go test -run '^$' -bench Compare -benchtime 1x -timeout 40m ./tests/
 func BenchmarkCompare(b *testing.B) {
@@ -342,6 +351,12 @@ func BenchmarkCompare(b *testing.B) {
 			"--json", out + ".json", "--plot", out + ".png", "--log-format", "text"}
 		if rate != "none" {
 			args = append(args, "--rate", rate)
+		}
+		if os.Getenv("DMIG_BENCH_COMPRESS") == "1" {
+			args = append(args, "--compress")
+		}
+		if m := os.Getenv("DMIG_BENCH_MODES"); m != "" {
+			args = append(args, "--modes", m)
 		}
 		cmd := exec.CommandContext(ctx, dmigBin, args...)
 		var stderr bytes.Buffer
