@@ -217,6 +217,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 			cp := *m
 			sw = &cp
 			d.restore.final.Store(true)
+			d.restore.hold()
 		case *wire.Abort:
 			return nil, fmt.Errorf("source aborted: %s", m.Reason)
 		case *wire.Error:
@@ -236,10 +237,10 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		return nil, d.cause(ctx, err)
 	}
 	tBarrier := time.Now()
-	if err := d.restore.drain(ctx); err != nil {
-		return nil, d.cause(ctx, err)
-	}
-	tDrain := time.Now()
+	// The storage restore is not waited for: what it has not checked yet
+	// is restored after resume, faults first.
+	carried := d.restore.carry(sw.Pending)
+	tCarry := time.Now()
 	if err := d.markPending(sw.Pending); err != nil {
 		return nil, err
 	}
@@ -250,9 +251,14 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.markPending(owed); err != nil {
 		return nil, err
 	}
+	if err := d.markPending(carried); err != nil {
+		return nil, err
+	}
+	d.restore.carriedMissing()
 	close(d.switched)
 	// Where downtime goes when it is long.
-	d.log.Debug("switchover steps", "batches", tBarrier.Sub(tSwitch), "storage_reads", tDrain.Sub(tBarrier), "make_missing", time.Since(tDrain), "missing", d.missing.Load())
+	d.log.Debug("switchover steps", "batches", tBarrier.Sub(tSwitch), "carry", tCarry.Sub(tBarrier), "make_missing", time.Since(tCarry),
+		"missing", d.missing.Load(), "carried", wire.PageCount(carried))
 
 	var serveWG sync.WaitGroup
 	serveCtx, stopServe := context.WithCancel(ctx)
@@ -639,9 +645,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					j++
 					continue
 				}
-				if err := d.restore.enqueue(ctx, b.idx, e.Page, batch.Iteration, e.Ref); err != nil {
-					return fmt.Errorf("bulk connection %d: %w", i, err)
-				}
+				d.restore.enqueue(b.idx, e.Page, batch.Iteration, e.Ref)
 				j++
 			default:
 				d.errCode = wire.ErrorProtocol

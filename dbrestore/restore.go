@@ -54,6 +54,17 @@ const (
 //     switchover, once every queued read finished, what is still bad is
 //     owed like Switchover.Pending pages: made missing and fetched from the
 //     source, whose guest is paused, so they get its final content.
+//   - A reference's check ends its page's ver (under the stripe lock) at
+//     verPlaced or verFailed if the reference was still the latest entry.
+//     queued holds every reference received before switchover; one whose
+//     page's ver still equals its iteration at switchover is unchecked. At
+//     switchover (carry) every such page is either carried — ver set to
+//     verCarried under the lock, so no pwrite can fill it once it is made
+//     missing, and its reference kept for faults — or, if the source lists
+//     it as pending (written since), discarded (verDiscarded): the read in
+//     flight is then dropped whatever its result. So the guest resumes
+//     without waiting for the restore to catch up, and a carried page gets
+//     only a checked disk copy, placed with UFFDIO_COPY.
 type restorer struct {
 	d      *dest
 	log    hclog.Logger
@@ -72,6 +83,23 @@ type restorer struct {
 	handedBack atomic.Uint64 // pages handed back with Resend
 	ver        [][]uint32    // by block, page
 	bad        []*pages.Set  // by block
+	qMu        sync.Mutex    // for queued, before switchover
+	queued     map[pageKey]queuedRef
+	// After carry: the carried pages, and their references (read-only).
+	carriedSet  []*pages.Set
+	carriedRefs map[pageKey]queuedRef
+	carried     atomic.Uint64 // pages carried past switchover
+	// carryDone is closed once the carried pages are missing: a carried
+	// read that completes sooner waits, since placing (or skipping) it
+	// before would leave the page missing with its reference forgotten.
+	carryDone chan struct{}
+	carryOnce sync.Once
+	// holding: Switchover arrived and carry has not run: the guest is
+	// paused, waiting for the bulk connections' last batches, which the
+	// collectors would only slow down (on a busy host they take the
+	// cores); what they would read now is carried instead.
+	holding  atomic.Bool
+	released chan struct{}
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -79,11 +107,12 @@ type restorer struct {
 	first    time.Time
 	last     time.Time
 
-	// After switchover: references pushed for missing pages, readable by
-	// a fault before the queue gets to them. They are never refused: what
-	// the full queue cannot take waits in backlog (kick wakes a
-	// collector), so the bulk connection reads on and every pushed
-	// reference is known to the fault path as soon as it arrives.
+	// References are never refused: what the full queue cannot take waits
+	// in backlog (kick wakes a collector), so the bulk connections read on
+	// whatever the restore's pace (the switchover barrier never waits for
+	// it), and after switchover every pushed reference is known to the
+	// fault path (post: references for missing pages) as soon as it
+	// arrives.
 	postMu   sync.Mutex
 	post     map[pageKey]wire.Ref
 	backlog  []refJob
@@ -99,6 +128,19 @@ type restorer struct {
 	received, checked, failed atomic.Uint64
 	verdictMu                 sync.Mutex // orders Verdicts: their counts only grow
 	verdictAt                 time.Time
+}
+
+// ver values beyond any iteration a pass can have.
+const (
+	verPlaced    = wire.IterationPostcopy - 1 // its reference was placed
+	verFailed    = wire.IterationPostcopy - 2 // its reference failed (bad)
+	verCarried   = wire.IterationPostcopy - 3 // restore after resume
+	verDiscarded = wire.IterationPostcopy - 4 // pending at the source: drop
+)
+
+type queuedRef struct {
+	iter uint32
+	ref  wire.Ref
 }
 
 type refJob struct {
@@ -122,6 +164,9 @@ func newRestorer(d *dest) *restorer {
 	r := &restorer{d: d, log: d.log.Named("restore"), active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0}
 	r.cond = sync.NewCond(&r.mu)
 	r.post = map[pageKey]wire.Ref{}
+	r.queued = map[pageKey]queuedRef{}
+	r.carryDone = make(chan struct{})
+	r.released = make(chan struct{})
 	r.kick = make(chan struct{}, 1)
 	r.pace = newPacer(d.cfg.PostcopyRestoreRate)
 	if !r.active {
@@ -213,13 +258,16 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 	mu.Unlock()
 }
 
-// enqueue queues a reference of iteration iter for page p of block b. After
-// switchover (iter IterationPostcopy, p missing) a fault may take it first,
-// and enqueue never blocks.
-func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uint32, ref wire.Ref) error {
+// enqueue queues a reference of iteration iter for page p of block b,
+// without blocking. After switchover (iter IterationPostcopy, p missing) a
+// fault may take it first.
+func (r *restorer) enqueue(block uint32, p uint64, iter uint32, ref wire.Ref) {
 	if iter != wire.IterationPostcopy {
 		r.supersede(block, p, iter)
 		r.received.Add(1)
+		r.qMu.Lock()
+		r.queued[pageKey{block, p}] = queuedRef{iter, ref}
+		r.qMu.Unlock()
 	}
 	r.mu.Lock()
 	r.inflight++
@@ -228,25 +276,17 @@ func (r *restorer) enqueue(ctx context.Context, block uint32, p uint64, iter uin
 	}
 	r.mu.Unlock()
 	j := refJob{block: block, page: p, iter: iter, ref: ref}
+	r.postMu.Lock()
 	if iter == wire.IterationPostcopy {
-		r.postMu.Lock()
 		r.post[pageKey{block, p}] = ref
-		select {
-		case r.jobs <- j:
-		default:
-			r.backlog = append(r.backlog, j)
-			r.wake()
-		}
-		r.postMu.Unlock()
-		return nil
 	}
 	select {
 	case r.jobs <- j:
-		return nil
-	case <-ctx.Done():
-		r.done(1)
-		return ctx.Err()
+	default:
+		r.backlog = append(r.backlog, j)
+		r.wake()
 	}
+	r.postMu.Unlock()
 }
 
 // wake makes sure a collector looks at the backlog.
@@ -283,22 +323,19 @@ func (r *restorer) done(n int) {
 }
 
 // collect reads what queued while its previous read ran, as one batch.
-// After switchover (only post-copy references queue then) batches keep to
-// the pace, if one is set.
+// After switchover batches keep to the pace, if one is set.
 func (r *restorer) collect(ctx context.Context) {
 	batch := make([]refJob, 0, maxRestoreBatch)
 	for {
 		batch = batch[:0]
-		post := false
 		select {
 		case j := <-r.jobs:
 			batch = append(batch, j)
-			post = j.iter == wire.IterationPostcopy
 		case <-r.kick:
-			post = true // only post-copy references are backlogged
 		case <-ctx.Done():
 			return
 		}
+		post := r.final.Load()
 		limit := maxRestoreBatch
 		if post && r.pace != nil {
 			limit = r.pace.chunk
@@ -322,10 +359,21 @@ func (r *restorer) collect(ctx context.Context) {
 				return
 			}
 		}
+		if r.holding.Load() {
+			select {
+			case <-r.released:
+			case <-ctx.Done():
+				r.done(len(batch))
+				return
+			}
+		}
 		r.read(ctx, batch)
 		r.done(len(batch))
 	}
 }
+
+// hold stops the collectors from starting reads until carry.
+func (r *restorer) hold() { r.holding.Store(true) }
 
 // pacer spaces reads of pages to a rate, across collectors.
 type pacer struct {
@@ -472,36 +520,115 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 func (r *restorer) place(j refJob, page []byte) {
 	b := r.d.blocks[j.block]
 	if j.iter == wire.IterationPostcopy {
-		r.forget(j.block, j.page)
-		if b.missing.Has(j.page) {
-			if err := r.d.place(b, j.page, page); err != nil {
-				r.log.Warn("place restored page after switchover", "error", err)
-				r.fail(j, err)
-				return
-			}
-			if r.d.resolved(b, j.page, &r.postDone) {
-				r.verified.Add(1)
-			}
-		}
+		r.placeMissing(j, page)
 		return
 	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
 	var err error
-	if r.ver[j.block][j.page] == j.iter {
+	ver := r.ver[j.block][j.page]
+	if ver == j.iter {
 		// pwrite, not a copy through the mapping: a whole-page write to a
 		// hole of the shmem file allocates the page without a fault or
 		// zeroing it first (3x faster here).
 		if _, err = b.file.WriteAt(page, int64(j.page*pageSize)); err == nil {
 			b.placed.Add(j.page)
+			r.ver[j.block][j.page] = verPlaced
 		}
 	}
 	mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.name, err))
+	case ver == verCarried:
+		if r.isCarried(j) {
+			r.placeMissing(j, page)
+		}
+	case ver == j.iter: // now verPlaced
+		r.verified.Add(1)
+	}
+}
+
+// placeMissing places a checked page after switchover (a post-copy
+// reference, or one carried past switchover) if it is still missing.
+func (r *restorer) placeMissing(j refJob, page []byte) {
+	b := r.d.blocks[j.block]
+	r.forget(j.block, j.page)
+	if !b.missing.Has(j.page) {
 		return
 	}
-	r.verified.Add(1)
+	if err := r.d.place(b, j.page, page); err != nil {
+		r.log.Warn("place restored page after switchover", "error", err)
+		r.failMissing(j)
+		return
+	}
+	if r.d.resolved(b, j.page, &r.postDone) {
+		r.verified.Add(1)
+	}
+}
+
+// carry ends the restore's pre-switchover phase without waiting for it
+// (see the restorer's invariants). pending are the pages the source owes:
+// their queued references are stale. It returns the carried pages, for the
+// caller to make missing and then call carriedMissing; until then nothing
+// writes them.
+func (r *restorer) carry(pending []wire.Run) []wire.Run {
+	if !r.active {
+		return nil
+	}
+	isPending := func(k pageKey) bool {
+		_, ok := slices.BinarySearchFunc(pending, k, func(run wire.Run, k pageKey) int {
+			if c := cmp.Compare(run.Block, k.block); c != 0 {
+				return c
+			}
+			switch {
+			case run.Page+run.Count <= k.page:
+				return -1
+			case run.Page > k.page:
+				return 1
+			}
+			return 0
+		})
+		return ok
+	}
+	r.qMu.Lock()
+	queued := r.queued
+	r.queued = nil
+	r.qMu.Unlock()
+	sets := make([]*pages.Set, len(r.d.blocks))
+	for i, b := range r.d.blocks {
+		sets[i] = pages.NewSet(b.npages)
+	}
+	for k, q := range queued {
+		mu := r.lock(k.block, k.page)
+		mu.Lock()
+		v := &r.ver[k.block][k.page]
+		unchecked := *v == q.iter
+		switch {
+		case unchecked && isPending(k):
+			*v = verDiscarded
+			delete(queued, k)
+		case unchecked:
+			*v = verCarried
+			sets[k.block].Add(k.page)
+		default:
+			delete(queued, k) // checked, or superseded
+		}
+		mu.Unlock()
+	}
+	r.carriedSet, r.carriedRefs = sets, queued
+	var runs []wire.Run
+	for i, s := range sets {
+		s.Runs(0, s.Len(), func(start, count uint64) bool {
+			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
+			return true
+		})
+	}
+	r.carried.Store(wire.PageCount(runs))
+	if r.holding.Load() {
+		close(r.released)
+	}
+	return runs
 }
 
 // fail records a reference whose disk copy could not be used and reports
@@ -509,26 +636,60 @@ func (r *restorer) place(j refJob, page []byte) {
 // switchover). After switchover the page is asked from the source at once.
 func (r *restorer) fail(j refJob, err error) bool {
 	if j.iter == wire.IterationPostcopy {
-		r.forget(j.block, j.page)
-		r.mismatch.Add(1)
-		if r.d.blocks[j.block].missing.Has(j.page) {
-			if err := r.d.sess.Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
-				r.log.Warn("ask the source for a page after a failed reference", "error", err)
-			}
-		}
+		r.failMissing(j)
 		return false
 	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
-	owed := r.ver[j.block][j.page] == j.iter
+	ver := r.ver[j.block][j.page]
+	owed := ver == j.iter
 	if owed {
 		r.bad[j.block].Add(j.page)
+		r.ver[j.block][j.page] = verFailed
 	}
 	mu.Unlock()
+	if ver == verCarried {
+		if r.isCarried(j) {
+			r.failMissing(j)
+		}
+		return false
+	}
 	if n := r.mismatch.Add(1); n <= 5 {
 		r.log.Debug("storage reference failed: the page will come from the source", "block", j.block, "page", j.page, "disk", j.ref.Disk, "offset", j.ref.Offset, "error", err)
 	}
 	return owed
+}
+
+// carriedMissing says the carried pages are missing now (see carryDone).
+func (r *restorer) carriedMissing() { r.carryOnce.Do(func() { close(r.carryDone) }) }
+
+// isCarried reports whether j is the reference carried for its page (an
+// older one still in flight for the same page is stale), once the carried
+// pages are missing; false if the restore stopped first. Call it only for
+// a page whose ver is verCarried.
+func (r *restorer) isCarried(j refJob) bool {
+	var stop <-chan struct{}
+	if r.ctx != nil {
+		stop = r.ctx.Done()
+	}
+	select {
+	case <-r.carryDone:
+		return r.carriedRefs[pageKey{j.block, j.page}].iter == j.iter
+	case <-stop:
+		return false
+	}
+}
+
+// failMissing asks the source for a page whose reference failed after
+// switchover, if it is still missing.
+func (r *restorer) failMissing(j refJob) {
+	r.forget(j.block, j.page)
+	r.mismatch.Add(1)
+	if r.d.blocks[j.block].missing.Has(j.page) {
+		if err := r.d.sess.Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
+			r.log.Warn("ask the source for a page after a failed reference", "error", err)
+		}
+	}
 }
 
 // drain waits until every queued reference was checked.
@@ -599,6 +760,7 @@ func (r *restorer) report(fig *report.Dest) {
 	span := r.last.Sub(r.first)
 	fig.Storage.FaultLatencyUS = report.Summarize(r.faultLat)
 	fig.Storage.PostcopyPages = r.postDone.Load()
+	fig.Storage.CarriedPages = r.carried.Load()
 	r.mu.Unlock()
 	if span > 0 {
 		fig.Storage.MBps = float64(fig.Storage.BytesRead) / 1e6 / span.Seconds()
@@ -618,9 +780,13 @@ func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
 	if !r.active || r.reader == nil {
 		return false
 	}
+	key := pageKey{b.idx, p}
 	r.postMu.Lock()
-	ref, ok := r.post[pageKey{b.idx, p}]
+	ref, ok := r.post[key]
 	r.postMu.Unlock()
+	if !ok && r.carriedSet != nil && r.carriedSet[b.idx].Has(p) {
+		ref, ok = r.carriedRefs[key].ref, true
+	}
 	if !ok {
 		return false
 	}

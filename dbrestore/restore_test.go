@@ -153,12 +153,11 @@ func owedPages(runs []wire.Run) []uint64 {
 
 func TestRestorePlacesVerifiedPages(t *testing.T) {
 	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
-	ctx := context.Background()
 	// Guest page 2 is disk page 5; guest page 3 claims disk page 6 but the
 	// source read other bytes; guest page 4 names a disk this host lacks.
-	must(t, f.r.enqueue(ctx, 0, 2, 1, f.ref("data", 5, f.disk[5])))
-	must(t, f.r.enqueue(ctx, 0, 3, 1, f.ref("data", 6, []byte("not what the disk holds"))))
-	must(t, f.r.enqueue(ctx, 0, 4, 1, f.ref("ghost", 1, f.disk[1])))
+	f.r.enqueue(0, 2, 1, f.ref("data", 5, f.disk[5]))
+	f.r.enqueue(0, 3, 1, f.ref("data", 6, []byte("not what the disk holds")))
+	f.r.enqueue(0, 4, 1, f.ref("ghost", 1, f.disk[1]))
 	f.run(t)
 	if got := f.ramPage(t, 2); !bytes.Equal(got, f.disk[5]) {
 		t.Errorf("page 2 holds %d..., want disk page 5", got[0])
@@ -184,10 +183,9 @@ func TestRestorePlacesVerifiedPages(t *testing.T) {
 // be placed, and a failed one must not be owed: the newer entry wins.
 func TestRestoreNewerEntryWins(t *testing.T) {
 	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
-	ctx := context.Background()
-	must(t, f.r.enqueue(ctx, 0, 7, 1, f.ref("data", 7, f.disk[7])))
-	must(t, f.r.enqueue(ctx, 0, 8, 1, f.ref("data", 8, []byte("stale"))))
-	must(t, f.r.enqueue(ctx, 0, 9, 1, f.ref("data", 9, f.disk[9])))
+	f.r.enqueue(0, 7, 1, f.ref("data", 7, f.disk[7]))
+	f.r.enqueue(0, 8, 1, f.ref("data", 8, []byte("stale")))
+	f.r.enqueue(0, 9, 1, f.ref("data", 9, f.disk[9]))
 	// Iteration 2 sends page 7 as data (written by the caller after
 	// supersede), page 8 as zero; page 9 gets a reference again.
 	f.r.supersede(0, 7, 2)
@@ -196,7 +194,7 @@ func TestRestoreNewerEntryWins(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.r.supersede(0, 8, 2)
-	must(t, f.r.enqueue(ctx, 0, 9, 2, f.ref("data", 9, f.disk[9])))
+	f.r.enqueue(0, 9, 2, f.ref("data", 9, f.disk[9]))
 	f.run(t)
 	if got := f.ramPage(t, 7); !bytes.Equal(got, newer) {
 		t.Errorf("page 7: an older reference overwrote newer data (%#x...)", got[0])
@@ -215,9 +213,8 @@ func TestRestoreNewerEntryWins(t *testing.T) {
 // neither.
 func TestRestoreHandsBackFailedRefs(t *testing.T) {
 	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
-	ctx := context.Background()
 	for _, p := range []uint64{1, 2, 3, 5} {
-		must(t, f.r.enqueue(ctx, 0, p, 1, f.ref("data", p, []byte("stale"))))
+		f.r.enqueue(0, p, 1, f.ref("data", p, []byte("stale")))
 	}
 	f.r.supersede(0, 5, 2) // data of pass 2 arrived before the read failed
 	f.run(t)
@@ -229,7 +226,7 @@ func TestRestoreHandsBackFailedRefs(t *testing.T) {
 	f.r.supersede(0, 2, 2)
 	// Switchover arrives; a failure found now stays with the destination.
 	f.r.final.Store(true)
-	must(t, f.r.enqueue(ctx, 0, 9, 2, f.ref("data", 9, []byte("stale"))))
+	f.r.enqueue(0, 9, 2, f.ref("data", 9, []byte("stale")))
 	f.run(t)
 	if got, want := f.handedBack(4), []uint64{1, 2, 3}; !slices.Equal(got, want) {
 		t.Errorf("after switchover handed back %v, want still %v", got, want)
@@ -247,12 +244,11 @@ func TestRestoreHandsBackFailedRefs(t *testing.T) {
 // it; after Switchover no Verdict goes.
 func TestRestoreReportsVerdict(t *testing.T) {
 	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
-	ctx := context.Background()
 	for _, p := range []uint64{1, 2, 3} {
-		must(t, f.r.enqueue(ctx, 0, p, 1, f.ref("data", p, f.disk[p])))
+		f.r.enqueue(0, p, 1, f.ref("data", p, f.disk[p]))
 	}
-	must(t, f.r.enqueue(ctx, 0, 4, 1, f.ref("data", 4, []byte("stale"))))
-	must(t, f.r.enqueue(ctx, 0, 5, 1, f.ref("ghost", 5, f.disk[5])))
+	f.r.enqueue(0, 4, 1, f.ref("data", 4, []byte("stale")))
+	f.r.enqueue(0, 5, 1, f.ref("ghost", 5, f.disk[5]))
 	f.run(t)
 	last := func() (verdictSeen, int) {
 		deadline := time.Now().Add(time.Second)
@@ -279,7 +275,7 @@ func TestRestoreReportsVerdict(t *testing.T) {
 		t.Fatalf("last verdict checked %d, failed %d; want 5, 2", v.Checked, v.Failed)
 	}
 	f.r.final.Store(true)
-	must(t, f.r.enqueue(ctx, 0, 6, 2, f.ref("data", 6, f.disk[6])))
+	f.r.enqueue(0, 6, 2, f.ref("data", 6, f.disk[6]))
 	f.run(t)
 	if _, m := last(); m != n {
 		t.Errorf("%d verdicts after switchover", m-n)
@@ -290,7 +286,7 @@ func TestRestoreWithoutDisks(t *testing.T) {
 	dir := t.TempDir()
 	// A directory and a missing file: neither opens; every reference is owed.
 	f := newRestoreFixture(t, map[string]string{"data": dir, "other": filepath.Join(dir, "missing")}, wire.FlagStorageRefs)
-	must(t, f.r.enqueue(context.Background(), 0, 1, 1, f.ref("data", 1, f.disk[1])))
+	f.r.enqueue(0, 1, 1, f.ref("data", 1, f.disk[1]))
 	f.run(t)
 	if got := owedPages(f.r.owed()); !slices.Equal(got, []uint64{1}) {
 		t.Errorf("owed %v, want [1]", got)
@@ -367,9 +363,7 @@ func BenchmarkRestore(b *testing.B) {
 		var wg sync.WaitGroup
 		r.start(ctx, &wg)
 		for p := range uint64(n) {
-			if err := r.enqueue(ctx, 0, p, 1, refs[p]); err != nil {
-				b.Fatal(err)
-			}
+			r.enqueue(0, p, 1, refs[p])
 		}
 		if err := r.drain(ctx); err != nil {
 			b.Fatal(err)
@@ -424,4 +418,63 @@ func TestUnlistedOwedPages(t *testing.T) {
 	if len(got) != 3 {
 		t.Errorf("runs %v: pages 1, 4 and 8 are not adjacent", got)
 	}
+}
+
+// At switchover the references not yet checked are carried past it (kept
+// for faults, their pages for the caller to make missing) unless the source
+// lists their page as pending, and no read finishing late writes a page of
+// either kind into the RAM file.
+func TestRestoreCarry(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	for _, p := range []uint64{1, 2, 3, 4, 5, 6, 7} {
+		f.r.enqueue(0, p, 1, f.ref("data", p, f.disk[p]))
+	}
+	// Page 7 gets a newer reference in pass 2, also unchecked.
+	f.r.enqueue(0, 7, 2, f.ref("data", 8, f.disk[8]))
+	// Page 3 is checked and placed before switchover; page 2 gets data in
+	// pass 2 (its reference is stale); page 6's read fails before
+	// switchover (owed).
+	f.r.place(refJob{block: 0, page: 3, iter: 1, ref: f.ref("data", 3, f.disk[3])}, f.disk[3])
+	f.r.supersede(0, 2, 2)
+	f.r.fail(refJob{block: 0, page: 6, iter: 1}, ErrHashMismatch)
+	f.r.final.Store(true)
+	carried := f.r.carry([]wire.Run{{Block: 0, Page: 4, Count: 1}})
+	if got, want := owedPages(carried), []uint64{1, 5, 7}; !slices.Equal(got, want) {
+		t.Fatalf("carried %v, want %v (3 placed, 2 superseded, 4 pending, 6 failed)", got, want)
+	}
+	if n := f.r.carried.Load(); n != 3 {
+		t.Errorf("carried counter %d", n)
+	}
+	for _, p := range []uint64{1, 5} {
+		if q, ok := f.r.carriedRefs[pageKey{0, p}]; !ok || q.ref.Hash != storageref.Hash(f.disk[p]) || !f.r.carriedSet[0].Has(p) {
+			t.Errorf("page %d: no reference kept for its faults", p)
+		}
+	}
+	for _, p := range []uint64{2, 3, 4, 6} {
+		if _, ok := f.r.carriedRefs[pageKey{0, p}]; ok || f.r.carriedSet[0].Has(p) {
+			t.Errorf("page %d (placed, superseded, pending or failed) is carried", p)
+		}
+	}
+	if got := owedPages(f.r.owed()); !slices.Equal(got, []uint64{6}) {
+		t.Errorf("owed %v, want [6]", got)
+	}
+	// The reads of pages 1, 4 and 5 finish now (the caller has made 1 and
+	// 5 missing): none may be written with a pwrite (1 and 5 are placed
+	// only if missing, by UFFDIO_COPY; 4 is dropped).
+	f.r.carriedMissing()
+	// Only page 7's newer reference is carried: the older one, read late,
+	// must not be placed.
+	if f.r.isCarried(refJob{block: 0, page: 7, iter: 1}) || !f.r.isCarried(refJob{block: 0, page: 7, iter: 2}) {
+		t.Error("page 7: the stale reference of pass 1 passes for the carried one")
+	}
+	for _, p := range []uint64{1, 4, 5} {
+		f.r.place(refJob{block: 0, page: p, iter: 1, ref: f.ref("data", p, f.disk[p])}, f.disk[p])
+		if got := f.ramPage(t, p); !bytes.Equal(got, make([]byte, pageSize)) {
+			t.Errorf("page %d written into the RAM file after switchover", p)
+		}
+	}
+	if got := f.ramPage(t, 3); !bytes.Equal(got, f.disk[3]) {
+		t.Error("page 3 placed before switchover was lost")
+	}
+
 }

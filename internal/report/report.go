@@ -66,6 +66,10 @@ type Storage struct {
 	// PostcopyPages: pages owed after switchover placed from storage
 	// (pushed references and faults); part of the storage-verified pages.
 	PostcopyPages uint64 `json:"postcopy_pages"`
+	// CarriedPages: references still unchecked at switchover. Their pages
+	// were made missing and restored after resume (by fault or in the
+	// background) rather than while the guest was paused.
+	CarriedPages uint64 `json:"carried_pages"`
 	// FaultLatencyUS: post-copy faults resolved from shared storage.
 	FaultLatencyUS Latency `json:"fault_latency_us"`
 }
