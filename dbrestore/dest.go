@@ -305,6 +305,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		return nil, fmt.Errorf("resume guest: %w", err)
 	}
 	resumed = true
+	d.restore.release()
 	resumeMS := report.MS(time.Since(tSwitch))
 	if err := d.sess.Control.WriteFrame(ctx, &wire.Resumed{}); err != nil {
 		d.log.Warn("tell source the guest resumed", "error", err)

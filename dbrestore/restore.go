@@ -26,7 +26,7 @@ import (
 const (
 	restoreCollectors = 2
 	readWorkers       = 4
-	maxRestoreBatch   = 1 << 14
+	maxRestoreBatch   = 1 << 12
 	restoreQueue      = 1 << 14
 	lockStripes       = 4096
 	refetchChunk      = 64 // pages per PageRequest for failed references
@@ -54,11 +54,12 @@ const (
 //     switchover, once every queued read finished, what is still bad is
 //     owed like Switchover.Pending pages: made missing and fetched from the
 //     source, whose guest is paused, so they get its final content.
-//   - A reference's check ends its page's ver (under the stripe lock) at
-//     verPlaced or verFailed if the reference was still the latest entry.
-//     queued holds every reference received before switchover; one whose
-//     page's ver still equals its iteration at switchover is unchecked. At
-//     switchover (carry) every such page is either carried — ver set to
+//   - unchecked holds the pages whose latest entry is a reference not yet
+//     checked; queued, every reference received before switchover (the
+//     latest per page). A check of the latest entry removes its page from
+//     unchecked and ends its ver at verPlaced or verFailed, under the
+//     stripe lock, as a newer entry does. At switchover (carry) every
+//     unchecked page is either carried — ver set to
 //     verCarried under the lock, so no pwrite can fill it once it is made
 //     missing, and its reference kept for faults — or, if the source lists
 //     it as pending (written since), discarded (verDiscarded): the read in
@@ -83,9 +84,11 @@ type restorer struct {
 	handedBack atomic.Uint64 // pages handed back with Resend
 	ver        [][]uint32    // by block, page
 	bad        []*pages.Set  // by block
+	unchecked  []*pages.Set  // by block
 	qMu        sync.Mutex    // for queued, before switchover
 	queued     map[pageKey]queuedRef
-	// After carry: the carried pages, and their references (read-only).
+	// After carry: the carried pages (unchecked, then), and their
+	// references (read-only).
 	carriedSet  []*pages.Set
 	carriedRefs map[pageKey]queuedRef
 	carried     atomic.Uint64 // pages carried past switchover
@@ -94,12 +97,15 @@ type restorer struct {
 	// before would leave the page missing with its reference forgotten.
 	carryDone chan struct{}
 	carryOnce sync.Once
-	// holding: Switchover arrived and carry has not run: the guest is
-	// paused, waiting for the bulk connections' last batches, which the
-	// collectors would only slow down (on a busy host they take the
-	// cores); what they would read now is carried instead.
-	holding  atomic.Bool
-	released chan struct{}
+	// holding: from Switchover until the guest resumes, the collectors
+	// start no read: the guest is paused, waiting for the bulk
+	// connections' last batches and then for the switchover itself, which
+	// they would only slow down (on a busy host they take the cores); what
+	// they would read now is carried instead, and a fault on it (a VMM
+	// loading device state reads guest RAM) is served at once anyway.
+	holding     atomic.Bool
+	released    chan struct{}
+	releaseOnce sync.Once
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -176,6 +182,7 @@ func newRestorer(d *dest) *restorer {
 	for _, b := range d.blocks {
 		r.ver = append(r.ver, make([]uint32, b.npages))
 		r.bad = append(r.bad, pages.NewSet(b.npages))
+		r.unchecked = append(r.unchecked, pages.NewSet(b.npages))
 	}
 	disks := map[string]string{}
 	if sd, ok := d.g.(SharedDisker); ok {
@@ -255,6 +262,7 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 	mu.Lock()
 	r.ver[block][p] = iter
 	r.bad[block].Remove(p)
+	r.unchecked[block].Remove(p)
 	mu.Unlock()
 }
 
@@ -268,6 +276,7 @@ func (r *restorer) enqueue(block uint32, p uint64, iter uint32, ref wire.Ref) {
 		r.qMu.Lock()
 		r.queued[pageKey{block, p}] = queuedRef{iter, ref}
 		r.qMu.Unlock()
+		r.unchecked[block].Add(p)
 	}
 	r.mu.Lock()
 	r.inflight++
@@ -372,7 +381,7 @@ func (r *restorer) collect(ctx context.Context) {
 	}
 }
 
-// hold stops the collectors from starting reads until carry.
+// hold stops the collectors from starting reads until release.
 func (r *restorer) hold() { r.holding.Store(true) }
 
 // pacer spaces reads of pages to a rate, across collectors.
@@ -534,6 +543,7 @@ func (r *restorer) place(j refJob, page []byte) {
 		if _, err = b.file.WriteAt(page, int64(j.page*pageSize)); err == nil {
 			b.placed.Add(j.page)
 			r.ver[j.block][j.page] = verPlaced
+			r.unchecked[j.block].Remove(j.page)
 		}
 	}
 	mu.Unlock()
@@ -592,44 +602,34 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 		return ok
 	}
 	r.qMu.Lock()
-	queued := r.queued
-	r.queued = nil
+	r.carriedRefs, r.queued = r.queued, nil
 	r.qMu.Unlock()
-	sets := make([]*pages.Set, len(r.d.blocks))
-	for i, b := range r.d.blocks {
-		sets[i] = pages.NewSet(b.npages)
-	}
-	for k, q := range queued {
-		mu := r.lock(k.block, k.page)
-		mu.Lock()
-		v := &r.ver[k.block][k.page]
-		unchecked := *v == q.iter
-		switch {
-		case unchecked && isPending(k):
-			*v = verDiscarded
-			delete(queued, k)
-		case unchecked:
-			*v = verCarried
-			sets[k.block].Add(k.page)
-		default:
-			delete(queued, k) // checked, or superseded
+	todo := setRuns(r.unchecked)
+	for _, run := range todo {
+		for p := run.Page; p < run.Page+run.Count; p++ {
+			k := pageKey{run.Block, p}
+			mu := r.lock(k.block, k.page)
+			mu.Lock()
+			if r.unchecked[k.block].Has(p) {
+				if isPending(k) {
+					r.ver[k.block][p] = verDiscarded
+					r.unchecked[k.block].Remove(p)
+				} else {
+					r.ver[k.block][p] = verCarried
+				}
+			}
+			mu.Unlock()
 		}
-		mu.Unlock()
 	}
-	r.carriedSet, r.carriedRefs = sets, queued
-	var runs []wire.Run
-	for i, s := range sets {
-		s.Runs(0, s.Len(), func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
-			return true
-		})
-	}
+	r.carriedSet = r.unchecked
+	runs := setRuns(r.carriedSet)
 	r.carried.Store(wire.PageCount(runs))
-	if r.holding.Load() {
-		close(r.released)
-	}
 	return runs
 }
+
+// release lets the collectors go on (the guest runs, or the migration
+// ends).
+func (r *restorer) release() { r.releaseOnce.Do(func() { close(r.released) }) }
 
 // fail records a reference whose disk copy could not be used and reports
 // whether the page is now owed (the reference is its latest entry, before
@@ -646,6 +646,7 @@ func (r *restorer) fail(j refJob, err error) bool {
 	if owed {
 		r.bad[j.block].Add(j.page)
 		r.ver[j.block][j.page] = verFailed
+		r.unchecked[j.block].Remove(j.page)
 	}
 	mu.Unlock()
 	if ver == verCarried {
@@ -678,6 +679,18 @@ func (r *restorer) isCarried(j refJob) bool {
 	case <-stop:
 		return false
 	}
+}
+
+// setRuns lists the pages of per-block sets as runs.
+func setRuns(sets []*pages.Set) []wire.Run {
+	var runs []wire.Run
+	for i, s := range sets {
+		s.Runs(0, s.Len(), func(start, count uint64) bool {
+			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
+			return true
+		})
+	}
+	return runs
 }
 
 // failMissing asks the source for a page whose reference failed after
