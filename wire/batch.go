@@ -200,7 +200,11 @@ type batchHeader struct {
 	block, iteration, entries, tableLen uint32
 }
 
-func parseBatchHeader(p []byte, payloadLen uint32) (batchHeader, int, error) {
+// parseBatchHeader checks a PageBatch header against its payload's length
+// and returns the pages of data that follow the table. A frameCompressed
+// batch's length does not tell them, its table does: it returns -1 for them
+// then (parseTable only counts), and requires some compressed data.
+func parseBatchHeader(p []byte, payloadLen uint32, compressed bool) (batchHeader, int, error) {
 	h := batchHeader{
 		block: le.Uint32(p[0:]), iteration: le.Uint32(p[4:]),
 		entries: le.Uint32(p[8:]), tableLen: le.Uint32(p[12:]),
@@ -208,31 +212,21 @@ func parseBatchHeader(p []byte, payloadLen uint32) (batchHeader, int, error) {
 	if h.entries == 0 || h.entries > MaxBatchEntries {
 		return h, 0, fmt.Errorf("%w: batch of %d entries, want 1..%d", ErrRange, h.entries, MaxBatchEntries)
 	}
-	if h.tableLen > MaxBatchTable || h.tableLen > payloadLen-batchHeaderLen || h.tableLen < h.entries {
-		return h, 0, fmt.Errorf("%w: batch table of %d bytes for %d entries in a %d-byte payload", ErrMalformed, h.tableLen, h.entries, payloadLen)
+	room := payloadLen - batchHeaderLen
+	if compressed && room > 0 {
+		room-- // at least a byte of compressed data
+	}
+	if h.tableLen > MaxBatchTable || h.tableLen > room || h.tableLen < h.entries {
+		return h, 0, fmt.Errorf("%w: batch table of %d bytes for %d entries in a %d-byte payload (compressed: %v)", ErrMalformed, h.tableLen, h.entries, payloadLen, compressed)
+	}
+	if compressed {
+		return h, -1, nil
 	}
 	data := payloadLen - batchHeaderLen - h.tableLen
 	if data%PageSize != 0 || data/PageSize > MaxBatchDataPages {
 		return h, 0, fmt.Errorf("%w: batch page data of %d bytes", ErrMalformed, data)
 	}
 	return h, int(data / PageSize), nil
-}
-
-// parseCompressedBatchHeader is parseBatchHeader for a frameCompressed
-// batch: the payload's length does not tell the pages of data, the table
-// does, so it returns -1 for them (parseTable then only counts).
-func parseCompressedBatchHeader(p []byte, payloadLen uint32) (batchHeader, int, error) {
-	h := batchHeader{
-		block: le.Uint32(p[0:]), iteration: le.Uint32(p[4:]),
-		entries: le.Uint32(p[8:]), tableLen: le.Uint32(p[12:]),
-	}
-	if h.entries == 0 || h.entries > MaxBatchEntries {
-		return h, 0, fmt.Errorf("%w: batch of %d entries, want 1..%d", ErrRange, h.entries, MaxBatchEntries)
-	}
-	if h.tableLen > MaxBatchTable || h.tableLen >= payloadLen-batchHeaderLen || h.tableLen < h.entries {
-		return h, 0, fmt.Errorf("%w: compressed batch table of %d bytes for %d entries in a %d-byte payload", ErrMalformed, h.tableLen, h.entries, payloadLen)
-	}
-	return h, -1, nil
 }
 
 func dataEntries(es []Entry) int {
@@ -291,7 +285,7 @@ func (b *PageBatch) decode(p []byte) error {
 	if len(p) < batchHeaderLen {
 		return fmt.Errorf("%w: batch payload of %d bytes", ErrTruncated, len(p))
 	}
-	h, nData, err := parseBatchHeader(p, uint32(len(p)))
+	h, nData, err := parseBatchHeader(p, uint32(len(p)), false)
 	if err != nil {
 		return err
 	}

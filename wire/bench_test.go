@@ -238,7 +238,7 @@ func BenchmarkDecodeBatch(b *testing.B) {
 				}
 			}
 			p := batch.appendPayload(nil)
-			h, _, err := parseBatchHeader(p, uint32(len(p)+batch.DataPages()*PageSize))
+			h, _, err := parseBatchHeader(p, uint32(len(p)+batch.DataPages()*PageSize), false)
 			if err != nil {
 				b.Fatal(err)
 			}

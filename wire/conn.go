@@ -298,11 +298,7 @@ func (c *Conn) readBatch(length uint32, compressed bool) (*PageBatch, error) {
 	if err != nil {
 		return nil, err
 	}
-	parse := parseBatchHeader
-	if compressed {
-		parse = parseCompressedBatchHeader
-	}
-	h, nData, err := parse(p, length)
+	h, nData, err := parseBatchHeader(p, length, compressed)
 	if err != nil {
 		return nil, err
 	}
