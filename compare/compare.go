@@ -299,7 +299,7 @@ func (r *runner) run(ctx context.Context) error {
 				}
 			}
 			if err == nil && r.console != "" {
-				m.GuestCrash = consoleCrash(r.console)
+				m.GuestCrash = qemu.ConsoleCrash(r.console)
 				if m.GuestCrash != "" {
 					r.log.Error("the guest's kernel crashed after the migration", "mode", mode, "console", r.console, "line", m.GuestCrash)
 				}

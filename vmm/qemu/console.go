@@ -1,4 +1,4 @@
-package compare
+package qemu
 
 import (
 	"bufio"
@@ -11,9 +11,10 @@ import (
 // state did not arrive intact.
 var crashSignatures = []string{"Kernel panic", "BUG:", "Oops:", "general protection fault", "list_add corruption", "list_del corruption"}
 
-// consoleCrash returns the first line of a kernel crash in a guest's
-// console log (QEMU's -serial file:), or "" if there is none or no log.
-func consoleCrash(path string) string {
+// ConsoleCrash returns the first line of a kernel crash in a guest's
+// console log (QEMU's -serial file:, Plan.Serial), or "" if there is none
+// or no log.
+func ConsoleCrash(path string) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return ""
