@@ -172,8 +172,11 @@ func cliMigrate(ctx context.Context, t *testing.T, bin string, src, dst *VM, nc 
 
 // TestQEMU boots one guest and moves it from QEMU to QEMU on this host:
 // by device state alone over a shared RAM file (x-ignore-shared, what
-// dmig's switchover does), then by QEMU's own pre-copy and post-copy. The
-// database must answer after each with the same table checksums.
+// dmig's switchover does), by dmig in each mode, then by QEMU's own
+// pre-copy and post-copy. The database must answer after each with the same
+// table checksums, except after a QEMU migration whose guest kernel
+// crashed (QEMU 7.2 under TCG does that at times; the crash is logged and
+// ends the test, which is why QEMU's modes come last).
 func TestQEMU(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
@@ -584,53 +587,6 @@ func TestQEMU(t *testing.T) {
 		return
 	}
 
-	for i, mode := range []string{ModePrecopy, ModePostcopy} {
-		ok = t.Run(mode, func(t *testing.T) {
-			mem := shm + string(rune('c'+i))
-			dst := destination(ctx, t, top, cur, filepath.Join(dir, mode), mem)
-			// Commits during the migration: every acknowledged one must
-			// be at the destination (and at most the one in flight more).
-			base, acked := startCommits(ctx, t, cur.port)
-			time.Sleep(time.Second)
-			nc := NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))}
-			if mode == ModePostcopy {
-				// An idle guest's first pass leaves almost nothing: switch
-				// during it so pages really come by post-copy.
-				nc.PostcopyAfter = time.Second
-			}
-			var res *NativeResult
-			if mode == ModePrecopy {
-				var err error
-				if res, err = MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, nc); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				res = cliMigrate(ctx, t, img.Dmig, cur.vm, dst.vm, nc)
-			}
-			r := res.Report
-			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
-				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
-			if r.BytesSent < 100<<20 {
-				t.Errorf("%s sent %d bytes: less than the guest's used RAM", mode, r.BytesSent)
-			}
-			if (mode == ModePostcopy) != res.Postcopy {
-				t.Errorf("%s: source went through post-copy: %v", mode, res.Postcopy)
-			}
-			if mode == ModePostcopy && r.PostcopyPages == 0 {
-				t.Errorf("post-copy switched with nothing left to send")
-			}
-			old := cur
-			cur = dst
-			if err := old.vm.Quit(ctx); err != nil {
-				t.Fatal(err)
-			}
-			checkDestination(ctx, t, dst.port, want, mode, base, <-acked) // the source's end cuts the writer's connection
-		})
-		if !ok {
-			return
-		}
-	}
-
 	ok = t.Run("dmig-dest-killed-before-cont", func(t *testing.T) {
 		// Through dmig's whole path: the destination QEMU dies as its
 		// device-state load begins (guest paused at the source, pages
@@ -731,6 +687,88 @@ func TestQEMU(t *testing.T) {
 			return
 		}
 	}
+
+	// QEMU's own modes last: they may leave the guest broken.
+	qemuBroke := ""
+	for i, mode := range []string{ModePrecopy, ModePostcopy} {
+		ok = t.Run(mode, func(t *testing.T) {
+			mem := shm + string(rune('c'+i))
+			dst := destination(ctx, t, top, cur, filepath.Join(dir, mode), mem)
+			// Commits during the migration: every acknowledged one must
+			// be at the destination (and at most the one in flight more).
+			base, acked := startCommits(ctx, t, cur.port)
+			time.Sleep(time.Second)
+			nc := NativeConfig{Mode: mode, URI: fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))}
+			if mode == ModePostcopy {
+				// An idle guest's first pass leaves almost nothing: switch
+				// during it so pages really come by post-copy.
+				nc.PostcopyAfter = time.Second
+			}
+			var res *NativeResult
+			if mode == ModePrecopy {
+				var err error
+				if res, err = MigrateNative(ctx, cur.vm.Mon, dst.vm.Mon, nc); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				res = cliMigrate(ctx, t, img.Dmig, cur.vm, dst.vm, nc)
+			}
+			r := res.Report
+			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
+				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
+			if r.BytesSent < 100<<20 {
+				t.Errorf("%s sent %d bytes: less than the guest's used RAM", mode, r.BytesSent)
+			}
+			if (mode == ModePostcopy) != res.Postcopy {
+				t.Errorf("%s: source went through post-copy: %v", mode, res.Postcopy)
+			}
+			if mode == ModePostcopy && r.PostcopyPages == 0 {
+				t.Errorf("post-copy switched with nothing left to send")
+			}
+			old := cur
+			cur = dst
+			if err := old.vm.Quit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			last := <-acked // the source's end cuts the writer's connection
+			// QEMU 7.2's own migrations break this TCG guest's kernel at
+			// times (README, "Comparing modes"): their figures stand, the
+			// guest may not, and nothing can run on it after.
+			if crash := answersOrCrashed(ctx, dst.port, filepath.Join(dir, mode, "serial.log")); crash != "" {
+				qemuBroke = crash
+				t.Logf("%s: QEMU's own migration broke the guest: %s", mode, crash)
+				return
+			}
+			checkDestination(ctx, t, dst.port, want, mode, base, last)
+		})
+		if !ok || qemuBroke != "" {
+			return
+		}
+	}
+}
+
+// answersOrCrashed waits up to 3 minutes for the guest's database at port
+// to answer, and returns the kernel crash its console (the QEMU serial
+// file console) shows meanwhile, if any.
+func answersOrCrashed(ctx context.Context, port int, console string) string {
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if c := ConsoleCrash(console); c != "" {
+			return c
+		}
+		db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=3s&readTimeout=5s", port))
+		if err == nil {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = db.PingContext(pctx)
+			cancel()
+			db.Close()
+		}
+		if err == nil {
+			return ConsoleCrash(console)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	return ConsoleCrash(console)
 }
 
 func testLog() hclog.Logger {
