@@ -11,7 +11,7 @@ import (
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/tests/testguest"
+	"github.com/dmig/dmig/internal/testguest"
 )
 
 // BenchmarkModes migrates a test guest (DMIG_BENCH_GUEST bytes, default

@@ -8,7 +8,7 @@ import (
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/tests/testguest"
+	"github.com/dmig/dmig/internal/testguest"
 )
 
 const gib = 1 << 30

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dmig/dmig/tests/testguest"
+	"github.com/dmig/dmig/internal/testguest"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a process writing while the test

@@ -9,7 +9,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/dustin/go-humanize"
 
-	"github.com/dmig/dmig/tests/testguest"
+	"github.com/dmig/dmig/internal/testguest"
 )
 
 // testguestCmd is `dmig testguest`: the self-verifying guest of the
