@@ -13,7 +13,7 @@ import (
 )
 
 // testguestCmd is `dmig testguest`: the self-verifying guest of the
-// process-guest contract (see tests/testguest).
+// process-guest contract (see internal/testguest).
 type testguestCmd struct {
 	Run    testguestRunCmd    `cmd:"" help:"Run a test guest (a new one; an incoming one when DMIG_INCOMING=1)."`
 	Verify testguestVerifyCmd `cmd:"" help:"Verify a stopped test guest's RAM file offline (exit 0 consistent, 3 mismatch)."`
