@@ -26,34 +26,126 @@ import (
 // by SIGSTOP stays stopped, signals that arrived meanwhile are re-sent.
 //
 // The caller owns the returned FD; the target holds no reference to it, so
-// if the caller dies the kernel releases the target's blocked threads.
+// if the caller dies the kernel releases the target's blocked threads onto
+// zero pages. Use AttachKept where that must not happen.
 func Attach(pid int, features Feature) (*FD, error) {
-	fd, err := injectUserfaultfd(pid)
+	return attach(pid, features, false)
+}
+
+// AttachKept is Attach, but the target keeps its own copy of the uffd open
+// (number FD.TargetFD) until CloseInTarget closes it. A target holding its
+// uffd keeps faulting threads blocked, not released onto zero pages, if
+// the caller dies; a new process takes over with Reacquire. The caller must
+// close the target's copy once no page is missing any more, or the target
+// keeps an idle uffd for life.
+func AttachKept(pid int, features Feature) (*FD, error) {
+	return attach(pid, features, true)
+}
+
+func attach(pid int, features Feature, keep bool) (*FD, error) {
+	var local, remote int
+	err := inject(pid, func(call syscallFunc) error {
+		r, err := call(sysUserfaultfd, unix.O_CLOEXEC|unix.O_NONBLOCK)
+		if err != nil {
+			return err
+		}
+		if r < 0 {
+			return fmt.Errorf("userfaultfd() in target: %w", translateCreate(unix.Errno(-r)))
+		}
+		remote = int(r)
+		l, getErr := getfd(pid, remote)
+		if keep && getErr == nil {
+			local = l
+			return nil
+		}
+		// Close the target's copy whatever happened: a target holding the
+		// uffd nobody knows of would keep its faults blocked for ever.
+		ret, closeErr := call(unix.SYS_CLOSE, uint64(remote))
+		if closeErr == nil && ret < 0 {
+			closeErr = fmt.Errorf("close(%d) in target: %w", remote, unix.Errno(-ret))
+		}
+		if closeErr != nil {
+			if getErr == nil {
+				unix.Close(l)
+			}
+			return closeErr
+		}
+		if getErr != nil {
+			return getErr
+		}
+		local, remote = l, -1
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("attach userfaultfd to pid %d: %w", pid, err)
 	}
-	u := &FD{fd: fd, pid: pid}
+	u := &FD{fd: local, pid: pid, target: remote}
 	if err := u.handshake(features); err != nil {
 		u.Close()
+		if remote >= 0 {
+			err = errors.Join(err, CloseInTarget(pid, remote))
+		}
 		return nil, fmt.Errorf("attach userfaultfd to pid %d: %w", pid, err)
 	}
 	return u, nil
 }
 
-// tracee is a thread seized with ptrace. Every ptrace request must come
-// from the OS thread that seized it: callers lock their goroutine to it.
-type tracee struct {
-	pid     int
-	pending []unix.Signal // signals intercepted while stopped, re-sent at detach
+// Reacquire takes a copy of the uffd that process pid holds as fd number
+// target (AttachKept), whose API handshake with features was done by the
+// process that attached it. No ptrace is involved: the target does not
+// notice. Ranges registered before stay registered; fault messages already
+// read by a previous holder are gone, but their threads wake when their
+// page is placed (UFFDIO_COPY wakes the range).
+func Reacquire(pid, target int, features Feature) (*FD, error) {
+	local, err := getfd(pid, target)
+	if err != nil {
+		return nil, fmt.Errorf("reacquire userfaultfd %d of pid %d: %w", target, pid, err)
+	}
+	if err := isUserfaultfd(local); err != nil {
+		unix.Close(local)
+		return nil, fmt.Errorf("reacquire userfaultfd %d of pid %d: %w", target, pid, err)
+	}
+	return &FD{fd: local, pid: pid, target: target, features: features}, nil
 }
 
-func injectUserfaultfd(pid int) (int, error) {
-	if pid <= 0 {
-		return -1, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+// CloseInTarget makes process pid close its fd number fd (the copy
+// AttachKept left there). A target that is gone has nothing to close.
+func CloseInTarget(pid, fd int) error {
+	err := inject(pid, func(call syscallFunc) error {
+		ret, err := call(unix.SYS_CLOSE, uint64(fd))
+		if err == nil && ret < 0 {
+			err = fmt.Errorf("close(%d) in target: %w", fd, unix.Errno(-ret))
+		}
+		return err
+	})
+	if errors.Is(err, ErrNoProcess) || errors.Is(err, ErrProcessExited) {
+		return nil
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	if err != nil {
+		return fmt.Errorf("close uffd %d in pid %d: %w", fd, pid, err)
+	}
+	return nil
+}
 
+// ClearParentDeathSignal makes process pid run prctl(PR_SET_PDEATHSIG, 0):
+// a guest started to die with its parent (before it resumed) outlives it
+// from then on.
+func ClearParentDeathSignal(pid int) error {
+	err := inject(pid, func(call syscallFunc) error {
+		ret, err := call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, 0)
+		if err == nil && ret < 0 {
+			err = fmt.Errorf("prctl(PR_SET_PDEATHSIG, 0) in target: %w", unix.Errno(-ret))
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("clear parent-death signal of pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// getfd copies fd number target of pid into this process.
+func getfd(pid, target int) (int, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {
@@ -62,9 +154,47 @@ func injectUserfaultfd(pid int) (int, error) {
 		return -1, fmt.Errorf("open pidfd: %w", err)
 	}
 	defer unix.Close(pidfd)
+	local, err := unix.PidfdGetfd(pidfd, target, 0)
+	if err != nil {
+		return -1, fmt.Errorf("pidfd_getfd(%d): %w", target, err)
+	}
+	return local, nil
+}
+
+// isUserfaultfd checks that fd is a userfaultfd (its /proc link reads
+// anon_inode:[userfaultfd]): a recycled fd number must not be taken for one.
+func isUserfaultfd(fd int) error {
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return fmt.Errorf("read fd link: %w", err)
+	}
+	if link != "anon_inode:[userfaultfd]" {
+		return fmt.Errorf("fd is %s, not a userfaultfd", link)
+	}
+	return nil
+}
+
+// syscallFunc runs one system call in the tracee and returns its rax.
+type syscallFunc func(nr uint64, args ...uint64) (int64, error)
+
+// tracee is a thread seized with ptrace. Every ptrace request must come
+// from the OS thread that seized it: callers lock their goroutine to it.
+type tracee struct {
+	pid     int
+	pending []unix.Signal // signals intercepted while stopped, re-sent at detach
+}
+
+// inject seizes the main thread of pid, lets body run system calls in it,
+// then restores its registers and code and detaches, whatever body did.
+func inject(pid int, body func(call syscallFunc) error) error {
+	if pid <= 0 {
+		return fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 
 	if err := unix.PtraceSeize(pid); err != nil {
-		return -1, translateSeize(pid, err)
+		return translateSeize(pid, err)
 	}
 	t := &tracee{pid: pid}
 	attached := true
@@ -74,19 +204,19 @@ func injectUserfaultfd(pid int) (int, error) {
 		}
 	}()
 	if err := unix.PtraceInterrupt(pid); err != nil {
-		return -1, t.gone(fmt.Errorf("interrupt: %w", err))
+		return t.gone(fmt.Errorf("interrupt: %w", err))
 	}
 	if err := t.waitEventStop(); err != nil {
-		return -1, err
+		return err
 	}
 
 	var saved unix.PtraceRegs
 	if err := unix.PtraceGetRegs(pid, &saved); err != nil {
-		return -1, t.gone(fmt.Errorf("get registers: %w", err))
+		return t.gone(fmt.Errorf("get registers: %w", err))
 	}
 	gadget, restoreText, err := t.syscallGadget(&saved)
 	if err != nil {
-		return -1, err
+		return err
 	}
 	restore := func() error {
 		var errs []error
@@ -98,37 +228,14 @@ func injectUserfaultfd(pid int) (int, error) {
 		}
 		return errors.Join(errs...)
 	}
-
-	remote, err := t.syscall(&saved, gadget, sysUserfaultfd, unix.O_CLOEXEC|unix.O_NONBLOCK)
-	if err != nil {
-		return -1, errors.Join(err, restore())
-	}
-	if remote < 0 {
-		errno := unix.Errno(-remote)
-		return -1, errors.Join(fmt.Errorf("userfaultfd() in target: %w", translateCreate(errno)), restore())
-	}
-	local, getErr := unix.PidfdGetfd(pidfd, int(remote), 0)
-	// Close the target's copy whatever happened: a target holding the uffd
-	// would keep its own faults blocked after dmig dies.
-	ret, closeErr := t.syscall(&saved, gadget, unix.SYS_CLOSE, uint64(remote))
-	if closeErr == nil && ret < 0 {
-		closeErr = fmt.Errorf("close(%d) in target: %w", remote, unix.Errno(-ret))
-	}
-	if err := errors.Join(closeErr, restore()); err != nil {
-		if getErr == nil {
-			unix.Close(local)
-		}
-		return -1, err
-	}
-	if getErr != nil {
-		return -1, fmt.Errorf("pidfd_getfd(%d): %w", remote, getErr)
+	bodyErr := body(func(nr uint64, args ...uint64) (int64, error) {
+		return t.syscall(&saved, gadget, nr, args...)
+	})
+	if err := errors.Join(bodyErr, restore()); err != nil {
+		return err
 	}
 	attached = false
-	if err := t.detach(); err != nil {
-		unix.Close(local)
-		return -1, err
-	}
-	return local, nil
+	return t.detach()
 }
 
 func translateSeize(pid int, err error) error {

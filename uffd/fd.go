@@ -57,6 +57,7 @@ func (r Range) String() string { return fmt.Sprintf("[%#x, %#x)", r.Start, r.End
 type FD struct {
 	fd       int
 	pid      int
+	target   int // the target's own copy (AttachKept), -1 if none
 	features Feature
 
 	mu     sync.RWMutex // Close takes it for writing; ioctls for reading.
@@ -71,7 +72,7 @@ func Open(features Feature) (*FD, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("create userfaultfd: %w", translateCreate(errno))
 	}
-	u := &FD{fd: int(fd), pid: os.Getpid()}
+	u := &FD{fd: int(fd), pid: os.Getpid(), target: -1}
 	if err := u.handshake(features); err != nil {
 		u.Close()
 		return nil, err
@@ -134,6 +135,10 @@ func (u *FD) Features() Feature { return u.features }
 
 // Pid is the process whose memory the uffd is bound to.
 func (u *FD) Pid() int { return u.pid }
+
+// TargetFD is the number of the copy the target process holds (AttachKept,
+// Reacquire), or -1 if it holds none.
+func (u *FD) TargetFD() int { return u.target }
 
 // Close closes the userfaultfd. Threads of the target blocked on a missing
 // page are released by the kernel (see the package documentation). Close is
