@@ -30,8 +30,6 @@ const (
 )
 
 const (
-	sysUserfaultfd = 323 // x86-64
-
 	uffdAPI = 0xAA
 
 	// ioctl numbers: _IOWR(0xAA, nr, struct) = 3<<30 | size<<16 | 0xAA<<8 | nr;

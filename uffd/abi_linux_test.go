@@ -3,6 +3,8 @@ package uffd
 import (
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The sizes the kernel's uapi headers give; an ioctl number encodes its
@@ -59,5 +61,11 @@ func TestDecodeMsg(t *testing.T) {
 	}
 	if s := (FeatureWPAsync | FeatureMissingShmem).String(); s != "MISSING_SHMEM|WP_ASYNC" {
 		t.Errorf("feature string %q", s)
+	}
+}
+
+func TestSyscallNumbers(t *testing.T) {
+	if sysUserfaultfd != unix.SYS_USERFAULTFD {
+		t.Errorf("sysUserfaultfd = %d, x/sys/unix says %d for this GOARCH", sysUserfaultfd, unix.SYS_USERFAULTFD)
 	}
 }

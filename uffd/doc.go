@@ -6,8 +6,11 @@
 // mappings of them) are internal/ramfile's. It contains no migration logic
 // and does not log: it returns errors and counters.
 //
-// Every kernel struct and ioctl number is in abi_linux.go. Errors wrap a
-// sentinel of errors.go and, where the kernel gave one, the errno.
+// Every kernel struct and ioctl number is in abi_linux.go; what is x86-64's
+// only (the userfaultfd syscall number, the registers and instruction of
+// syscall injection) is in abi_linux_amd64.go and attach_amd64.go, and other
+// GOARCHes stop at arch_other.go. Errors wrap a sentinel of errors.go and,
+// where the kernel gave one, the errno.
 //
 // # Ownership
 //
