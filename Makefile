@@ -32,7 +32,7 @@ lint:
 	"$$($(GO) env GOPATH)/bin/staticcheck" ./...
 
 # Debian 12 guest for QEMU runs: base cached in /var/cache/dmig by a hash
-# of its recipe, plus this build's dmig as its guest agent (README, "Guest image").
+# of its recipe, plus this build's dmig as its guest agent (docs/testing.md, "Guest image").
 GUEST_IMAGE ?= bin/guest.raw
 guest-image: build
 	bash vmm/qemu/image/build.sh --dmig $(BIN) $(GUEST_IMAGE)

@@ -11,7 +11,7 @@ import (
 // oltp_read_write (2 threads, 4 x 100 k rows) runs against the server at
 // the default flush settings, after 15 s of warm-up: first at 40
 // transactions/s (what the same sysbench did in a TCG-emulated VM, see
-// DESIGN.md), then as fast as it goes. Metrics: scan rate (GiB of pool per
+// docs/testing.md), then as fast as it goes. Metrics: scan rate (GiB of pool per
 // second), agent CPU seconds per GiB scanned, the fraction of InnoDB pages
 // found clean, the fraction of clean pages' 4 KiB the layout names (the rest
 // were changed after the last checkpoint, or not present), and the fraction

@@ -411,10 +411,10 @@ func testUnderLoad(t *testing.T, m *mariaDB) {
 		t.Fatalf("sysbench ended early: %s", out.String())
 	}
 	// Stated bound: at most 1 % of named pages are valid frames that differ
-	// from disk under load (DESIGN.md measured up to 72 of 32 k before
-	// filtering under very heavy flushing). Pages written to between the
-	// scan and this check are counted apart: the engine's dirty tracking
-	// resends those.
+	// from disk under load (docs/architecture.md, "InnoDB facts": up to 72
+	// of 32 k before filtering under very heavy flushing). Pages written to
+	// between the scan and this check are counted apart: the engine's dirty
+	// tracking resends those.
 	t.Logf("under load: %d of %d named pages differ (%.3f %%), %d changed since the scan, %d moved; clean fraction of InnoDB pages %.1f %%",
 		total.differ, total.refs, 100*float64(total.differ)/float64(total.refs), total.changed, total.moved, 100*float64(clean)/float64(pages))
 	if total.refs < 3000 {

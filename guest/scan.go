@@ -64,7 +64,7 @@ func readMaps(pid int) ([]mapping, error) {
 
 // Frames per 8 MiB extent that hold block descriptors in MariaDB's
 // single-mapping buffer pool (10.11.12+), by page size: measured for 16 KiB
-// (DESIGN.md, "InnoDB facts"). For other sizes none are skipped explicitly;
+// (docs/architecture.md, "InnoDB facts"). For other sizes none are skipped explicitly;
 // descriptors then fail the checksum like any other non-page.
 var descriptorFrames = map[int]int{16384: 5}
 

@@ -17,7 +17,7 @@ const (
 	// on, its memory untouched.
 	Aborted Outcome = "aborted"
 	// FailedAfterResume: the destination resumed, then the migration could
-	// not finish (a peer or the link was lost). See the README.
+	// not finish (a peer or the link was lost). See docs/failures.md.
 	FailedAfterResume Outcome = "failed-after-resume"
 )
 

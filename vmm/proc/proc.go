@@ -1,6 +1,6 @@
 // Package proc drives process guests: programs whose whole state lives in
-// RAM files they map MAP_SHARED (see the README, "The process-guest
-// contract"). Source pauses and resumes one with SIGSTOP/SIGCONT; Target
+// RAM files they map MAP_SHARED (see docs/architecture.md, "Process
+// guests"). Source pauses and resumes one with SIGSTOP/SIGCONT; Target
 // creates the RAM files on the destination and starts the guest's command
 // with DMIG_INCOMING=1 and DMIG_RAM=path[:path...], waiting for it to stop
 // itself before any page is placed.

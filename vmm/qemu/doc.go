@@ -22,5 +22,5 @@
 //     a context.
 //
 // The guest image the tests boot is built by image/build.sh (make
-// guest-image; see the README, "Guest image").
+// guest-image; see docs/testing.md, "Guest image").
 package qemu

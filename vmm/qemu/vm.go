@@ -39,7 +39,7 @@ type Tap struct {
 }
 
 // Config describes a VM dmig starts (a test VM, or a destination). The
-// command line it makes is the one documented in the README ("Guest
+// command line it makes is the one documented in docs/testing.md ("Guest
 // image"); an operator's own command line is used as is by the destination
 // (see DestArgs).
 type Config struct {
