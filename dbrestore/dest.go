@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/uffd"
 	"github.com/dmig/dmig/wire"
@@ -131,7 +132,7 @@ type dstBlock struct {
 	file    *os.File
 	mem     []byte // our writable mapping, for plain writes before resume
 	npages  uint64
-	maps    []uffd.Mapping
+	maps    []ramfile.Mapping
 	placed  *pages.Set // written before resume (the file may hold data there)
 	missing *pages.Set // owed after switchover
 }
@@ -391,7 +392,7 @@ func (d *dest) prepare(ctx context.Context) error {
 		}
 		b := &dstBlock{idx: uint32(i), name: blk.Name, path: paths[i], file: f, npages: blk.Pages()}
 		d.blocks = append(d.blocks, b)
-		if b.mem, err = uffd.MapShared(f, 0, int(blk.Size), true); err != nil {
+		if b.mem, err = ramfile.Map(f, 0, int(blk.Size), true); err != nil {
 			return fmt.Errorf("map RAM block %s: %w", blk.Name, err)
 		}
 		b.placed = pages.NewSet(b.npages)
@@ -404,7 +405,7 @@ func (d *dest) prepare(ctx context.Context) error {
 		return fmt.Errorf("take over the guest's page faults: %w", err)
 	}
 	for _, b := range d.blocks {
-		ms, err := uffd.FileMappingsOf(d.pid, b.file)
+		ms, err := ramfile.FileMappingsOf(d.pid, b.file)
 		if err != nil {
 			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.name, err)
 		}
@@ -412,7 +413,7 @@ func (d *dest) prepare(ctx context.Context) error {
 			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", d.pid, b.name, b.path)
 		}
 		for _, m := range ms {
-			if _, err := d.u.Register(m.Range(), uffd.ModeMissing); err != nil {
+			if _, err := d.u.Register(uffd.Range{Start: m.Start, Len: m.Len()}, uffd.ModeMissing); err != nil {
 				return fmt.Errorf("register RAM block %s: %w", b.name, err)
 			}
 			b.maps = append(b.maps, m)
@@ -461,7 +462,7 @@ func (d *dest) markPending(runs []wire.Run) error {
 			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
 		}
 		b := d.blocks[r.Block]
-		if err := uffd.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
+		if err := ramfile.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
 			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err))
 		}
 		for p := r.Page; p < r.Page+r.Count; p++ {
@@ -763,7 +764,7 @@ func (d *dest) readReplies(ctx context.Context) error {
 func (d *dest) release() error {
 	for _, b := range d.blocks {
 		for _, m := range b.maps {
-			if err := d.u.Unregister(m.Range()); err != nil {
+			if err := d.u.Unregister(uffd.Range{Start: m.Start, Len: m.Len()}); err != nil {
 				return fmt.Errorf("unregister RAM block %s: %w", b.name, err)
 			}
 		}
@@ -795,7 +796,7 @@ func (d *dest) cleanup() {
 	}
 	for _, b := range d.blocks {
 		if b.mem != nil {
-			uffd.Unmap(b.mem)
+			ramfile.Unmap(b.mem)
 		}
 		b.file.Close()
 	}

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/sys/unix"
 
 	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/uffd"
 	"github.com/dmig/dmig/wire"
@@ -76,8 +76,8 @@ type srcBlock struct {
 	Block
 	idx     uint32
 	file    *os.File
-	mem     []byte         // our read-only mapping of the RAM file
-	maps    []uffd.Mapping // the guest's mappings of it
+	mem     []byte            // our read-only mapping of the RAM file
+	maps    []ramfile.Mapping // the guest's mappings of it
 	npages  uint64
 	pending *pages.Set // not yet sent since last written
 	hot     *pages.Set // written in the last interval (post-copy pushes these first)
@@ -303,8 +303,8 @@ func (s *source) open() error {
 		blk := &srcBlock{Block: b, idx: uint32(i), file: f, npages: b.Size / pageSize}
 		s.blocks = append(s.blocks, blk)
 		// One migration of a guest at a time: the RAM file is its identity.
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			if errors.Is(err, unix.EWOULDBLOCK) {
+		if err := ramfile.Lock(f); err != nil {
+			if errors.Is(err, ramfile.ErrLocked) {
 				return fmt.Errorf("lock RAM block %s (%s): %w", b.Name, b.Path, ErrBusy)
 			}
 			return fmt.Errorf("lock RAM block %s: %w", b.Name, err)
@@ -316,7 +316,7 @@ func (s *source) open() error {
 		if uint64(st.Size()) != b.Size || b.Size%pageSize != 0 || b.Size == 0 {
 			return fmt.Errorf("RAM block %s: file %s has %d bytes, want %d (a whole number of pages)", b.Name, b.Path, st.Size(), b.Size)
 		}
-		if blk.mem, err = uffd.MapShared(f, 0, int(b.Size), false); err != nil {
+		if blk.mem, err = ramfile.Map(f, 0, int(b.Size), false); err != nil {
 			return fmt.Errorf("map RAM block %s: %w", b.Name, err)
 		}
 		blk.pending = pages.NewSet(blk.npages)
@@ -340,7 +340,7 @@ func (s *source) track() error {
 	s.u = u
 	var ranges []uffd.Range
 	for _, b := range s.blocks {
-		ms, err := uffd.FileMappingsOf(s.g.Pid(), b.file)
+		ms, err := ramfile.FileMappingsOf(s.g.Pid(), b.file)
 		if err != nil {
 			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.Name, err)
 		}
@@ -348,11 +348,12 @@ func (s *source) track() error {
 			if !m.Shared() {
 				return fmt.Errorf("guest pid %d maps RAM block %s privately (%s): its writes would not reach the file; map it MAP_SHARED", s.g.Pid(), b.Name, m.Perms)
 			}
-			if _, err := u.Register(m.Range(), uffd.ModeWP); err != nil {
+			r := uffd.Range{Start: m.Start, Len: m.Len()}
+			if _, err := u.Register(r, uffd.ModeWP); err != nil {
 				return fmt.Errorf("track RAM block %s: %w", b.Name, err)
 			}
 			b.maps = append(b.maps, m)
-			ranges = append(ranges, m.Range())
+			ranges = append(ranges, r)
 		}
 		if len(b.maps) == 0 {
 			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", s.g.Pid(), b.Name, b.Path)
@@ -374,22 +375,13 @@ func (s *source) track() error {
 // dataPages returns the pages of f that are not holes (SEEK_DATA).
 func dataPages(f *os.File, npages uint64) (*pages.Set, error) {
 	set := pages.NewSet(npages)
-	size := int64(npages * pageSize)
-	for off := int64(0); off < size; {
-		d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		h, err := unix.Seek(int(f.Fd()), d, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, err
-		}
-		first, last := uint64(d)/pageSize, (uint64(h)+pageSize-1)/pageSize
+	ext, err := ramfile.Data(f, int64(npages*pageSize))
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ext {
+		first, last := uint64(e.Off)/pageSize, (uint64(e.Off+e.Len)+pageSize-1)/pageSize
 		set.AddRange(first, min(last, npages)-first)
-		off = h
 	}
 	return set, nil
 }
@@ -435,7 +427,7 @@ func (s *source) collect() (uint64, error) {
 // out of dirty tracking, and the migration must stop.
 func (s *source) remapped() string {
 	for _, b := range s.blocks {
-		now, err := uffd.FileMappingsOf(s.g.Pid(), b.file)
+		now, err := ramfile.FileMappingsOf(s.g.Pid(), b.file)
 		if err != nil {
 			return fmt.Sprintf("guest pid %d is gone or unreadable (%v)", s.g.Pid(), err)
 		}
@@ -856,14 +848,14 @@ func (s *source) cleanup() {
 	if s.u != nil {
 		for _, b := range s.blocks {
 			for _, m := range b.maps {
-				_ = s.u.Unregister(m.Range())
+				_ = s.u.Unregister(uffd.Range{Start: m.Start, Len: m.Len()})
 			}
 		}
 		s.u.Close()
 	}
 	for _, b := range s.blocks {
 		if b.mem != nil {
-			uffd.Unmap(b.mem)
+			ramfile.Unmap(b.mem)
 		}
 		b.file.Close()
 	}

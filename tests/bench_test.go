@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/report"
-	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/internal/testguest"
+	"github.com/dmig/dmig/precopy"
 )
 
 // BenchmarkModes migrates a test guest (DMIG_BENCH_GUEST bytes, default

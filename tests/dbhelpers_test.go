@@ -12,9 +12,9 @@ import (
 
 	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/internal/testguest"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/internal/testguest"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/wire"
 )

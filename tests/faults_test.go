@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/report"
-	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/internal/testguest"
+	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
 )
 

@@ -17,8 +17,8 @@ import (
 
 	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/report"
-	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/internal/testguest"
+	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/wire"
 )

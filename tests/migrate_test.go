@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/report"
-	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/internal/testguest"
+	"github.com/dmig/dmig/precopy"
 )
 
 const gib = 1 << 30

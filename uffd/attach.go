@@ -437,21 +437,16 @@ func (t *tracee) syscallGadget(regs *unix.PtraceRegs) (uintptr, func() error, er
 }
 
 func (t *tracee) vdsoGadget() (uintptr, bool) {
-	maps, err := Mappings(t.pid)
+	start, end, err := vdsoCode(t.pid)
 	if err != nil {
 		return 0, false
 	}
-	for _, m := range maps {
-		if m.Path != "[vdso]" || !strings.Contains(m.Perms, "x") {
-			continue
-		}
-		code, err := readMem(t.pid, m.Start, int(m.Len()))
-		if err != nil {
-			return 0, false
-		}
-		if i := bytes.Index(code, []byte{0x0f, 0x05}); i >= 0 {
-			return m.Start + uintptr(i), true
-		}
+	code, err := readMem(t.pid, start, int(end-start))
+	if err != nil {
+		return 0, false
+	}
+	if i := bytes.Index(code, []byte{0x0f, 0x05}); i >= 0 {
+		return start + uintptr(i), true
 	}
 	return 0, false
 }

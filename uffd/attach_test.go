@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 const destFeatures = FeatureMissingShmem | FeatureThreadID
@@ -21,7 +23,7 @@ const destFeatures = FeatureMissingShmem | FeatureThreadID
 func checkBound(t *testing.T, c *child, u *FD) {
 	t.Helper()
 	const p = 3
-	if err := PunchHole(c.ram, p*PageSize, PageSize); err != nil {
+	if err := ramfile.PunchHole(c.ram, p*PageSize, PageSize); err != nil {
 		t.Fatal(err)
 	}
 	r := Range{Start: c.page(p), Len: PageSize}

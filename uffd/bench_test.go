@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 // BenchmarkFaults: 4 KiB MISSING faults raised by threads of another
@@ -41,7 +43,7 @@ func BenchmarkFaults(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
-				if err := PunchHole(c.ram, 0, pages*PageSize); err != nil {
+				if err := ramfile.PunchHole(c.ram, 0, pages*PageSize); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
@@ -104,7 +106,7 @@ func BenchmarkCopy(b *testing.B) {
 			var tCopy, tMemcpy time.Duration
 			b.SetBytes(size)
 			for range b.N {
-				if err := PunchHole(f, 0, size); err != nil {
+				if err := ramfile.PunchHole(f, 0, size); err != nil {
 					b.Fatal(err)
 				}
 				t0 := time.Now()
@@ -114,7 +116,7 @@ func BenchmarkCopy(b *testing.B) {
 					}
 				}
 				tCopy += time.Since(t0)
-				if err := PunchHole(f, 0, size); err != nil {
+				if err := ramfile.PunchHole(f, 0, size); err != nil {
 					b.Fatal(err)
 				}
 				// Baseline: memcpy into the same holes. Touching holes of a

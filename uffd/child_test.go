@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 const (
@@ -264,7 +266,7 @@ func startChild(t testing.TB, o childOpts) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem, err := MapShared(ram, 0, o.pages*PageSize, true)
+	mem, err := ramfile.Map(ram, 0, o.pages*PageSize, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +279,7 @@ func startChild(t testing.TB, o childOpts) *child {
 	// way dmig finds a VMM's RAM.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		ms, err := FileMappings(cmd.Process.Pid, ram.Name())
+		ms, err := ramfile.FileMappings(cmd.Process.Pid, ram.Name())
 		if err == nil && len(ms) == 1 {
 			c.addr = ms[0].Start
 			break
@@ -374,7 +376,7 @@ func (c *child) stop() {
 	c.once.Do(func() {
 		c.cmd.Process.Kill()
 		c.cmd.Wait()
-		Unmap(c.mem)
+		ramfile.Unmap(c.mem)
 	})
 }
 

@@ -1,9 +1,10 @@
 // Package uffd is dmig's kernel interface for guest memory: userfaultfd
 // (API handshake, register MISSING/WP, COPY, ZEROPAGE, WAKE, WRITEPROTECT),
 // a fault reader, dirty tracking with async write-protect and PAGEMAP_SCAN,
-// attaching a userfaultfd to another process (ptrace syscall injection +
-// pidfd_getfd), and finding and mapping a process's RAM files. It contains
-// no migration logic and does not log: it returns errors and counters.
+// and attaching a userfaultfd to another process (ptrace syscall injection +
+// pidfd_getfd). RAM files themselves (mapping, holes, locks, a process's
+// mappings of them) are internal/ramfile's. It contains no migration logic
+// and does not log: it returns errors and counters.
 //
 // Every kernel struct and ioctl number is in abi_linux.go. Errors wrap a
 // sentinel of errors.go and, where the kernel gave one, the errno.

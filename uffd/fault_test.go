@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 // TestMissingFaults serves hole-punched pages of a child's RAM with the
@@ -36,7 +38,7 @@ func TestMissingFaults(t *testing.T) {
 	if err := os.WriteFile(c.ram.Name()+".src", fileData, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := PunchHole(c.ram, 0, pages*PageSize); err != nil {
+	if err := ramfile.PunchHole(c.ram, 0, pages*PageSize); err != nil {
 		t.Fatal(err)
 	}
 	r := Range{Start: c.addr, Len: pages * PageSize}
@@ -128,7 +130,7 @@ func TestCloseWhileWaiting(t *testing.T) {
 	src := make([]byte, PageSize)
 	pattern(2, 3, src)
 	copy(c.mem[2*PageSize:], src) // the page had data...
-	if err := PunchHole(c.ram, 2*PageSize, PageSize); err != nil {
+	if err := ramfile.PunchHole(c.ram, 2*PageSize, PageSize); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u.Register(Range{Start: c.page(2), Len: PageSize}, ModeMissing); err != nil {
@@ -173,11 +175,11 @@ func TestCloseWhileWaiting(t *testing.T) {
 func selfRAM(t testing.TB, pages int) (*os.File, []byte) {
 	t.Helper()
 	f := newRAM(t, pages)
-	mem, err := MapShared(f, 0, pages*PageSize, true)
+	mem, err := ramfile.Map(f, 0, pages*PageSize, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { Unmap(mem) })
+	t.Cleanup(func() { ramfile.Unmap(mem) })
 	return f, mem
 }
 
@@ -331,7 +333,7 @@ func TestManyFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	if err := PunchHole(c.ram, 0, pages*PageSize); err != nil {
+	if err := ramfile.PunchHole(c.ram, 0, pages*PageSize); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u.Register(Range{Start: c.addr, Len: pages * PageSize}, ModeMissing); err != nil {

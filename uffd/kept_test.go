@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 // TestKeptSurvivesClose is TestCloseWhileWaiting with AttachKept: the child
@@ -30,7 +32,7 @@ func TestKeptSurvivesClose(t *testing.T) {
 	src := make([]byte, PageSize)
 	pattern(2, 3, src)
 	copy(c.mem[2*PageSize:], src)
-	if err := PunchHole(c.ram, 2*PageSize, PageSize); err != nil {
+	if err := ramfile.PunchHole(c.ram, 2*PageSize, PageSize); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := u.Register(Range{Start: c.page(2), Len: PageSize}, ModeMissing); err != nil {

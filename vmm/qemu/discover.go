@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dmig/dmig/uffd"
+	"github.com/dmig/dmig/internal/ramfile"
 )
 
 // RAMBlock is one RAM backend of a running QEMU: a file (or memfd) it
@@ -31,7 +31,7 @@ type RAMBlock struct {
 	// memfd.
 	Path string `json:"path"`
 	// Mappings are QEMU's mappings of the file (from /proc/PID/maps).
-	Mappings []uffd.Mapping `json:"mappings"`
+	Mappings []ramfile.Mapping `json:"mappings"`
 	// GPA are the guest-physical ranges backed by this block, sorted.
 	GPA []GPARange `json:"gpa"`
 }
@@ -155,7 +155,7 @@ func Discover(ctx context.Context, mon *Monitor, pid int) (*Machine, error) {
 		if b.Path, err = backingPath(ctx, mon, pid, b); err != nil {
 			return nil, err
 		}
-		if b.Mappings, err = uffd.FileMappings(pid, b.Path); err != nil {
+		if b.Mappings, err = ramfile.FileMappings(pid, b.Path); err != nil {
 			return nil, fmt.Errorf("find qemu's mapping of %s: %w", b.Path, err)
 		}
 		if len(b.Mappings) == 0 {

@@ -1,4 +1,4 @@
-package uffd
+package ramfile
 
 import (
 	"bufio"
@@ -12,7 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Mapping is one line of /proc/PID/maps.
+// Mapping is one line of /proc/PID/maps: a range of another process's
+// address space and the file behind it.
 type Mapping struct {
 	Start, End uintptr
 	Perms      string // e.g. "rw-s": s = MAP_SHARED, p = private
@@ -31,9 +32,6 @@ func (m Mapping) Shared() bool { return len(m.Perms) == 4 && m.Perms[3] == 's' }
 
 // Writable reports whether the mapping is writable.
 func (m Mapping) Writable() bool { return len(m.Perms) >= 2 && m.Perms[1] == 'w' }
-
-// Range is the mapping's address range.
-func (m Mapping) Range() Range { return Range{Start: m.Start, Len: m.Len()} }
 
 // Mappings parses /proc/PID/maps.
 func Mappings(pid int) ([]Mapping, error) {

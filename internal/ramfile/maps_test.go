@@ -1,6 +1,7 @@
-package uffd
+package ramfile
 
 import (
+	"errors"
 	"os"
 	"testing"
 
@@ -34,7 +35,7 @@ func TestParseMapsLine(t *testing.T) {
 
 func TestFileMappings(t *testing.T) {
 	f := newRAM(t, 4)
-	mem, err := MapShared(f, PageSize, 2*PageSize, false)
+	mem, err := Map(f, PageSize, 2*PageSize, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func TestFileMappings(t *testing.T) {
 	if ms[0].Offset != PageSize || ms[0].Len() != 2*PageSize || !ms[0].Shared() || ms[0].Writable() {
 		t.Errorf("mapping %+v", ms[0])
 	}
-	if _, err := Mappings(1 << 30); err == nil {
-		t.Error("mappings of a pid that cannot exist succeeded")
+	if _, err := Mappings(1 << 30); !errors.Is(err, ErrNoProcess) {
+		t.Errorf("mappings of a pid that cannot exist: %v, want ErrNoProcess", err)
 	}
 }

@@ -1,0 +1,20 @@
+// Package ramfile owns the guest RAM files dmig migrates: mapping them into
+// dmig (Map, Unmap), punching holes (PunchHole), finding their data with
+// SEEK_DATA/SEEK_HOLE (Data), the per-guest lock (Lock), and finding another
+// process's mappings of them in /proc/PID/maps (Mappings, FileMappings,
+// FileMappingsOf). Block bundles an open RAM file with dmig's mapping of it.
+//
+// It knows nothing of userfaultfd or of migration, does not log, and
+// imports nothing of the project: the engines (precopy, dbrestore) and the
+// VMM drivers build on it.
+//
+// # Invariants
+//
+//   - A RAM file is a shared-memory or file-system file mapped MAP_SHARED by
+//     its VMM; dmig maps it MAP_SHARED too, so both see the same pages.
+//   - Mappings are matched to a file by device and inode, never by name.
+//   - Lock is the one-migration-per-guest rule: the RAM file is the guest's
+//     identity, and the lock lasts as long as the file stays open.
+//   - The caller owns every *os.File and mapping it gets here and releases
+//     them explicitly (Unmap, Close); nothing is closed by a finalizer.
+package ramfile
