@@ -81,7 +81,7 @@ func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*rep
 			msg = msg[:1000]
 		}
 		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = sess.Control.WriteFrame(wctx, &wire.Error{Code: d.errCode, Message: msg})
+		_ = sess.Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
 		cancel()
 	}
 	return fig, err
@@ -97,12 +97,12 @@ type dest struct {
 	restore *restorer
 	u       *uffd.FD
 	pid     int
-	errCode wire.ErrorCode
 
 	mu        sync.Mutex
 	cond      *sync.Cond
 	processed []uint64 // batches handled per bulk connection
 	expected  []uint64 // batches announced by IterationEnd per connection
+	final     bool     // Switchover arrived: expected is complete
 	bulkErr   error
 
 	switched chan struct{} // closed once post-copy placement is set up
@@ -146,7 +146,6 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	d.switched = make(chan struct{})
 	d.done = make(chan struct{})
 	d.waiters = make(map[pageKey]chan struct{})
-	d.errCode = wire.ErrorGuest
 
 	resumed := false
 	defer func() {
@@ -170,19 +169,29 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(errors.New("migration ended"))
-	d.restore.start(ctx, &wg)
-	for i, c := range d.sess.Bulk {
+	// Every goroutine of the session runs through spawn: a failure, or a
+	// panic, ends this session and no other.
+	spawn := func(f func() error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := d.readBulk(ctx, i, c); err != nil && ctx.Err() == nil {
+			if err := safely(f); err != nil && ctx.Err() == nil {
+				cancel(err)
+			}
+		}()
+	}
+	d.restore.start(ctx, spawn)
+	for i, c := range d.sess.Bulk {
+		spawn(func() error {
+			defer d.cond.Broadcast()
+			err := d.readBulk(ctx, i, c)
+			if err != nil && ctx.Err() == nil {
 				d.mu.Lock()
 				d.bulkErr = err
 				d.mu.Unlock()
-				cancel(err)
 			}
-			d.cond.Broadcast()
-		}()
+			return err
+		})
 	}
 	// Wake barrier waiters when ctx ends.
 	stopWake := context.AfterFunc(ctx, func() {
@@ -201,8 +210,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		switch m := m.(type) {
 		case *wire.IterationEnd:
 			if len(m.Batches) != n {
-				d.errCode = wire.ErrorProtocol
-				return nil, fmt.Errorf("iteration %d end counts %d bulk connections, session has %d", m.Iteration, len(m.Batches), n)
+				return nil, classed(wire.ErrorProtocol, fmt.Errorf("iteration %d end counts %d bulk connections, session has %d", m.Iteration, len(m.Batches), n))
 			}
 			d.mu.Lock()
 			for i, c := range m.Batches {
@@ -211,12 +219,14 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 			d.mu.Unlock()
 		case *wire.DeviceState:
 			if err := d.devState.add(m); err != nil {
-				d.errCode = wire.ErrorProtocol
-				return nil, err
+				return nil, classed(wire.ErrorProtocol, err)
 			}
 		case *wire.Switchover:
 			cp := *m
 			sw = &cp
+			d.mu.Lock()
+			d.final = true
+			d.mu.Unlock()
 			d.restore.final.Store(true)
 			d.restore.hold()
 		case *wire.Abort:
@@ -224,15 +234,13 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		case *wire.Error:
 			return nil, fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
 		default:
-			d.errCode = wire.ErrorProtocol
-			return nil, fmt.Errorf("unexpected %v on the control connection before switchover", m.Type())
+			return nil, classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection before switchover", m.Type()))
 		}
 	}
 
 	tSwitch := time.Now()
 	if err := d.devState.check(d.g); err != nil {
-		d.errCode = wire.ErrorProtocol
-		return nil, err
+		return nil, classed(wire.ErrorProtocol, err)
 	}
 	if err := d.barrier(ctx); err != nil {
 		return nil, d.cause(ctx, err)
@@ -273,19 +281,27 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		serveWG.Add(2)
 		go func() {
 			defer serveWG.Done()
-			if err := d.u.Serve(serveCtx, uffd.HandlerFunc(d.fault), uffd.ServeConfig{Workers: d.cfg.FaultWorkers}, nil); err != nil {
+			fault := func(ctx context.Context, m uffd.Msg) error {
+				return safely(func() error { return d.fault(ctx, m) })
+			}
+			if err := d.u.Serve(serveCtx, uffd.HandlerFunc(fault), uffd.ServeConfig{Workers: d.cfg.FaultWorkers}, nil); err != nil {
 				serveErr = err
 				cancel(err)
 			}
 		}()
 		go func() {
 			defer serveWG.Done()
-			if err := d.readReplies(serveCtx); err != nil && serveCtx.Err() == nil {
+			if err := safely(func() error { return d.readReplies(serveCtx) }); err != nil && serveCtx.Err() == nil {
 				cancel(err)
 			}
 		}()
 		serveWG.Add(1)
-		go func() { defer serveWG.Done(); d.restore.refetch(serveCtx, owed) }()
+		go func() {
+			defer serveWG.Done()
+			if err := safely(func() error { d.restore.refetch(serveCtx, owed); return nil }); err != nil {
+				cancel(err)
+			}
+		}()
 	} else {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
@@ -350,8 +366,7 @@ func (d *dest) waitGo(ctx context.Context) error {
 	case *wire.Error:
 		return fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
 	}
-	d.errCode = wire.ErrorProtocol
-	return fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type())
+	return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type()))
 }
 
 func (d *dest) cause(ctx context.Context, err error) error {
@@ -368,8 +383,7 @@ func (d *dest) prepare(ctx context.Context) error {
 	h := &d.sess.Hello
 	paths, err := d.g.Create(ctx, h.Blocks)
 	if err != nil {
-		d.errCode = wire.ErrorResource
-		return fmt.Errorf("create RAM files: %w", err)
+		return classed(wire.ErrorResource, fmt.Errorf("create RAM files: %w", err))
 	}
 	for i, blk := range h.Blocks {
 		f, err := os.OpenFile(paths[i], os.O_RDWR, 0)
@@ -432,18 +446,24 @@ func (d *dest) barrier(ctx context.Context) error {
 	}
 }
 
+// late reports whether a pre-copy batch on bulk connection i is one more
+// than the iterations announced before Switchover.
+func (d *dest) late(i int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.final && d.processed[i] >= d.expected[i]
+}
+
 // markPending makes the pages the source still owes missing: holes in the
 // RAM file, which the guest's registered mapping faults on.
 func (d *dest) markPending(runs []wire.Run) error {
 	for _, r := range runs {
 		if int(r.Block) >= len(d.blocks) || r.Page+r.Count > d.blocks[r.Block].npages {
-			d.errCode = wire.ErrorProtocol
-			return fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block)
+			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
 		}
 		b := d.blocks[r.Block]
 		if err := ramfile.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
-			d.errCode = wire.ErrorResource
-			return fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err)
+			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err))
 		}
 		for p := r.Page; p < r.Page+r.Count; p++ {
 			if b.missing.Add(p) {
@@ -560,15 +580,18 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 		}
 		batch, ok := m.(*wire.PageBatch)
 		if !ok {
-			d.errCode = wire.ErrorProtocol
-			return fmt.Errorf("bulk connection %d: unexpected %v", i, m.Type())
+			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: unexpected %v", i, m.Type()))
 		}
 		if int(batch.Block) >= len(d.blocks) {
-			d.errCode = wire.ErrorProtocol
-			return fmt.Errorf("bulk connection %d: batch for unknown block %d", i, batch.Block)
+			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: batch for unknown block %d", i, batch.Block))
 		}
 		b := d.blocks[batch.Block]
 		push := batch.Iteration == wire.IterationPostcopy
+		if !push && d.late(i) {
+			// Switchover fixed how many pre-copy batches each connection
+			// carries; one more would reach a restore already carried.
+			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pre-copy batch of iteration %d after the switchover's last", i, batch.Iteration))
+		}
 		if push {
 			select {
 			case <-d.switched:
@@ -579,15 +602,13 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 		for j := 0; j < len(batch.Entries); {
 			e := batch.Entries[j]
 			if e.Page >= b.npages {
-				d.errCode = wire.ErrorProtocol
-				return fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.name)
+				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.name))
 			}
 			switch e.Kind {
 			case wire.KindData:
 				run := batch.DataRun(j)
 				if e.Page+uint64(run) > b.npages {
-					d.errCode = wire.ErrorProtocol
-					return fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.name)
+					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.name))
 				}
 				if !push {
 					for k := range uint64(run) {
@@ -602,8 +623,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 						return fmt.Errorf("bulk connection %d: %w", i, err)
 					}
 					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
-						d.errCode = wire.ErrorResource
-						return fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err)
+						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err))
 					}
 					b.placed.AddRange(e.Page, uint64(run))
 					d.data.Add(uint64(run))
@@ -640,8 +660,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				j++
 			case wire.KindRef:
 				if !d.restore.active {
-					d.errCode = wire.ErrorProtocol
-					return fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page)
+					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page))
 				}
 				if push && !b.missing.Has(e.Page) {
 					j++
@@ -650,8 +669,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				d.restore.enqueue(b.idx, e.Page, batch.Iteration, e.Ref)
 				j++
 			default:
-				d.errCode = wire.ErrorProtocol
-				return fmt.Errorf("bulk connection %d: %v pages are not supported by this destination", i, e.Kind)
+				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: %v pages are not supported by this destination", i, e.Kind))
 			}
 		}
 		d.mu.Lock()

@@ -226,18 +226,14 @@ func newRestorer(d *dest) *restorer {
 	return r
 }
 
-// start runs the collectors until ctx ends.
-func (r *restorer) start(ctx context.Context, wg *sync.WaitGroup) {
+// start runs the collectors until ctx ends, each through spawn.
+func (r *restorer) start(ctx context.Context, spawn func(func() error)) {
 	if !r.active {
 		return
 	}
 	r.ctx = ctx
 	for range restoreCollectors {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.collect(ctx)
-		}()
+		spawn(func() error { r.collect(ctx); return nil })
 	}
 }
 

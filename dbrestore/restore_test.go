@@ -107,7 +107,10 @@ func (f *restoreFixture) run(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	f.r.start(ctx, &wg)
+	f.r.start(ctx, func(g func() error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = g() }()
+	})
 	if err := f.r.drain(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +364,10 @@ func BenchmarkRestore(b *testing.B) {
 		r := newRestorer(d)
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
-		r.start(ctx, &wg)
+		r.start(ctx, func(g func() error) {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = g() }()
+		})
 		for p := range uint64(n) {
 			r.enqueue(0, p, 1, refs[p])
 		}

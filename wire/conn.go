@@ -510,6 +510,12 @@ func (g *geometry) check(m Message) error {
 				return err
 			}
 		}
+	case *Missing:
+		for _, r := range m.Pages {
+			if err := g.span("missing run", r.Block, r.Page, r.Count); err != nil {
+				return err
+			}
+		}
 	case *IterationEnd:
 		if len(m.Batches) != g.bulk {
 			return fmt.Errorf("%w: iteration end for %d bulk connections, session has %d", ErrRange, len(m.Batches), g.bulk)

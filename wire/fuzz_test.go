@@ -28,6 +28,7 @@ func addSeeds(f *testing.F) {
 	f.Add(withPayload(TypeSwitchover, []byte{0, 0, 0, 0, 2, 0, 5, 0, 0, 0xff, 0xff, 0x03, 1}))
 	f.Add(withPayload(TypeResend, []byte{2, 0, 5, 0, 1, 0xff, 0xff, 0x03, 1}))
 	f.Add(withPayload(TypeVerdict, []byte{0x80, 0x01, 7}))
+	f.Add(withPayload(TypeMissing, []byte{1, 0, 5, 0}))
 }
 
 // FuzzUnmarshal: no input makes a decoder panic or loop, and whatever a

@@ -55,6 +55,8 @@ func newMessage(t Type) Message {
 		return new(DeviceState)
 	case TypeResend:
 		return new(Resend)
+	case TypeMissing:
+		return new(Missing)
 	case TypeVerdict:
 		return new(Verdict)
 	case TypePageBatch:
@@ -80,8 +82,13 @@ const (
 	// FlagCompress: batches on the bulk connections may carry their page
 	// data zstd-compressed (frame flag), whichever way they go.
 	FlagCompress HelloFlags = 1 << 2
+	// FlagRecover: this Hello reconnects session Hello.Session after its
+	// connections were lost past Go. The destination answers an accepted
+	// one with Missing, then the session is post-copy only: pushes and
+	// page requests until Complete.
+	FlagRecover HelloFlags = 1 << 3
 
-	knownFlags = FlagStorageRefs | FlagPostcopy | FlagCompress
+	knownFlags = FlagStorageRefs | FlagPostcopy | FlagCompress | FlagRecover
 )
 
 // Hello opens a session on the control connection (source → destination).
@@ -365,6 +372,35 @@ func (m *Resend) validate() error {
 func (m *Resend) appendPayload(b []byte) []byte { return appendRuns(b, m.Pages) }
 
 func (m *Resend) decode(p []byte) error {
+	d := decoder{b: p}
+	m.Pages = decodeRuns(&d)
+	if err := d.finish(); err != nil {
+		return err
+	}
+	return m.validate()
+}
+
+// Missing lists every page the destination still lacks when a session is
+// recovered (control connection, destination → source, first message after
+// the HelloAck of a FlagRecover Hello). The source sends exactly these, as
+// post-copy pushes and on request, whatever it believed was owed: the
+// destination knows what it placed, the source cannot.
+type Missing struct {
+	Pages []Run // sorted; empty when nothing is missing
+}
+
+func (*Missing) Type() Type { return TypeMissing }
+
+func (m *Missing) validate() error {
+	if len(m.Pages) == 0 {
+		return nil
+	}
+	return checkRuns(m.Pages)
+}
+
+func (m *Missing) appendPayload(b []byte) []byte { return appendRuns(b, m.Pages) }
+
+func (m *Missing) decode(p []byte) error {
 	d := decoder{b: p}
 	m.Pages = decodeRuns(&d)
 	if err := d.finish(); err != nil {

@@ -72,6 +72,8 @@ func sampleMessages() []Message {
 		&Resend{Pages: []Run{{0, 0, 3}, {0, 9, 1}, {0, 1 << 20, 64}, {1, 31, 1}}},
 		&Verdict{},
 		&Verdict{Checked: 1 << 40, Failed: 3},
+		&Missing{},
+		&Missing{Pages: []Run{{0, 0, 3}, {1, 31, 1}}},
 		mixedBatch(),
 		func() Message { b := new(PageBatch); b.Reset(1, 1); b.AddZero(MaxPages - 1); return b }(),
 		func() Message { b := new(PageBatch); b.Reset(0, IterationPostcopy); b.AddData(3, page(3)); return b }(),

@@ -67,6 +67,7 @@ const (
 	TypeDeviceState  Type = 12
 	TypeResend       Type = 13
 	TypeVerdict      Type = 14
+	TypeMissing      Type = 15
 	TypePageBatch    Type = 16
 	TypePageRequest  Type = 32
 	TypePageReply    Type = 33
@@ -102,6 +103,8 @@ func (t Type) String() string {
 		return "Resend"
 	case TypeVerdict:
 		return "Verdict"
+	case TypeMissing:
+		return "Missing"
 	case TypePageBatch:
 		return "PageBatch"
 	case TypePageRequest:
@@ -115,7 +118,7 @@ func (t Type) String() string {
 // role returns the connection role that carries frames of type t, or 0.
 func (t Type) role() Role {
 	switch {
-	case t >= TypeHello && t <= TypeVerdict:
+	case t >= TypeHello && t <= TypeMissing:
 		return RoleControl
 	case t == TypePageBatch:
 		return RoleBulk
