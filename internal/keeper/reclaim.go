@@ -28,6 +28,9 @@ type Orphan struct {
 // for adoption. What it removed is logged. Directories another serve holds
 // are left alone.
 func Reclaim(root string, log hclog.Logger) ([]Orphan, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
