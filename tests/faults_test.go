@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -370,12 +371,12 @@ func TestFaultsAfterResume(t *testing.T) {
 		addr := serve.addr
 		p := startProxy(t, addr, 20<<20)
 		stats := filepath.Join(t.TempDir(), "dst.stats")
-		var guestPid int
+		var guestPid atomic.Int64
 		go func() {
 			deadline := time.Now().Add(60 * time.Second)
 			for time.Now().Before(deadline) {
 				if st, err := testguest.ReadStats(stats); err == nil && st.PID != 0 {
-					guestPid = st.PID
+					guestPid.Store(int64(st.PID))
 					break
 				}
 				time.Sleep(5 * time.Millisecond)
@@ -401,11 +402,12 @@ func TestFaultsAfterResume(t *testing.T) {
 				}
 			}
 			dirs, _ := filepath.Glob(filepath.Join(serve.dir, "*"))
-			if guestPid != 0 && procState(guestPid) == "gone" && len(dirs) == 0 {
+			pid := int(guestPid.Load())
+			if pid != 0 && procState(pid) == "gone" && len(dirs) == 0 {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("30s after serve died: guest pid %d state %s, session dirs %v", guestPid, procState(guestPid), dirs)
+				t.Fatalf("30s after serve died: guest pid %d state %s, session dirs %v", pid, procState(pid), dirs)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
