@@ -60,6 +60,10 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
+	if d.exited, err = keeper.Watch(d.pid); err != nil {
+		return nil, fmt.Errorf("watch guest pid %d: %w", d.pid, err)
+	}
+	d.watchGuest(ctx, cancel)
 	if err := d.reopen(); err != nil {
 		return nil, err
 	}

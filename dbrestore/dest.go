@@ -155,6 +155,8 @@ type dest struct {
 	jr   *keeper.Journal
 	lock *os.File
 	keep io.Closer
+	// exited closes when the guest process exits.
+	exited <-chan struct{}
 }
 
 type pageKey struct {
@@ -205,6 +207,9 @@ func (d *dest) prepare(ctx context.Context) error {
 	}
 	if d.pid, err = d.g.Start(ctx); err != nil {
 		return fmt.Errorf("start guest: %w", err)
+	}
+	if d.exited, err = keeper.Watch(d.pid); err != nil {
+		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
 	}
 	// Kept: the guest holds a copy of the uffd, so that if this process
 	// dies its faulting threads block until a new serve takes over
@@ -387,7 +392,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return fmt.Errorf("bulk connection %d: %w", i, err)
+			return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 		}
 		batch, ok := m.(*wire.PageBatch)
 		if !ok {
@@ -431,7 +436,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					// zeroing it first, which dominated the receive path.
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
 						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err))
@@ -441,7 +446,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				} else {
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					for k := range uint64(run) {
 						p := e.Page + k
@@ -528,7 +533,7 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 			if err := ln.sess.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
 				// The link is lost: the page is asked for again on the next
 				// one (adopt), and until then the guest's thread waits.
-				ln.cancel(fmt.Errorf("request page %d of block %s: %w", p, b.name, err))
+				ln.cancel(lost(fmt.Errorf("request page %d of block %s: %w", p, b.name, err)))
 			}
 		}
 	}
@@ -550,7 +555,7 @@ func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 	for {
 		m, err := s.Urgent.ReadFrame(ctx)
 		if err != nil {
-			return fmt.Errorf("urgent connection: %w", err)
+			return lost(fmt.Errorf("urgent connection: %w", err))
 		}
 		r, ok := m.(*wire.PageReply)
 		if !ok {

@@ -77,11 +77,27 @@ func (d *dest) closeLink() {
 	}
 }
 
-// recoverable reports whether a link failure may be mended by the source
-// reconnecting: a connection error is, a misbehaving or ending peer and an
-// internal failure are not.
+// linkError is a failed connection to the source: what a reconnection
+// mends.
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
+
+// lost marks err as the link's failure.
+func lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &linkError{err}
+}
+
+// recoverable reports whether a failure may be mended by the source
+// reconnecting: only a failed connection; a misbehaving or ending peer, a
+// dead guest and an internal failure are not.
 func recoverable(err error) bool {
-	return codeOf(err) == wire.ErrorGuest && !errors.Is(err, errPeerEnded)
+	var l *linkError
+	return errors.As(err, &l) && !errors.Is(err, errPeerEnded) && codeOf(err) == wire.ErrorGuest
 }
 
 // watchControl reads the control connection after Go, where the source
@@ -89,7 +105,7 @@ func recoverable(err error) bool {
 func (d *dest) watchControl(ctx context.Context, s *wire.Session) error {
 	m, err := s.Control.ReadFrame(ctx)
 	if err != nil {
-		return fmt.Errorf("control connection: %w", err)
+		return lost(fmt.Errorf("control connection: %w", err))
 	}
 	switch m := m.(type) {
 	case *wire.Abort:
@@ -137,7 +153,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	runs := d.missingRuns()
 	d.log.Info("source reconnected: resuming post-copy", "missing", wire.PageCount(runs), "recoveries", d.recoveries)
 	if err := s.Control.WriteFrame(ln.ctx, &wire.Missing{Pages: runs}); err != nil {
-		ln.cancel(fmt.Errorf("send missing pages: %w", err))
+		ln.cancel(lost(fmt.Errorf("send missing pages: %w", err)))
 		return nil
 	}
 	d.waitMu.Lock()
@@ -148,7 +164,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	d.waitMu.Unlock()
 	for _, k := range keys {
 		if err := s.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: k.block, Page: k.page, Count: 1}); err != nil {
-			ln.cancel(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err))
+			ln.cancel(lost(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err)))
 			return nil
 		}
 	}

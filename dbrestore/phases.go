@@ -44,6 +44,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if err := d.prepare(ctx); err != nil {
 		return nil, err
 	}
+	d.watchGuest(ctx, cancel)
 	d.restore = newRestorer(d)
 	defer d.restore.close()
 	var wg sync.WaitGroup
@@ -133,6 +134,18 @@ func (d *dest) startFaults(ctx context.Context, ln *link, owed []wire.Run, spawn
 	return f
 }
 
+// watchGuest ends the session when its guest exits: whatever the phase,
+// no page can help a dead guest, and no reconnection either.
+func (d *dest) watchGuest(ctx context.Context, cancel context.CancelCauseFunc) {
+	go func() {
+		select {
+		case <-d.exited:
+			cancel(fmt.Errorf("destination guest pid %d exited", d.pid))
+		case <-ctx.Done():
+		}
+	}()
+}
+
 // connect makes s the session's current link and starts reading its bulk
 // connections.
 func (d *dest) connect(ctx context.Context, s *wire.Session) *link {
@@ -158,7 +171,7 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 	for {
 		m, err := ln.sess.Control.ReadFrame(ln.ctx)
 		if err != nil {
-			return nil, d.cause(ln.ctx, fmt.Errorf("control connection: %w", err))
+			return nil, d.cause(ln.ctx, lost(fmt.Errorf("control connection: %w", err)))
 		}
 		switch m := m.(type) {
 		case *wire.IterationEnd:
@@ -247,7 +260,7 @@ func (d *dest) serveFaults(ctx context.Context) error {
 func (d *dest) ready(ctx context.Context, ln *link) error {
 	d.phase.Store(phaseReady)
 	if err := ln.sess.Control.WriteFrame(ln.ctx, &wire.Ready{}); err != nil {
-		return d.cause(ln.ctx, fmt.Errorf("send ready: %w", err))
+		return d.cause(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))
 	}
 	m, err := ln.sess.Control.ReadFrame(ln.ctx)
 	if err == nil {
@@ -261,7 +274,7 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 		}
 		return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type()))
 	}
-	err = d.cause(ln.ctx, fmt.Errorf("wait for go: %w", err))
+	err = d.cause(ln.ctx, lost(fmt.Errorf("wait for go: %w", err)))
 	if !recoverable(err) {
 		return err
 	}
@@ -298,7 +311,7 @@ func (d *dest) servePostcopy(ctx context.Context) error {
 		case s := <-d.recovered:
 			// The source reconnected before this side saw the old link
 			// fail (a half-open connection).
-			ln.cancel(errors.New("replaced by a reconnection"))
+			ln.cancel(lost(errors.New("replaced by a reconnection")))
 			if err := d.adopt(ctx, s); err != nil {
 				return err
 			}
