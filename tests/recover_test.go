@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/testguest"
 	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/wire"
 )
 
 // TestRecoverLinkCut: the link drops in post-copy and comes back within
@@ -210,4 +213,45 @@ func TestRecoverNetnsLinkDown(t *testing.T) {
 		t.Fatalf("outcome %s after %d recoveries; want completed after at least one", rep.Outcome, rep.Recoveries)
 	}
 	waitStatsRunning(t, stats)
+}
+
+// TestRecoverHybridRefs: post-copy with storage references pushed and
+// queued for the restore when the link drops; after the reconnection the
+// destination lists every page not yet placed (queued references too), the
+// source sends them as data, and whichever copy lands first wins. The
+// guest's RAM and data file verify.
+func TestRecoverHybridRefs(t *testing.T) {
+	dir := t.TempDir()
+	g := startDBSource(t, dir, dbOpts{size: gib / 4, poolPart: 0.75, readRate: 4000, modifyRate: 500, flushRate: 400})
+	l, err := wire.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDBDestOn(t, l, map[string]string{"data": g.dataFile}, func(c *dbrestore.Config) {
+		c.RecoverTimeout = 20 * time.Second
+		// A slow restore: references are still queued at the cut.
+		c.PostcopyRestoreRate = 8 << 20
+	})
+	p := startProxy(t, d.addr, 20<<20)
+	go func() {
+		tt := <-d.targets
+		d.targets <- tt
+		<-tt.resumed
+		time.Sleep(200 * time.Millisecond)
+		p.cut()
+		time.Sleep(time.Second)
+		p.restore(t)
+	}()
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	rep, err := migrateDBWith(t, g, precopy.Config{To: p.addr(), Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1, RecoverTimeout: 20 * time.Second}, stats)
+	if err != nil {
+		t.Fatalf("migration: %v", err)
+	}
+	if err := <-d.result; err != nil {
+		t.Fatalf("destination: %v", err)
+	}
+	if rep.Recoveries < 1 || rep.PostcopyPages == 0 {
+		t.Fatalf("%d recoveries, %d pages owed at switchover: the cut missed post-copy", rep.Recoveries, rep.PostcopyPages)
+	}
+	checkDestGuest(t, d, stats)
 }
