@@ -59,6 +59,7 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	d.phase.Store(phaseResumed)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	defer d.closeLink()
 	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
 	if d.exited, err = keeper.Watch(d.pid); err != nil {
 		return nil, fmt.Errorf("watch guest pid %d: %w", d.pid, err)

@@ -97,17 +97,7 @@ func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*rep
 func receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config, recovered <-chan *wire.Session) (*report.Dest, error) {
 	cfg.defaults()
 	d := &dest{cfg: cfg, sess: sess, g: g, recovered: recovered, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
-	fig, err := d.run(ctx)
-	if err != nil {
-		msg := err.Error()
-		if len(msg) > 1000 {
-			msg = msg[:1000]
-		}
-		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = d.conns().Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
-		cancel()
-	}
-	return fig, err
+	return d.run(ctx)
 }
 
 type dest struct {

@@ -39,6 +39,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	d.init()
+	defer d.closeLink()
 	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
 
 	if err := d.prepare(ctx); err != nil {
@@ -63,7 +64,6 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	d.restore.start(ctx, spawn)
 	ln := d.connect(ctx, d.sess)
-	defer d.closeLink()
 
 	sw, err := d.receive(ctx, ln)
 	if err != nil {
@@ -358,6 +358,16 @@ func (d *dest) failed(err error) error {
 	}
 	if d.phase.Load() == phaseResumed {
 		err = fmt.Errorf("after resume, %d pages can no longer arrive; the guest was killed rather than run on pages dmig did not place: %w", d.missing.Load(), err)
+	}
+	// Tell the source first: it resumes its guest sooner.
+	if c := d.conns().Control; c != nil {
+		msg := err.Error()
+		if len(msg) > 1000 {
+			msg = msg[:1000]
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
+		cancel()
 	}
 	if kerr := d.g.Kill(); kerr != nil {
 		err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
