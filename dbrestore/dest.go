@@ -195,11 +195,17 @@ func (d *dest) prepare(ctx context.Context) error {
 		b.placed = pages.NewSet(b.npages)
 		b.missing = pages.NewSet(b.npages)
 	}
+	// The guest starts with a parent-death signal (a guest that never
+	// resumed must not outlive a dead serve); its keeper takes over that
+	// duty before AttachKept clears the signal.
 	if d.pid, err = d.g.Start(ctx); err != nil {
 		return fmt.Errorf("start guest: %w", err)
 	}
 	if d.exited, err = keeper.Watch(d.pid); err != nil {
 		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
+	}
+	if err := d.openJournal(paths); err != nil {
+		return err
 	}
 	// Kept: the guest holds a copy of the uffd, so that if this process
 	// dies its faulting threads block until a new serve takes over
@@ -207,8 +213,11 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.u, err = uffd.AttachKept(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
 		return fmt.Errorf("take over the guest's page faults: %w", err)
 	}
-	if err := d.openJournal(paths); err != nil {
-		return err
+	if d.jr != nil {
+		d.jr.UffdFD = d.u.TargetFD()
+		if err := d.journalState(keeper.Starting); err != nil {
+			return err
+		}
 	}
 	for _, b := range d.blocks {
 		ms, err := ramfile.FileMappingsOf(d.pid, b.file)

@@ -211,8 +211,8 @@ func (d *dest) journalState(st keeper.State) error {
 	return nil
 }
 
-// openJournal starts the session's journal and takes its lock, once the
-// guest is started and its uffd kept in it.
+// openJournal starts the session's journal, takes its lock and starts its
+// keeper, once the guest is started.
 func (d *dest) openJournal(paths []string) error {
 	if d.cfg.Dir == "" {
 		return nil
@@ -228,7 +228,7 @@ func (d *dest) openJournal(paths []string) error {
 		return err
 	}
 	d.jr = &keeper.Journal{Session: d.sess.ID(), Guest: d.sess.Hello.Guest, State: keeper.Starting,
-		Pid: d.pid, PidStart: start, UffdFD: d.u.TargetFD(), Paths: paths, Hello: d.sess.Hello}
+		Pid: d.pid, PidStart: start, UffdFD: -1, Paths: paths, Hello: d.sess.Hello}
 	if err := d.jr.Write(d.dir); err != nil {
 		return classed(wire.ErrorResource, err)
 	}

@@ -75,7 +75,8 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			dir := dbrestore.SessionDir(c.Dir, h.Session)
 			if c.VMM == "qemu" || c.VMM == "auto" && qemu.IsCommand(h.Command) {
-				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session}, nil
+				// KillWithParent until attached: see proc.Target.Start.
+				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session, KillWithParent: true}, nil
 			}
 			return proc.NewTarget(dir, h.Command)
 		},
