@@ -37,6 +37,12 @@ type Guest interface {
 	Kill() error
 }
 
+// SignalResumer is a guest whose Resume is SIGCONT to its pid: one a
+// restarted serve can still resume if the old one died at Ready.
+type SignalResumer interface {
+	ResumesBySignal() bool
+}
+
 // Config configures the destination.
 type Config struct {
 	// NewGuest makes the guest for an accepted migration.

@@ -229,6 +229,9 @@ func (d *dest) openJournal(paths []string) error {
 	}
 	d.jr = &keeper.Journal{Session: d.sess.ID(), Guest: d.sess.Hello.Guest, State: keeper.Starting,
 		Pid: d.pid, PidStart: start, UffdFD: -1, Paths: paths, Hello: d.sess.Hello}
+	if sr, ok := d.g.(SignalResumer); ok {
+		d.jr.ResumeBySignal = sr.ResumesBySignal()
+	}
 	if err := d.jr.Write(d.dir); err != nil {
 		return classed(wire.ErrorResource, err)
 	}

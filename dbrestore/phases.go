@@ -258,6 +258,9 @@ func (d *dest) serveFaults(ctx context.Context) error {
 // on the source may have sent Go: a lost link is waited out, and a
 // reconnection (which the source makes only after Go) counts as Go.
 func (d *dest) ready(ctx context.Context, ln *link) error {
+	if err := d.journalState(keeper.Ready); err != nil {
+		return err
+	}
 	d.phase.Store(phaseReady)
 	if err := ln.sess.Control.WriteFrame(ln.ctx, &wire.Ready{}); err != nil {
 		return d.cause(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))

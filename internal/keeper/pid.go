@@ -92,6 +92,14 @@ func (p *Process) Kill() error {
 	return nil
 }
 
+// Continue sends SIGCONT.
+func (p *Process) Continue() error {
+	if err := unix.PidfdSendSignal(p.fd, unix.SIGCONT, nil, 0); err != nil {
+		return fmt.Errorf("continue pid %d: %w", p.pid, err)
+	}
+	return nil
+}
+
 // Close releases the handle.
 func (p *Process) Close() error { return unix.Close(p.fd) }
 

@@ -172,6 +172,10 @@ func NewTarget(dir string, cmd []string) (*Target, error) {
 	return &Target{dir: dir, cmd: cmd}, nil
 }
 
+// ResumesBySignal reports that Resume is SIGCONT: a serve that adopts
+// this guest after its own death can resume it (dbrestore.SignalResumer).
+func (t *Target) ResumesBySignal() bool { return true }
+
 // Paths are the RAM files Create made.
 func (t *Target) Paths() []string { return t.paths }
 
