@@ -191,8 +191,7 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 			d.mu.Lock()
 			d.final = true
 			d.mu.Unlock()
-			d.restore.final.Store(true)
-			d.restore.hold()
+			d.restore.switchover()
 			return &cp, nil
 		case *wire.Abort:
 			return nil, fmt.Errorf("source aborted: %s", m.Reason)

@@ -42,10 +42,11 @@ const (
 // Invariants:
 //   - A page is placed from storage only if its bytes hash to the reference's
 //     hash.
-//   - ver holds, per page, the iteration of the latest entry received for
-//     it (data, zero or reference). Setting it and placing a reference's page
-//     happen under the page's stripe lock, and a reference is placed only if
-//     it is still the latest entry: an older read that completes late never
+//   - entries hold, per page, the iteration of the latest entry received
+//     for it (data, zero or reference) and what became of its reference.
+//     Setting it and placing a reference's page happen under the page's
+//     stripe lock, and a reference is placed only if it is still the
+//     latest entry: an older read that completes late never
 //     overwrites newer data.
 //   - bad holds the pages whose latest entry is a reference that failed.
 //     While passes run (before Switchover arrives) each such page is handed
@@ -57,12 +58,12 @@ const (
 //   - unchecked holds the pages whose latest entry is a reference not yet
 //     checked; queued, every reference received before switchover (the
 //     latest per page). A check of the latest entry removes its page from
-//     unchecked and ends its ver at verPlaced or verFailed, under the
+//     unchecked and ends its entry placed or failed, under the
 //     stripe lock, as a newer entry does. At switchover (carry) every
-//     unchecked page is either carried — ver set to
-//     verCarried under the lock, so no pwrite can fill it once it is made
+//     unchecked page is either carried — its entry set to
+//     carried under the lock, so no pwrite can fill it once it is made
 //     missing, and its reference kept for faults — or, if the source lists
-//     it as pending (written since), discarded (verDiscarded): the read in
+//     it as pending (written since), discarded: the read in
 //     flight is then dropped whatever its result. So the guest resumes
 //     without waiting for the restore to catch up, and a carried page gets
 //     only a checked disk copy, placed with UFFDIO_COPY.
@@ -79,11 +80,13 @@ type restorer struct {
 
 	jobs  chan refJob
 	locks [lockStripes]sync.Mutex
-	// final is set when Switchover arrives: failures from then on are
-	// owed after switchover, not handed back.
-	final      atomic.Bool
+	// phase is where the restore stands (restorePhase); phaseCh is
+	// closed, and replaced, each time it advances.
+	phase      atomic.Int32
+	phaseMu    sync.Mutex
+	phaseCh    chan struct{}
 	handedBack atomic.Uint64 // pages handed back with Resend
-	ver        [][]uint32    // by block, page
+	entries    [][]pageEntry // by block, page
 	bad        []*pages.Set  // by block
 	unchecked  []*pages.Set  // by block
 	qMu        sync.Mutex    // for queued, before switchover
@@ -93,20 +96,6 @@ type restorer struct {
 	carriedSet  []*pages.Set
 	carriedRefs map[pageKey]queuedRef
 	carried     atomic.Uint64 // pages carried past switchover
-	// carryDone is closed once the carried pages are missing: a carried
-	// read that completes sooner waits, since placing (or skipping) it
-	// before would leave the page missing with its reference forgotten.
-	carryDone chan struct{}
-	carryOnce sync.Once
-	// holding: from Switchover until the guest resumes, the collectors
-	// start no read: the guest is paused, waiting for the bulk
-	// connections' last batches and then for the switchover itself, which
-	// they would only slow down (on a busy host they take the cores); what
-	// they would read now is carried instead, and a fault on it (a VMM
-	// loading device state reads guest RAM) is served at once anyway.
-	holding     atomic.Bool
-	released    chan struct{}
-	releaseOnce sync.Once
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -137,13 +126,50 @@ type restorer struct {
 	verdictAt                 time.Time
 }
 
-// ver values beyond any iteration a pass can have.
+// restorePhase is where the restore stands; it only advances.
+type restorePhase int32
+
 const (
-	verPlaced    = wire.IterationPostcopy - 1 // its reference was placed
-	verFailed    = wire.IterationPostcopy - 2 // its reference failed (bad)
-	verCarried   = wire.IterationPostcopy - 3 // restore after resume
-	verDiscarded = wire.IterationPostcopy - 4 // pending at the source: drop
+	// restorePasses: pre-copy passes run; a failed reference is handed
+	// back to the source (Resend), which sends the page in a later pass.
+	restorePasses restorePhase = iota
+	// restoreHeld: Switchover arrived. Failures are owed after switchover,
+	// not handed back, and the collectors start no read until release:
+	// the guest is paused, waiting for the bulk connections' last batches
+	// and the switchover itself, which reads would only slow down (on a
+	// busy host they take the cores); what they would read now is carried
+	// instead, and a fault on it is served at once anyway.
+	restoreHeld
+	// restoreCarried: the carried pages are missing. A carried read that
+	// completes sooner waits for this, since placing (or skipping) it
+	// before would leave the page missing with its reference forgotten.
+	restoreCarried
+	// restoreReleased: the guest runs (or the migration ended); reads go
+	// on, at the post-copy pace.
+	restoreReleased
 )
+
+// pageEntry is what the restorer knows of one page: the iteration of the
+// latest entry received for it (data, zero or reference) and what became
+// of that entry's reference.
+type pageEntry struct {
+	iter  uint32
+	state entryState
+}
+
+type entryState uint8
+
+const (
+	entryLatest    entryState = iota // a reference of iter may still be placed
+	entryPlaced                      // its reference was placed
+	entryFailed                      // its reference failed (bad)
+	entryCarried                     // carried past switchover: restored after resume
+	entryDiscarded                   // pending at the source at switchover: dropped
+)
+
+// latest reports whether a reference of iteration iter is the page's
+// latest entry, not yet placed or failed.
+func (e pageEntry) latest(iter uint32) bool { return e.state == entryLatest && e.iter == iter }
 
 type queuedRef struct {
 	iter uint32
@@ -193,8 +219,7 @@ func newRestorer(o restoreOptions, pl *placer, send sender) *restorer {
 	r.cond = sync.NewCond(&r.mu)
 	r.post = map[pageKey]wire.Ref{}
 	r.queued = map[pageKey]queuedRef{}
-	r.carryDone = make(chan struct{})
-	r.released = make(chan struct{})
+	r.phaseCh = make(chan struct{})
 	r.kick = make(chan struct{}, 1)
 	r.pace = newPacer(o.Rate)
 	if !r.active {
@@ -202,7 +227,7 @@ func newRestorer(o restoreOptions, pl *placer, send sender) *restorer {
 	}
 	r.jobs = make(chan refJob, restoreQueue)
 	for _, b := range pl.blocks {
-		r.ver = append(r.ver, make([]uint32, b.npages))
+		r.entries = append(r.entries, make([]pageEntry, b.npages))
 		r.bad = append(r.bad, pages.NewSet(b.npages))
 		r.unchecked = append(r.unchecked, pages.NewSet(b.npages))
 	}
@@ -274,7 +299,7 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 	}
 	mu := r.lock(block, p)
 	mu.Lock()
-	r.ver[block][p] = iter
+	r.entries[block][p] = pageEntry{iter: iter}
 	r.bad[block].Remove(p)
 	r.unchecked[block].Remove(p)
 	mu.Unlock()
@@ -358,7 +383,7 @@ func (r *restorer) collect(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		post := r.final.Load()
+		post := r.at(restoreHeld)
 		limit := maxRestoreBatch
 		if post && r.pace != nil {
 			limit = r.pace.chunk
@@ -382,21 +407,55 @@ func (r *restorer) collect(ctx context.Context) {
 				return
 			}
 		}
-		if r.holding.Load() {
-			select {
-			case <-r.released:
-			case <-ctx.Done():
-				r.done(len(batch))
-				return
-			}
+		// Held from Switchover until release.
+		if r.at(restoreHeld) && !r.await(ctx, restoreReleased) {
+			r.done(len(batch))
+			return
 		}
 		r.read(ctx, batch)
 		r.done(len(batch))
 	}
 }
 
-// hold stops the collectors from starting reads until release.
-func (r *restorer) hold() { r.holding.Store(true) }
+// advance moves the restore to phase p (never back).
+func (r *restorer) advance(p restorePhase) {
+	r.phaseMu.Lock()
+	defer r.phaseMu.Unlock()
+	if restorePhase(r.phase.Load()) >= p {
+		return
+	}
+	r.phase.Store(int32(p))
+	close(r.phaseCh)
+	r.phaseCh = make(chan struct{})
+}
+
+// at reports whether the restore reached phase p.
+func (r *restorer) at(p restorePhase) bool { return restorePhase(r.phase.Load()) >= p }
+
+// await waits until the restore reaches phase p and reports whether it
+// did (false: ctx ended first).
+func (r *restorer) await(ctx context.Context, p restorePhase) bool {
+	for {
+		r.phaseMu.Lock()
+		reached, ch := r.at(p), r.phaseCh
+		r.phaseMu.Unlock()
+		if reached {
+			return true
+		}
+		var stop <-chan struct{}
+		if ctx != nil {
+			stop = ctx.Done()
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return false
+		}
+	}
+}
+
+// switchover starts the held phase: Switchover arrived.
+func (r *restorer) switchover() { r.advance(restoreHeld) }
 
 // pacer spaces reads of pages to a rate, across collectors.
 type pacer struct {
@@ -492,7 +551,7 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 // references failed), unless Switchover arrived: the barrier then owes
 // them. A Resend that cannot be sent leaves them owed too.
 func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
-	if len(keys) == 0 || r.final.Load() {
+	if len(keys) == 0 || r.at(restoreHeld) {
 		return
 	}
 	slices.SortFunc(keys, func(a, b pageKey) int {
@@ -519,7 +578,7 @@ func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
 // every verdictEvery unless they are all checked. After Switchover the
 // source no longer listens for it.
 func (r *restorer) sendVerdict(ctx context.Context) {
-	if r.final.Load() {
+	if r.at(restoreHeld) {
 		return
 	}
 	r.verdictMu.Lock()
@@ -549,14 +608,14 @@ func (r *restorer) place(j refJob, page []byte) {
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
 	var err error
-	ver := r.ver[j.block][j.page]
-	if ver == j.iter {
+	e := r.entries[j.block][j.page]
+	if e.latest(j.iter) {
 		// pwrite, not a copy through the mapping: a whole-page write to a
 		// hole of the shmem file allocates the page without a fault or
 		// zeroing it first (3x faster here).
 		if _, err = b.file.WriteAt(page, int64(j.page*pageSize)); err == nil {
 			b.placed.Add(j.page)
-			r.ver[j.block][j.page] = verPlaced
+			r.entries[j.block][j.page].state = entryPlaced
 			r.unchecked[j.block].Remove(j.page)
 		}
 	}
@@ -564,11 +623,11 @@ func (r *restorer) place(j refJob, page []byte) {
 	switch {
 	case err != nil:
 		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.name, err))
-	case ver == verCarried:
+	case e.state == entryCarried:
 		if r.isCarried(j) {
 			r.placeMissing(j, page)
 		}
-	case ver == j.iter: // now verPlaced
+	case e.latest(j.iter): // now placed
 		r.verified.Add(1)
 	}
 }
@@ -626,10 +685,10 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 			mu.Lock()
 			if r.unchecked[k.block].Has(p) {
 				if isPending(k) {
-					r.ver[k.block][p] = verDiscarded
+					r.entries[k.block][p].state = entryDiscarded
 					r.unchecked[k.block].Remove(p)
 				} else {
-					r.ver[k.block][p] = verCarried
+					r.entries[k.block][p].state = entryCarried
 				}
 			}
 			mu.Unlock()
@@ -643,7 +702,7 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 
 // release lets the collectors go on (the guest runs, or the migration
 // ends).
-func (r *restorer) release() { r.releaseOnce.Do(func() { close(r.released) }) }
+func (r *restorer) release() { r.advance(restoreReleased) }
 
 // fail records a reference whose disk copy could not be used and reports
 // whether the page is now owed (the reference is its latest entry, before
@@ -655,15 +714,15 @@ func (r *restorer) fail(j refJob, err error) bool {
 	}
 	mu := r.lock(j.block, j.page)
 	mu.Lock()
-	ver := r.ver[j.block][j.page]
-	owed := ver == j.iter
+	e := r.entries[j.block][j.page]
+	owed := e.latest(j.iter)
 	if owed {
 		r.bad[j.block].Add(j.page)
-		r.ver[j.block][j.page] = verFailed
+		r.entries[j.block][j.page].state = entryFailed
 		r.unchecked[j.block].Remove(j.page)
 	}
 	mu.Unlock()
-	if ver == verCarried {
+	if e.state == entryCarried {
 		if r.isCarried(j) {
 			r.failMissing(j)
 		}
@@ -675,24 +734,18 @@ func (r *restorer) fail(j refJob, err error) bool {
 	return owed
 }
 
-// carriedMissing says the carried pages are missing now (see carryDone).
-func (r *restorer) carriedMissing() { r.carryOnce.Do(func() { close(r.carryDone) }) }
+// carriedMissing says the carried pages are missing now (restoreCarried).
+func (r *restorer) carriedMissing() { r.advance(restoreCarried) }
 
 // isCarried reports whether j is the reference carried for its page (an
 // older one still in flight for the same page is stale), once the carried
 // pages are missing; false if the restore stopped first. Call it only for
-// a page whose ver is verCarried.
+// a page whose entry is carried.
 func (r *restorer) isCarried(j refJob) bool {
-	var stop <-chan struct{}
-	if r.ctx != nil {
-		stop = r.ctx.Done()
-	}
-	select {
-	case <-r.carryDone:
-		return r.carriedRefs[pageKey{j.block, j.page}].iter == j.iter
-	case <-stop:
+	if !r.await(r.ctx, restoreCarried) {
 		return false
 	}
+	return r.carriedRefs[pageKey{j.block, j.page}].iter == j.iter
 }
 
 // setRuns lists the pages of per-block sets as runs.

@@ -237,8 +237,9 @@ func TestRestoreHandsBackFailedRefs(t *testing.T) {
 	// Pass 2 resends pages 1 and 2 as data: no longer owed.
 	f.r.supersede(0, 1, 2)
 	f.r.supersede(0, 2, 2)
-	// Switchover arrives; a failure found now stays with the destination.
-	f.r.final.Store(true)
+	// Switchover has come and the guest runs; a failure found now stays
+	// with the destination.
+	f.r.release()
 	f.r.enqueue(0, 9, 2, f.ref("data", 9, []byte("stale")))
 	f.run(t)
 	if got, want := f.handedBack(4), []uint64{1, 2, 3}; !slices.Equal(got, want) {
@@ -287,7 +288,7 @@ func TestRestoreReportsVerdict(t *testing.T) {
 	if v.Checked != 5 || v.Failed != 2 {
 		t.Fatalf("last verdict checked %d, failed %d; want 5, 2", v.Checked, v.Failed)
 	}
-	f.r.final.Store(true)
+	f.r.release()
 	f.r.enqueue(0, 6, 2, f.ref("data", 6, f.disk[6]))
 	f.run(t)
 	if _, m := last(); m != n {
@@ -450,7 +451,7 @@ func TestRestoreCarry(t *testing.T) {
 	f.r.place(refJob{block: 0, page: 3, iter: 1, ref: f.ref("data", 3, f.disk[3])}, f.disk[3])
 	f.r.supersede(0, 2, 2)
 	f.r.fail(refJob{block: 0, page: 6, iter: 1}, ErrHashMismatch)
-	f.r.final.Store(true)
+	f.r.switchover()
 	carried := f.r.carry([]wire.Run{{Block: 0, Page: 4, Count: 1}})
 	if got, want := owedPages(carried), []uint64{1, 5, 7}; !slices.Equal(got, want) {
 		t.Fatalf("carried %v, want %v (3 placed, 2 superseded, 4 pending, 6 failed)", got, want)
