@@ -58,10 +58,16 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			if err != nil {
 				return nil, err
 			}
-			rep, err := precopy.Run(ctx, precopy.Config{
+			h, err := proc.Open(pid)
+			if err != nil {
+				return nil, err
+			}
+			defer h.Close()
+			vlog := log.Named(vm.Name)
+			rep, err := guarded(ctx, g, vlog, guestRef{pid: pid}, guest, h.Running, nil, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
-				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout,
-			}, guest)
+				Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout,
+			})
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)
 			}

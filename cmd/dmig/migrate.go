@@ -79,6 +79,9 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		return &statusError{exitUsage, err}
 	}
 	var guest precopy.Guest
+	var running func(context.Context) (bool, error)
+	var release func()
+	ref := guestRef{pid: c.Pid, qmp: c.QMP}
 	switch {
 	case c.QMP != "":
 		src, err := qemu.NewSource(ctx, c.QMP)
@@ -86,13 +89,23 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 			return &statusError{exitUsage, err}
 		}
 		defer src.Close()
-		guest = src
+		guest, ref.pid = src, 0
+		running = func(ctx context.Context) (bool, error) {
+			st, err := src.Monitor().QueryStatus(ctx)
+			return st.Running, err
+		}
+		release = func() { src.Close() }
 	case c.Pid != 0 && len(c.RAM) > 0:
 		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
-		guest = src
+		h, err := proc.Open(c.Pid)
+		if err != nil {
+			return &statusError{exitUsage, err}
+		}
+		defer h.Close()
+		guest, running = src, h.Running
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
@@ -100,12 +113,12 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if !c.NoProgress {
 		view = newProgressView(os.Stderr)
 	}
-	rep, err := precopy.Run(ctx, precopy.Config{
+	rep, err := guarded(ctx, g, log, ref, guest, running, release, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout,
-	}, guest)
+	})
 	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {
 		log.Error("write report", "error", werr)
@@ -120,17 +133,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	} else {
 		printSummary(rep)
 	}
-	if err != nil {
-		switch {
-		case errors.Is(err, precopy.ErrBusy), errors.Is(err, wire.ErrRefused) && isBusy(err):
-			return &statusError{exitBusy, err}
-		case rep.Outcome == report.FailedAfterResume:
-			return &statusError{exitAfterResume, err}
-		default:
-			return &statusError{exitAborted, err}
-		}
-	}
-	return nil
+	return err
 }
 
 func isBusy(err error) bool {
