@@ -22,6 +22,7 @@ const (
 	exitAborted     = 3 // failed before the destination resumed: source intact
 	exitAfterResume = 4 // failed after the destination resumed
 	exitBusy        = 5 // the guest is already being migrated
+	exitNotPaused   = 6 // dmig resume: the guest is not paused, nothing done
 )
 
 // usageExit exits for kong: its bad-usage status (80) becomes ours.
