@@ -1,0 +1,309 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/vmm/proc"
+)
+
+// The guardian (internal/guardian, docs/operating.md): `dmig migrate` or
+// `dmig drain` killed, with its whole process group, at any instant before
+// Go leaves a guardian that resumes the source guest within a second;
+// killed after Go the source stays paused until `dmig resume`.
+
+// guardGuest is a test guest whose switchover pause is wide on a link of
+// guardRate per connection (two bulk connections): with --max-iterations 1
+// in precopy mode, the pages written during the first pass (~4 s) are
+// sent while it is paused (~2 s).
+func guardGuest(t *testing.T) *srcGuest {
+	return startSource(t, guestOpts{size: 64 << 20, writeRate: 20000, fill: 1})
+}
+
+const guardRate = 8 << 20
+
+// startGroup runs dmig in a process group of its own, so the test can kill
+// the whole group as a terminal's ^\ or a service manager would.
+func startGroup(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(dmigBin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = prefixWriter(t, "dmig "+args[0]+": ")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killGroup(cmd); cmd.Wait() })
+	return cmd
+}
+
+func killGroup(cmd *exec.Cmd) { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+
+// waitPaused waits until the source guest is stopped (the switchover).
+func waitPaused(t *testing.T, g *srcGuest) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for procState(g.pid()) != "T" {
+		if time.Now().After(deadline) {
+			t.Fatal("source guest never paused for switchover")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// checkResumedWithin asserts the source guest leaves the stopped state
+// within d, then runs its workload with RAM that verifies.
+func checkResumedWithin(t *testing.T, g *srcGuest, d time.Duration) {
+	t.Helper()
+	t0 := time.Now()
+	for procState(g.pid()) == "T" {
+		if time.Since(t0) > d {
+			t.Fatalf("source guest still stopped %v after the kill", d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("source guest running %v after the kill", time.Since(t0).Round(time.Millisecond))
+	checkSourceRuns(t, g)
+}
+
+// guardiansOf lists the dmig guardian processes watching pid.
+func guardiansOf(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 2 && args[1] == "guardian" && strings.Contains(string(b), "\x00--pid\x00"+strconv.Itoa(pid)+"\x00") {
+			n, _ := strconv.Atoi(e.Name())
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// checkNoGuardian asserts the guardian of g has exited (it is bounded).
+func checkNoGuardian(t *testing.T, g *srcGuest) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for len(guardiansOf(g.pid())) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("guardian %v of guest pid %d still running", guardiansOf(g.pid()), g.pid())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestGuardianBeforeGo(t *testing.T) {
+	// Killed at the first instants (guardian starting, attach, first
+	// pass: the guest was never paused) and at several instants of the
+	// switchover pause.
+	for _, c := range []struct {
+		name   string
+		paused bool          // wait for the pause before the delay
+		delay  time.Duration // then kill after this long
+	}{
+		{"start", false, 0},
+		{"attach", false, 30 * time.Millisecond},
+		{"first-pass", false, time.Second},
+		{"paused", true, 0},
+		{"paused+500ms", true, 500 * time.Millisecond},
+		{"paused+1200ms", true, 1200 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := guardGuest(t)
+			d := startDest(t, destOpts{})
+			p := startProxy(t, d.addr, guardRate)
+			args := append(migrateArgs(g, p.addr(), "precopy", filepath.Join(t.TempDir(), "dst.stats")), "--max-iterations", "1", "--no-progress")
+			src := startGroup(t, args...)
+			if c.paused {
+				waitPaused(t, g)
+			}
+			time.Sleep(c.delay)
+			paused := procState(g.pid()) == "T"
+			killGroup(src)
+			t.Logf("killed dmig migrate (guest paused: %v)", paused)
+			if c.paused && !paused {
+				t.Fatal("the switchover pause ended before the kill: the test needs a wider pause (guardRate)")
+			}
+			checkResumedWithin(t, g, time.Second)
+			checkNoGuardian(t, g)
+			if c.paused {
+				checkDestGone(t, d, "")
+			}
+		})
+	}
+	t.Run("drain/paused", func(t *testing.T) {
+		dir := t.TempDir()
+		g := guardGuest(t)
+		d := startDest(t, destOpts{})
+		p := startProxy(t, d.addr, guardRate)
+		vm := drainVM{name: "vm0", g: g, stats: filepath.Join(dir, "vm0.stats")}
+		cfg := filepath.Join(dir, "drain.json")
+		writeDrainConfig(t, cfg, p.addr(), []drainVM{vm}, "")
+		src := startGroup(t, "drain", "--config", cfg, "--insecure", "--max-iterations", "1",
+			"--state", filepath.Join(dir, "state.json"), "--lock-dir", filepath.Join(dir, "locks"))
+		waitPaused(t, g)
+		time.Sleep(200 * time.Millisecond)
+		killGroup(src)
+		checkResumedWithin(t, g, time.Second)
+		checkNoGuardian(t, g)
+		checkDestGone(t, d, "")
+	})
+}
+
+// TestGuardianAfterGo: killed once Go is out, dmig migrate leaves the
+// source paused (the destination may run it); `dmig resume` refuses while
+// a migration holds the guest and resumes it once none does.
+func TestGuardianAfterGo(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		postcopy bool // kill in post-copy (destination running) rather than at Go
+	}{
+		{"go", false},
+		{"postcopy", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := guardGuest(t)
+			d := startDest(t, destOpts{})
+			p := startProxy(t, d.addr, guardRate)
+			var src *exec.Cmd
+			if !c.postcopy {
+				// Go has arrived; the destination guest is not resumed yet.
+				d.beforeResume = func() { killGroup(src); time.Sleep(100 * time.Millisecond) }
+			}
+			args := append(migrateArgs(g, p.addr(), "postcopy", filepath.Join(t.TempDir(), "dst.stats")), "--no-progress")
+			src = startGroup(t, args...)
+			if c.postcopy {
+				var tt *testTarget
+				select {
+				case tt = <-d.targets:
+					d.targets <- tt
+				case <-time.After(60 * time.Second):
+					t.Fatal("no migration reached the destination")
+				}
+				select {
+				case <-tt.resumed:
+				case <-time.After(60 * time.Second):
+					t.Fatal("destination never resumed")
+				}
+				time.Sleep(300 * time.Millisecond)
+				killGroup(src)
+			}
+			src.Wait()
+			checkDestGone(t, d, "")
+			// Longer than the guardian takes to resume a guest it should.
+			time.Sleep(1500 * time.Millisecond)
+			checkSourcePaused(t, g)
+			checkNoGuardian(t, g)
+			checkResumeCommand(t, g)
+		})
+	}
+}
+
+// checkResumeCommand runs `dmig resume` on the paused source guest g:
+// refused (5) while its RAM file is locked as a migration locks it,
+// resumes it (0) once not, then refuses (6) since it runs.
+func checkResumeCommand(t *testing.T, g *srcGuest) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	f, err := os.Open(g.ram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ramfile.Lock(f); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(g.pid())
+	if code, out := dmigRun(t, ctx, "resume", "--pid", pid); code != 5 || !strings.Contains(out, "--force") {
+		t.Fatalf("dmig resume of a guest a migration holds: exit %d, want 5 naming --force\n%s", code, out)
+	}
+	if st := procState(g.pid()); st != "T" {
+		t.Fatalf("a refused dmig resume left the guest in state %s", st)
+	}
+	f.Close()
+	if code, out := dmigRun(t, ctx, "resume", "--pid", pid); code != 0 {
+		t.Fatalf("dmig resume: exit %d, want 0\n%s", code, out)
+	}
+	checkSourceRuns(t, g)
+	if code, out := dmigRun(t, ctx, "resume", "--pid", pid); code != 6 {
+		t.Fatalf("dmig resume of a running guest: exit %d, want 6\n%s", code, out)
+	}
+}
+
+// TestMigrateFailedAfterGoNamesResume: a migration that fails after Go
+// (the link cut as the destination resumes) exits 4 and prints the one
+// command that resumes the source.
+func TestMigrateFailedAfterGoNamesResume(t *testing.T) {
+	g := guardGuest(t)
+	d := startDest(t, destOpts{})
+	p := startProxy(t, d.addr, 0)
+	d.beforeResume = func() { p.cut(); time.Sleep(100 * time.Millisecond) }
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, out := dmigRun(t, ctx, append(migrateArgs(g, p.addr(), "postcopy", filepath.Join(t.TempDir(), "dst.stats")), "--no-progress")...)
+	want := fmt.Sprintf("resume the source with: dmig resume --pid %d", g.pid())
+	if code != 4 || !strings.Contains(out, want) {
+		t.Fatalf("migration failed after go: exit %d, want 4 and %q\n%s", code, want, out)
+	}
+	checkSourcePaused(t, g)
+	checkNoGuardian(t, g)
+	if code, out := dmigRun(t, ctx, "resume", "--pid", strconv.Itoa(g.pid())); code != 0 {
+		t.Fatalf("dmig resume: exit %d\n%s", code, out)
+	}
+	checkSourceRuns(t, g)
+}
+
+// wedgedGuest cuts the link once paused (the migration aborts) and never
+// manages to resume, as a QEMU whose QMP stopped answering.
+type wedgedGuest struct {
+	hookedSource
+}
+
+func (w *wedgedGuest) Resume(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestAbortResumeBounded: the abort's resume of the source guest is
+// bounded; its failure says the guest stays paused (precopy.ErrSourcePaused).
+func TestAbortResumeBounded(t *testing.T) {
+	g := faultGuest(t)
+	d := startDest(t, destOpts{})
+	p := startProxy(t, d.addr, 0)
+	src, err := proc.NewSource(g.pid(), []string{g.ram}, destCommand(filepath.Join(t.TempDir(), "dst.stats")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := &wedgedGuest{hookedSource{Source: src, hook: p.cut}}
+	done := make(chan error, 1)
+	t0 := time.Now()
+	go func() {
+		_, err := precopy.Run(context.Background(), precopy.Config{To: p.addr(), Mode: precopy.ModePrecopy, Logger: testLogger(t, "source")}, guest)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, precopy.ErrSourcePaused) {
+			t.Fatalf("abort with a wedged resume: %v, want ErrSourcePaused", err)
+		}
+		t.Logf("abort returned after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("abort with a wedged resume still running after 60s")
+	}
+	checkSourcePaused(t, g)
+	checkDestGone(t, d, "")
+}
