@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/internal/guardian"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
+	"github.com/dmig/dmig/vmm/qemu"
 )
 
 // The guardian (internal/guardian, docs/operating.md): `dmig migrate` or
@@ -306,4 +308,134 @@ func TestAbortResumeBounded(t *testing.T) {
 	}
 	checkSourcePaused(t, g)
 	checkDestGone(t, d, "")
+}
+
+// startBareQEMU runs a QEMU with no guest (its firmware finds nothing to
+// boot and retries: it runs), RAM in a shared file, and a QMP socket.
+func startBareQEMU(t *testing.T) (qmp string) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("qemu-system-x86_64 is needed (.ci/run installs qemu-system-x86): %v", err)
+	}
+	shm, err := os.MkdirTemp("/dev/shm", "guard-qemu-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qmp = filepath.Join(t.TempDir(), "qmp.sock")
+	cmd := exec.Command("qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "64M", "-nodefaults", "-display", "none",
+		"-object", "memory-backend-file,id=ram0,size=64M,mem-path="+filepath.Join(shm, "ram0")+",share=on",
+		"-machine", "memory-backend=ram0", "-qmp", "unix:"+qmp+",server=on,wait=off")
+	cmd.Stderr = prefixWriter(t, "qemu: ")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); os.RemoveAll(shm) })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(qmp); err == nil {
+			return qmp
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("qemu made no QMP socket within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// vmStatus asks QEMU its run state over a connection of its own.
+func vmStatus(t *testing.T, qmp string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := qemu.Dial(ctx, qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	st, err := m.QueryStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Status
+}
+
+// pauseAsMigrate pauses the VM over a connection held as dmig migrate
+// holds it (QMP serves one client at a time), and starts a guardian of the
+// VM armed for that pause, as migrate does.
+func pauseAsMigrate(t *testing.T, ctx context.Context, qmp string) (*qemu.Monitor, *guardian.Client) {
+	t.Helper()
+	m, err := qemu.Dial(ctx, qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(dmigBin, "guardian", "--qmp", qmp)
+	cmd.Stderr = prefixWriter(t, "dmig guardian: ")
+	running := func(ctx context.Context) (bool, error) {
+		st, err := m.QueryStatus(ctx)
+		return st.Running, err
+	}
+	c, err := guardian.Start(ctx, cmd, running, testLogger(t, "guard-client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pausing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return m, c
+}
+
+// TestGuardianQEMU: the guardian of a QEMU guest resumes it over QMP once
+// the migration's connection is gone (here a moment after the pipe ends,
+// as a killed process's descriptors may close in any order), and leaves it
+// paused after go; dmig resume --qmp refuses while another client holds
+// the socket, resumes the VM, then refuses a running one.
+func TestGuardianQEMU(t *testing.T) {
+	qmp := startBareQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if st := vmStatus(t, qmp); st != "running" {
+		t.Fatalf("bare qemu status %q, want running", st)
+	}
+
+	m, c := pauseAsMigrate(t, ctx, qmp)
+	t0 := time.Now()
+	time.AfterFunc(200*time.Millisecond, func() { m.Close() })
+	v, err := c.Release(ctx)
+	if err != nil || v != guardian.Resumed {
+		t.Fatalf("guardian of a vm paused before go: %s, %v; want resumed", v, err)
+	}
+	if st := vmStatus(t, qmp); st != "running" {
+		t.Fatalf("vm status %q %v after the guardian resumed it, want running", st, time.Since(t0))
+	}
+	if el := time.Since(t0); el > time.Second {
+		t.Fatalf("the guardian took %v to resume the vm, want under a second", el)
+	}
+
+	m, c = pauseAsMigrate(t, ctx, qmp)
+	if err := c.Going(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Release(ctx); err != nil || v != guardian.LeftPaused {
+		t.Fatalf("guardian of a vm paused after go: %s, %v; want left-paused", v, err)
+	}
+	code, out := dmigRun(t, ctx, "resume", "--qmp", qmp, "--wait", "2s")
+	if code != 5 {
+		t.Fatalf("dmig resume with the QMP socket held: exit %d, want 5\n%s", code, out)
+	}
+	m.Close()
+	if st := vmStatus(t, qmp); st != "paused" {
+		t.Fatalf("vm status %q after go, want paused", st)
+	}
+	if code, out := dmigRun(t, ctx, "resume", "--qmp", qmp); code != 0 {
+		t.Fatalf("dmig resume --qmp: exit %d\n%s", code, out)
+	}
+	if st := vmStatus(t, qmp); st != "running" {
+		t.Fatalf("vm status %q after dmig resume, want running", st)
+	}
+	if code, out := dmigRun(t, ctx, "resume", "--qmp", qmp); code != 6 {
+		t.Fatalf("dmig resume --qmp of a running vm: exit %d, want 6\n%s", code, out)
+	}
 }
