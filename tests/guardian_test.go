@@ -4,20 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/dbrestore"
 	"github.com/dmig/dmig/internal/guardian"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
+	"github.com/dmig/dmig/wire"
 )
 
 // The guardian (internal/guardian, docs/operating.md): `dmig migrate` or
@@ -438,4 +442,124 @@ func TestGuardianQEMU(t *testing.T) {
 	if code, out := dmigRun(t, ctx, "resume", "--qmp", qmp); code != 6 {
 		t.Fatalf("dmig resume --qmp of a running vm: exit %d, want 6\n%s", code, out)
 	}
+}
+
+// qemuTestTarget is a destination QEMU that reports when the source's
+// device state arrives (the source is paused by then) and runs a hook
+// before it resumes (Go has arrived).
+type qemuTestTarget struct {
+	*qemu.Target
+	devState     chan struct{}
+	beforeResume func()
+}
+
+func (q *qemuTestTarget) LoadDeviceState(ctx context.Context, r io.Reader) error {
+	select {
+	case q.devState <- struct{}{}:
+	default:
+	}
+	return q.Target.LoadDeviceState(ctx, r)
+}
+
+func (q *qemuTestTarget) Resume(ctx context.Context) error {
+	if q.beforeResume != nil {
+		q.beforeResume()
+	}
+	return q.Target.Resume(ctx)
+}
+
+// startQEMUDest is an in-process destination (dbrestore.Serve, once) of
+// QEMU guests: its QEMUs end with the test.
+func startQEMUDest(t *testing.T, beforeResume func()) (addr string, devState chan struct{}) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	l, err := wire.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "guard-qemu-dst-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devState = make(chan struct{}, 1)
+	var targets []*qemuTestTarget
+	var mu sync.Mutex
+	cfg := dbrestore.Config{
+		Logger: testLogger(t, "dest"),
+		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
+			q := &qemuTestTarget{Target: &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session, KillWithParent: true}, devState: devState, beforeResume: beforeResume}
+			mu.Lock()
+			targets = append(targets, q)
+			mu.Unlock()
+			return q, nil
+		},
+	}
+	done := make(chan struct{})
+	go func() { dbrestore.Serve(ctx, l, cfg, true, nil); l.Close(); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, q := range targets {
+			q.Kill()
+		}
+		os.RemoveAll(dir)
+	})
+	return l.Addr().String(), devState
+}
+
+// TestGuardianQEMUMigrate: dmig migrate --qmp of a bare QEMU killed while
+// the VM is paused (its device state on the way) leaves a guardian that
+// resumes it within a second; killed at Go it stays paused until dmig
+// resume --qmp.
+func TestGuardianQEMUMigrate(t *testing.T) {
+	waitStatus := func(t *testing.T, qmp string, within time.Duration, want func(string) bool) string {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			st := vmStatus(t, qmp)
+			if want(st) || time.Now().After(deadline) {
+				return st
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Run("device-state", func(t *testing.T) {
+		qmp := startBareQEMU(t)
+		addr, devState := startQEMUDest(t, nil)
+		p := startProxy(t, addr, 1<<20)
+		src := startGroup(t, "migrate", "--qmp", qmp, "--to", p.addr(), "--mode", "precopy", "--no-progress")
+		select {
+		case <-devState:
+		case <-time.After(2 * time.Minute):
+			t.Fatal("no device state reached the destination")
+		}
+		killGroup(src)
+		t0 := time.Now()
+		// vmStatus waits for the QMP socket, free once migrate is gone.
+		if st := waitStatus(t, qmp, time.Second, func(s string) bool { return s == "running" }); st != "running" {
+			t.Fatalf("vm status %q 1s after migrate was killed while it was paused, want running", st)
+		}
+		t.Logf("vm running %v after the kill", time.Since(t0).Round(time.Millisecond))
+	})
+	t.Run("go", func(t *testing.T) {
+		qmp := startBareQEMU(t)
+		var src *exec.Cmd
+		addr, _ := startQEMUDest(t, func() { killGroup(src); time.Sleep(100 * time.Millisecond) })
+		src = startGroup(t, "migrate", "--qmp", qmp, "--to", addr, "--mode", "precopy", "--no-progress")
+		src.Wait()
+		time.Sleep(1500 * time.Millisecond)
+		if st := vmStatus(t, qmp); !qemu.Paused(st) {
+			t.Fatalf("vm status %q after migrate was killed at go, want paused", st)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if code, out := dmigRun(t, ctx, "resume", "--qmp", qmp); code != 0 {
+			t.Fatalf("dmig resume --qmp: exit %d\n%s", code, out)
+		}
+		if st := vmStatus(t, qmp); st != "running" {
+			t.Fatalf("vm status %q after dmig resume, want running", st)
+		}
+	})
 }
