@@ -64,7 +64,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			}
 			defer h.Close()
 			vlog := log.Named(vm.Name)
-			rep, err := guarded(ctx, g, vlog, guestRef{pid: pid}, guest, h.Running, nil, precopy.Config{
+			rep, err := guarded(ctx, g, vlog, guardedGuest{Guest: guest, ref: guestRef{pid: pid}, running: h.Running}, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
 				Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout,
 			})

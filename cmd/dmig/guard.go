@@ -91,15 +91,24 @@ func (r guestRef) resumeCommand() string {
 	return "dmig resume --pid " + strconv.Itoa(r.pid)
 }
 
+// guardedGuest is a source guest as the CLI found it, for guarded.
+type guardedGuest struct {
+	precopy.Guest
+	ref guestRef
+	// running tells whether the guest runs: the guardian is armed only
+	// for a guest this migration pauses.
+	running func(context.Context) (bool, error)
+	// release, if not nil, closes what the guardian needs free to resume
+	// the guest (the QMP connection).
+	release func()
+}
+
 // guarded runs one migration of guest behind a guardian: killed at any
 // instant before Go, this process leaves a guardian that resumes the guest.
-// running tells whether the guest runs (the guardian is armed only for a
-// guest this migration pauses); release, if not nil, closes what the
-// guardian needs free to resume the guest (the QMP connection). An error
-// of the migration gets the exit status and, if the guest stays paused,
-// the command that resumes it.
-func guarded(ctx context.Context, g *globals, log hclog.Logger, ref guestRef, guest precopy.Guest,
-	running func(context.Context) (bool, error), release func(), cfg precopy.Config) (*report.Report, error) {
+// An error of the migration gets the exit status and, if the guest stays
+// paused, the command that resumes it.
+func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
+	ref := guest.ref
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, &statusError{exitAborted, fmt.Errorf("find dmig's own binary for the guardian: %w; the guest was not touched", err)}
@@ -112,13 +121,13 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, ref guestRef, gu
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stderr = os.Stderr
-	guard, err := guardian.Start(ctx, cmd, running, log)
+	guard, err := guardian.Start(ctx, cmd, guest.running, log)
 	if err != nil {
 		return nil, &statusError{exitAborted, fmt.Errorf("%w; the guest was not touched", err)}
 	}
 	log.Debug("guardian started", "guardian_pid", guard.Pid())
 	cfg.Guard = guard
-	rep, err := precopy.Run(ctx, cfg, guest)
+	rep, err := precopy.Run(ctx, cfg, guest.Guest)
 	if !errors.Is(err, precopy.ErrSourcePaused) {
 		if derr := guard.Done(); derr != nil {
 			log.Warn("end guardian", "error", derr)
@@ -127,8 +136,8 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, ref guestRef, gu
 	}
 	// The abort could not resume the guest: one more try by the guardian,
 	// over a connection of its own.
-	if release != nil {
-		release()
+	if guest.release != nil {
+		guest.release()
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

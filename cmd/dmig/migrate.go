@@ -15,7 +15,8 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// Exit statuses of migrate and serve (documented in the README).
+// Exit statuses of migrate, serve, drain and resume (documented in the
+// README and docs/operating.md).
 const (
 	exitError       = 1
 	exitUsage       = 2
@@ -79,10 +80,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	case err != nil:
 		return &statusError{exitUsage, err}
 	}
-	var guest precopy.Guest
-	var running func(context.Context) (bool, error)
-	var release func()
-	ref := guestRef{pid: c.Pid, qmp: c.QMP}
+	var guest guardedGuest
 	switch {
 	case c.QMP != "":
 		src, err := qemu.NewSource(ctx, c.QMP)
@@ -90,12 +88,11 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 			return &statusError{exitUsage, err}
 		}
 		defer src.Close()
-		guest, ref.pid = src, 0
-		running = func(ctx context.Context) (bool, error) {
+		guest = guardedGuest{Guest: src, ref: guestRef{qmp: c.QMP}, release: func() { src.Close() }}
+		guest.running = func(ctx context.Context) (bool, error) {
 			st, err := src.Monitor().QueryStatus(ctx)
 			return st.Running, err
 		}
-		release = func() { src.Close() }
 	case c.Pid != 0 && len(c.RAM) > 0:
 		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
 		if err != nil {
@@ -106,7 +103,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 			return &statusError{exitUsage, err}
 		}
 		defer h.Close()
-		guest, running = src, h.Running
+		guest = guardedGuest{Guest: src, ref: guestRef{pid: c.Pid}, running: h.Running}
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
@@ -114,7 +111,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if !c.NoProgress {
 		view = newProgressView(os.Stderr)
 	}
-	rep, err := guarded(ctx, g, log, ref, guest, running, release, precopy.Config{
+	rep, err := guarded(ctx, g, log, guest, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
