@@ -125,8 +125,8 @@ func TestGuardianBeforeGo(t *testing.T) {
 		{"attach", false, 30 * time.Millisecond},
 		{"first-pass", false, time.Second},
 		{"paused", true, 0},
-		{"paused+500ms", true, 500 * time.Millisecond},
-		{"paused+1200ms", true, 1200 * time.Millisecond},
+		{"paused+400ms", true, 400 * time.Millisecond},
+		{"paused+800ms", true, 800 * time.Millisecond},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			g := guardGuest(t)
