@@ -55,7 +55,13 @@ func (c *guardianCmd) Run(g *globals) error {
 
 type procTarget struct{ h *proc.Handle }
 
-func (t procTarget) Resume(ctx context.Context) error { return t.h.Continue(ctx) }
+func (t procTarget) Resume(ctx context.Context) error {
+	err := t.h.Continue(ctx)
+	if errors.Is(err, proc.ErrGone) {
+		return fmt.Errorf("%w: %w", guardian.ErrGone, err)
+	}
+	return err
+}
 
 type qmpTarget struct {
 	path string

@@ -208,7 +208,7 @@ func (c *Client) wait() {
 // kill the guardian before it acted.
 func Serve(in *os.File, out *os.File, t Target, o Options) (Verdict, error) {
 	if _, err := fmt.Fprintln(out, ReplyReady); err != nil {
-		return Untouched, fmt.Errorf("guardian: tell ready: %w", err)
+		return Untouched, fmt.Errorf("guardian: the migrating process ended before its guardian was ready (it paused nothing): %w", err)
 	}
 	v, err := Watch(in, t, o)
 	line := string(v)

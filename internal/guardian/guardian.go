@@ -41,9 +41,14 @@ const (
 // Target is the guest the guardian resumes.
 type Target interface {
 	// Resume makes the guest run and returns once it does; the guardian
-	// calls it again after an error, until its bound passes.
+	// calls it again after an error, until its bound passes, unless the
+	// error wraps ErrGone.
 	Resume(ctx context.Context) error
 }
+
+// ErrGone: the guest no longer exists; there is nothing to resume, and no
+// point retrying.
+var ErrGone = errors.New("guest is gone")
 
 // Options configure Watch.
 type Options struct {
@@ -128,6 +133,9 @@ func resume(t Target, o Options) error {
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, ErrGone) {
+			return err
 		}
 		if len(errs) == 0 || errs[len(errs)-1].Error() != err.Error() {
 			o.Logger.Warn("resume source guest", "error", err)

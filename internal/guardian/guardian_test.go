@@ -3,6 +3,7 @@ package guardian
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -86,6 +87,21 @@ func TestWatchBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchGone: a guest that no longer exists is not retried.
+func TestWatchGone(t *testing.T) {
+	var calls int
+	gone := targetFunc(func(context.Context) error { calls++; return fmt.Errorf("pid 1234: %w", ErrGone) })
+	t0 := time.Now()
+	v, err := Watch(strings.NewReader("pausing\n"), gone, Options{Bound: 5 * time.Second})
+	if v != Failed || !errors.Is(err, ErrGone) || calls != 1 || time.Since(t0) > time.Second {
+		t.Fatalf("Watch of a gone guest = %s, %v after %d calls, %v; want failed, ErrGone, one call at once", v, err, calls, time.Since(t0))
+	}
+}
+
+type targetFunc func(context.Context) error
+
+func (f targetFunc) Resume(ctx context.Context) error { return f(ctx) }
 
 // TestWatchReadError: the guardian cannot tell whether Go was sent, so it
 // does not resume.

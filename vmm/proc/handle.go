@@ -12,6 +12,17 @@ import (
 // ErrNotStopped: the guest is not stopped (dmig resume refuses it).
 var ErrNotStopped = errors.New("guest is not stopped")
 
+// ErrGone: the process a Handle holds has exited.
+var ErrGone = errors.New("guest process is gone")
+
+// gone marks an exited process's errno as ErrGone.
+func gone(err error) error {
+	if errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("%w: %w", ErrGone, err)
+	}
+	return err
+}
+
 // Handle is a process guest held by a pidfd, for whoever resumes it from
 // outside a migration (the guardian, dmig resume): a signal through it
 // reaches that process, never another that reused its pid. Close it.
@@ -38,7 +49,7 @@ func (h *Handle) Close() error { return unix.Close(h.fd) }
 // alive fails once the held process has exited (its pid may be another's).
 func (h *Handle) alive() error {
 	if err := unix.PidfdSendSignal(h.fd, 0, nil, 0); err != nil {
-		return fmt.Errorf("guest pid %d: %w", h.pid, err)
+		return fmt.Errorf("guest pid %d: %w", h.pid, gone(err))
 	}
 	return nil
 }
@@ -63,7 +74,7 @@ func (h *Handle) Running(context.Context) (bool, error) {
 // at most until ctx ends, until no thread is stopped.
 func (h *Handle) Continue(ctx context.Context) error {
 	if err := unix.PidfdSendSignal(h.fd, unix.SIGCONT, nil, 0); err != nil {
-		return fmt.Errorf("resume guest pid %d: %w", h.pid, err)
+		return fmt.Errorf("resume guest pid %d: %w", h.pid, gone(err))
 	}
 	for {
 		n, err := stoppedThreads(h.pid)
