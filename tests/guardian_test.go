@@ -265,6 +265,7 @@ func TestMigrateFailedAfterGoNamesResume(t *testing.T) {
 	if code != 4 || !strings.Contains(out, want) {
 		t.Fatalf("migration failed after go: exit %d, want 4 and %q\n%s", code, want, out)
 	}
+	t.Logf("dmig migrate, exit 4:\n%s", out)
 	checkSourcePaused(t, g)
 	checkNoGuardian(t, g)
 	if code, out := dmigRun(t, ctx, "resume", "--pid", strconv.Itoa(g.pid())); code != 0 {

@@ -138,7 +138,11 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGue
 		if derr := guard.Done(); derr != nil {
 			log.Warn("end guardian", "error", derr)
 		}
-		return rep, migrateStatus(rep, err, ref)
+		err = migrateStatus(rep, err, ref)
+		if exitCode(err) == exitAfterResume {
+			log.Error("the source guest stays paused with its memory intact; once the destination's guest is known dead, resume it", "resume_with", ref.resumeCommand())
+		}
+		return rep, err
 	}
 	// The abort could not resume the guest: one more try by the guardian,
 	// over a connection of its own.
@@ -152,6 +156,7 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGue
 		log.Info("the guardian resumed the source guest after the failed abort resume")
 		return rep, &statusError{exitAborted, fmt.Errorf("%w; the guardian resumed it: it runs on", err)}
 	}
+	log.Error("the source guest stays paused with its memory intact; the destination never ran it", "resume_with", ref.resumeCommand())
 	return rep, &statusError{exitAfterResume, fmt.Errorf("%w (guardian: %v); the destination never ran the guest: resume it with: %s", err, gerr, ref.resumeCommand())}
 }
 
