@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -318,6 +319,11 @@ func TestAbortResumeBounded(t *testing.T) {
 // startBareQEMU runs a QEMU with no guest (its firmware finds nothing to
 // boot and retries: it runs), RAM in a shared file, and a QMP socket.
 func startBareQEMU(t *testing.T) (qmp string) {
+	qmp, _ = startBareQEMUPid(t)
+	return qmp
+}
+
+func startBareQEMUPid(t *testing.T) (qmp string, pid int) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatalf("qemu-system-x86_64 is needed (.ci/run installs qemu-system-x86): %v", err)
@@ -338,7 +344,7 @@ func startBareQEMU(t *testing.T) (qmp string) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(qmp); err == nil {
-			return qmp
+			return qmp, cmd.Process.Pid
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("qemu made no QMP socket within 30s")
@@ -451,6 +457,7 @@ func TestGuardianQEMU(t *testing.T) {
 type qemuTestTarget struct {
 	*qemu.Target
 	devState     chan struct{}
+	failLoad     func() error // if set, fails the device state's load
 	beforeResume func()
 }
 
@@ -458,6 +465,9 @@ func (q *qemuTestTarget) LoadDeviceState(ctx context.Context, r io.Reader) error
 	select {
 	case q.devState <- struct{}{}:
 	default:
+	}
+	if q.failLoad != nil {
+		return q.failLoad()
 	}
 	return q.Target.LoadDeviceState(ctx, r)
 }
@@ -471,7 +481,7 @@ func (q *qemuTestTarget) Resume(ctx context.Context) error {
 
 // startQEMUDest is an in-process destination (dbrestore.Serve, once) of
 // QEMU guests: its QEMUs end with the test.
-func startQEMUDest(t *testing.T, beforeResume func()) (addr string, devState chan struct{}) {
+func startQEMUDest(t *testing.T, beforeResume func(), failLoad func() error) (addr string, devState chan struct{}) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	l, err := wire.Listen(ctx, "127.0.0.1:0")
@@ -488,7 +498,7 @@ func startQEMUDest(t *testing.T, beforeResume func()) (addr string, devState cha
 	cfg := dbrestore.Config{
 		Logger: testLogger(t, "dest"),
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
-			q := &qemuTestTarget{Target: &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session, KillWithParent: true}, devState: devState, beforeResume: beforeResume}
+			q := &qemuTestTarget{Target: &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session, KillWithParent: true}, devState: devState, failLoad: failLoad, beforeResume: beforeResume}
 			mu.Lock()
 			targets = append(targets, q)
 			mu.Unlock()
@@ -528,7 +538,7 @@ func TestGuardianQEMUMigrate(t *testing.T) {
 	}
 	t.Run("device-state", func(t *testing.T) {
 		qmp := startBareQEMU(t)
-		addr, devState := startQEMUDest(t, nil)
+		addr, devState := startQEMUDest(t, nil, nil)
 		p := startProxy(t, addr, 1<<20)
 		src := startGroup(t, "migrate", "--qmp", qmp, "--to", p.addr(), "--mode", "precopy", "--no-progress")
 		select {
@@ -547,7 +557,7 @@ func TestGuardianQEMUMigrate(t *testing.T) {
 	t.Run("go", func(t *testing.T) {
 		qmp := startBareQEMU(t)
 		var src *exec.Cmd
-		addr, _ := startQEMUDest(t, func() { killGroup(src); time.Sleep(100 * time.Millisecond) })
+		addr, _ := startQEMUDest(t, func() { killGroup(src); time.Sleep(100 * time.Millisecond) }, nil)
 		src = startGroup(t, "migrate", "--qmp", qmp, "--to", addr, "--mode", "precopy", "--no-progress")
 		src.Wait()
 		time.Sleep(1500 * time.Millisecond)
@@ -563,4 +573,33 @@ func TestGuardianQEMUMigrate(t *testing.T) {
 			t.Fatalf("vm status %q after dmig resume, want running", st)
 		}
 	})
+}
+
+// TestAbortResumeWedgedQEMU: the destination fails while the source VM is
+// paused, and the source QEMU stops answering QMP (here: SIGSTOPped). The
+// abort's own cont gives up after its bound; migrate hands the VM to the
+// guardian over a fresh connection, which resumes it once QEMU answers
+// again: exit 3, the VM runs.
+func TestAbortResumeWedgedQEMU(t *testing.T) {
+	qmp, pid := startBareQEMUPid(t)
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	var wedged atomic.Int64 // unix ns
+	addr, _ := startQEMUDest(t, nil, func() error {
+		wedged.Store(time.Now().UnixNano())
+		syscall.Kill(pid, syscall.SIGSTOP)
+		// QEMU unwedges after the abort's bound (10 s) but within the
+		// guardian's (10 s more).
+		time.AfterFunc(13*time.Second, func() { syscall.Kill(pid, syscall.SIGCONT) })
+		return errors.New("test: device state refused")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, out := dmigRun(t, ctx, "migrate", "--qmp", qmp, "--to", addr, "--mode", "precopy", "--no-progress")
+	t.Logf("dmig migrate, exit %d after %v wedged:\n%s", code, time.Since(time.Unix(0, wedged.Load())).Round(time.Millisecond), out)
+	if code != 3 || !strings.Contains(out, "the guardian resumed it") {
+		t.Fatalf("abort with a wedged qemu: exit %d, want 3 saying the guardian resumed it", code)
+	}
+	if st := vmStatus(t, qmp); st != "running" {
+		t.Fatalf("vm status %q after the guardian resumed it, want running", st)
+	}
 }
