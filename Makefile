@@ -8,15 +8,20 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test bench lint demo clean guest-image
+.PHONY: all build test test-race bench lint demo clean guest-image
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/dmig
 
-test: build
+test: build test-race
 	$(GO) test $(TESTFLAGS) ./...
+
+# The packages with concurrency, under the race detector.
+RACE_PKGS ?= ./wire ./precopy ./dbrestore ./uffd ./layout ./internal/keeper ./internal/pages
+test-race:
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 
 # Benchmarks print custom metrics (faults/s, GB/s, ratios to baselines).
 bench: build
