@@ -251,17 +251,38 @@ func checkResumeCommand(t *testing.T, g *srcGuest) {
 	}
 }
 
-// TestMigrateFailedAfterGoNamesResume: a migration that fails after Go
-// (the link cut as the destination resumes) exits 4 and prints the one
-// command that resumes the source.
+// TestMigrateFailedAfterGoNamesResume: a migration whose link is cut as
+// the destination resumes keeps the source paused while it tries to
+// reconnect (dmig resume refuses it then: exit 5), then exits 4 and prints
+// the one command that resumes the source.
 func TestMigrateFailedAfterGoNamesResume(t *testing.T) {
 	g := guardGuest(t)
 	d := startDest(t, destOpts{})
 	p := startProxy(t, d.addr, 0)
-	d.beforeResume = func() { p.cut(); time.Sleep(100 * time.Millisecond) }
+	cut := make(chan struct{})
+	d.beforeResume = func() { p.cut(); close(cut); time.Sleep(100 * time.Millisecond) }
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code, out := dmigRun(t, ctx, append(migrateArgs(g, p.addr(), "postcopy", filepath.Join(t.TempDir(), "dst.stats")), "--no-progress")...)
+	type result struct {
+		code int
+		out  string
+	}
+	res := make(chan result, 1)
+	go func() {
+		code, out := dmigRun(t, ctx, append(migrateArgs(g, p.addr(), "postcopy", filepath.Join(t.TempDir(), "dst.stats")), "--no-progress", "--recover-timeout", "5s")...)
+		res <- result{code, out}
+	}()
+	select {
+	case <-cut:
+	case <-time.After(time.Minute):
+		t.Fatal("the migration never reached the destination's resume")
+	}
+	time.Sleep(time.Second)
+	if code, out := dmigRun(t, ctx, "resume", "--pid", strconv.Itoa(g.pid())); code != 5 {
+		t.Fatalf("dmig resume while the migration waits to reconnect: exit %d, want 5\n%s", code, out)
+	}
+	r := <-res
+	code, out := r.code, r.out
 	want := fmt.Sprintf("resume the source with: dmig resume --pid %d", g.pid())
 	if code != 4 || !strings.Contains(out, want) {
 		t.Fatalf("migration failed after go: exit %d, want 4 and %q\n%s", code, want, out)
