@@ -310,28 +310,36 @@ func (w *wedgedGuest) Resume(ctx context.Context) error {
 // TestAbortResumeBounded: the abort's resume of the source guest is
 // bounded; its failure says the guest stays paused (precopy.ErrSourcePaused).
 func TestAbortResumeBounded(t *testing.T) {
-	g := faultGuest(t)
+	g := guardGuest(t)
 	d := startDest(t, destOpts{})
 	p := startProxy(t, d.addr, 0)
 	src, err := proc.NewSource(g.pid(), []string{g.ram}, destCommand(filepath.Join(t.TempDir(), "dst.stats")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest := &wedgedGuest{hookedSource{Source: src, hook: p.cut}}
+	paused := make(chan time.Time, 1)
+	guest := &wedgedGuest{hookedSource{Source: src, hook: func() { p.cut(); paused <- time.Now() }}}
 	done := make(chan error, 1)
-	t0 := time.Now()
 	go func() {
-		_, err := precopy.Run(context.Background(), precopy.Config{To: p.addr(), Mode: precopy.ModePrecopy, Logger: testLogger(t, "source")}, guest)
+		_, err := precopy.Run(context.Background(), precopy.Config{To: p.addr(), Mode: precopy.ModePrecopy, MaxIterations: 1, Logger: testLogger(t, "source")}, guest)
 		done <- err
 	}()
+	var t0 time.Time
+	select {
+	case t0 = <-paused:
+	case err := <-done:
+		t.Fatalf("migration ended before the pause: %v", err)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the migration never paused the guest")
+	}
 	select {
 	case err := <-done:
 		if !errors.Is(err, precopy.ErrSourcePaused) {
 			t.Fatalf("abort with a wedged resume: %v, want ErrSourcePaused", err)
 		}
-		t.Logf("abort returned after %v: %v", time.Since(t0).Round(time.Millisecond), err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("abort with a wedged resume still running after 60s")
+		t.Logf("abort returned %v after the pause: %v", time.Since(t0).Round(time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("abort with a wedged resume still running 30s after the pause (its bound is 10s)")
 	}
 	checkSourcePaused(t, g)
 	checkDestGone(t, d, "")
