@@ -37,6 +37,12 @@ type Guest interface {
 	Kill() error
 }
 
+// SignalResumer is a guest whose Resume is SIGCONT to its pid: one a
+// restarted serve can still resume if the old one died at Ready.
+type SignalResumer interface {
+	ResumesBySignal() bool
+}
+
 // Config configures the destination.
 type Config struct {
 	// NewGuest makes the guest for an accepted migration.
@@ -97,17 +103,7 @@ func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*rep
 func receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config, recovered <-chan *wire.Session) (*report.Dest, error) {
 	cfg.defaults()
 	d := &dest{cfg: cfg, sess: sess, g: g, recovered: recovered, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
-	fig, err := d.run(ctx)
-	if err != nil {
-		msg := err.Error()
-		if len(msg) > 1000 {
-			msg = msg[:1000]
-		}
-		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = d.conns().Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
-		cancel()
-	}
-	return fig, err
+	return d.run(ctx)
 }
 
 type dest struct {
@@ -155,6 +151,8 @@ type dest struct {
 	jr   *keeper.Journal
 	lock *os.File
 	keep io.Closer
+	// exited closes when the guest process exits.
+	exited <-chan struct{}
 }
 
 type pageKey struct {
@@ -203,8 +201,17 @@ func (d *dest) prepare(ctx context.Context) error {
 		b.placed = pages.NewSet(b.npages)
 		b.missing = pages.NewSet(b.npages)
 	}
+	// The guest starts with a parent-death signal (a guest that never
+	// resumed must not outlive a dead serve); its keeper takes over that
+	// duty before AttachKept clears the signal.
 	if d.pid, err = d.g.Start(ctx); err != nil {
 		return fmt.Errorf("start guest: %w", err)
+	}
+	if d.exited, err = keeper.Watch(d.pid); err != nil {
+		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
+	}
+	if err := d.openJournal(paths); err != nil {
+		return err
 	}
 	// Kept: the guest holds a copy of the uffd, so that if this process
 	// dies its faulting threads block until a new serve takes over
@@ -212,8 +219,11 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.u, err = uffd.AttachKept(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
 		return fmt.Errorf("take over the guest's page faults: %w", err)
 	}
-	if err := d.openJournal(paths); err != nil {
-		return err
+	if d.jr != nil {
+		d.jr.UffdFD = d.u.TargetFD()
+		if err := d.journalState(keeper.Starting); err != nil {
+			return err
+		}
 	}
 	for _, b := range d.blocks {
 		ms, err := ramfile.FileMappingsOf(d.pid, b.file)
@@ -387,7 +397,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return fmt.Errorf("bulk connection %d: %w", i, err)
+			return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 		}
 		batch, ok := m.(*wire.PageBatch)
 		if !ok {
@@ -431,7 +441,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					// zeroing it first, which dominated the receive path.
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
 						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err))
@@ -441,7 +451,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				} else {
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					for k := range uint64(run) {
 						p := e.Page + k
@@ -528,7 +538,7 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 			if err := ln.sess.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
 				// The link is lost: the page is asked for again on the next
 				// one (adopt), and until then the guest's thread waits.
-				ln.cancel(fmt.Errorf("request page %d of block %s: %w", p, b.name, err))
+				ln.cancel(lost(fmt.Errorf("request page %d of block %s: %w", p, b.name, err)))
 			}
 		}
 	}
@@ -550,7 +560,7 @@ func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 	for {
 		m, err := s.Urgent.ReadFrame(ctx)
 		if err != nil {
-			return fmt.Errorf("urgent connection: %w", err)
+			return lost(fmt.Errorf("urgent connection: %w", err))
 		}
 		r, ok := m.(*wire.PageReply)
 		if !ok {

@@ -77,11 +77,27 @@ func (d *dest) closeLink() {
 	}
 }
 
-// recoverable reports whether a link failure may be mended by the source
-// reconnecting: a connection error is, a misbehaving or ending peer and an
-// internal failure are not.
+// linkError is a failed connection to the source: what a reconnection
+// mends.
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
+
+// lost marks err as the link's failure.
+func lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &linkError{err}
+}
+
+// recoverable reports whether a failure may be mended by the source
+// reconnecting: only a failed connection; a misbehaving or ending peer, a
+// dead guest and an internal failure are not.
 func recoverable(err error) bool {
-	return codeOf(err) == wire.ErrorGuest && !errors.Is(err, errPeerEnded)
+	var l *linkError
+	return errors.As(err, &l) && !errors.Is(err, errPeerEnded) && codeOf(err) == wire.ErrorGuest
 }
 
 // watchControl reads the control connection after Go, where the source
@@ -89,7 +105,7 @@ func recoverable(err error) bool {
 func (d *dest) watchControl(ctx context.Context, s *wire.Session) error {
 	m, err := s.Control.ReadFrame(ctx)
 	if err != nil {
-		return fmt.Errorf("control connection: %w", err)
+		return lost(fmt.Errorf("control connection: %w", err))
 	}
 	switch m := m.(type) {
 	case *wire.Abort:
@@ -137,7 +153,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	runs := d.missingRuns()
 	d.log.Info("source reconnected: resuming post-copy", "missing", wire.PageCount(runs), "recoveries", d.recoveries)
 	if err := s.Control.WriteFrame(ln.ctx, &wire.Missing{Pages: runs}); err != nil {
-		ln.cancel(fmt.Errorf("send missing pages: %w", err))
+		ln.cancel(lost(fmt.Errorf("send missing pages: %w", err)))
 		return nil
 	}
 	d.waitMu.Lock()
@@ -148,7 +164,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	d.waitMu.Unlock()
 	for _, k := range keys {
 		if err := s.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: k.block, Page: k.page, Count: 1}); err != nil {
-			ln.cancel(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err))
+			ln.cancel(lost(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err)))
 			return nil
 		}
 	}
@@ -195,8 +211,8 @@ func (d *dest) journalState(st keeper.State) error {
 	return nil
 }
 
-// openJournal starts the session's journal and takes its lock, once the
-// guest is started and its uffd kept in it.
+// openJournal starts the session's journal, takes its lock and starts its
+// keeper, once the guest is started.
 func (d *dest) openJournal(paths []string) error {
 	if d.cfg.Dir == "" {
 		return nil
@@ -212,7 +228,10 @@ func (d *dest) openJournal(paths []string) error {
 		return err
 	}
 	d.jr = &keeper.Journal{Session: d.sess.ID(), Guest: d.sess.Hello.Guest, State: keeper.Starting,
-		Pid: d.pid, PidStart: start, UffdFD: d.u.TargetFD(), Paths: paths, Hello: d.sess.Hello}
+		Pid: d.pid, PidStart: start, UffdFD: -1, Paths: paths, Hello: d.sess.Hello}
+	if sr, ok := d.g.(SignalResumer); ok {
+		d.jr.ResumeBySignal = sr.ResumesBySignal()
+	}
 	if err := d.jr.Write(d.dir); err != nil {
 		return classed(wire.ErrorResource, err)
 	}
