@@ -28,6 +28,7 @@ func (a *adopted) Create(context.Context, []wire.Block) ([]string, error) {
 func (a *adopted) Start(context.Context) (int, error) {
 	return 0, errors.New("an adopted guest runs")
 }
+
 // Resume resumes a guest adopted at Ready, if it resumes by signal.
 func (a *adopted) Resume(context.Context) error {
 	if !a.bySignal {
@@ -84,7 +85,7 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	if err := d.reopen(); err != nil {
 		return nil, err
 	}
-	d.restore = newRestorer(d)
+	d.restore = d.newRestorer()
 	defer d.restore.close()
 	close(d.switched)
 	d.restore.carriedMissing()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -186,18 +187,6 @@ func checkRecovery(orig, h *wire.Hello) error {
 	return nil
 }
 
-// missingRuns lists every page still missing.
-func (d *dest) missingRuns() []wire.Run {
-	var runs []wire.Run
-	for _, b := range d.blocks {
-		b.missing.Runs(0, b.npages, func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: b.idx, Page: start, Count: count})
-			return true
-		})
-	}
-	return runs
-}
-
 // journalState records the session's state in its journal, if it keeps
 // one.
 func (d *dest) journalState(st keeper.State) error {
@@ -260,4 +249,38 @@ func (d *dest) closeJournal(failed bool) {
 	if d.keep != nil {
 		d.keep.Close()
 	}
+}
+
+// Resend, Verdict and PageRequest are the restorer's sender: on the
+// current link.
+func (d *dest) Resend(ctx context.Context, runs []wire.Run) error {
+	return writeOn(ctx, d.conns().Control, &wire.Resend{Pages: runs})
+}
+
+func (d *dest) Verdict(ctx context.Context, v *wire.Verdict) error {
+	return writeOn(ctx, d.conns().Control, v)
+}
+
+func (d *dest) PageRequest(ctx context.Context, block uint32, page uint64, count uint32) error {
+	return writeOn(ctx, d.conns().Urgent, &wire.PageRequest{Block: block, Page: page, Count: count})
+}
+
+// writeOn writes m on c, which is nil while an adopted session has no
+// link yet (what is asked meanwhile is asked again by adopt's Missing).
+func writeOn(ctx context.Context, c *wire.Conn, m wire.Message) error {
+	if c == nil {
+		return errors.New("no link to the source")
+	}
+	return c.WriteFrame(ctx, m)
+}
+
+// newRestorer makes the session's restorer, on the guest's shared disks
+// and Config.Disks over them (the operator's word wins).
+func (d *dest) newRestorer() *restorer {
+	disks := map[string]string{}
+	if sd, ok := d.g.(SharedDisker); ok {
+		maps.Copy(disks, sd.SharedDisks())
+	}
+	maps.Copy(disks, d.cfg.Disks)
+	return newRestorer(restoreOptions{Log: d.log, Active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0, Disks: disks, Rate: d.cfg.PostcopyRestoreRate}, d.placer, d)
 }

@@ -30,8 +30,7 @@ func (d *dest) init() {
 	n := len(d.sess.Bulk)
 	d.processed, d.expected = make([]uint64, n), make([]uint64, n)
 	d.switched = make(chan struct{})
-	d.done = make(chan struct{})
-	d.waiters = make(map[pageKey]chan struct{})
+	d.placer = newPlacer()
 }
 
 // run is one migration, phase by phase.
@@ -46,7 +45,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		return nil, err
 	}
 	d.watchGuest(ctx, cancel)
-	d.restore = newRestorer(d)
+	d.restore = d.newRestorer()
 	defer d.restore.close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
