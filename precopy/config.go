@@ -1,6 +1,7 @@
 package precopy
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"time"
@@ -77,7 +78,33 @@ type Config struct {
 	// during post-copy, and at completion, from the engine's goroutines: it
 	// must return quickly.
 	Progress func(report.Progress)
+	// Guard, if set, is told just before the source guest is paused and
+	// just before Go is sent (see Guard); nil: no guard.
+	Guard Guard
 }
+
+// Guard watches over a migration from outside the migrating process, so
+// that a migration killed before Go never leaves the source guest stopped
+// (cmd/dmig runs a guardian process behind it, internal/guardian).
+//
+// Pausing is called before the guest is paused, outside the downtime: an
+// error aborts with the guest untouched. Going is called after the
+// destination is ready and before Go is written: an error aborts (the
+// guest is resumed), since a guard that may not have heard "go" would
+// resume the source while the destination runs. Both must return quickly.
+type Guard interface {
+	Pausing(ctx context.Context) error
+	Going(ctx context.Context) error
+}
+
+type noGuard struct{}
+
+func (noGuard) Pausing(context.Context) error { return nil }
+func (noGuard) Going(context.Context) error   { return nil }
+
+// abortResumeTimeout bounds resuming the source guest on abort: a wedged
+// VMM (a QMP that never answers) must not hold the abort forever.
+const abortResumeTimeout = 10 * time.Second
 
 func (c *Config) defaults() {
 	if c.Mode == "" {
@@ -97,5 +124,8 @@ func (c *Config) defaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
+	}
+	if c.Guard == nil {
+		c.Guard = noGuard{}
 	}
 }

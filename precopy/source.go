@@ -143,8 +143,13 @@ func (s *source) run(ctx context.Context) (err error) {
 			acancel()
 		}
 		if paused {
-			if rerr := s.g.Resume(context.Background()); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("resume source guest after abort: %w", rerr))
+			rctx, rcancel := context.WithTimeout(context.Background(), abortResumeTimeout)
+			rerr := s.g.Resume(rctx)
+			rcancel()
+			if rerr != nil {
+				err = errors.Join(err, fmt.Errorf("resume source guest after abort: %w: %w", ErrSourcePaused, rerr))
+				s.log.Error("migration aborted; the source guest could not be resumed and stays paused", "error", err)
+				return
 			}
 		}
 		s.log.Error("migration aborted; source guest runs on", "error", err)
@@ -184,6 +189,9 @@ func (s *source) run(ctx context.Context) (err error) {
 	// Switchover.
 	if dec == postcopy {
 		s.prepareFinalRefs(ctx)
+	}
+	if err := s.cfg.Guard.Pausing(ctx); err != nil {
+		return fmt.Errorf("arm the guard before pausing: %w", err)
 	}
 	s.pausing.Store(true)
 	tPause := time.Now()
@@ -256,6 +264,9 @@ func (s *source) run(ctx context.Context) (err error) {
 	// From Go on, a lost destination may or may not run the guest: the
 	// source guest then stays paused (docs/failures.md), and a lost link
 	// is reconnected (Config.RecoverTimeout).
+	if err := s.cfg.Guard.Going(ctx); err != nil {
+		return fmt.Errorf("tell the guard before go: %w", err)
+	}
 	resumedDest = true
 	goErr := s.sess.Control.WriteFrame(ctx, &wire.Go{})
 	if goErr == nil {

@@ -60,10 +60,16 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			if err != nil {
 				return nil, err
 			}
-			rep, err := precopy.Run(ctx, precopy.Config{
+			h, err := proc.Open(pid)
+			if err != nil {
+				return nil, err
+			}
+			defer h.Close()
+			vlog := log.Named(vm.Name)
+			rep, err := guarded(ctx, g, vlog, guardedGuest{Guest: guest, ref: guestRef{pid: pid}, running: h.Running}, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
-				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
-			}, guest)
+				Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
+			})
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)
 			}

@@ -38,6 +38,8 @@ type cli struct {
 	Migrate    migrateCmd    `cmd:"" help:"Migrate a guest to a destination running 'dmig serve' (source side)."`
 	Serve      serveCmd      `cmd:"" help:"Accept migrations (destination side)."`
 	Drain      drainCmd      `cmd:"" help:"Migrate every guest listed in a config off this host (for cron)."`
+	Resume     resumeCmd     `cmd:"" help:"Resume a source guest a failed migration left paused (once its destination is known dead)."`
+	Guardian   guardianCmd   `cmd:"" hidden:"" help:"Resume a source guest if the migration that started this dies before Go (started by migrate and drain)."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`
 	GuestAgent guestAgentCmd `cmd:"" name:"guest-agent" help:"In-guest agent: layout of the database buffer pool (run as root in the guest)."`
 	Testguest  testguestCmd  `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`

@@ -15,13 +15,15 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// Exit statuses of migrate and serve (documented in the README).
+// Exit statuses of migrate, serve, drain and resume (documented in the
+// README and docs/operating.md).
 const (
 	exitError       = 1
 	exitUsage       = 2
 	exitAborted     = 3 // failed before the destination resumed: source intact
 	exitAfterResume = 4 // failed after the destination resumed
 	exitBusy        = 5 // the guest is already being migrated
+	exitNotPaused   = 6 // dmig resume: the guest is not paused, nothing done
 )
 
 // usageExit exits for kong: its bad-usage status (80) becomes ours.
@@ -80,7 +82,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	case err != nil:
 		return &statusError{exitUsage, err}
 	}
-	var guest precopy.Guest
+	var guest guardedGuest
 	switch {
 	case c.QMP != "":
 		src, err := qemu.NewSource(ctx, c.QMP)
@@ -88,13 +90,22 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 			return &statusError{exitUsage, err}
 		}
 		defer src.Close()
-		guest = src
+		guest = guardedGuest{Guest: src, ref: guestRef{qmp: c.QMP}, release: func() { src.Close() }}
+		guest.running = func(ctx context.Context) (bool, error) {
+			st, err := src.Monitor().QueryStatus(ctx)
+			return st.Running, err
+		}
 	case c.Pid != 0 && len(c.RAM) > 0:
 		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
-		guest = src
+		h, err := proc.Open(c.Pid)
+		if err != nil {
+			return &statusError{exitUsage, err}
+		}
+		defer h.Close()
+		guest = guardedGuest{Guest: src, ref: guestRef{pid: c.Pid}, running: h.Running}
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
@@ -102,12 +113,12 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if !c.NoProgress {
 		view = newProgressView(os.Stderr)
 	}
-	rep, err := precopy.Run(ctx, precopy.Config{
+	rep, err := guarded(ctx, g, log, guest, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
-	}, guest)
+	})
 	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {
 		log.Error("write report", "error", werr)
@@ -122,17 +133,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	} else {
 		printSummary(rep)
 	}
-	if err != nil {
-		switch {
-		case errors.Is(err, precopy.ErrBusy), errors.Is(err, wire.ErrRefused) && isBusy(err):
-			return &statusError{exitBusy, err}
-		case rep.Outcome == report.FailedAfterResume:
-			return &statusError{exitAfterResume, err}
-		default:
-			return &statusError{exitAborted, err}
-		}
-	}
-	return nil
+	return err
 }
 
 func isBusy(err error) bool {

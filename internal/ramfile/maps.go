@@ -124,3 +124,40 @@ func mappingsOf(pid int, dev, ino uint64) ([]Mapping, error) {
 	}
 	return out, nil
 }
+
+// LockMapped takes the per-guest lock (Lock) of every file pid maps
+// MAP_SHARED, reached through /proc/PID/map_files (so a deleted file or a
+// memfd is found too): held, no migration of that guest can start, and
+// ErrLocked means one runs. The caller closes the files to release the
+// locks.
+func LockMapped(pid int) ([]*os.File, error) {
+	all, err := Mappings(pid)
+	if err != nil {
+		return nil, err
+	}
+	type id struct{ dev, ino uint64 }
+	seen := map[id]bool{}
+	var files []*os.File
+	release := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for _, m := range all {
+		if !m.Shared() || m.Inode == 0 || seen[id{m.Dev, m.Inode}] {
+			continue
+		}
+		seen[id{m.Dev, m.Inode}] = true
+		f, err := os.Open(fmt.Sprintf("/proc/%d/map_files/%x-%x", pid, m.Start, m.End))
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("open %s as mapped by pid %d: %w", m.Path, pid, err)
+		}
+		files = append(files, f)
+		if err := Lock(f); err != nil {
+			release()
+			return nil, fmt.Errorf("%s: %w", m.Path, err)
+		}
+	}
+	return files, nil
+}

@@ -54,3 +54,41 @@ func TestFileMappings(t *testing.T) {
 		t.Errorf("mappings of a pid that cannot exist: %v, want ErrNoProcess", err)
 	}
 }
+
+// TestLockMapped: the lock of a file this process maps shared is found
+// through /proc/PID/map_files, deleted or not: held elsewhere it is
+// ErrLocked, free it is taken until the files are closed.
+func TestLockMapped(t *testing.T) {
+	f := newRAM(t, 4)
+	mem, err := Map(f, 0, 4*PageSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Unmap(mem)
+	os.Remove(f.Name()) // a deleted RAM file is still the guest's
+	if err := Lock(f); err != nil {
+		t.Fatal(err)
+	}
+	if files, err := LockMapped(os.Getpid()); !errors.Is(err, ErrLocked) {
+		for _, g := range files {
+			g.Close()
+		}
+		t.Fatalf("LockMapped with the RAM file locked: %v, want ErrLocked", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	files, err := LockMapped(os.Getpid())
+	if err != nil || len(files) == 0 {
+		t.Fatalf("LockMapped with the RAM file free: %d files, %v", len(files), err)
+	}
+	if err := Lock(f); !errors.Is(err, ErrLocked) {
+		t.Fatalf("Lock while LockMapped holds it: %v, want ErrLocked", err)
+	}
+	for _, g := range files {
+		g.Close()
+	}
+	if err := Lock(f); err != nil {
+		t.Fatalf("Lock once LockMapped's files are closed: %v", err)
+	}
+}

@@ -116,12 +116,12 @@ func waitStopped(ctx context.Context, pid int) error {
 }
 
 func allStopped(pid int) (bool, error) {
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	tasks, err := readTasks(pid)
 	if err != nil {
-		return false, fmt.Errorf("guest pid %d: %w", pid, err)
+		return false, err
 	}
 	for _, t := range tasks {
-		st, err := taskState(pid, t.Name())
+		st, err := taskState(pid, t)
 		if err != nil {
 			continue // thread exited
 		}
@@ -134,6 +134,19 @@ func allStopped(pid int) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// readTasks lists the thread ids of pid.
+func readTasks(pid int) ([]string, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, fmt.Errorf("guest pid %d: %w", pid, err)
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names, nil
 }
 
 func taskState(pid int, tid string) (string, error) {

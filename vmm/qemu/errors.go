@@ -34,4 +34,6 @@ var (
 	ErrExited = errors.New("qemu exited")
 	// ErrMonitorClosed: the QMP connection closed.
 	ErrMonitorClosed = errors.New("qmp connection closed")
+	// ErrNotPaused: the VM is not in a state a migration leaves it in.
+	ErrNotPaused = errors.New("vm not paused by a migration")
 )
