@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-race bench lint demo clean guest-image
+.PHONY: all build test test-race bench lint demo demo-plain clean guest-image
 
 all: build
 
@@ -46,6 +46,11 @@ guest-image: build
 # in hybrid mode (root).
 demo: build
 	BIN=$(BIN) bash tests/demo.sh
+
+# A synthetic guest with no database and no storage references, migrated on
+# loopback in hybrid mode (root): the engine alone, without a shaped link.
+demo-plain: build
+	BIN=$(BIN) bash tests/demo-plain.sh
 
 clean:
 	rm -rf bin

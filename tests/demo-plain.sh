@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# make demo: start a 1 GiB test guest writing 20 k pages/s, migrate it on
+# make demo-plain: start a 1 GiB test guest writing 20 k pages/s, migrate it on
 # this host in hybrid mode, and show the figures and the destination guest's
 # own verdict on its memory. Needs root (ptrace, userfaultfd) and bin/dmig.
 set -euo pipefail
 BIN=$(realpath "${BIN:-bin/dmig}")
-work=$(mktemp -d /dev/shm/dmig-demo.XXXXXX)
+work=$(mktemp -d /dev/shm/demo-plain.XXXXXX)
 port=$((20000 + RANDOM % 20000))
 guest="" serve=""
 cleanup() {
