@@ -148,7 +148,7 @@ migrate_once precopy
 migrate_once hybrid
 
 echo
-echo "== the two migrations (figures from dmig migrate --report; last row: the destination guest's stats)"
+echo "== the two migrations (figures from dmig migrate --report; last two rows: the destination guest's stats file)"
 "$TABLE" "precopy=$work/precopy" "hybrid=$work/hybrid" || { echo; die "a migration did not complete, or a destination guest did not verify"; }
 echo
 echo "demo done in $((SECONDS - start)) s"
