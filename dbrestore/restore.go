@@ -149,6 +149,20 @@ const (
 	restoreReleased
 )
 
+func (p restorePhase) String() string {
+	switch p {
+	case restorePasses:
+		return "passes"
+	case restoreHeld:
+		return "held"
+	case restoreCarried:
+		return "carried"
+	case restoreReleased:
+		return "released"
+	}
+	return fmt.Sprintf("phase(%d)", int32(p))
+}
+
 // pageEntry is what the restorer knows of one page: the iteration of the
 // latest entry received for it (data, zero or reference) and what became
 // of that entry's reference.
@@ -427,6 +441,7 @@ func (r *restorer) advance(p restorePhase) {
 	r.phase.Store(int32(p))
 	close(r.phaseCh)
 	r.phaseCh = make(chan struct{})
+	r.log.Trace("restore phase", "phase", p)
 }
 
 // at reports whether the restore reached phase p.
