@@ -72,7 +72,7 @@ const (
 // hit (a 32 MiB post-copy takes about a second at 40 MiB/s).
 const (
 	fiGuestSize       = 32 << 20
-	fiLinkRate        = 40 << 20 // bytes/s, migrate → serve
+	fiLinkRate        = 16 << 20 // bytes/s per connection (migrate opens three), migrate → serve
 	fiWriteRate       = 2000     // guest page writes/s
 	fiRecoverTimeout  = 2 * time.Second
 	fiMaxOutage       = 1200 * time.Millisecond // recoverable faults: well within fiRecoverTimeout
@@ -146,7 +146,7 @@ func specFromSeed(seed uint64) faultSpec {
 	case phSwitchover:
 		s.offset = randDur(r, 25*time.Millisecond)
 	case phPostcopy:
-		w := 150 * time.Millisecond
+		w := 300 * time.Millisecond
 		if s.mode == "postcopy" {
 			w = 700 * time.Millisecond
 		}
@@ -220,7 +220,7 @@ func faultConfigFromEnv(t *testing.T) faultConfig {
 	}
 	kinds := filterList(t, envFaultKinds, faultKinds)
 	modes := filterList(t, envFaultModes, faultModes)
-	next := fc.seed
+	next := splitmix(fc.seed)
 	for i := range int(runs) {
 		kind, mode := kinds[i%len(kinds)], modes[(i+i/len(kinds))%len(modes)]
 		for {
@@ -419,9 +419,14 @@ type faultRun struct {
 	injected time.Duration // since start
 	note     string        // what the injection found
 	restored chan struct{} // closed once a recoverable fault is over
+	killed   []int         // destination guests the fault killed (they may take a moment to go)
 
 	outcome    string
 	violations []string
+	// settleBy is when every promise must hold: fiGrace after migrate
+	// ended (a guardian, a recover timeout and serve's clean-up all run
+	// meanwhile).
+	settleBy time.Time
 }
 
 // violate records that the run broke a promise (kind is the table's
@@ -594,6 +599,7 @@ func (r *faultRun) inject() {
 				for _, pid := range pids {
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
+				r.killed = pids
 				r.note += fmt.Sprintf("killed destination guest %v", pids)
 				break
 			}
@@ -665,12 +671,14 @@ func (r *faultRun) finish() {
 	}
 }
 
-// destRan reports whether a destination guest resumed: serve says so, or
-// the guest (it writes its stats file first thing after SIGCONT, but may
-// not have yet when serve dies), or migrate's report.
-func (r *faultRun) destRan() bool {
+// destRan reports whether a destination guest resumed: it says so (it
+// writes its stats file first thing after SIGCONT), or one runs (not
+// stopped: it may not have written yet), or migrate's report says
+// completed. Serve's "guest resumed" is no proof: SIGCONT to a guest
+// killed meanwhile succeeds.
+func (r *faultRun) destRan(running []int) bool {
 	st, err := testguest.ReadStats(r.destStats)
-	return err == nil && st.Resumed || strings.Contains(r.serve.log.String(), "guest resumed") || r.outcome == string(report.Completed)
+	return err == nil && st.Resumed || len(running) > 0 || r.outcome == string(report.Completed)
 }
 
 // destComplete reports whether serve finished a migration: every page is
@@ -683,8 +691,8 @@ func (r *faultRun) destComplete() bool {
 // check settles the run and asserts its promises.
 func (r *faultRun) check() {
 	t := r.t
+	r.settleBy = time.Now().Add(fiGrace)
 	// The destination guests end running or gone, none left waiting.
-	deadline := time.Now().Add(fiGrace)
 	for {
 		var stopped []int
 		for _, pid := range guestsUnder(r.serveDir) {
@@ -695,18 +703,25 @@ func (r *faultRun) check() {
 		if len(stopped) == 0 {
 			break
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(r.settleBy) {
 			r.violate("dest-stopped", "destination guest(s) %v still stopped %v after the migration ended", stopped, fiGrace)
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.checkOrphans()
-	ran := r.destRan()
 	var running []int
 	for _, pid := range guestsUnder(r.serveDir) {
-		if st := procState(pid); st != "T" && st != "gone" && st != "Z" {
+		if st := procState(pid); st != "T" && st != "gone" && st != "Z" && !slices.Contains(r.killed, pid) {
 			running = append(running, pid)
+		}
+	}
+	ran := r.destRan(running)
+	// The source, if it is not paused, may be dying (migrate kills it
+	// once the destination has it all): give it a moment.
+	for end := time.Now().Add(2 * time.Second); ran && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if st := procState(r.g.pid()); st == "T" || st == "gone" || st == "Z" {
+			break
 		}
 	}
 	srcAlive := func() bool { st := procState(r.g.pid()); return st != "gone" && st != "Z" }
@@ -727,6 +742,16 @@ func (r *faultRun) check() {
 		if r.destComplete() {
 			for _, pid := range running {
 				r.verifyGuest("destination", pid, r.destRAM(pid), true)
+			}
+		} else {
+			// Let it finish verifying its RAM at resume: it reads
+			// every page, and says if one is wrong.
+			for time.Now().Before(r.settleBy) {
+				st, err := testguest.ReadStats(r.destStats)
+				if err == nil && st.State != "verifying" || len(guestsUnder(r.serveDir)) == 0 {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
 	case completed:
@@ -765,14 +790,19 @@ func (r *faultRun) check() {
 			t.Errorf("restart dmig serve to reclaim %s: %v", r.serveDir, err)
 		}
 	}
-	deadline = time.Now().Add(fiCleanGrace)
+	deadline := time.Now().Add(fiCleanGrace)
 	for {
-		left := r.ramLeft()
-		if len(left) == 0 {
+		ram, dirs := r.ramLeft()
+		if len(ram)+len(dirs) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			r.violate("ram-left", "%v after the guests exited and serve had %v", left, fiCleanGrace)
+			if len(ram) > 0 {
+				r.violate("ram-left", "RAM files %v after the guests exited and serve had %v", ram, fiCleanGrace)
+			}
+			if len(dirs) > 0 {
+				r.violate("dir-left", "session directories %v after the guests exited and serve had %v", dirs, fiCleanGrace)
+			}
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -785,8 +815,7 @@ func (r *faultRun) check() {
 // as the operator would.
 func (r *faultRun) checkSourceRuns() {
 	pid := r.g.pid()
-	deadline := time.Now().Add(fiGrace)
-	for procState(pid) == "T" && time.Now().Before(deadline) {
+	for procState(pid) == "T" && time.Now().Before(r.settleBy) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if procState(pid) == "T" {
@@ -837,6 +866,9 @@ func (r *faultRun) verifyGuest(which string, pid int, ram []string, cont bool) {
 		return
 	}
 	if err := stopAndVerify(pid, ram, cont); err != nil {
+		if st := procState(pid); st == "gone" || st == "Z" {
+			return // it exited meanwhile: what it said is in its log
+		}
 		kind := "verify-error"
 		if errors.Is(err, testguest.ErrMismatch) {
 			kind = "wrong-pages"
@@ -873,7 +905,6 @@ func (r *faultRun) destRAM(pid int) []string {
 
 // checkOrphans: no process of this run is stopped with init for a parent.
 func (r *faultRun) checkOrphans() {
-	deadline := time.Now().Add(fiGrace)
 	for {
 		var orphans []string
 		for _, pid := range procsWith(r.dir, true) {
@@ -885,7 +916,7 @@ func (r *faultRun) checkOrphans() {
 		if len(orphans) == 0 {
 			return
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(r.settleBy) {
 			r.violate("stopped-orphan", "stopped process(es) with parent 1: %s", strings.Join(orphans, "; "))
 			return
 		}
@@ -922,23 +953,33 @@ func (r *faultRun) checkWrongPages() {
 	}
 }
 
-// ramLeft lists what the guests left in serve's --dir: session
-// directories and RAM files (a file at its top, such as a journal, is
-// serve's own).
-func (r *faultRun) ramLeft() []string {
-	var left []string
+// ramLeft lists what the guests left in serve's --dir: RAM files, and
+// session directories without one (a file at its top, such as a
+// journal, is serve's own).
+func (r *faultRun) ramLeft() (ram, dirs []string) {
 	block := filepath.Base(r.g.ram)
+	withRAM := map[string]bool{}
+	var all []string
 	filepath.WalkDir(r.serveDir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || p == r.serveDir {
 			return nil
 		}
-		if d.IsDir() || d.Name() == block {
-			rel, _ := filepath.Rel(r.serveDir, p)
-			left = append(left, rel)
+		rel, _ := filepath.Rel(r.serveDir, p)
+		switch {
+		case d.IsDir():
+			all = append(all, rel)
+		case d.Name() == block:
+			ram = append(ram, rel)
+			withRAM[filepath.Dir(rel)] = true
 		}
 		return nil
 	})
-	return left
+	for _, d := range all {
+		if !withRAM[d] {
+			dirs = append(dirs, d)
+		}
+	}
+	return ram, dirs
 }
 
 func (r *faultRun) dumpOnFailure() {
