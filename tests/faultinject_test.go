@@ -681,6 +681,33 @@ func (r *faultRun) destRan(running []int) bool {
 	return err == nil && st.Resumed || len(running) > 0 || r.outcome == string(report.Completed)
 }
 
+// runningDest lists the destination guests that run: alive, not stopped,
+// and (within 2 s) saying in their stats that they resumed. A guest serve
+// or the fault has just killed shows R for a moment.
+func (r *faultRun) runningDest() []int {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var alive, confirmed []int
+		st, err := testguest.ReadStats(r.destStats)
+		for _, pid := range guestsUnder(r.serveDir) {
+			if s := procState(pid); s == "T" || s == "gone" || s == "Z" || slices.Contains(r.killed, pid) {
+				continue
+			}
+			alive = append(alive, pid)
+			if err == nil && st.Resumed && st.PID == pid {
+				confirmed = append(confirmed, pid)
+			}
+		}
+		if len(confirmed) == len(alive) {
+			return confirmed
+		}
+		if time.Now().After(deadline) {
+			return alive // running without a word for 2 s: running still
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // destComplete reports whether serve finished a migration: every page is
 // placed, so the destination's RAM file can be verified offline (before,
 // its missing pages read as zeros through the file).
@@ -710,12 +737,7 @@ func (r *faultRun) check() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.checkOrphans()
-	var running []int
-	for _, pid := range guestsUnder(r.serveDir) {
-		if st := procState(pid); st != "T" && st != "gone" && st != "Z" && !slices.Contains(r.killed, pid) {
-			running = append(running, pid)
-		}
-	}
+	running := r.runningDest()
 	ran := r.destRan(running)
 	// The source, if it is not paused, may be dying (migrate kills it
 	// once the destination has it all): give it a moment.
