@@ -23,14 +23,15 @@ test: build
 # test` until the engine keeps every promise it checks (issue 11).
 # DMIG_FAULT_SEED / DMIG_FAULT_RUN_SEED reproduce runs; FAULT_PARALLEL runs
 # at once.
-FAULT_RUNS     ?= 200
 FAULT_PARALLEL ?= 3
+fault-test: export DMIG_FAULT_RUNS ?= 200
+fault-soak: export DMIG_FAULT_RUNS ?= 1000
 FAULT_TEST = cd tests && DMIG_FAULT_BIN=$(abspath $(BIN)) $(GO) test -tags faultinject -count=1 \
 	-run '^TestFaultInject$$' -parallel $(FAULT_PARALLEL)
 fault-test: build
-	DMIG_FAULT_RUNS=$${DMIG_FAULT_RUNS:-$(FAULT_RUNS)} $(FAULT_TEST) -timeout 30m
+	$(FAULT_TEST) -timeout 30m
 fault-soak: build
-	DMIG_FAULT_RUNS=$${DMIG_FAULT_RUNS:-1000} $(FAULT_TEST) -timeout 150m
+	$(FAULT_TEST) -timeout 150m
 
 # Benchmarks print custom metrics (faults/s, GB/s, ratios to baselines).
 bench: build

@@ -39,6 +39,7 @@ import (
 func TestFaultInject(t *testing.T) {
 	fc := faultConfigFromEnv(t)
 	feat := detectFeatures(t, fc.bin)
+	sweepDeadRuns()
 	fmt.Printf("fault injection: %d runs, %s=%#x (a failing run prints its own %s), binary %s\n",
 		len(fc.specs), envFaultSeed, fc.seed, envFaultRunSeed, fc.bin)
 	fmt.Printf("features: %s; expectations are the same without them\n", feat)
@@ -440,7 +441,7 @@ func (r *faultRun) violate(kind, format string, args ...any) {
 func (r *faultRun) run() {
 	t := r.t
 	s := r.spec
-	dir, err := os.MkdirTemp("/dev/shm", "fi-")
+	dir, err := os.MkdirTemp("/dev/shm", fmt.Sprintf("fi-%d-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,6 +522,26 @@ func (r *faultRun) run() {
 	r.finish()
 	r.check()
 	fmt.Printf("%-40s %-22s %6.1fs %s\n", s.name(), r.outcome, time.Since(r.start).Seconds(), verdict(r))
+}
+
+// sweepDeadRuns removes what runs of a test binary that was killed (a
+// timeout skips cleanups) left: /dev/shm/fi-PID-* of a dead PID, and the
+// processes using them.
+func sweepDeadRuns() {
+	dirs, _ := filepath.Glob("/dev/shm/fi-*-*")
+	for _, d := range dirs {
+		f := strings.SplitN(filepath.Base(d), "-", 3)
+		pid, err := strconv.Atoi(f[1])
+		if err != nil || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		for _, p := range procsWith(d, true) {
+			syscall.Kill(p, syscall.SIGCONT)
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		fmt.Printf("removed %s, left by dead test process %d\n", d, pid)
+		os.RemoveAll(d)
+	}
 }
 
 func verdict(r *faultRun) string {
