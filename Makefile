@@ -8,15 +8,20 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test bench lint demo clean guest-image fault-test fault-soak
+.PHONY: all build test test-race bench lint demo clean guest-image fault-test fault-soak
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/dmig
 
-test: build
+test: build test-race
 	$(GO) test $(TESTFLAGS) ./...
+
+# The packages with concurrency, under the race detector.
+RACE_PKGS ?= ./wire ./precopy ./dbrestore ./uffd ./layout ./internal/keeper ./internal/pages
+test-race:
+	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 
 # Fault injection (docs/testing.md, "Fault injection"): migrations of test
 # guests, each with one fault at a random instant, as root. Not in `make

@@ -2,17 +2,18 @@ package dbrestore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
@@ -54,8 +55,24 @@ type Config struct {
 	// guest's own I/O. A fault on a page whose reference is queued is read
 	// at once whatever the cap.
 	PostcopyRestoreRate int64
-	Logger              hclog.Logger
+	// Dir, if set, is where each session's directory is
+	// (Dir/<session ID>, SessionDir): the session keeps its journal and
+	// lock there, so that a serve started after this one died can adopt a
+	// guest left in post-copy (package keeper).
+	Dir string
+	// RecoverTimeout is how long a session past Ready waits for the
+	// source to reconnect after its link failed (0: it does not wait; the
+	// session fails).
+	RecoverTimeout time.Duration
+	// Keeper, if set, starts the keeper of a session's directory once its
+	// guest runs (keeper.Spawn); closing what it returns tells the keeper
+	// that this process no longer runs the session.
+	Keeper func(keeper.Config) (io.Closer, error)
+	Logger hclog.Logger
 }
+
+// SessionDir is the directory of session id under root.
+func SessionDir(root string, id wire.SessionID) string { return filepath.Join(root, id.String()) }
 
 func (c *Config) defaults() {
 	if c.FaultWorkers <= 0 {
@@ -72,8 +89,14 @@ func (c *Config) defaults() {
 // a lost source leaves pages that can never arrive, so the guest is killed
 // rather than let run on zero pages, and the error says so.
 func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*report.Dest, error) {
+	return receive(ctx, sess, g, cfg, nil)
+}
+
+// receive is Receive with the channel on which Serve hands over the
+// source's reconnections of this session (nil: none come).
+func receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config, recovered <-chan *wire.Session) (*report.Dest, error) {
 	cfg.defaults()
-	d := &dest{cfg: cfg, sess: sess, g: g, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
+	d := &dest{cfg: cfg, sess: sess, g: g, recovered: recovered, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
 	fig, err := d.run(ctx)
 	if err != nil {
 		msg := err.Error()
@@ -81,7 +104,7 @@ func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*rep
 			msg = msg[:1000]
 		}
 		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = sess.Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
+		_ = d.conns().Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
 		cancel()
 	}
 	return fig, err
@@ -118,6 +141,20 @@ type dest struct {
 	lat                           []time.Duration
 
 	devState deviceState // control goroutine only, until switchover
+
+	phase     atomic.Int32 // phaseReceive, phaseReady, phaseResumed
+	linkMu    sync.Mutex
+	ln        *link                // the current connections to the source
+	recovered <-chan *wire.Session // the source's reconnections (Serve)
+	serving   bool                 // faults are served: each link reads replies
+	// recoveries counts adopted reconnections; main goroutine only.
+	recoveries int
+
+	// The session directory's journal, lock and keeper (Config.Dir).
+	dir  string
+	jr   *keeper.Journal
+	lock *os.File
+	keep io.Closer
 }
 
 type pageKey struct {
@@ -135,238 +172,6 @@ type dstBlock struct {
 	maps    []ramfile.Mapping
 	placed  *pages.Set // written before resume (the file may hold data there)
 	missing *pages.Set // owed after switchover
-}
-
-func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	d.cond = sync.NewCond(&d.mu)
-	n := len(d.sess.Bulk)
-	d.processed, d.expected = make([]uint64, n), make([]uint64, n)
-	d.switched = make(chan struct{})
-	d.done = make(chan struct{})
-	d.waiters = make(map[pageKey]chan struct{})
-
-	resumed := false
-	defer func() {
-		if err != nil {
-			if resumed {
-				err = fmt.Errorf("after resume, %d pages can no longer arrive; the guest was killed rather than run on zero pages: %w", d.missing.Load(), err)
-			}
-			if kerr := d.g.Kill(); kerr != nil {
-				err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
-			}
-			d.log.Error("migration failed", "error", err, "resumed", resumed)
-		}
-		d.cleanup()
-	}()
-
-	if err := d.prepare(ctx); err != nil {
-		return nil, err
-	}
-	d.restore = newRestorer(d)
-	defer d.restore.close()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel(errors.New("migration ended"))
-	// Every goroutine of the session runs through spawn: a failure, or a
-	// panic, ends this session and no other.
-	spawn := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := safely(f); err != nil && ctx.Err() == nil {
-				cancel(err)
-			}
-		}()
-	}
-	d.restore.start(ctx, spawn)
-	for i, c := range d.sess.Bulk {
-		spawn(func() error {
-			defer d.cond.Broadcast()
-			err := d.readBulk(ctx, i, c)
-			if err != nil && ctx.Err() == nil {
-				d.mu.Lock()
-				d.bulkErr = err
-				d.mu.Unlock()
-			}
-			return err
-		})
-	}
-	// Wake barrier waiters when ctx ends.
-	stopWake := context.AfterFunc(ctx, func() {
-		d.mu.Lock()
-		d.cond.Broadcast()
-		d.mu.Unlock()
-	})
-	defer stopWake()
-
-	var sw *wire.Switchover
-	for sw == nil {
-		m, err := d.sess.Control.ReadFrame(ctx)
-		if err != nil {
-			return nil, d.cause(ctx, fmt.Errorf("control connection: %w", err))
-		}
-		switch m := m.(type) {
-		case *wire.IterationEnd:
-			if len(m.Batches) != n {
-				return nil, classed(wire.ErrorProtocol, fmt.Errorf("iteration %d end counts %d bulk connections, session has %d", m.Iteration, len(m.Batches), n))
-			}
-			d.mu.Lock()
-			for i, c := range m.Batches {
-				d.expected[i] += c
-			}
-			d.mu.Unlock()
-		case *wire.DeviceState:
-			if err := d.devState.add(m); err != nil {
-				return nil, classed(wire.ErrorProtocol, err)
-			}
-		case *wire.Switchover:
-			cp := *m
-			sw = &cp
-			d.mu.Lock()
-			d.final = true
-			d.mu.Unlock()
-			d.restore.final.Store(true)
-			d.restore.hold()
-		case *wire.Abort:
-			return nil, fmt.Errorf("source aborted: %s", m.Reason)
-		case *wire.Error:
-			return nil, fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
-		default:
-			return nil, classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection before switchover", m.Type()))
-		}
-	}
-
-	tSwitch := time.Now()
-	if err := d.devState.check(d.g); err != nil {
-		return nil, classed(wire.ErrorProtocol, err)
-	}
-	if err := d.barrier(ctx); err != nil {
-		return nil, d.cause(ctx, err)
-	}
-	tBarrier := time.Now()
-	// The storage restore is not waited for: what it has not checked yet
-	// is restored after resume, faults first.
-	carried := d.restore.carry(sw.Pending)
-	tCarry := time.Now()
-	if err := d.markPending(sw.Pending); err != nil {
-		return nil, err
-	}
-	// Owed pages the source also lists as pending come with its push; ask
-	// only for the others, so the urgent connection is not clogged with
-	// pages nobody waits for ahead of the guest's faults.
-	owed := d.unlisted(d.restore.owed())
-	if err := d.markPending(owed); err != nil {
-		return nil, err
-	}
-	if err := d.markPending(carried); err != nil {
-		return nil, err
-	}
-	d.restore.carriedMissing()
-	close(d.switched)
-	// Where downtime goes when it is long.
-	d.log.Debug("switchover steps", "batches", tBarrier.Sub(tSwitch), "carry", tCarry.Sub(tBarrier), "make_missing", time.Since(tCarry),
-		"missing", d.missing.Load(), "carried", wire.PageCount(carried))
-
-	var serveWG sync.WaitGroup
-	serveCtx, stopServe := context.WithCancel(ctx)
-	var serveErr error
-	// A VMM loading device state reads guest RAM: serve its faults even
-	// with nothing missing.
-	if d.missing.Load() > 0 || d.devState.seen {
-		if d.missing.Load() == 0 {
-			d.doneOnce.Do(func() { close(d.done) })
-		}
-		serveWG.Add(2)
-		go func() {
-			defer serveWG.Done()
-			fault := func(ctx context.Context, m uffd.Msg) error {
-				return safely(func() error { return d.fault(ctx, m) })
-			}
-			if err := d.u.Serve(serveCtx, uffd.HandlerFunc(fault), uffd.ServeConfig{Workers: d.cfg.FaultWorkers}, nil); err != nil {
-				serveErr = err
-				cancel(err)
-			}
-		}()
-		go func() {
-			defer serveWG.Done()
-			if err := safely(func() error { return d.readReplies(serveCtx) }); err != nil && serveCtx.Err() == nil {
-				cancel(err)
-			}
-		}()
-		serveWG.Add(1)
-		go func() {
-			defer serveWG.Done()
-			if err := safely(func() error { d.restore.refetch(serveCtx, owed); return nil }); err != nil {
-				cancel(err)
-			}
-		}()
-	} else {
-		d.doneOnce.Do(func() { close(d.done) })
-	}
-	defer func() { stopServe(); serveWG.Wait() }()
-
-	if err := d.devState.load(ctx, d.g); err != nil {
-		return nil, d.cause(ctx, err)
-	}
-	// Ready, then resume only on Go: until the source sends Go it may
-	// still abort and resume its own copy.
-	if err := d.sess.Control.WriteFrame(ctx, &wire.Ready{}); err != nil {
-		return nil, d.cause(ctx, fmt.Errorf("send ready: %w", err))
-	}
-	if err := d.waitGo(ctx); err != nil {
-		return nil, err
-	}
-	if err := d.g.Resume(ctx); err != nil {
-		return nil, fmt.Errorf("resume guest: %w", err)
-	}
-	resumed = true
-	d.restore.release()
-	resumeMS := report.MS(time.Since(tSwitch))
-	if err := d.sess.Control.WriteFrame(ctx, &wire.Resumed{}); err != nil {
-		d.log.Warn("tell source the guest resumed", "error", err)
-	}
-	d.log.Info("guest resumed", "pid", d.pid, "missing", d.missing.Load(), "resume_ms", resumeMS)
-
-	select {
-	case <-d.done:
-	case <-ctx.Done():
-		return nil, d.cause(ctx, errors.New("source lost"))
-	}
-	stopServe()
-	serveWG.Wait()
-	if serveErr != nil && !errors.Is(serveErr, context.Canceled) {
-		return nil, serveErr
-	}
-	if err := d.release(); err != nil {
-		return nil, err
-	}
-	fig = d.figures(resumeMS)
-	d.restore.report(fig)
-	b, _ := json.Marshal(fig)
-	if err := d.sess.Control.WriteFrame(ctx, &wire.Complete{Figures: b}); err != nil {
-		d.log.Warn("send completion", "error", err)
-	}
-	d.log.Info("migration complete", "prefetch", fig.Pages.Prefetch, "faults", fig.Pages.PostcopyFault)
-	return fig, nil
-}
-
-// waitGo waits for the source's Go.
-func (d *dest) waitGo(ctx context.Context) error {
-	m, err := d.sess.Control.ReadFrame(ctx)
-	if err != nil {
-		return d.cause(ctx, fmt.Errorf("wait for go: %w", err))
-	}
-	switch m := m.(type) {
-	case *wire.Go:
-		return nil
-	case *wire.Abort:
-		return fmt.Errorf("source aborted: %s", m.Reason)
-	case *wire.Error:
-		return fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
-	}
-	return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type()))
 }
 
 func (d *dest) cause(ctx context.Context, err error) error {
@@ -401,8 +206,14 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.pid, err = d.g.Start(ctx); err != nil {
 		return fmt.Errorf("start guest: %w", err)
 	}
-	if d.u, err = uffd.Attach(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
+	// Kept: the guest holds a copy of the uffd, so that if this process
+	// dies its faulting threads block until a new serve takes over
+	// (Reacquire) instead of reading zero pages.
+	if d.u, err = uffd.AttachKept(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
 		return fmt.Errorf("take over the guest's page faults: %w", err)
+	}
+	if err := d.openJournal(paths); err != nil {
+		return err
 	}
 	for _, b := range d.blocks {
 		ms, err := ramfile.FileMappingsOf(d.pid, b.file)
@@ -711,8 +522,14 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 	}
 	d.waitMu.Unlock()
 	if !asked {
-		if err := d.sess.Urgent.WriteFrame(ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
-			return fmt.Errorf("request page %d of block %s: %w", p, b.name, err)
+		// With no link (an adopted session before its source is back) the
+		// request is made by adopt.
+		if ln := d.link(); ln != nil {
+			if err := ln.sess.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
+				// The link is lost: the page is asked for again on the next
+				// one (adopt), and until then the guest's thread waits.
+				ln.cancel(fmt.Errorf("request page %d of block %s: %w", p, b.name, err))
+			}
 		}
 	}
 	select {
@@ -729,18 +546,18 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 
 // readReplies places the pages the source sends on the urgent connection
 // and wakes the faults waiting for them.
-func (d *dest) readReplies(ctx context.Context) error {
+func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 	for {
-		m, err := d.sess.Urgent.ReadFrame(ctx)
+		m, err := s.Urgent.ReadFrame(ctx)
 		if err != nil {
 			return fmt.Errorf("urgent connection: %w", err)
 		}
 		r, ok := m.(*wire.PageReply)
 		if !ok {
-			return fmt.Errorf("urgent connection: unexpected %v", m.Type())
+			return classed(wire.ErrorProtocol, fmt.Errorf("urgent connection: unexpected %v", m.Type()))
 		}
 		if int(r.Block) >= len(d.blocks) || r.Page >= d.blocks[r.Block].npages {
-			return fmt.Errorf("urgent connection: reply for page %d of unknown block %d", r.Page, r.Block)
+			return classed(wire.ErrorProtocol, fmt.Errorf("urgent connection: reply for page %d of unknown block %d", r.Page, r.Block))
 		}
 		b := d.blocks[r.Block]
 		var data []byte
@@ -749,7 +566,7 @@ func (d *dest) readReplies(ctx context.Context) error {
 			data = r.Data
 		case wire.KindZero:
 		default:
-			return fmt.Errorf("urgent connection: %v reply not supported", r.Kind)
+			return classed(wire.ErrorProtocol, fmt.Errorf("urgent connection: %v reply not supported", r.Kind))
 		}
 		if b.missing.Has(r.Page) {
 			if err := d.place(b, r.Page, data); err != nil {
@@ -761,6 +578,9 @@ func (d *dest) readReplies(ctx context.Context) error {
 }
 
 // release hands the guest its memory for good: no page is missing any more.
+// The guest's kept copy of the uffd stays open in it, registered on
+// nothing: closing it would mean stopping the running guest again to
+// inject close(2).
 func (d *dest) release() error {
 	for _, b := range d.blocks {
 		for _, m := range b.maps {
@@ -789,7 +609,8 @@ func (d *dest) figures(resumeMS float64) *report.Dest {
 	}
 }
 
-func (d *dest) cleanup() {
+func (d *dest) cleanup(failed bool) {
+	d.closeJournal(failed)
 	if d.u != nil {
 		// Only reached with the guest killed, or before it ran.
 		d.u.Close()

@@ -488,7 +488,7 @@ func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
 		}
 		runs = append(runs, wire.Run{Block: k.block, Page: k.page, Count: 1})
 	}
-	if err := r.d.sess.Control.WriteFrame(ctx, &wire.Resend{Pages: runs}); err != nil {
+	if err := r.d.conns().Control.WriteFrame(ctx, &wire.Resend{Pages: runs}); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("hand failed storage references back to the source: they will be fetched after switchover", "pages", len(keys), "error", err)
 		}
@@ -513,7 +513,7 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 		return
 	}
 	r.verdictAt = time.Now()
-	if err := r.d.sess.Control.WriteFrame(ctx, &v); err != nil && ctx.Err() == nil {
+	if err := r.d.conns().Control.WriteFrame(ctx, &v); err != nil && ctx.Err() == nil {
 		r.log.Debug("report checked storage references", "error", err)
 	}
 }
@@ -695,7 +695,7 @@ func (r *restorer) failMissing(j refJob) {
 	r.forget(j.block, j.page)
 	r.mismatch.Add(1)
 	if r.d.blocks[j.block].missing.Has(j.page) {
-		if err := r.d.sess.Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
+		if err := r.d.conns().Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
 			r.log.Warn("ask the source for a page after a failed reference", "error", err)
 		}
 	}
@@ -747,7 +747,7 @@ func (r *restorer) refetch(ctx context.Context, runs []wire.Run) {
 	for _, run := range runs {
 		for p := run.Page; p < run.Page+run.Count; p += refetchChunk {
 			n := min(refetchChunk, run.Page+run.Count-p)
-			if err := r.d.sess.Urgent.WriteFrame(ctx, &wire.PageRequest{Block: run.Block, Page: p, Count: uint32(n)}); err != nil {
+			if err := r.d.conns().Urgent.WriteFrame(ctx, &wire.PageRequest{Block: run.Block, Page: p, Count: uint32(n)}); err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("ask the source for owed pages", "error", err)
 				}

@@ -66,6 +66,10 @@ type Config struct {
 	// wire.WithTimeout): a destination that never answers aborts the
 	// migration instead of holding the guest.
 	ConnectTimeout time.Duration
+	// RecoverTimeout is how long, after Go, a migration whose link to the
+	// destination failed keeps reconnecting (0: it does not; the
+	// migration fails with the guest paused here).
+	RecoverTimeout time.Duration
 	// Progress, if set, is called after each pre-copy pass, periodically
 	// during post-copy, and at completion, from the engine's goroutines: it
 	// must return quickly.

@@ -64,12 +64,19 @@ type source struct {
 	pausing atomic.Bool
 
 	// Set by the control reader.
-	verdictMu sync.Mutex
-	verdict   wire.Verdict  // the destination's latest
-	verdictCh chan struct{} // a Verdict arrived (capacity 1)
-	ready     chan struct{}
-	resumed   chan struct{}
-	completed chan *wire.Complete
+	verdictMu   sync.Mutex
+	verdict     wire.Verdict  // the destination's latest
+	verdictCh   chan struct{} // a Verdict arrived (capacity 1)
+	ready       chan struct{}
+	readyOnce   sync.Once
+	resumed     chan struct{}
+	resumedOnce sync.Once
+	completed   chan *wire.Complete
+	// After a reconnection the session sends exactly what the destination
+	// lists as missing, as data (no storage references), and bytesSent
+	// adds the earlier links' bytes.
+	dataOnly   bool
+	sentBefore uint64
 }
 
 type srcBlock struct {
@@ -94,7 +101,7 @@ func (s *source) bytesSent() uint64 {
 	if s.sess == nil {
 		return 0
 	}
-	var n uint64
+	n := s.sentBefore
 	for _, c := range append([]*wire.Conn{s.sess.Control, s.sess.Urgent}, s.sess.Bulk...) {
 		if c != nil {
 			n += c.BytesWritten()
@@ -117,8 +124,9 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.dial(ctx); err != nil {
 		return err
 	}
+	base := ctx
 	ctx, cancelCause := context.WithCancelCause(ctx)
-	defer cancelCause(nil)
+	defer func() { cancelCause(nil) }()
 	go s.readControl(ctx, cancelCause)
 
 	paused := false
@@ -246,30 +254,22 @@ func (s *source) run(ctx context.Context) (err error) {
 		return s.cause(ctx, errors.New("destination lost before it was ready to resume"))
 	}
 	// From Go on, a lost destination may or may not run the guest: the
-	// source guest then stays paused (see the README, "Failures").
+	// source guest then stays paused (docs/failures.md), and a lost link
+	// is reconnected (Config.RecoverTimeout).
 	resumedDest = true
-	if err := s.sess.Control.WriteFrame(ctx, &wire.Go{}); err != nil {
-		s.rep.Outcome = report.FailedAfterResume
-		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", s.cause(ctx, fmt.Errorf("send go: %w", err)))
+	goErr := s.sess.Control.WriteFrame(ctx, &wire.Go{})
+	if goErr == nil {
+		close(goSent)
+	} else {
+		cancelCause(fmt.Errorf("send go: %w", goErr))
 	}
-	close(goSent)
-	select {
-	case <-s.resumed:
-		s.rep.DowntimeMS = report.MS(time.Since(tPause))
-		s.log.Info("destination resumed", "downtime", time.Since(tPause), "postcopy_pages", s.rep.PostcopyPages)
-	case <-ctx.Done():
+	post := &postcopyLink{ctx: ctx, stop: stopPost, wg: &serveWG}
+	done, err := s.awaitComplete(base, post, tPause, iter)
+	if err != nil {
 		s.rep.Outcome = report.FailedAfterResume
-		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", s.cause(ctx, errors.New("destination lost after go")))
+		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
 	}
-	var done *wire.Complete
-	select {
-	case done = <-s.completed:
-	case <-ctx.Done():
-		s.rep.Outcome = report.FailedAfterResume
-		return fmt.Errorf("%w after the destination resumed; the guest stays paused on the source with its memory intact", s.cause(ctx, errors.New("destination lost")))
-	}
-	stopPost()
-	serveWG.Wait()
+	post.close()
 	s.mergeDest(done)
 	s.progress(report.PhaseDone, iter, 0, 0)
 	if err := s.g.Finish(ctx); err != nil {
@@ -502,9 +502,14 @@ type remoteError struct{ msg string }
 func (e *remoteError) Error() string { return "destination: " + e.msg }
 
 func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) {
-	ready, resumed := false, false
+	s.readControlOf(ctx, s.sess, fail)
+}
+
+// readControlOf reads the control connection of sess (the first session,
+// or a reconnection's) until it fails or Complete arrives.
+func (s *source) readControlOf(ctx context.Context, sess *wire.Session, fail context.CancelCauseFunc) {
 	for {
-		m, err := s.sess.Control.ReadFrame(ctx)
+		m, err := sess.Control.ReadFrame(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				if errors.Is(err, io.EOF) {
@@ -516,15 +521,9 @@ func (s *source) readControl(ctx context.Context, fail context.CancelCauseFunc) 
 		}
 		switch m := m.(type) {
 		case *wire.Ready:
-			if !ready {
-				ready = true
-				close(s.ready)
-			}
+			s.readyOnce.Do(func() { close(s.ready) })
 		case *wire.Resumed:
-			if !resumed {
-				resumed = true
-				close(s.resumed)
-			}
+			s.resumedOnce.Do(func() { close(s.resumed) })
 		case *wire.Complete:
 			c := *m
 			s.completed <- &c
@@ -732,7 +731,7 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 		s.zeroPages.Add(1)
 		return
 	}
-	if !b.noref.Has(p) && s.refs.add(batch, b, p, page) {
+	if !s.dataOnly && !b.noref.Has(p) && s.refs.add(batch, b, p, page) {
 		return
 	}
 	batch.AddData(p, page)
@@ -753,7 +752,7 @@ func (s *source) push(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if s.refs.pushable() {
+			if !s.dataOnly && s.refs.pushable() {
 				if _, _, err := s.sendStripes(ctx, c, i, n, iter, nil, s.refs.names); err != nil {
 					if ctx.Err() == nil {
 						s.log.Warn("post-copy push", "conn", i, "error", err)

@@ -221,7 +221,8 @@ type dest struct {
 }
 
 type destOpts struct {
-	snapshot string // see testTarget
+	snapshot       string        // see testTarget
+	recoverTimeout time.Duration // dbrestore.Config.RecoverTimeout
 }
 
 func startDest(t testing.TB, o destOpts) *dest {
@@ -237,7 +238,8 @@ func startDest(t testing.TB, o destOpts) *dest {
 		t.Fatal(err)
 	}
 	cfg := dbrestore.Config{
-		Logger: testLogger(t, "dest"),
+		Logger:         testLogger(t, "dest"),
+		RecoverTimeout: o.recoverTimeout,
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			pt, err := proc.NewTarget(shm, h.Command)
 			if err != nil {

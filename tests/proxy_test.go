@@ -146,3 +146,17 @@ func reset(c net.Conn) {
 	}
 	c.Close()
 }
+
+// restore listens again on the proxy's address after a cut: the link is
+// back, and new connections go through.
+func (p *proxy) restore(t testing.TB) {
+	t.Helper()
+	ln, err := net.Listen("tcp", p.ln.Addr().String())
+	if err != nil {
+		t.Fatalf("restore proxy: %v", err)
+	}
+	p.mu.Lock()
+	p.ln, p.cut_ = ln, false
+	p.mu.Unlock()
+	go p.accept()
+}

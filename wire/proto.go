@@ -174,6 +174,31 @@ func NewSessionID() SessionID {
 
 func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
 
+// ParseSessionID reads the String form of a session ID.
+func ParseSessionID(s string) (SessionID, error) {
+	var id SessionID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("%w: session ID %q is not %d hex digits", ErrMalformed, s, 2*len(id))
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// MarshalText writes the String form, so that journals and reports show
+// the ID as logs do.
+func (id SessionID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText reads the String form.
+func (id *SessionID) UnmarshalText(b []byte) error {
+	v, err := ParseSessionID(string(b))
+	if err != nil {
+		return err
+	}
+	*id = v
+	return nil
+}
+
 // Kind is how a page travels.
 type Kind uint8
 

@@ -153,6 +153,12 @@ type Listener struct {
 	// (garbage, other versions, strays, refused Hellos); Accept itself goes on.
 	// It is called from Accept's goroutine.
 	Rejected func(remote net.Addr, err error)
+	// Dropped, if set, hears about every Hello that decide accepted but
+	// whose session Accept then gave up on (its HelloAck could not be
+	// written, its connections did not all arrive, ctx ended): whatever
+	// decide reserved for it must be released. Called from Accept's
+	// goroutine.
+	Dropped func(h *Hello)
 	// HandshakeTimeout bounds each new connection's preamble and the Hello;
 	// zero means 10 s.
 	HandshakeTimeout time.Duration
@@ -256,6 +262,7 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 	fail := func(err error) (*Session, error) {
 		if s != nil {
 			s.Close()
+			l.dropped(&s.Hello)
 		}
 		return nil, err
 	}
@@ -277,6 +284,7 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 			l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w: its connections did not all arrive within %v",
 				s.ID(), os.ErrDeadlineExceeded, timeout))
 			s.Close()
+			l.dropped(&s.Hello)
 			s, setupC = nil, nil
 			continue
 		case <-ctx.Done():
@@ -383,6 +391,9 @@ func (l *Listener) open(ctx context.Context, a arrival, timeout time.Duration, d
 	if err := ctrl.WriteFrame(hctx, &ack); err != nil {
 		ctrl.Close()
 		l.reject(a.nc, fmt.Errorf("answer hello: %w", err))
+		if ack.Accepted {
+			l.dropped(h)
+		}
 		return nil
 	}
 	if !ack.Accepted {
@@ -391,6 +402,12 @@ func (l *Listener) open(ctx context.Context, a arrival, timeout time.Duration, d
 		return nil
 	}
 	return &Session{Hello: *h, Control: ctrl, Bulk: make([]*Conn, h.BulkConns)}
+}
+
+func (l *Listener) dropped(h *Hello) {
+	if l.Dropped != nil {
+		l.Dropped(h)
+	}
 }
 
 func (l *Listener) reject(nc net.Conn, err error) {

@@ -342,6 +342,8 @@ func TestAcceptDropsHalfOpenSession(t *testing.T) {
 	ctx := testCtx(t)
 	l, rej := listen(t)
 	l.HandshakeTimeout = 200 * time.Millisecond
+	dropped := make(chan SessionID, 1)
+	l.Dropped = func(h *Hello) { dropped <- h.Session }
 	acc := acceptAsync(ctx, l, nil)
 	h := sessionHello()
 	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
@@ -362,6 +364,15 @@ func TestAcceptDropsHalfOpenSession(t *testing.T) {
 	}
 	if !rej.has(os.ErrDeadlineExceeded) {
 		t.Fatalf("listener did not report the dropped session: %v", rej.errs)
+	}
+	// What decide reserved for the session must be released: Dropped says so.
+	select {
+	case id := <-dropped:
+		if id != h.Session {
+			t.Fatalf("Dropped named session %s, want %s", id, h.Session)
+		}
+	default:
+		t.Fatal("the dropped session's Hello was not passed to Dropped")
 	}
 	s, err := Dial(ctx, l.Addr().String(), sessionHello())
 	if err != nil {

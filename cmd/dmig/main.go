@@ -42,6 +42,7 @@ type cli struct {
 	GuestAgent guestAgentCmd `cmd:"" name:"guest-agent" help:"In-guest agent: layout of the database buffer pool (run as root in the guest)."`
 	Testguest  testguestCmd  `cmd:"" help:"Self-verifying test guest (the process-guest contract)."`
 	Qemu       qemuCmd       `cmd:"" name:"qemu" help:"QEMU guests: discover a VM's RAM, run QEMU's own migration for comparison."`
+	Keeper     keeperCmd     `cmd:"" hidden:"" help:"Keep one arriving guest's session directory (started by serve)."`
 	Compare    compareCmd    `cmd:"" help:"Migrate a QEMU VM on this host in each mode (dmig's and QEMU's) under one workload and compare: table, JSON, CSV, plot."`
 }
 

@@ -62,6 +62,7 @@ type migrateCmd struct {
 	TLSServerName  string        `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
 	NoProgress     bool          `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Abort (source intact) if the destination has not accepted the session within this time (0: wait forever)."`
+	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile (0: fail at once)."`
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -104,7 +105,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
-		Progress: view.update, ConnectTimeout: c.ConnectTimeout,
+		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout,
 	}, guest)
 	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
+	"io"
+	"os"
+	"time"
 
 	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
@@ -14,11 +17,12 @@ import (
 )
 
 type serveCmd struct {
-	Listen       string   `required:"" help:"Address to accept migrations on (host:port)."`
-	Dir          string   `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
-	Once         bool     `help:"Exit after the first migration, with its status."`
-	FaultWorkers int      `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
-	Disks        []string `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
+	Listen         string        `required:"" help:"Address to accept migrations on (host:port)."`
+	Dir            string        `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
+	Once           bool          `help:"Exit after the first migration, with its status."`
+	FaultWorkers   int           `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
+	RecoverTimeout time.Duration `default:"30s" name:"recover-timeout" help:"After Go, how long a migration whose link to the source failed waits for the source to reconnect, and how long a guest left in post-copy by a dead serve waits for a restarted serve (same --dir) before it is killed. 0: no recovery."`
+	Disks          []string      `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
 	tlsFlags
 	VMM      string `default:"auto" enum:"auto,process,qemu" help:"How to start arriving guests: qemu (a QEMU with the source's command line rewritten, -incoming defer), process, or auto (qemu when the source's command is qemu-system-*)."`
 	Insecure bool   `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
@@ -49,13 +53,25 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		}
 		disks[name] = path
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this program for the sessions' keepers: %w", err)
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return &statusError{exitUsage, fmt.Errorf("session directory: %w", err)}
+	}
 	log.Info("listening", "addr", l.Addr())
 	cfg := dbrestore.Config{
-		FaultWorkers: c.FaultWorkers,
-		Disks:        disks,
-		Logger:       log,
+		FaultWorkers:   c.FaultWorkers,
+		Disks:          disks,
+		Logger:         log,
+		Dir:            c.Dir,
+		RecoverTimeout: c.RecoverTimeout,
+		Keeper: func(k keeper.Config) (io.Closer, error) {
+			return keeper.Spawn(exe, k)
+		},
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
-			dir := filepath.Join(c.Dir, h.Session.String())
+			dir := dbrestore.SessionDir(c.Dir, h.Session)
 			if c.VMM == "qemu" || c.VMM == "auto" && qemu.IsCommand(h.Command) {
 				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session}, nil
 			}

@@ -23,12 +23,14 @@ const (
 
 // Report is the JSON report of one migration.
 type Report struct {
-	Mode           string      `json:"mode"`
-	Guest          string      `json:"guest"`
-	Outcome        Outcome     `json:"outcome"`
-	Error          string      `json:"error,omitempty"`
-	TotalMS        float64     `json:"total_ms"`
-	DowntimeMS     float64     `json:"downtime_ms"`
+	Mode       string  `json:"mode"`
+	Guest      string  `json:"guest"`
+	Outcome    Outcome `json:"outcome"`
+	Error      string  `json:"error,omitempty"`
+	TotalMS    float64 `json:"total_ms"`
+	DowntimeMS float64 `json:"downtime_ms"`
+	// Recoveries counts reconnections after the link failed past Go.
+	Recoveries     int         `json:"recoveries,omitempty"`
 	BytesSent      uint64      `json:"bytes_sent"`
 	Iterations     int         `json:"iterations"`
 	PostcopyPages  uint64      `json:"postcopy_pages"` // pending at switchover
@@ -96,6 +98,9 @@ type Dest struct {
 	FaultLatencyUS Latency `json:"fault_latency_us"`
 	Storage        Storage `json:"storage"`
 	ResumeMS       float64 `json:"resume_ms"` // switchover received → guest resumed
+	// Recoveries counts the source's reconnections after a lost link
+	// (or a restarted serve) that the session survived.
+	Recoveries int `json:"recoveries,omitempty"`
 }
 
 // Summarize computes a latency summary of samples.

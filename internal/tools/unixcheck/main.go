@@ -34,6 +34,7 @@ var allowed = map[string]string{
 	"internal/ramfile": "mmap, fallocate, SEEK_DATA, flock of RAM files",
 	// The process side: a VMM driver whose guests are processes, and the
 	// test guest, which plays a VMM.
+	"internal/keeper":    "pidfd_open, pidfd_send_signal and poll: guests named by a handle a reused pid cannot fool",
 	"vmm/proc":           "pidfd_open and poll for exits, signals, statfs of RAM files",
 	"internal/testguest": "it is a guest: maps its RAM, stops itself, preadv/pwritev",
 	// Single calls elsewhere, where a wrapper package would add a layer and

@@ -1,0 +1,153 @@
+package dbrestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/dmig/dmig/internal/keeper"
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/uffd"
+	"github.com/dmig/dmig/wire"
+)
+
+// adopted is a guest a dead serve left in post-copy: it runs, blocked on
+// the pages it lacks; all this side can still do to it is kill it.
+type adopted struct {
+	pid   int
+	start uint64
+}
+
+func (a *adopted) Create(context.Context, []wire.Block) ([]string, error) {
+	return nil, errors.New("an adopted guest has its RAM")
+}
+func (a *adopted) Start(context.Context) (int, error) {
+	return 0, errors.New("an adopted guest runs")
+}
+func (a *adopted) Resume(context.Context) error { return nil }
+
+func (a *adopted) Kill() error {
+	p, err := keeper.Open(a.pid, a.start)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Kill()
+}
+
+// adopt finishes the post-copy of a session whose serve died (Reclaim's
+// orphan): it takes the uffd back from the guest, finds what is missing
+// from the RAM files' holes, waits for the source to reconnect, and serves
+// the guest until every page is placed. If the source does not come back
+// within Config.RecoverTimeout the guest is killed.
+func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *wire.Session) (fig *report.Dest, err error) {
+	cfg.defaults()
+	j := o.Journal
+	h := j.Hello
+	// The source sends only data after a reconnection.
+	h.Flags &^= wire.FlagStorageRefs
+	d := &dest{cfg: cfg, sess: &wire.Session{Hello: h}, g: &adopted{pid: j.Pid, start: j.PidStart}, recovered: recovered,
+		log: cfg.Logger.With("guest", j.Guest, "session", j.Session.String()[:8], "adopted", true)}
+	d.init()
+	d.dir, d.jr, d.lock, d.pid = o.Dir, j, o.Lock, j.Pid
+	d.phase.Store(phaseResumed)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
+	if err := d.reopen(); err != nil {
+		return nil, err
+	}
+	d.restore = newRestorer(d)
+	defer d.restore.close()
+	close(d.switched)
+	d.restore.carriedMissing()
+	d.restore.release()
+	if cfg.Keeper != nil {
+		k, err := cfg.Keeper(keeper.Config{Dir: d.dir, Pid: d.pid, PidStart: j.PidStart, RecoverTimeout: cfg.RecoverTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("start the session's keeper: %w", err)
+		}
+		d.keep = k
+	}
+	faults := &faultServer{err: make(chan error, 1)}
+	sctx, stop := context.WithCancel(ctx)
+	faults.cancel = stop
+	d.serving = true
+	go func() {
+		err := safely(func() error { return d.serveFaults(sctx) })
+		if err != nil {
+			cancel(err)
+		}
+		faults.err <- err
+	}()
+	defer faults.stop()
+	d.log.Info("adopted a guest in post-copy; waiting for its source", "pid", d.pid, "missing", d.missing.Load(), "recover_timeout", cfg.RecoverTimeout)
+	if d.missing.Load() == 0 {
+		d.doneOnce.Do(func() { close(d.done) })
+	}
+	if err := d.reconnect(ctx, errors.New("serve restarted during post-copy")); err != nil {
+		return nil, err
+	}
+	if err := d.servePostcopy(ctx); err != nil {
+		return nil, err
+	}
+	return d.complete(ctx, 0, faults)
+}
+
+// reopen opens the adopted guest's RAM files and mappings, takes its kept
+// uffd back, and makes every page in a hole missing: a page is placed in
+// the file before it is woken, so a hole is a page the guest has not got
+// (or a zero page never sent, which the source then sends as zero).
+func (d *dest) reopen() error {
+	j := d.jr
+	if len(j.Paths) != len(j.Hello.Blocks) {
+		return fmt.Errorf("journal of session %s names %d RAM files for %d blocks", j.Session, len(j.Paths), len(j.Hello.Blocks))
+	}
+	if j.UffdFD < 0 {
+		return fmt.Errorf("journal of session %s has no kept uffd", j.Session)
+	}
+	for i, blk := range j.Hello.Blocks {
+		f, err := os.OpenFile(j.Paths[i], os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open RAM block %s: %w", blk.Name, err)
+		}
+		b := &dstBlock{idx: uint32(i), name: blk.Name, path: j.Paths[i], file: f, npages: blk.Pages()}
+		d.blocks = append(d.blocks, b)
+		if b.mem, err = ramfile.Map(f, 0, int(blk.Size), true); err != nil {
+			return fmt.Errorf("map RAM block %s: %w", blk.Name, err)
+		}
+		if b.maps, err = ramfile.FileMappingsOf(d.pid, f); err != nil || len(b.maps) == 0 {
+			return fmt.Errorf("find guest pid %d's mappings of RAM block %s: %w", d.pid, blk.Name, errors.Join(err, errors.New("none")))
+		}
+		b.placed = pages.NewSet(b.npages)
+		b.missing = pages.NewSet(b.npages)
+		data, err := ramfile.Data(f, int64(blk.Size))
+		if err != nil {
+			return err
+		}
+		next := uint64(0)
+		hole := func(end uint64) {
+			for p := next; p < end; p++ {
+				b.missing.Add(p)
+				d.missing.Add(1)
+			}
+		}
+		for _, e := range data {
+			hole(uint64(e.Off) / pageSize)
+			next = uint64(e.Off+e.Len+pageSize-1) / pageSize
+		}
+		hole(b.npages)
+	}
+	u, err := uffd.Reacquire(d.pid, j.UffdFD, uffd.FeatureMissingShmem|uffd.FeatureThreadID)
+	if err != nil {
+		return fmt.Errorf("take the uffd back from guest pid %d: %w", d.pid, err)
+	}
+	d.u = u
+	return nil
+}

@@ -1,0 +1,244 @@
+package dbrestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/dmig/dmig/internal/keeper"
+	"github.com/dmig/dmig/wire"
+)
+
+// errPeerEnded marks a failure the source declared (Abort, Error): no
+// reconnection can mend it.
+var errPeerEnded = errors.New("the source ended the session")
+
+// link is one set of connections to the source. A session has one at a
+// time; from Ready on, a lost link is replaced by the source's
+// reconnection (FlagRecover) without losing the session's state.
+type link struct {
+	sess   *wire.Session
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+}
+
+// run runs f on the link: its failure (or panic) ends the link, not the
+// session.
+func (l *link) run(f func(ctx context.Context) error) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		if err := safely(func() error { return f(l.ctx) }); err != nil {
+			l.cancel(err)
+		}
+	}()
+}
+
+// close ends the link and waits for its goroutines.
+func (l *link) close() {
+	l.cancel(errors.New("link closed"))
+	l.sess.Close()
+	l.wg.Wait()
+}
+
+func (d *dest) setLink(ctx context.Context, s *wire.Session) *link {
+	lctx, cancel := context.WithCancelCause(ctx)
+	l := &link{sess: s, ctx: lctx, cancel: cancel}
+	d.linkMu.Lock()
+	d.ln = l
+	d.linkMu.Unlock()
+	return l
+}
+
+// link is the current link.
+func (d *dest) link() *link {
+	d.linkMu.Lock()
+	defer d.linkMu.Unlock()
+	return d.ln
+}
+
+// conns are the current link's connections (the first session's before
+// any link).
+func (d *dest) conns() *wire.Session {
+	if l := d.link(); l != nil {
+		return l.sess
+	}
+	return d.sess
+}
+
+// closeLink closes the current link, if any.
+func (d *dest) closeLink() {
+	if l := d.link(); l != nil {
+		l.close()
+	}
+}
+
+// recoverable reports whether a link failure may be mended by the source
+// reconnecting: a connection error is, a misbehaving or ending peer and an
+// internal failure are not.
+func recoverable(err error) bool {
+	return codeOf(err) == wire.ErrorGuest && !errors.Is(err, errPeerEnded)
+}
+
+// watchControl reads the control connection after Go, where the source
+// sends nothing but a declared end: its loss is the link's.
+func (d *dest) watchControl(ctx context.Context, s *wire.Session) error {
+	m, err := s.Control.ReadFrame(ctx)
+	if err != nil {
+		return fmt.Errorf("control connection: %w", err)
+	}
+	switch m := m.(type) {
+	case *wire.Abort:
+		return fmt.Errorf("%w after go: %s", errPeerEnded, m.Reason)
+	case *wire.Error:
+		return fmt.Errorf("%w after go: %v: %s", errPeerEnded, m.Code, m.Message)
+	}
+	return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection after go", m.Type()))
+}
+
+// reconnect waits up to Config.RecoverTimeout for the source to reconnect
+// after the current link failed with cause, and adopts its new session.
+func (d *dest) reconnect(ctx context.Context, cause error) error {
+	if d.recovered == nil || d.cfg.RecoverTimeout <= 0 {
+		return cause
+	}
+	d.log.Warn("link to the source lost; waiting for it to reconnect", "error", cause, "recover_timeout", d.cfg.RecoverTimeout, "missing", d.missing.Load())
+	d.closeLink()
+	t := time.NewTimer(d.cfg.RecoverTimeout)
+	defer t.Stop()
+	select {
+	case s := <-d.recovered:
+		return d.adopt(ctx, s)
+	case <-t.C:
+		return fmt.Errorf("the source did not reconnect within %v: %w", d.cfg.RecoverTimeout, cause)
+	case <-ctx.Done():
+		return d.cause(ctx, cause)
+	}
+}
+
+// adopt makes a reconnected session the current link: it tells the
+// source every page still missing (what was in flight on the old link
+// included) and asks again at once for those the guest waits on.
+func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
+	if err := checkRecovery(&d.sess.Hello, &s.Hello); err != nil {
+		s.Close()
+		return classed(wire.ErrorProtocol, err)
+	}
+	d.closeLink()
+	d.recoveries++
+	ln := d.connect(ctx, s)
+	if d.serving {
+		ln.run(func(ctx context.Context) error { return d.readReplies(ctx, s) })
+	}
+	runs := d.missingRuns()
+	d.log.Info("source reconnected: resuming post-copy", "missing", wire.PageCount(runs), "recoveries", d.recoveries)
+	if err := s.Control.WriteFrame(ln.ctx, &wire.Missing{Pages: runs}); err != nil {
+		ln.cancel(fmt.Errorf("send missing pages: %w", err))
+		return nil
+	}
+	d.waitMu.Lock()
+	keys := make([]pageKey, 0, len(d.waiters))
+	for k := range d.waiters {
+		keys = append(keys, k)
+	}
+	d.waitMu.Unlock()
+	for _, k := range keys {
+		if err := s.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: k.block, Page: k.page, Count: 1}); err != nil {
+			ln.cancel(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err))
+			return nil
+		}
+	}
+	return nil
+}
+
+// checkRecovery refuses a reconnection whose geometry differs from the
+// session's.
+func checkRecovery(orig, h *wire.Hello) error {
+	if h.Guest != orig.Guest || len(h.Blocks) != len(orig.Blocks) || h.BulkConns != orig.BulkConns {
+		return fmt.Errorf("reconnection of session %s does not match it (guest %q, %d blocks, %d bulk connections; want %q, %d, %d)",
+			h.Session, h.Guest, len(h.Blocks), h.BulkConns, orig.Guest, len(orig.Blocks), orig.BulkConns)
+	}
+	for i := range h.Blocks {
+		if h.Blocks[i] != orig.Blocks[i] {
+			return fmt.Errorf("reconnection of session %s: block %d is %v, was %v", h.Session, i, h.Blocks[i], orig.Blocks[i])
+		}
+	}
+	return nil
+}
+
+// missingRuns lists every page still missing.
+func (d *dest) missingRuns() []wire.Run {
+	var runs []wire.Run
+	for _, b := range d.blocks {
+		b.missing.Runs(0, b.npages, func(start, count uint64) bool {
+			runs = append(runs, wire.Run{Block: b.idx, Page: start, Count: count})
+			return true
+		})
+	}
+	return runs
+}
+
+// journalState records the session's state in its journal, if it keeps
+// one.
+func (d *dest) journalState(st keeper.State) error {
+	if d.jr == nil {
+		return nil
+	}
+	d.jr.State = st
+	if err := d.jr.Write(d.dir); err != nil {
+		return classed(wire.ErrorResource, err)
+	}
+	return nil
+}
+
+// openJournal starts the session's journal and takes its lock, once the
+// guest is started and its uffd kept in it.
+func (d *dest) openJournal(paths []string) error {
+	if d.cfg.Dir == "" {
+		return nil
+	}
+	d.dir = SessionDir(d.cfg.Dir, d.sess.ID())
+	lock, err := keeper.Lock(d.dir)
+	if err != nil {
+		return classed(wire.ErrorResource, fmt.Errorf("lock session %s: %w", d.sess.ID(), err))
+	}
+	d.lock = lock
+	start, err := keeper.StartTime(d.pid)
+	if err != nil {
+		return err
+	}
+	d.jr = &keeper.Journal{Session: d.sess.ID(), Guest: d.sess.Hello.Guest, State: keeper.Starting,
+		Pid: d.pid, PidStart: start, UffdFD: d.u.TargetFD(), Paths: paths, Hello: d.sess.Hello}
+	if err := d.jr.Write(d.dir); err != nil {
+		return classed(wire.ErrorResource, err)
+	}
+	if d.cfg.Keeper != nil {
+		k, err := d.cfg.Keeper(keeper.Config{Dir: d.dir, Pid: d.pid, PidStart: start, RecoverTimeout: d.cfg.RecoverTimeout})
+		if err != nil {
+			return fmt.Errorf("start the session's keeper: %w", err)
+		}
+		d.keep = k
+	}
+	return nil
+}
+
+// closeJournal ends the session's hold on its directory: after a failure
+// the directory goes (the guest was killed); after completion it stays
+// with the guest, whose keeper removes it when the guest exits.
+func (d *dest) closeJournal(failed bool) {
+	if failed && d.dir != "" {
+		if err := os.RemoveAll(d.dir); err != nil {
+			d.log.Warn("remove session directory", "dir", d.dir, "error", err)
+		}
+	}
+	if d.lock != nil {
+		d.lock.Close()
+	}
+	if d.keep != nil {
+		d.keep.Close()
+	}
+}

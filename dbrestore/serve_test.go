@@ -1,0 +1,90 @@
+package dbrestore
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dmig/dmig/wire"
+)
+
+// fakeGuest is a guest that cannot be created: enough for Serve's
+// bookkeeping, which is all these tests look at.
+type fakeGuest struct{ kills *atomic.Int32 }
+
+func (g fakeGuest) Create(context.Context, []wire.Block) ([]string, error) {
+	return nil, errors.New("fake guest")
+}
+func (g fakeGuest) Start(context.Context) (int, error) { return 0, errors.New("fake guest") }
+func (g fakeGuest) Resume(context.Context) error       { return nil }
+func (g fakeGuest) Kill() error                        { g.kills.Add(1); return nil }
+
+// firstOnly forwards the first connection to target and resets every
+// other: a source that dies right after its Hello was accepted.
+func firstOnly(t *testing.T, target string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if n > 0 {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestServeDroppedSessionNotBusy: a session accepted by its Hello whose
+// other connections never arrive is dropped, and its guest is not left
+// "already migrating": the next migration of that guest is accepted.
+func TestServeDroppedSessionNotBusy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := wire.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.HandshakeTimeout = 300 * time.Millisecond
+	var kills atomic.Int32
+	cfg := Config{NewGuest: func(*wire.Hello) (Guest, error) { return fakeGuest{&kills}, nil }}
+	go func() { _ = Serve(ctx, l, cfg, false, nil) }()
+
+	h := wire.Hello{Mode: "precopy", Guest: "g1", BulkConns: 1, Blocks: []wire.Block{{Name: "ram0", Size: 1 << 20}}}
+	if s, err := wire.Dial(ctx, firstOnly(t, l.Addr().String()), h); err == nil {
+		s.Close()
+		t.Fatal("dial through a proxy that drops all but the control connection succeeded")
+	}
+	// The listener drops the half-open session after its handshake timeout.
+	deadline := time.Now().Add(5 * time.Second)
+	for kills.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the dropped session's guest was never released")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s, err := wire.Dial(ctx, l.Addr().String(), h)
+	if err != nil {
+		t.Fatalf("second migration of guest g1 after a dropped session: %v", err)
+	}
+	s.Close()
+}

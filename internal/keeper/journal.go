@@ -1,0 +1,106 @@
+package keeper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/wire"
+)
+
+// State is where a session stands, as its journal records it.
+type State string
+
+const (
+	// Starting: the guest was started and has not been resumed. A dead
+	// serve's keeper kills it.
+	Starting State = "starting"
+	// Resumed: written before the guest is resumed; the guest may run and
+	// fault on pages still owed by the source.
+	Resumed State = "resumed"
+	// Completed: every page is in place; the guest is on its own.
+	Completed State = "completed"
+)
+
+// File names inside a session directory.
+const (
+	JournalName = "journal.json"
+	LockName    = "session.lock"
+)
+
+// Journal is the record of one session, kept in its directory.
+type Journal struct {
+	Session wire.SessionID `json:"session"`
+	Guest   string         `json:"guest"`
+	State   State          `json:"state"`
+	// Pid and PidStart name the destination guest (0 before it starts).
+	Pid      int    `json:"pid,omitempty"`
+	PidStart uint64 `json:"pid_start,omitempty"`
+	// UffdFD is the number of the userfaultfd kept open in the guest
+	// (-1: none).
+	UffdFD int `json:"uffd_fd"`
+	// Paths are the RAM files, in block order.
+	Paths   []string   `json:"paths"`
+	Hello   wire.Hello `json:"hello"`
+	Updated time.Time  `json:"updated"`
+}
+
+// Write replaces the journal in dir atomically (write, then rename).
+func (j *Journal) Write(dir string) error {
+	j.Updated = time.Now().UTC()
+	b, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode journal of session %s: %w", j.Session, err)
+	}
+	tmp := filepath.Join(dir, JournalName+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write journal of session %s: %w", j.Session, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, JournalName)); err != nil {
+		return fmt.Errorf("write journal of session %s: %w", j.Session, err)
+	}
+	return nil
+}
+
+// ReadJournal reads the journal in dir. A directory without one wraps
+// os.ErrNotExist.
+func ReadJournal(dir string) (*Journal, error) {
+	b, err := os.ReadFile(filepath.Join(dir, JournalName))
+	if err != nil {
+		return nil, fmt.Errorf("read journal in %s: %w", dir, err)
+	}
+	var j Journal
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("read journal in %s: %w", dir, err)
+	}
+	return &j, nil
+}
+
+// Lock takes the session's lock in dir without waiting: whoever holds it
+// runs the session. Close the file to release it. A lock held elsewhere
+// wraps ramfile.ErrLocked.
+func Lock(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open session lock: %w", err)
+	}
+	if err := ramfile.Lock(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// lockFree reports whether nobody holds the session's lock in dir.
+func lockFree(dir string) bool {
+	f, err := Lock(dir)
+	if err != nil {
+		return !errors.Is(err, ramfile.ErrLocked)
+	}
+	f.Close()
+	return true
+}

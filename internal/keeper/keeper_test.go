@@ -1,0 +1,187 @@
+package keeper
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dmig/dmig/wire"
+)
+
+// guest starts a stand-in guest process (sleep) and a session directory
+// journaled in state st; the process is killed at cleanup.
+func guest(t *testing.T, root string, st State) (*exec.Cmd, string, *Journal) {
+	t.Helper()
+	cmd := exec.Command("sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait() }() // reap: the keeper sees the exit
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	start, err := StartTime(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := wire.NewSessionID()
+	dir := filepath.Join(root, id.String())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ram0"), []byte("ram"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j := &Journal{Session: id, Guest: "g", State: st, Pid: cmd.Process.Pid, PidStart: start, UffdFD: -1, Paths: []string{filepath.Join(dir, "ram0")}}
+	if err := j.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, dir, j
+}
+
+// keep runs a keeper for dir in the background; closing the returned
+// writer is serve's death.
+func keep(t *testing.T, dir string, j *Journal, timeout time.Duration) (io.Closer, <-chan error) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Pid: j.Pid, PidStart: j.PidStart, RecoverTimeout: timeout, Serve: pr, Tick: 10 * time.Millisecond})
+	}()
+	return pw, done
+}
+
+func gone(pid int) bool {
+	_, err := StartTime(pid)
+	return err != nil
+}
+
+func waitDone(t *testing.T, done <-chan error, within time.Duration) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("keeper: %v", err)
+		}
+	case <-time.After(within):
+		t.Fatalf("keeper still running after %v", within)
+	}
+}
+
+func TestKeeperKillsUnresumedGuest(t *testing.T) {
+	cmd, dir, j := guest(t, t.TempDir(), Starting)
+	serve, done := keep(t, dir, j, time.Hour)
+	time.Sleep(50 * time.Millisecond)
+	if gone(cmd.Process.Pid) {
+		t.Fatal("guest killed while serve runs")
+	}
+	serve.Close()
+	waitDone(t, done, 5*time.Second)
+	if !gone(cmd.Process.Pid) {
+		t.Fatal("guest that never resumed outlived its serve")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("session directory left: %v", err)
+	}
+}
+
+func TestKeeperWaitsForAdoption(t *testing.T) {
+	cmd, dir, j := guest(t, t.TempDir(), Resumed)
+	serve, done := keep(t, dir, j, 100*time.Millisecond)
+	// A restarted serve holds the session: the keeper must not kill.
+	lock, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve.Close()
+	time.Sleep(400 * time.Millisecond)
+	if gone(cmd.Process.Pid) {
+		t.Fatal("keeper killed a guest another serve had adopted")
+	}
+	// That serve dies too: past the timeout, nobody holds the lock.
+	lock.Close()
+	waitDone(t, done, 5*time.Second)
+	if !gone(cmd.Process.Pid) {
+		t.Fatal("post-copy guest left waiting forever after the recover timeout")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("session directory left: %v", err)
+	}
+}
+
+func TestKeeperReapsCompletedGuest(t *testing.T) {
+	cmd, dir, j := guest(t, t.TempDir(), Completed)
+	serve, done := keep(t, dir, j, 10*time.Millisecond)
+	serve.Close()
+	time.Sleep(200 * time.Millisecond)
+	if gone(cmd.Process.Pid) {
+		t.Fatal("keeper killed a completed guest")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ram0")); err != nil {
+		t.Fatalf("completed guest's RAM removed while it runs: %v", err)
+	}
+	cmd.Process.Kill()
+	waitDone(t, done, 5*time.Second)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("RAM of an exited guest left: %v", err)
+	}
+}
+
+func TestReclaim(t *testing.T) {
+	root := t.TempDir()
+	_, deadDir, _ := guest(t, root, Resumed)
+	dead, _ := ReadJournal(deadDir)
+	// A dead guest (pid start time no longer matches).
+	dead.PidStart++
+	if err := dead.Write(deadDir); err != nil {
+		t.Fatal(err)
+	}
+	starting, startingDir, _ := guest(t, root, Starting)
+	completed, completedDir, _ := guest(t, root, Completed)
+	resumed, resumedDir, _ := guest(t, root, Resumed)
+	held, heldDir, _ := guest(t, root, Starting)
+	lock, err := Lock(heldDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	noJournal := filepath.Join(root, wire.NewSessionID().String())
+	if err := os.Mkdir(noJournal, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(root, "not-a-session")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	orphans, err := Reclaim(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(orphans) != 1 || orphans[0].Dir != resumedDir || orphans[0].Journal.Pid != resumed.Process.Pid {
+		t.Fatalf("orphans %+v, want only %s", orphans, resumedDir)
+	}
+	orphans[0].Lock.Close()
+	for _, c := range []struct {
+		dir   string
+		exist bool
+	}{{deadDir, false}, {startingDir, false}, {completedDir, true}, {resumedDir, true}, {heldDir, true}, {noJournal, false}, {other, true}} {
+		_, err := os.Stat(c.dir)
+		if exists := err == nil; exists != c.exist {
+			t.Errorf("%s exists %v, want %v", filepath.Base(c.dir), exists, c.exist)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !gone(starting.Process.Pid) {
+		t.Error("guest that never resumed was not killed")
+	}
+	for _, c := range []*exec.Cmd{completed, resumed, held} {
+		if gone(c.Process.Pid) {
+			t.Errorf("pid %d killed, want it left running", c.Process.Pid)
+		}
+	}
+}
