@@ -289,6 +289,27 @@ func (f features) String() string {
 		has(f.recoverMigrate), has(f.recoverServe), has(f.resume), has(f.guardian))
 }
 
+// runLog is a log file of the run. Processes write to the file itself:
+// what they start (serve's keepers, a guardian) shares it and may outlive
+// them, and through a pipe their Wait would wait for those too.
+type runLog struct{ f *os.File }
+
+func newRunLog(t *testing.T, path string) *runLog {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &runLog{f: f}
+}
+
+func (l *runLog) Write(p []byte) (int, error) { return l.f.Write(p) }
+
+func (l *runLog) String() string {
+	b, _ := os.ReadFile(l.f.Name())
+	return string(b)
+}
+
 // faultServe is a `dmig serve` that can be killed and started again on the
 // same --dir and address, as systemd's Restart= does.
 type faultServe struct {
@@ -296,7 +317,7 @@ type faultServe struct {
 	args []string
 	addr string
 	dir  string
-	log  *lockedBuffer
+	log  *runLog
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -312,7 +333,7 @@ func (s *faultServe) start() error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		cmd := exec.Command(s.bin, s.args...)
-		cmd.Stderr = s.log
+		cmd.Stderr = s.log.f
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := cmd.Start(); err != nil {
 			return err
@@ -413,7 +434,7 @@ type faultRun struct {
 	px                          *proxy
 
 	mig     *exec.Cmd
-	migLog  *lockedBuffer
+	migLog  *runLog
 	migDone chan struct{}
 
 	start    time.Time
@@ -462,7 +483,7 @@ func (r *faultRun) run() {
 		}
 	}
 	r.destStats, r.destLog, r.repPath = filepath.Join(dir, "dst.stats"), filepath.Join(dir, "dst-guest.log"), filepath.Join(dir, "report.json")
-	r.srcLog, r.migLog = new(lockedBuffer), new(lockedBuffer)
+	r.srcLog, r.migLog = new(lockedBuffer), newRunLog(t, filepath.Join(dir, "migrate.log"))
 
 	// The source guest; in hybrid mode a database-mode guest whose data
 	// file (the "shared storage") the destination restores clean pages from.
@@ -482,7 +503,7 @@ func (r *faultRun) run() {
 	if dataFile != "" {
 		args = append(args, "--disk", "data="+dataFile)
 	}
-	r.serve = &faultServe{bin: r.bin, addr: freeAddr(t), dir: r.serveDir, log: new(lockedBuffer)}
+	r.serve = &faultServe{bin: r.bin, addr: freeAddr(t), dir: r.serveDir, log: newRunLog(t, filepath.Join(dir, "serve.log"))}
 	args[2] = r.serve.addr
 	r.serve.args = args
 	if err := r.serve.start(); err != nil {
@@ -505,7 +526,7 @@ func (r *faultRun) run() {
 		margs = append(margs, "--dest-cmd="+w)
 	}
 	r.mig = exec.Command(r.bin, margs...)
-	r.mig.Stderr, r.mig.Stdout = r.migLog, r.migLog
+	r.mig.Stderr, r.mig.Stdout = r.migLog.f, r.migLog.f
 	r.mig.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	r.start = time.Now()
 	if err := r.mig.Start(); err != nil {
