@@ -828,7 +828,7 @@ func (r *faultRun) check() {
 		// destination did).
 		switch st := procState(r.g.pid()); st {
 		case "T":
-			r.verifyGuest("source", r.g.pid(), []string{r.g.ram}, false)
+			r.verifySourceAfterDest()
 		case "gone", "Z":
 			r.violate("guest-lost", "the destination guest ran and is gone, and so is the source")
 		default:
@@ -938,6 +938,25 @@ func (r *faultRun) verifyGuest(which string, pid int, ram []string, cont bool) {
 			kind = "wrong-pages"
 		}
 		r.violate(kind, "%s guest %d RAM %v: %v", which, pid, ram, err)
+	}
+}
+
+// verifySourceAfterDest verifies the paused source's RAM once the
+// destination guest has run: in hybrid mode that guest wrote the shared
+// data file, so the disk is ahead of the source's RAM (one more reason
+// never to resume the source then); only the RAM itself must hold.
+func (r *faultRun) verifySourceAfterDest() {
+	pid := r.g.pid()
+	err := stopAndVerify(pid, []string{r.g.ram}, false)
+	var me *testguest.MismatchError
+	if errors.As(err, &me) && me.Report.More == 0 {
+		me.Report.Mismatches = slices.DeleteFunc(me.Report.Mismatches, func(m testguest.Mismatch) bool { return m.Region == "disk" })
+		if len(me.Report.Mismatches) == 0 {
+			return
+		}
+	}
+	if err != nil {
+		r.violate("wrong-pages", "source guest %d RAM %s, the destination having run: %v", pid, r.g.ram, err)
 	}
 }
 
