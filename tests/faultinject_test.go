@@ -66,6 +66,7 @@ const (
 	envFaultKinds   = "DMIG_FAULT_KINDS"    // comma-separated fault kinds to run (default all)
 	envFaultModes   = "DMIG_FAULT_MODES"    // comma-separated modes to run (default all)
 	envFaultBin     = "DMIG_FAULT_BIN"      // dmig binary (default: the one TestMain built)
+	envFaultLogs    = "DMIG_FAULT_LOGS"     // non-empty: print every run's logs, not only a failed one's
 )
 
 // Sizes and timings of a run: small guests so that 200 runs fit in CI's
@@ -78,6 +79,7 @@ const (
 	fiRecoverTimeout  = 2 * time.Second
 	fiMaxOutage       = 1200 * time.Millisecond // recoverable faults: well within fiRecoverTimeout
 	fiMigrateDeadline = 90 * time.Second        // a migrate that runs longer hangs
+	fiAfterFault      = 30 * time.Second        // so does one that runs this long after the fault (connect timeout 10 s, recover timeout 2 s)
 	// fiGrace bounds how long the system may take to reach its final state
 	// after the migration ended: a guardian's second, the recover timeout.
 	fiGrace = fiRecoverTimeout + 3*time.Second
@@ -678,12 +680,15 @@ func (r *faultRun) finish() {
 	if r.restored != nil {
 		<-r.restored
 	}
+	wait := min(fiMigrateDeadline-time.Since(r.start), r.injected+fiAfterFault-time.Since(r.start))
+	hung := false
 	select {
 	case <-r.migDone:
-	case <-time.After(fiMigrateDeadline - time.Since(r.start)):
-		r.violate("migrate-hung", "dmig migrate still running %v after it started", fiMigrateDeadline)
+	case <-time.After(wait):
+		r.violate("migrate-hung", "dmig migrate still running %v after it started, %v after the fault", time.Since(r.start).Round(time.Second), (time.Since(r.start) - r.injected).Round(time.Second))
 		syscall.Kill(-r.mig.Process.Pid, syscall.SIGKILL)
 		<-r.migDone
+		hung = true
 	}
 	st := r.mig.ProcessState
 	var rep report.Report
@@ -693,6 +698,8 @@ func (r *faultRun) finish() {
 	}
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	switch {
+	case hung:
+		r.outcome = "migrate-hung"
 	case ws.Signaled():
 		r.outcome = "migrate-killed"
 		if r.spec.kind != fkKillMigrate {
@@ -1066,7 +1073,7 @@ func (r *faultRun) ramLeft() (ram, dirs []string) {
 }
 
 func (r *faultRun) dumpOnFailure() {
-	if !r.t.Failed() {
+	if !r.t.Failed() && os.Getenv(envFaultLogs) == "" {
 		return
 	}
 	s := r.spec
@@ -1082,7 +1089,7 @@ func (r *faultRun) dumpOnFailure() {
 	if r.serve != nil {
 		srv = r.serve.log.String()
 	}
-	r.t.Logf(`FAILED %s
+	r.t.Logf(`%s %s
 fault: %s (%s); outcome %s; violations %v
 reproduce: %s=%#x make fault-test
 --- dmig migrate ---
@@ -1094,7 +1101,7 @@ reproduce: %s=%#x make fault-test
 --- destination guest(s) ---
 %s
 --- destination stats ---
-%s`, s.name(), s, r.note, r.outcome, r.violations, envFaultRunSeed, s.seed,
+%s`, map[bool]string{true: "FAILED", false: "passed"}[r.t.Failed()], s.name(), s, r.note, r.outcome, r.violations, envFaultRunSeed, s.seed,
 		tail(mig, 150), tail(srv, 150), tail(src, 40), tail(string(dst), 80), stats)
 }
 
