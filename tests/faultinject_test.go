@@ -1193,7 +1193,7 @@ func (ft *faultTally) print(w *os.File, took time.Duration) {
 	}
 	okv := func(k faultKind) int { return ft.ok[k] }
 	failv := func(k faultKind) int { return ft.runs[k] - ft.ok[k] }
-	table("outcomes (dmig migrate's report; migrate-killed: the fault killed it)", ft.outcomes, "ok", okv)
+	table("outcomes (dmig migrate's report; migrate-killed: the fault killed it; migrate-hung: the test did)", ft.outcomes, "ok", okv)
 	table("failed runs by broken promise (a run may break several)", ft.violations, "fail", failv)
 	slices.Sort(ft.failed)
 	fmt.Fprintf(w, "\n%d failed runs, wall time %v\n", len(ft.failed), took.Round(time.Second))
