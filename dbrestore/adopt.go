@@ -17,8 +17,9 @@ import (
 // adopted is a guest a dead serve left in post-copy: it runs, blocked on
 // the pages it lacks; all this side can still do to it is kill it.
 type adopted struct {
-	pid   int
-	start uint64
+	pid      int
+	start    uint64
+	bySignal bool // Resume is SIGCONT (SignalResumer)
 }
 
 func (a *adopted) Create(context.Context, []wire.Block) ([]string, error) {
@@ -27,7 +28,19 @@ func (a *adopted) Create(context.Context, []wire.Block) ([]string, error) {
 func (a *adopted) Start(context.Context) (int, error) {
 	return 0, errors.New("an adopted guest runs")
 }
-func (a *adopted) Resume(context.Context) error { return nil }
+
+// Resume resumes a guest adopted at Ready, if it resumes by signal.
+func (a *adopted) Resume(context.Context) error {
+	if !a.bySignal {
+		return errors.New("a guest adopted before it resumed can be resumed only if it resumes on SIGCONT (a process guest)")
+	}
+	p, err := keeper.Open(a.pid, a.start)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Continue()
+}
 
 func (a *adopted) Kill() error {
 	p, err := keeper.Open(a.pid, a.start)
@@ -52,22 +65,33 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	h := j.Hello
 	// The source sends only data after a reconnection.
 	h.Flags &^= wire.FlagStorageRefs
-	d := &dest{cfg: cfg, sess: &wire.Session{Hello: h}, g: &adopted{pid: j.Pid, start: j.PidStart}, recovered: recovered,
+	d := &dest{cfg: cfg, sess: &wire.Session{Hello: h}, g: &adopted{pid: j.Pid, start: j.PidStart, bySignal: j.ResumeBySignal}, recovered: recovered,
 		log: cfg.Logger.With("guest", j.Guest, "session", j.Session.String()[:8], "adopted", true)}
 	d.init()
 	d.dir, d.jr, d.lock, d.pid = o.Dir, j, o.Lock, j.Pid
+	atReady := j.State == keeper.Ready
 	d.phase.Store(phaseResumed)
+	if atReady {
+		d.phase.Store(phaseReady)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	defer d.closeLink()
 	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
+	if d.exited, err = keeper.Watch(d.pid); err != nil {
+		return nil, fmt.Errorf("watch guest pid %d: %w", d.pid, err)
+	}
+	d.watchGuest(ctx, cancel)
 	if err := d.reopen(); err != nil {
 		return nil, err
 	}
-	d.restore = newRestorer(d)
+	d.restore = d.newRestorer()
 	defer d.restore.close()
 	close(d.switched)
 	d.restore.carriedMissing()
-	d.restore.release()
+	if !atReady {
+		d.restore.release()
+	}
 	if cfg.Keeper != nil {
 		k, err := cfg.Keeper(keeper.Config{Dir: d.dir, Pid: d.pid, PidStart: j.PidStart, RecoverTimeout: cfg.RecoverTimeout})
 		if err != nil {
@@ -93,6 +117,13 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	}
 	if err := d.reconnect(ctx, errors.New("serve restarted during post-copy")); err != nil {
 		return nil, err
+	}
+	// The source reconnects only after Go: a guest adopted at Ready is
+	// resumed now.
+	if atReady {
+		if err := d.resume(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := d.servePostcopy(ctx); err != nil {
 		return nil, err

@@ -37,6 +37,12 @@ type Guest interface {
 	Kill() error
 }
 
+// SignalResumer is a guest whose Resume is SIGCONT to its pid: one a
+// restarted serve can still resume if the old one died at Ready.
+type SignalResumer interface {
+	ResumesBySignal() bool
+}
+
 // Config configures the destination.
 type Config struct {
 	// NewGuest makes the guest for an accepted migration.
@@ -97,17 +103,7 @@ func Receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config) (*rep
 func receive(ctx context.Context, sess *wire.Session, g Guest, cfg Config, recovered <-chan *wire.Session) (*report.Dest, error) {
 	cfg.defaults()
 	d := &dest{cfg: cfg, sess: sess, g: g, recovered: recovered, log: cfg.Logger.With("guest", sess.Hello.Guest, "session", sess.ID().String()[:8])}
-	fig, err := d.run(ctx)
-	if err != nil {
-		msg := err.Error()
-		if len(msg) > 1000 {
-			msg = msg[:1000]
-		}
-		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = d.conns().Control.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
-		cancel()
-	}
-	return fig, err
+	return d.run(ctx)
 }
 
 type dest struct {
@@ -116,9 +112,8 @@ type dest struct {
 	g    Guest
 	log  hclog.Logger
 
-	blocks  []*dstBlock
+	*placer
 	restore *restorer
-	u       *uffd.FD
 	pid     int
 
 	mu        sync.Mutex
@@ -129,12 +124,6 @@ type dest struct {
 	bulkErr   error
 
 	switched chan struct{} // closed once post-copy placement is set up
-	missing  atomic.Int64  // pages still owed after switchover
-	done     chan struct{} // closed when missing reaches 0
-	doneOnce sync.Once
-
-	waitMu  sync.Mutex
-	waiters map[pageKey]chan struct{}
 
 	prefetch, faulted, zero, data atomic.Uint64
 	latMu                         sync.Mutex
@@ -155,23 +144,8 @@ type dest struct {
 	jr   *keeper.Journal
 	lock *os.File
 	keep io.Closer
-}
-
-type pageKey struct {
-	block uint32
-	page  uint64
-}
-
-type dstBlock struct {
-	idx     uint32
-	name    string
-	path    string
-	file    *os.File
-	mem     []byte // our writable mapping, for plain writes before resume
-	npages  uint64
-	maps    []ramfile.Mapping
-	placed  *pages.Set // written before resume (the file may hold data there)
-	missing *pages.Set // owed after switchover
+	// exited closes when the guest process exits.
+	exited <-chan struct{}
 }
 
 func (d *dest) cause(ctx context.Context, err error) error {
@@ -203,8 +177,17 @@ func (d *dest) prepare(ctx context.Context) error {
 		b.placed = pages.NewSet(b.npages)
 		b.missing = pages.NewSet(b.npages)
 	}
+	// The guest starts with a parent-death signal (a guest that never
+	// resumed must not outlive a dead serve); its keeper takes over that
+	// duty before AttachKept clears the signal.
 	if d.pid, err = d.g.Start(ctx); err != nil {
 		return fmt.Errorf("start guest: %w", err)
+	}
+	if d.exited, err = keeper.Watch(d.pid); err != nil {
+		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
+	}
+	if err := d.openJournal(paths); err != nil {
+		return err
 	}
 	// Kept: the guest holds a copy of the uffd, so that if this process
 	// dies its faulting threads block until a new serve takes over
@@ -212,8 +195,11 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.u, err = uffd.AttachKept(d.pid, uffd.FeatureMissingShmem|uffd.FeatureThreadID); err != nil {
 		return fmt.Errorf("take over the guest's page faults: %w", err)
 	}
-	if err := d.openJournal(paths); err != nil {
-		return err
+	if d.jr != nil {
+		d.jr.UffdFD = d.u.TargetFD()
+		if err := d.journalState(keeper.Starting); err != nil {
+			return err
+		}
 	}
 	for _, b := range d.blocks {
 		ms, err := ramfile.FileMappingsOf(d.pid, b.file)
@@ -265,118 +251,6 @@ func (d *dest) late(i int) bool {
 	return d.final && d.processed[i] >= d.expected[i]
 }
 
-// markPending makes the pages the source still owes missing: holes in the
-// RAM file, which the guest's registered mapping faults on.
-func (d *dest) markPending(runs []wire.Run) error {
-	for _, r := range runs {
-		if int(r.Block) >= len(d.blocks) || r.Page+r.Count > d.blocks[r.Block].npages {
-			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
-		}
-		b := d.blocks[r.Block]
-		if err := ramfile.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
-			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err))
-		}
-		for p := r.Page; p < r.Page+r.Count; p++ {
-			if b.missing.Add(p) {
-				d.missing.Add(1)
-			}
-		}
-	}
-	return nil
-}
-
-// unlisted returns the pages of runs not yet missing. Call it before
-// resume, with runs checked against the blocks (restorer.owed).
-func (d *dest) unlisted(runs []wire.Run) []wire.Run {
-	var out []wire.Run
-	for _, r := range runs {
-		b := d.blocks[r.Block]
-		for p := r.Page; p < r.Page+r.Count; p++ {
-			if b.missing.Has(p) {
-				continue
-			}
-			if n := len(out); n > 0 && out[n-1].Block == r.Block && out[n-1].Page+out[n-1].Count == p {
-				out[n-1].Count++
-			} else {
-				out = append(out, wire.Run{Block: r.Block, Page: p, Count: 1})
-			}
-		}
-	}
-	return out
-}
-
-// guestAddr is the address of page p of b in the guest's first mapping that
-// covers it.
-func (b *dstBlock) guestAddr(p uint64) (uintptr, bool) {
-	off := p * pageSize
-	for _, m := range b.maps {
-		if off >= m.Offset && off+pageSize <= m.Offset+uint64(m.Len()) {
-			return m.Start + uintptr(off-m.Offset), true
-		}
-	}
-	return 0, false
-}
-
-// locate maps a guest fault address to a block and page.
-func (d *dest) locate(addr uintptr) (*dstBlock, uint64, bool) {
-	for _, b := range d.blocks {
-		for _, m := range b.maps {
-			if addr >= m.Start && addr < m.End {
-				return b, (uint64(addr-m.Start) + m.Offset) / pageSize, true
-			}
-		}
-	}
-	return nil, 0, false
-}
-
-// resolved records that page p is in place after switchover, and releases
-// any fault handler waiting for it, whichever route placed it. It reports
-// whether this call was the first for p (and so counted it).
-func (d *dest) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) bool {
-	key := pageKey{b.idx, p}
-	d.waitMu.Lock()
-	if ch, ok := d.waiters[key]; ok {
-		close(ch)
-		delete(d.waiters, key)
-	}
-	d.waitMu.Unlock()
-	if !b.missing.Remove(p) {
-		return false
-	}
-	counter.Add(1)
-	if d.missing.Add(-1) == 0 {
-		d.doneOnce.Do(func() { close(d.done) })
-	}
-	return true
-}
-
-// place puts data (nil: a zero page) at page p of b after resume, atomically
-// with UFFDIO_COPY, and wakes the guest's waiters in every mapping.
-func (d *dest) place(b *dstBlock, p uint64, data []byte) error {
-	addr, ok := b.guestAddr(p)
-	if !ok {
-		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.name)
-	}
-	var err error
-	if data == nil {
-		_, err = d.u.ZeroPage(uffd.Range{Start: addr, Len: pageSize}, false)
-	} else {
-		_, _, err = d.u.CopyRange(addr, data, 0)
-	}
-	if err != nil && !errors.Is(err, uffd.ErrExists) {
-		return fmt.Errorf("place page %d of block %s: %w", p, b.name, err)
-	}
-	if err != nil && data == nil {
-		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
-	}
-	for _, m := range b.maps[1:] {
-		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
-			_ = d.u.Wake(uffd.Range{Start: m.Start + uintptr(off-m.Offset), Len: pageSize})
-		}
-	}
-	return nil
-}
-
 // readBulk handles the batches of one bulk connection: plain writes into the
 // RAM file before switchover, UFFDIO_COPY for post-copy pushes.
 func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
@@ -387,7 +261,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return fmt.Errorf("bulk connection %d: %w", i, err)
+			return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 		}
 		batch, ok := m.(*wire.PageBatch)
 		if !ok {
@@ -431,7 +305,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					// zeroing it first, which dominated the receive path.
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
 						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err))
@@ -441,7 +315,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				} else {
 					buf := scratch[:run*pageSize]
 					if err := c.ReadData(buf); err != nil {
-						return fmt.Errorf("bulk connection %d: %w", i, err)
+						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
 					for k := range uint64(run) {
 						p := e.Page + k
@@ -528,7 +402,7 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 			if err := ln.sess.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
 				// The link is lost: the page is asked for again on the next
 				// one (adopt), and until then the guest's thread waits.
-				ln.cancel(fmt.Errorf("request page %d of block %s: %w", p, b.name, err))
+				ln.cancel(lost(fmt.Errorf("request page %d of block %s: %w", p, b.name, err)))
 			}
 		}
 	}
@@ -550,7 +424,7 @@ func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 	for {
 		m, err := s.Urgent.ReadFrame(ctx)
 		if err != nil {
-			return fmt.Errorf("urgent connection: %w", err)
+			return lost(fmt.Errorf("urgent connection: %w", err))
 		}
 		r, ok := m.(*wire.PageReply)
 		if !ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sync"
 	"time"
@@ -77,11 +78,27 @@ func (d *dest) closeLink() {
 	}
 }
 
-// recoverable reports whether a link failure may be mended by the source
-// reconnecting: a connection error is, a misbehaving or ending peer and an
-// internal failure are not.
+// linkError is a failed connection to the source: what a reconnection
+// mends.
+type linkError struct{ err error }
+
+func (e *linkError) Error() string { return e.err.Error() }
+func (e *linkError) Unwrap() error { return e.err }
+
+// lost marks err as the link's failure.
+func lost(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &linkError{err}
+}
+
+// recoverable reports whether a failure may be mended by the source
+// reconnecting: only a failed connection; a misbehaving or ending peer, a
+// dead guest and an internal failure are not.
 func recoverable(err error) bool {
-	return codeOf(err) == wire.ErrorGuest && !errors.Is(err, errPeerEnded)
+	var l *linkError
+	return errors.As(err, &l) && !errors.Is(err, errPeerEnded) && codeOf(err) == wire.ErrorGuest
 }
 
 // watchControl reads the control connection after Go, where the source
@@ -89,7 +106,7 @@ func recoverable(err error) bool {
 func (d *dest) watchControl(ctx context.Context, s *wire.Session) error {
 	m, err := s.Control.ReadFrame(ctx)
 	if err != nil {
-		return fmt.Errorf("control connection: %w", err)
+		return lost(fmt.Errorf("control connection: %w", err))
 	}
 	switch m := m.(type) {
 	case *wire.Abort:
@@ -137,7 +154,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	runs := d.missingRuns()
 	d.log.Info("source reconnected: resuming post-copy", "missing", wire.PageCount(runs), "recoveries", d.recoveries)
 	if err := s.Control.WriteFrame(ln.ctx, &wire.Missing{Pages: runs}); err != nil {
-		ln.cancel(fmt.Errorf("send missing pages: %w", err))
+		ln.cancel(lost(fmt.Errorf("send missing pages: %w", err)))
 		return nil
 	}
 	d.waitMu.Lock()
@@ -148,7 +165,7 @@ func (d *dest) adopt(ctx context.Context, s *wire.Session) error {
 	d.waitMu.Unlock()
 	for _, k := range keys {
 		if err := s.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: k.block, Page: k.page, Count: 1}); err != nil {
-			ln.cancel(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err))
+			ln.cancel(lost(fmt.Errorf("ask again for page %d of block %d: %w", k.page, k.block, err)))
 			return nil
 		}
 	}
@@ -170,18 +187,6 @@ func checkRecovery(orig, h *wire.Hello) error {
 	return nil
 }
 
-// missingRuns lists every page still missing.
-func (d *dest) missingRuns() []wire.Run {
-	var runs []wire.Run
-	for _, b := range d.blocks {
-		b.missing.Runs(0, b.npages, func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: b.idx, Page: start, Count: count})
-			return true
-		})
-	}
-	return runs
-}
-
 // journalState records the session's state in its journal, if it keeps
 // one.
 func (d *dest) journalState(st keeper.State) error {
@@ -195,8 +200,8 @@ func (d *dest) journalState(st keeper.State) error {
 	return nil
 }
 
-// openJournal starts the session's journal and takes its lock, once the
-// guest is started and its uffd kept in it.
+// openJournal starts the session's journal, takes its lock and starts its
+// keeper, once the guest is started.
 func (d *dest) openJournal(paths []string) error {
 	if d.cfg.Dir == "" {
 		return nil
@@ -212,7 +217,10 @@ func (d *dest) openJournal(paths []string) error {
 		return err
 	}
 	d.jr = &keeper.Journal{Session: d.sess.ID(), Guest: d.sess.Hello.Guest, State: keeper.Starting,
-		Pid: d.pid, PidStart: start, UffdFD: d.u.TargetFD(), Paths: paths, Hello: d.sess.Hello}
+		Pid: d.pid, PidStart: start, UffdFD: -1, Paths: paths, Hello: d.sess.Hello}
+	if sr, ok := d.g.(SignalResumer); ok {
+		d.jr.ResumeBySignal = sr.ResumesBySignal()
+	}
 	if err := d.jr.Write(d.dir); err != nil {
 		return classed(wire.ErrorResource, err)
 	}
@@ -241,4 +249,38 @@ func (d *dest) closeJournal(failed bool) {
 	if d.keep != nil {
 		d.keep.Close()
 	}
+}
+
+// Resend, Verdict and PageRequest are the restorer's sender: on the
+// current link.
+func (d *dest) Resend(ctx context.Context, runs []wire.Run) error {
+	return writeOn(ctx, d.conns().Control, &wire.Resend{Pages: runs})
+}
+
+func (d *dest) Verdict(ctx context.Context, v *wire.Verdict) error {
+	return writeOn(ctx, d.conns().Control, v)
+}
+
+func (d *dest) PageRequest(ctx context.Context, block uint32, page uint64, count uint32) error {
+	return writeOn(ctx, d.conns().Urgent, &wire.PageRequest{Block: block, Page: page, Count: count})
+}
+
+// writeOn writes m on c, which is nil while an adopted session has no
+// link yet (what is asked meanwhile is asked again by adopt's Missing).
+func writeOn(ctx context.Context, c *wire.Conn, m wire.Message) error {
+	if c == nil {
+		return errors.New("no link to the source")
+	}
+	return c.WriteFrame(ctx, m)
+}
+
+// newRestorer makes the session's restorer, on the guest's shared disks
+// and Config.Disks over them (the operator's word wins).
+func (d *dest) newRestorer() *restorer {
+	disks := map[string]string{}
+	if sd, ok := d.g.(SharedDisker); ok {
+		maps.Copy(disks, sd.SharedDisks())
+	}
+	maps.Copy(disks, d.cfg.Disks)
+	return newRestorer(restoreOptions{Log: d.log, Active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0, Disks: disks, Rate: d.cfg.PostcopyRestoreRate}, d.placer, d)
 }

@@ -30,8 +30,7 @@ func (d *dest) init() {
 	n := len(d.sess.Bulk)
 	d.processed, d.expected = make([]uint64, n), make([]uint64, n)
 	d.switched = make(chan struct{})
-	d.done = make(chan struct{})
-	d.waiters = make(map[pageKey]chan struct{})
+	d.placer = newPlacer()
 }
 
 // run is one migration, phase by phase.
@@ -39,12 +38,14 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	d.init()
+	defer d.closeLink()
 	defer func() { err = d.failed(err); d.cleanup(err != nil) }()
 
 	if err := d.prepare(ctx); err != nil {
 		return nil, err
 	}
-	d.restore = newRestorer(d)
+	d.watchGuest(ctx, cancel)
+	d.restore = d.newRestorer()
 	defer d.restore.close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -62,7 +63,6 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	d.restore.start(ctx, spawn)
 	ln := d.connect(ctx, d.sess)
-	defer d.closeLink()
 
 	sw, err := d.receive(ctx, ln)
 	if err != nil {
@@ -133,6 +133,18 @@ func (d *dest) startFaults(ctx context.Context, ln *link, owed []wire.Run, spawn
 	return f
 }
 
+// watchGuest ends the session when its guest exits: whatever the phase,
+// no page can help a dead guest, and no reconnection either.
+func (d *dest) watchGuest(ctx context.Context, cancel context.CancelCauseFunc) {
+	go func() {
+		select {
+		case <-d.exited:
+			cancel(fmt.Errorf("destination guest pid %d exited", d.pid))
+		case <-ctx.Done():
+		}
+	}()
+}
+
 // connect makes s the session's current link and starts reading its bulk
 // connections.
 func (d *dest) connect(ctx context.Context, s *wire.Session) *link {
@@ -158,7 +170,7 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 	for {
 		m, err := ln.sess.Control.ReadFrame(ln.ctx)
 		if err != nil {
-			return nil, d.cause(ln.ctx, fmt.Errorf("control connection: %w", err))
+			return nil, d.cause(ln.ctx, lost(fmt.Errorf("control connection: %w", err)))
 		}
 		switch m := m.(type) {
 		case *wire.IterationEnd:
@@ -245,9 +257,12 @@ func (d *dest) serveFaults(ctx context.Context) error {
 // on the source may have sent Go: a lost link is waited out, and a
 // reconnection (which the source makes only after Go) counts as Go.
 func (d *dest) ready(ctx context.Context, ln *link) error {
+	if err := d.journalState(keeper.Ready); err != nil {
+		return err
+	}
 	d.phase.Store(phaseReady)
 	if err := ln.sess.Control.WriteFrame(ln.ctx, &wire.Ready{}); err != nil {
-		return d.cause(ln.ctx, fmt.Errorf("send ready: %w", err))
+		return d.cause(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))
 	}
 	m, err := ln.sess.Control.ReadFrame(ln.ctx)
 	if err == nil {
@@ -261,7 +276,7 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 		}
 		return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type()))
 	}
-	err = d.cause(ln.ctx, fmt.Errorf("wait for go: %w", err))
+	err = d.cause(ln.ctx, lost(fmt.Errorf("wait for go: %w", err)))
 	if !recoverable(err) {
 		return err
 	}
@@ -298,7 +313,7 @@ func (d *dest) servePostcopy(ctx context.Context) error {
 		case s := <-d.recovered:
 			// The source reconnected before this side saw the old link
 			// fail (a half-open connection).
-			ln.cancel(errors.New("replaced by a reconnection"))
+			ln.cancel(lost(errors.New("replaced by a reconnection")))
 			if err := d.adopt(ctx, s); err != nil {
 				return err
 			}
@@ -345,6 +360,16 @@ func (d *dest) failed(err error) error {
 	}
 	if d.phase.Load() == phaseResumed {
 		err = fmt.Errorf("after resume, %d pages can no longer arrive; the guest was killed rather than run on pages dmig did not place: %w", d.missing.Load(), err)
+	}
+	// Tell the source first: it resumes its guest sooner.
+	if c := d.conns().Control; c != nil {
+		msg := err.Error()
+		if len(msg) > 1000 {
+			msg = msg[:1000]
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
+		cancel()
 	}
 	if kerr := d.g.Kill(); kerr != nil {
 		err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))

@@ -67,7 +67,8 @@ const (
 //     without waiting for the restore to catch up, and a carried page gets
 //     only a checked disk copy, placed with UFFDIO_COPY.
 type restorer struct {
-	d      *dest
+	pl     *placer
+	send   sender
 	log    hclog.Logger
 	active bool            // the session announced storage references
 	ctx    context.Context // the collectors' (set by start)
@@ -163,32 +164,49 @@ type SharedDisker interface {
 	SharedDisks() map[string]string
 }
 
-// newRestorer opens the configured disks that can be opened (a disk that
-// cannot costs speed: its references fail and their pages come from the
-// source) for a session that announced storage references.
-func newRestorer(d *dest) *restorer {
-	r := &restorer{d: d, log: d.log.Named("restore"), active: d.sess.Hello.Flags&wire.FlagStorageRefs != 0}
+// sender is what the restorer says to the source: pages handed back
+// before switchover, its verdict on the references, and requests for pages
+// whose reference failed after switchover.
+type sender interface {
+	Resend(ctx context.Context, runs []wire.Run) error
+	Verdict(ctx context.Context, v *wire.Verdict) error
+	PageRequest(ctx context.Context, block uint32, page uint64, count uint32) error
+}
+
+// restoreOptions configure a restorer.
+type restoreOptions struct {
+	Log hclog.Logger
+	// Active: the session announced storage references.
+	Active bool
+	// Disks: layout disk name → path (Config.Disks over the guest's own).
+	Disks map[string]string
+	// Rate: Config.PostcopyRestoreRate.
+	Rate int64
+}
+
+// newRestorer opens the disks that can be opened (a disk that cannot costs
+// speed: its references fail and their pages come from the source) for a
+// session that announced storage references. It places pages through pl
+// and talks to the source through send.
+func newRestorer(o restoreOptions, pl *placer, send sender) *restorer {
+	r := &restorer{pl: pl, send: send, log: o.Log.Named("restore"), active: o.Active}
 	r.cond = sync.NewCond(&r.mu)
 	r.post = map[pageKey]wire.Ref{}
 	r.queued = map[pageKey]queuedRef{}
 	r.carryDone = make(chan struct{})
 	r.released = make(chan struct{})
 	r.kick = make(chan struct{}, 1)
-	r.pace = newPacer(d.cfg.PostcopyRestoreRate)
+	r.pace = newPacer(o.Rate)
 	if !r.active {
 		return r
 	}
 	r.jobs = make(chan refJob, restoreQueue)
-	for _, b := range d.blocks {
+	for _, b := range pl.blocks {
 		r.ver = append(r.ver, make([]uint32, b.npages))
 		r.bad = append(r.bad, pages.NewSet(b.npages))
 		r.unchecked = append(r.unchecked, pages.NewSet(b.npages))
 	}
-	disks := map[string]string{}
-	if sd, ok := d.g.(SharedDisker); ok {
-		maps.Copy(disks, sd.SharedDisks())
-	}
-	maps.Copy(disks, d.cfg.Disks) // the operator's word wins
+	disks := o.Disks
 	good := map[string]string{}
 	for _, name := range slices.Sorted(maps.Keys(disks)) {
 		path := disks[name]
@@ -443,7 +461,7 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 	}()
 	refs := make([]layout.Ref, 0, len(batch))
 	for i, j := range batch {
-		if j.iter == wire.IterationPostcopy && !r.d.blocks[j.block].missing.Has(j.page) {
+		if j.iter == wire.IterationPostcopy && !r.pl.blocks[j.block].missing.Has(j.page) {
 			r.forget(j.block, j.page) // placed meanwhile (a fault, a reply)
 			continue
 		}
@@ -488,7 +506,7 @@ func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
 		}
 		runs = append(runs, wire.Run{Block: k.block, Page: k.page, Count: 1})
 	}
-	if err := r.d.conns().Control.WriteFrame(ctx, &wire.Resend{Pages: runs}); err != nil {
+	if err := r.send.Resend(ctx, runs); err != nil {
 		if ctx.Err() == nil {
 			r.log.Warn("hand failed storage references back to the source: they will be fetched after switchover", "pages", len(keys), "error", err)
 		}
@@ -513,7 +531,7 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 		return
 	}
 	r.verdictAt = time.Now()
-	if err := r.d.conns().Control.WriteFrame(ctx, &v); err != nil && ctx.Err() == nil {
+	if err := r.send.Verdict(ctx, &v); err != nil && ctx.Err() == nil {
 		r.log.Debug("report checked storage references", "error", err)
 	}
 }
@@ -523,7 +541,7 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 // it is still missing (every route then carries the paused source's final
 // content, so no order matters).
 func (r *restorer) place(j refJob, page []byte) {
-	b := r.d.blocks[j.block]
+	b := r.pl.blocks[j.block]
 	if j.iter == wire.IterationPostcopy {
 		r.placeMissing(j, page)
 		return
@@ -558,17 +576,17 @@ func (r *restorer) place(j refJob, page []byte) {
 // placeMissing places a checked page after switchover (a post-copy
 // reference, or one carried past switchover) if it is still missing.
 func (r *restorer) placeMissing(j refJob, page []byte) {
-	b := r.d.blocks[j.block]
+	b := r.pl.blocks[j.block]
 	r.forget(j.block, j.page)
 	if !b.missing.Has(j.page) {
 		return
 	}
-	if err := r.d.place(b, j.page, page); err != nil {
+	if err := r.pl.place(b, j.page, page); err != nil {
 		r.log.Warn("place restored page after switchover", "error", err)
 		r.failMissing(j)
 		return
 	}
-	if r.d.resolved(b, j.page, &r.postDone) {
+	if r.pl.resolved(b, j.page, &r.postDone) {
 		r.verified.Add(1)
 	}
 }
@@ -694,8 +712,8 @@ func setRuns(sets []*pages.Set) []wire.Run {
 func (r *restorer) failMissing(j refJob) {
 	r.forget(j.block, j.page)
 	r.mismatch.Add(1)
-	if r.d.blocks[j.block].missing.Has(j.page) {
-		if err := r.d.conns().Urgent.WriteFrame(r.ctx, &wire.PageRequest{Block: j.block, Page: j.page, Count: 1}); err != nil && r.ctx.Err() == nil {
+	if r.pl.blocks[j.block].missing.Has(j.page) {
+		if err := r.send.PageRequest(r.ctx, j.block, j.page, 1); err != nil && r.ctx.Err() == nil {
 			r.log.Warn("ask the source for a page after a failed reference", "error", err)
 		}
 	}
@@ -747,7 +765,7 @@ func (r *restorer) refetch(ctx context.Context, runs []wire.Run) {
 	for _, run := range runs {
 		for p := run.Page; p < run.Page+run.Count; p += refetchChunk {
 			n := min(refetchChunk, run.Page+run.Count-p)
-			if err := r.d.conns().Urgent.WriteFrame(ctx, &wire.PageRequest{Block: run.Block, Page: p, Count: uint32(n)}); err != nil {
+			if err := r.send.PageRequest(ctx, run.Block, p, uint32(n)); err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("ask the source for owed pages", "error", err)
 				}
@@ -807,10 +825,10 @@ func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
 	if err := r.reader.ReadPage(layout.Ref{GuestPage: p, Disk: id, Offset: ref.Offset}, page); err != nil || storageref.Hash(page) != ref.Hash {
 		return false
 	}
-	if err := r.d.place(b, p, page); err != nil {
+	if err := r.pl.place(b, p, page); err != nil {
 		return false
 	}
-	if r.d.resolved(b, p, &r.postDone) {
+	if r.pl.resolved(b, p, &r.postDone) {
 		r.verified.Add(1)
 	}
 	r.mu.Lock()

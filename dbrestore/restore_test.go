@@ -22,7 +22,7 @@ import (
 // restoreFixture is a destination of one 16-page block backed by a file,
 // and a disk "data" of 16 pages, page i filled with byte i+1.
 type restoreFixture struct {
-	d    *dest
+	pl   *placer
 	r    *restorer
 	ram  *os.File
 	disk [][]byte
@@ -87,15 +87,25 @@ func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFl
 		}
 	}()
 	t.Cleanup(func() { ctrl.Close(); src.Close(); <-readDone })
-	f.d = &dest{
-		cfg:    Config{Disks: disks},
-		sess:   &wire.Session{Hello: wire.Hello{Flags: flags}, Control: ctrl},
-		log:    hclog.NewNullLogger(),
-		blocks: []*dstBlock{{idx: 0, name: "ram", file: ram, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}},
-	}
-	f.r = newRestorer(f.d)
+	f.pl = newPlacer()
+	f.pl.blocks = []*dstBlock{{idx: 0, name: "ram", file: ram, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}}
+	f.r = newRestorer(restoreOptions{Log: hclog.NewNullLogger(), Active: flags&wire.FlagStorageRefs != 0, Disks: disks}, f.pl, connSender{ctrl})
 	t.Cleanup(f.r.close)
 	return f
+}
+
+// connSender is the restorer's sender on one connection (the fixture's
+// control connection, which the source side of the fixture reads).
+type connSender struct{ c *wire.Conn }
+
+func (s connSender) Resend(ctx context.Context, runs []wire.Run) error {
+	return s.c.WriteFrame(ctx, &wire.Resend{Pages: runs})
+}
+func (s connSender) Verdict(ctx context.Context, v *wire.Verdict) error {
+	return s.c.WriteFrame(ctx, v)
+}
+func (s connSender) PageRequest(ctx context.Context, block uint32, page uint64, count uint32) error {
+	return s.c.WriteFrame(ctx, &wire.PageRequest{Block: block, Page: page, Count: count})
 }
 
 func (f *restoreFixture) ref(disk string, page uint64, content []byte) wire.Ref {
@@ -177,7 +187,7 @@ func TestRestorePlacesVerifiedPages(t *testing.T) {
 	if v, m := f.r.verified.Load(), f.r.mismatch.Load(); v != 1 || m != 2 {
 		t.Errorf("verified %d, mismatched %d; want 1, 2", v, m)
 	}
-	if !f.d.blocks[0].placed.Has(2) || f.d.blocks[0].placed.Has(3) {
+	if !f.pl.blocks[0].placed.Has(2) || f.pl.blocks[0].placed.Has(3) {
 		t.Error("placed set wrong")
 	}
 }
@@ -355,13 +365,10 @@ func BenchmarkRestore(b *testing.B) {
 		// The source's end of the control connection reads the Verdicts.
 		dstEnd, srcEnd := net.Pipe()
 		go func() { _, _ = io.Copy(io.Discard, srcEnd) }()
-		d := &dest{
-			cfg:    Config{Disks: map[string]string{"data": diskPath}},
-			sess:   &wire.Session{Hello: wire.Hello{Flags: wire.FlagStorageRefs}, Control: wire.NewConn(dstEnd, wire.RoleControl, 0)},
-			log:    hclog.NewNullLogger(),
-			blocks: []*dstBlock{{idx: 0, name: "ram", file: shm, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}},
-		}
-		r := newRestorer(d)
+		pl := newPlacer()
+		pl.blocks = []*dstBlock{{idx: 0, name: "ram", file: shm, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}}
+		r := newRestorer(restoreOptions{Log: hclog.NewNullLogger(), Active: true, Disks: map[string]string{"data": diskPath}}, pl,
+			connSender{wire.NewConn(dstEnd, wire.RoleControl, 0)})
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
 		r.start(ctx, func(g func() error) {
@@ -415,9 +422,9 @@ func TestPacerSpacesReads(t *testing.T) {
 func TestUnlistedOwedPages(t *testing.T) {
 	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
 	for _, p := range []uint64{2, 3, 7} {
-		f.d.blocks[0].missing.Add(p)
+		f.pl.blocks[0].missing.Add(p)
 	}
-	got := f.d.unlisted([]wire.Run{{Block: 0, Page: 1, Count: 4}, {Block: 0, Page: 7, Count: 2}})
+	got := f.pl.unlisted([]wire.Run{{Block: 0, Page: 1, Count: 4}, {Block: 0, Page: 7, Count: 2}})
 	if want := []uint64{1, 4, 8}; !slices.Equal(owedPages(got), want) {
 		t.Errorf("unlisted %v, want pages %v", got, want)
 	}

@@ -70,6 +70,9 @@ type Config struct {
 	// destination failed keeps reconnecting (0: it does not; the
 	// migration fails with the guest paused here).
 	RecoverTimeout time.Duration
+	// LinkTimeout is how long a connection may go unanswered before it is
+	// taken for lost (wire.WithLinkTimeout; 0: wire.DefaultLinkTimeout).
+	LinkTimeout time.Duration
 	// Progress, if set, is called after each pre-copy pass, periodically
 	// during post-copy, and at completion, from the engine's goroutines: it
 	// must return quickly.

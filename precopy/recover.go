@@ -111,7 +111,7 @@ func (s *source) reconnect(base context.Context, cause error, iter int) (*postco
 func (s *source) redial(base context.Context, h wire.Hello, deadline time.Time) (*wire.Session, []wire.Run, error) {
 	ctx, cancel := context.WithDeadline(base, deadline)
 	defer cancel()
-	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithTimeout(time.Until(deadline)))
+	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithLinkTimeout(s.cfg.LinkTimeout), wire.WithTimeout(time.Until(deadline)))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -484,7 +484,7 @@ func (s *source) dial(ctx context.Context) error {
 			s.log.Warn("mark the guest's disks for the destination's identity check", "error", err)
 		}
 	}
-	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithTimeout(s.cfg.ConnectTimeout))
+	sess, err := wire.Dial(ctx, s.cfg.To, h, wire.WithTLS(s.cfg.TLS), wire.WithLinkTimeout(s.cfg.LinkTimeout), wire.WithTimeout(s.cfg.ConnectTimeout))
 	if err != nil {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}

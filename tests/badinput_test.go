@@ -185,3 +185,57 @@ func TestDestinationFull(t *testing.T) {
 	}
 	checkSourceRuns(t, g)
 }
+
+// TestLateBatchFailsSessionOnly: a misbehaving source sends a pre-copy
+// batch (a storage reference) after its Switchover, when the restore has
+// already been carried over. The destination fails that session with a
+// protocol error and runs on; it does not crash (which would take every
+// session of the serve, and post-copy guests' pages, with it).
+func TestLateBatchFailsSessionOnly(t *testing.T) {
+	d := startDest(t, destOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	h := wire.Hello{Mode: "hybrid", Guest: "late-batch", BulkConns: 1, Flags: wire.FlagStorageRefs | wire.FlagPostcopy,
+		Blocks: []wire.Block{{Name: "ram0", Size: 1 << 20}}, Command: destCommand(stats)}
+	s, err := wire.Dial(ctx, d.addr, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Control.WriteFrame(ctx, &wire.IterationEnd{Iteration: 1, Batches: []uint64{0}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Control.WriteFrame(ctx, &wire.Switchover{Iteration: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// Let the destination carry its restore over before the late batch.
+	time.Sleep(300 * time.Millisecond)
+	var b wire.PageBatch
+	b.Reset(0, 1)
+	b.AddRef(3, wire.Ref{Disk: 1, Offset: 4096})
+	if err := s.Bulk[0].WriteFrame(ctx, &b); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := s.Control.ReadFrame(ctx)
+		if err != nil {
+			t.Fatalf("destination closed without an error message: %v", err)
+		}
+		if e, ok := m.(*wire.Error); ok {
+			if e.Code != wire.ErrorProtocol || !strings.Contains(e.Message, "after the switchover's last") {
+				t.Fatalf("destination error %v %q, want a protocol error about the late batch", e.Code, e.Message)
+			}
+			break
+		}
+	}
+	if err := <-d.result; err == nil || !strings.Contains(err.Error(), "after the switchover's last") {
+		t.Fatalf("destination session: %v, want the late batch's protocol error", err)
+	}
+	tt := <-d.targets
+	select {
+	case <-tt.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("destination guest of the failed session still alive")
+	}
+}

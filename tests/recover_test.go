@@ -1,16 +1,21 @@
 package tests
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/testguest"
 	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/wire"
 )
 
 // TestRecoverLinkCut: the link drops in post-copy and comes back within
@@ -142,4 +147,111 @@ func waitStatsRunning(t *testing.T, stats string) testguest.Stats {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestRecoverNetnsLinkDown: source and destination in network namespaces
+// of their own; the veth between them goes down in post-copy for longer
+// than the link timeout (no reset: the connections just stop answering)
+// and comes back. Both sides notice, the source reconnects, and the
+// migration completes with the guest's every page verified.
+func TestRecoverNetnsLinkDown(t *testing.T) {
+	l := newLink(t, "")
+	g := faultGuest(t)
+	dir, err := os.MkdirTemp("/dev/shm", "dmig-e2e-netns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.dstIP + ":7071"
+	serve := l.in(l.dst, dmigBin, append([]string{"serve", "--listen", addr, "--dir", dir, "--once",
+		"--recover-timeout", "30s", "--link-timeout", "1s"}, insecureFlag()...)...)
+	serve.Stderr = prefixWriter(t, "dmig-serve: ")
+	serve.WaitDelay = time.Second
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		serve.Process.Kill()
+		serve.Wait()
+		killGuestsUnder(dir)
+		os.RemoveAll(dir)
+	})
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	repPath := filepath.Join(t.TempDir(), "report.json")
+	args := []string{"migrate", "--to", addr, "--mode", "postcopy", "--pid", strconv.Itoa(g.pid()), "--ram", g.ram,
+		"--recover-timeout", "30s", "--link-timeout", "1s", "--connect-timeout", "10s", "--report", repPath}
+	for _, w := range destCommand(stats) {
+		args = append(args, "--dest-cmd="+w)
+	}
+	// serve may still be starting: migrate retries nothing before Go.
+	time.Sleep(500 * time.Millisecond)
+	mig := l.in(l.src, dmigBin, args...)
+	mig.Stderr = prefixWriter(t, "dmig-migrate: ")
+	if err := mig.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mig.Process.Kill(); mig.Wait() })
+	go func() {
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			if st, err := testguest.ReadStats(stats); err == nil && st.PID != 0 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		vd := "vd" + l.dst[len("dmig-d"):]
+		exec.Command("ip", "-n", l.dst, "link", "set", vd, "down").Run()
+		time.Sleep(3 * time.Second)
+		exec.Command("ip", "-n", l.dst, "link", "set", vd, "up").Run()
+	}()
+	if err := mig.Wait(); err != nil {
+		t.Fatalf("migration across a link down for 3s: %v", err)
+	}
+	var rep report.Report
+	readJSON(t, repPath, &rep)
+	if rep.Outcome != report.Completed || rep.Recoveries < 1 {
+		t.Fatalf("outcome %s after %d recoveries; want completed after at least one", rep.Outcome, rep.Recoveries)
+	}
+	waitStatsRunning(t, stats)
+}
+
+// TestRecoverHybridRefs: post-copy with storage references pushed and
+// queued for the restore when the link drops; after the reconnection the
+// destination lists every page not yet placed (queued references too), the
+// source sends them as data, and whichever copy lands first wins. The
+// guest's RAM and data file verify.
+func TestRecoverHybridRefs(t *testing.T) {
+	dir := t.TempDir()
+	g := startDBSource(t, dir, dbOpts{size: gib / 4, poolPart: 0.75, readRate: 4000, modifyRate: 500, flushRate: 400})
+	l, err := wire.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDBDestOn(t, l, map[string]string{"data": g.dataFile}, func(c *dbrestore.Config) {
+		c.RecoverTimeout = 20 * time.Second
+		// A slow restore: references are still queued at the cut.
+		c.PostcopyRestoreRate = 8 << 20
+	})
+	p := startProxy(t, d.addr, 20<<20)
+	go func() {
+		tt := <-d.targets
+		d.targets <- tt
+		<-tt.resumed
+		time.Sleep(200 * time.Millisecond)
+		p.cut()
+		time.Sleep(time.Second)
+		p.restore(t)
+	}()
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	rep, err := migrateDBWith(t, g, precopy.Config{To: p.addr(), Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1, RecoverTimeout: 20 * time.Second}, stats)
+	if err != nil {
+		t.Fatalf("migration: %v", err)
+	}
+	if err := <-d.result; err != nil {
+		t.Fatalf("destination: %v", err)
+	}
+	if rep.Recoveries < 1 || rep.PostcopyPages == 0 {
+		t.Fatalf("%d recoveries, %d pages owed at switchover: the cut missed post-copy", rep.Recoveries, rep.PostcopyPages)
+	}
+	checkDestGuest(t, d, stats)
 }

@@ -36,7 +36,12 @@ func Attach(pid int, features Feature) (*FD, error) {
 // uffd keeps faulting threads blocked, not released onto zero pages, if
 // the caller dies; a new process takes over with Reacquire. The caller must
 // close the target's copy once no page is missing any more, or the target
-// keeps an idle uffd for life.
+// keeps an idle uffd for life (registered on nothing, that costs nothing).
+//
+// In the same stop the target's parent-death signal is cleared
+// (prctl(PR_SET_PDEATHSIG, 0)): a guest started to die with its starter
+// until it is attached survives it from then on, blocked rather than
+// killed, so that its memory can still be completed.
 func AttachKept(pid int, features Feature) (*FD, error) {
 	return attach(pid, features, true)
 }
@@ -55,7 +60,15 @@ func attach(pid int, features Feature, keep bool) (*FD, error) {
 		l, getErr := getfd(pid, remote)
 		if keep && getErr == nil {
 			local = l
-			return nil
+			ret, err := call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, 0)
+			if err == nil && ret < 0 {
+				err = fmt.Errorf("prctl(PR_SET_PDEATHSIG, 0) in target: %w", unix.Errno(-ret))
+			}
+			if err != nil {
+				unix.Close(l)
+				_, _ = call(unix.SYS_CLOSE, uint64(remote))
+			}
+			return err
 		}
 		// Close the target's copy whatever happened: a target holding the
 		// uffd nobody knows of would keep its faults blocked for ever.

@@ -112,6 +112,10 @@ func dialConnWith(ctx context.Context, addr string, id SessionID, role Role, ind
 	if err != nil {
 		return nil, fmt.Errorf("dial %s conn to %s: %w", role, addr, err)
 	}
+	if err := setLinkTimeout(nc, o.link); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("dial %s conn to %s: %w", role, addr, err)
+	}
 	if o.tls != nil {
 		if nc, err = clientTLS(ctx, nc, addr, o.tls); err != nil {
 			return nil, fmt.Errorf("dial %s conn to %s: %w", role, addr, err)

@@ -162,6 +162,9 @@ type Listener struct {
 	// HandshakeTimeout bounds each new connection's preamble and the Hello;
 	// zero means 10 s.
 	HandshakeTimeout time.Duration
+	// LinkTimeout is each accepted connection's WithLinkTimeout (zero:
+	// DefaultLinkTimeout). Set it before the first Accept.
+	LinkTimeout time.Duration
 	// TLS, if set, is run on every accepted connection before its preamble
 	// is read: a peer whose handshake fails (no or wrong certificate when
 	// TLS.ClientAuth requires one, plain bytes) is rejected before any of
@@ -232,6 +235,11 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 				case <-ctx.Done():
 				}
 				return
+			}
+			if err := setLinkTimeout(nc, l.LinkTimeout); err != nil {
+				l.reject(nc, err)
+				nc.Close()
+				continue
 			}
 			wg.Add(1)
 			go func() {

@@ -14,6 +14,15 @@ type DialOption func(*dialOptions)
 type dialOptions struct {
 	tls     *tls.Config
 	timeout time.Duration
+	link    time.Duration
+}
+
+// WithLinkTimeout sets how long each connection of the session may go
+// without its peer acknowledging data or keepalive probes before it fails
+// (TCP_USER_TIMEOUT and keepalive): a link that went down without a reset
+// is then noticed, and recovered, within about d. Zero: DefaultLinkTimeout.
+func WithLinkTimeout(d time.Duration) DialOption {
+	return func(o *dialOptions) { o.link = d }
 }
 
 // WithTimeout bounds the whole of Dial (every connection's TCP connect, TLS

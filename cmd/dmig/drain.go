@@ -24,6 +24,7 @@ type drainCmd struct {
 	Compress       bool          `help:"Compress page data (zstd): for links of about 1 Gbit/s and below."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
 	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile (0: fail at once)."`
+	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
 }
@@ -61,7 +62,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			}
 			rep, err := precopy.Run(ctx, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
-				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout,
+				Logger: log.Named(vm.Name), TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 			}, guest)
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)

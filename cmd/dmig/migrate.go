@@ -63,6 +63,7 @@ type migrateCmd struct {
 	NoProgress     bool          `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Abort (source intact) if the destination has not accepted the session within this time (0: wait forever)."`
 	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile (0: fail at once)."`
+	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -105,7 +106,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
 		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
-		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout,
+		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 	}, guest)
 	view.finish()
 	if werr := writeReport(c.Report, rep); werr != nil {

@@ -22,6 +22,7 @@ type serveCmd struct {
 	Once           bool          `help:"Exit after the first migration, with its status."`
 	FaultWorkers   int           `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
 	RecoverTimeout time.Duration `default:"30s" name:"recover-timeout" help:"After Go, how long a migration whose link to the source failed waits for the source to reconnect, and how long a guest left in post-copy by a dead serve waits for a restarted serve (same --dir) before it is killed. 0: no recovery."`
+	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection from a source may go unanswered before it is taken for lost."`
 	Disks          []string      `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
 	tlsFlags
 	VMM      string `default:"auto" enum:"auto,process,qemu" help:"How to start arriving guests: qemu (a QEMU with the source's command line rewritten, -incoming defer), process, or auto (qemu when the source's command is qemu-system-*)."`
@@ -45,6 +46,7 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	}
 	defer l.Close()
 	l.TLS = tc
+	l.LinkTimeout = c.LinkTimeout
 	disks := map[string]string{}
 	for _, d := range c.Disks {
 		name, path, err := layout.ParseDiskFlag(d)
@@ -73,7 +75,8 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			dir := dbrestore.SessionDir(c.Dir, h.Session)
 			if c.VMM == "qemu" || c.VMM == "auto" && qemu.IsCommand(h.Command) {
-				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session}, nil
+				// KillWithParent until attached: see proc.Target.Start.
+				return &qemu.Target{Command: h.Command, Dir: dir, Session: h.Session, KillWithParent: true}, nil
 			}
 			return proc.NewTarget(dir, h.Command)
 		},

@@ -11,8 +11,9 @@
 //   - A guest that has not resumed dies with the serve that started it: its
 //     keeper, a small process started by serve per session in its own
 //     session, sees serve's pipe close and kills it.
-//   - A guest in post-copy whose serve died stays blocked on its kept
-//     userfaultfd: a restarted serve adopts it (Reclaim reports it), or, once
+//   - A guest past Ready (it may have been sent Go) or in post-copy whose
+//     serve died stays stopped or blocked on its kept userfaultfd: a
+//     restarted serve adopts it (Reclaim reports it), or, once
 //     the recover timeout has passed with no serve holding the lock, the
 //     keeper kills it. It never runs on a page nobody placed.
 //   - No RAM file outlives its guest: the keeper removes the directory when

@@ -19,6 +19,10 @@ const (
 	// Starting: the guest was started and has not been resumed. A dead
 	// serve's keeper kills it.
 	Starting State = "starting"
+	// Ready: written before Ready is sent; the source may send Go from
+	// then on, so a session whose serve died here is kept for adoption
+	// like a resumed one (its guest has not run yet).
+	Ready State = "ready"
 	// Resumed: written before the guest is resumed; the guest may run and
 	// fault on pages still owed by the source.
 	Resumed State = "resumed"
@@ -43,6 +47,9 @@ type Journal struct {
 	// UffdFD is the number of the userfaultfd kept open in the guest
 	// (-1: none).
 	UffdFD int `json:"uffd_fd"`
+	// ResumeBySignal: the guest resumes on SIGCONT (a process guest), so
+	// one adopted at Ready can be resumed by whoever adopts it.
+	ResumeBySignal bool `json:"resume_by_signal,omitempty"`
 	// Paths are the RAM files, in block order.
 	Paths   []string   `json:"paths"`
 	Hello   wire.Hello `json:"hello"`

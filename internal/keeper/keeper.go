@@ -97,7 +97,7 @@ func (c Config) orphaned(p *Process, after time.Duration, log hclog.Logger) (boo
 	switch j.State {
 	case Completed:
 		return false, nil // the guest is on its own: remove its RAM when it exits
-	case Resumed:
+	case Ready, Resumed:
 		if after < c.RecoverTimeout || !lockFree(c.Dir) {
 			return false, nil
 		}

@@ -90,7 +90,13 @@ func TestKeeperKillsUnresumedGuest(t *testing.T) {
 }
 
 func TestKeeperWaitsForAdoption(t *testing.T) {
-	cmd, dir, j := guest(t, t.TempDir(), Resumed)
+	for _, st := range []State{Ready, Resumed} {
+		t.Run(string(st), func(t *testing.T) { testKeeperWaitsForAdoption(t, st) })
+	}
+}
+
+func testKeeperWaitsForAdoption(t *testing.T, st State) {
+	cmd, dir, j := guest(t, t.TempDir(), st)
 	serve, done := keep(t, dir, j, 100*time.Millisecond)
 	// A restarted serve holds the session: the keeper must not kill.
 	lock, err := Lock(dir)
@@ -143,6 +149,7 @@ func TestReclaim(t *testing.T) {
 	starting, startingDir, _ := guest(t, root, Starting)
 	completed, completedDir, _ := guest(t, root, Completed)
 	resumed, resumedDir, _ := guest(t, root, Resumed)
+	ready, readyDir, _ := guest(t, root, Ready)
 	held, heldDir, _ := guest(t, root, Starting)
 	lock, err := Lock(heldDir)
 	if err != nil {
@@ -162,14 +169,20 @@ func TestReclaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(orphans) != 1 || orphans[0].Dir != resumedDir || orphans[0].Journal.Pid != resumed.Process.Pid {
-		t.Fatalf("orphans %+v, want only %s", orphans, resumedDir)
+	want := map[string]int{resumedDir: resumed.Process.Pid, readyDir: ready.Process.Pid}
+	if len(orphans) != len(want) {
+		t.Fatalf("orphans %+v, want %v", orphans, want)
 	}
-	orphans[0].Lock.Close()
+	for _, o := range orphans {
+		if want[o.Dir] != o.Journal.Pid {
+			t.Fatalf("orphan %s pid %d, want %v", o.Dir, o.Journal.Pid, want)
+		}
+		o.Lock.Close()
+	}
 	for _, c := range []struct {
 		dir   string
 		exist bool
-	}{{deadDir, false}, {startingDir, false}, {completedDir, true}, {resumedDir, true}, {heldDir, true}, {noJournal, false}, {other, true}} {
+	}{{deadDir, false}, {startingDir, false}, {completedDir, true}, {resumedDir, true}, {readyDir, true}, {heldDir, true}, {noJournal, false}, {other, true}} {
 		_, err := os.Stat(c.dir)
 		if exists := err == nil; exists != c.exist {
 			t.Errorf("%s exists %v, want %v", filepath.Base(c.dir), exists, c.exist)
@@ -179,7 +192,7 @@ func TestReclaim(t *testing.T) {
 	if !gone(starting.Process.Pid) {
 		t.Error("guest that never resumed was not killed")
 	}
-	for _, c := range []*exec.Cmd{completed, resumed, held} {
+	for _, c := range []*exec.Cmd{completed, resumed, ready, held} {
 		if gone(c.Process.Pid) {
 			t.Errorf("pid %d killed, want it left running", c.Process.Pid)
 		}

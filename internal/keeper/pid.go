@@ -92,5 +92,30 @@ func (p *Process) Kill() error {
 	return nil
 }
 
+// Continue sends SIGCONT.
+func (p *Process) Continue() error {
+	if err := unix.PidfdSendSignal(p.fd, unix.SIGCONT, nil, 0); err != nil {
+		return fmt.Errorf("continue pid %d: %w", p.pid, err)
+	}
+	return nil
+}
+
 // Close releases the handle.
 func (p *Process) Close() error { return unix.Close(p.fd) }
+
+// Watch returns a channel closed when pid exits (or cannot be watched any
+// more), through a pidfd: a reused pid never looks alive.
+func Watch(pid int) (<-chan struct{}, error) {
+	p, err := Open(pid, 0)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		defer p.Close()
+		for !p.Exited(time.Hour) { // readable (exited) or the pidfd failed: gone
+		}
+	}()
+	return ch, nil
+}

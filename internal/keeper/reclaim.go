@@ -12,8 +12,8 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// Orphan is a session in post-copy whose serve died: its guest waits on
-// its kept userfaultfd for a serve to adopt it. Lock is held: the caller
+// Orphan is a session past Ready whose serve died: its guest waits on its
+// kept userfaultfd (or, at Ready, stopped) for a serve to adopt it. Lock is held: the caller
 // owns the session now and closes Lock when done with it.
 type Orphan struct {
 	Dir     string
@@ -86,8 +86,8 @@ func reclaim(dir string, log hclog.Logger) (*Orphan, error) {
 	case j.State == Completed:
 		lock.Close()
 		return nil, nil
-	case j.State == Resumed:
-		log.Info("found a guest in post-copy whose serve died: adopting it", "session", j.Session, "pid", j.Pid)
+	case j.State == Resumed || j.State == Ready:
+		log.Info("found a guest past Ready whose serve died: adopting it", "session", j.Session, "state", j.State, "pid", j.Pid)
 		return &Orphan{Dir: dir, Journal: j, Lock: lock}, nil
 	default:
 		log.Warn("killing a guest that never resumed, left by a serve that died", "session", j.Session, "pid", j.Pid)

@@ -172,6 +172,10 @@ func NewTarget(dir string, cmd []string) (*Target, error) {
 	return &Target{dir: dir, cmd: cmd}, nil
 }
 
+// ResumesBySignal reports that Resume is SIGCONT: a serve that adopts
+// this guest after its own death can resume it (dbrestore.SignalResumer).
+func (t *Target) ResumesBySignal() bool { return true }
+
 // Paths are the RAM files Create made.
 func (t *Target) Paths() []string { return t.paths }
 
@@ -241,9 +245,10 @@ func (t *Target) Start(ctx context.Context) (int, error) {
 	c := exec.Command(t.cmd[0], t.cmd[1:]...)
 	c.Env = append(os.Environ(), EnvIncoming+"=1", EnvRAM+"="+strings.Join(t.paths, ":"))
 	c.Stdout, c.Stderr = lf, lf
-	// Its own session: the guest outlives this dmig, and a terminal's
-	// signals do not reach it.
-	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Its own session: a terminal's signals do not reach it. It dies with
+	// this dmig until uffd.AttachKept clears the signal (a guest that never
+	// resumed must not outlive a dead serve); from then on it outlives it.
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.Start(); err != nil {
 		return 0, fmt.Errorf("start guest %q: %w", t.cmd[0], err)
 	}

@@ -1,0 +1,183 @@
+package dbrestore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/uffd"
+	"github.com/dmig/dmig/wire"
+)
+
+// placer owns the destination guest's RAM: its blocks, which pages are
+// placed before resume and which are missing after switchover, the fault
+// handlers waiting for a page, and placing a page whichever route brought
+// it (bulk push, urgent reply, storage restore, zero). It knows nothing of
+// connections or of the session's phases.
+//
+// Invariants:
+//   - A page is missing from markPending until resolved, which counts it
+//     once and wakes its waiters; done closes when none is missing.
+//   - place writes a page with UFFDIO_COPY (or ZEROPAGE) only: atomic for
+//     the guest, which never sees a half-written page, and a no-op
+//     (EEXIST) for a page another route placed first.
+type placer struct {
+	blocks []*dstBlock
+	u      *uffd.FD
+
+	missing  atomic.Int64  // pages still owed after switchover
+	done     chan struct{} // closed when missing reaches 0
+	doneOnce sync.Once
+
+	waitMu  sync.Mutex
+	waiters map[pageKey]chan struct{}
+}
+
+func newPlacer() *placer {
+	return &placer{done: make(chan struct{}), waiters: make(map[pageKey]chan struct{})}
+}
+
+type pageKey struct {
+	block uint32
+	page  uint64
+}
+
+type dstBlock struct {
+	idx     uint32
+	name    string
+	path    string
+	file    *os.File
+	mem     []byte // our writable mapping, for plain writes before resume
+	npages  uint64
+	maps    []ramfile.Mapping
+	placed  *pages.Set // written before resume (the file may hold data there)
+	missing *pages.Set // owed after switchover
+}
+
+// markPending makes the pages the source still owes missing: holes in the
+// RAM file, which the guest's registered mapping faults on.
+func (d *placer) markPending(runs []wire.Run) error {
+	for _, r := range runs {
+		if int(r.Block) >= len(d.blocks) || r.Page+r.Count > d.blocks[r.Block].npages {
+			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
+		}
+		b := d.blocks[r.Block]
+		if err := ramfile.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
+			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err))
+		}
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			if b.missing.Add(p) {
+				d.missing.Add(1)
+			}
+		}
+	}
+	return nil
+}
+
+// unlisted returns the pages of runs not yet missing. Call it before
+// resume, with runs checked against the blocks (restorer.owed).
+func (d *placer) unlisted(runs []wire.Run) []wire.Run {
+	var out []wire.Run
+	for _, r := range runs {
+		b := d.blocks[r.Block]
+		for p := r.Page; p < r.Page+r.Count; p++ {
+			if b.missing.Has(p) {
+				continue
+			}
+			if n := len(out); n > 0 && out[n-1].Block == r.Block && out[n-1].Page+out[n-1].Count == p {
+				out[n-1].Count++
+			} else {
+				out = append(out, wire.Run{Block: r.Block, Page: p, Count: 1})
+			}
+		}
+	}
+	return out
+}
+
+// guestAddr is the address of page p of b in the guest's first mapping that
+// covers it.
+func (b *dstBlock) guestAddr(p uint64) (uintptr, bool) {
+	off := p * pageSize
+	for _, m := range b.maps {
+		if off >= m.Offset && off+pageSize <= m.Offset+uint64(m.Len()) {
+			return m.Start + uintptr(off-m.Offset), true
+		}
+	}
+	return 0, false
+}
+
+// locate maps a guest fault address to a block and page.
+func (d *placer) locate(addr uintptr) (*dstBlock, uint64, bool) {
+	for _, b := range d.blocks {
+		for _, m := range b.maps {
+			if addr >= m.Start && addr < m.End {
+				return b, (uint64(addr-m.Start) + m.Offset) / pageSize, true
+			}
+		}
+	}
+	return nil, 0, false
+}
+
+// resolved records that page p is in place after switchover, and releases
+// any fault handler waiting for it, whichever route placed it. It reports
+// whether this call was the first for p (and so counted it).
+func (d *placer) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) bool {
+	key := pageKey{b.idx, p}
+	d.waitMu.Lock()
+	if ch, ok := d.waiters[key]; ok {
+		close(ch)
+		delete(d.waiters, key)
+	}
+	d.waitMu.Unlock()
+	if !b.missing.Remove(p) {
+		return false
+	}
+	counter.Add(1)
+	if d.missing.Add(-1) == 0 {
+		d.doneOnce.Do(func() { close(d.done) })
+	}
+	return true
+}
+
+// place puts data (nil: a zero page) at page p of b after resume, atomically
+// with UFFDIO_COPY, and wakes the guest's waiters in every mapping.
+func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
+	addr, ok := b.guestAddr(p)
+	if !ok {
+		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.name)
+	}
+	var err error
+	if data == nil {
+		_, err = d.u.ZeroPage(uffd.Range{Start: addr, Len: pageSize}, false)
+	} else {
+		_, _, err = d.u.CopyRange(addr, data, 0)
+	}
+	if err != nil && !errors.Is(err, uffd.ErrExists) {
+		return fmt.Errorf("place page %d of block %s: %w", p, b.name, err)
+	}
+	if err != nil && data == nil {
+		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
+	}
+	for _, m := range b.maps[1:] {
+		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
+			_ = d.u.Wake(uffd.Range{Start: m.Start + uintptr(off-m.Offset), Len: pageSize})
+		}
+	}
+	return nil
+}
+
+// missingRuns lists every page still missing.
+func (d *placer) missingRuns() []wire.Run {
+	var runs []wire.Run
+	for _, b := range d.blocks {
+		b.missing.Runs(0, b.npages, func(start, count uint64) bool {
+			runs = append(runs, wire.Run{Block: b.idx, Page: start, Count: count})
+			return true
+		})
+	}
+	return runs
+}

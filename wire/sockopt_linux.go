@@ -1,0 +1,46 @@
+package wire
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultLinkTimeout is how long a connection may go unanswered before it
+// fails, when WithLinkTimeout or Listener.LinkTimeout do not say.
+const DefaultLinkTimeout = 15 * time.Second
+
+// setLinkTimeout makes a TCP connection fail once its peer has left data
+// or keepalive probes unacknowledged for about d: TCP_USER_TIMEOUT, and
+// keepalive probes so that an idle connection notices too. Without it a
+// link that goes down without a reset hangs a migration for the kernel's
+// ~15 minutes of retransmissions.
+func setLinkTimeout(nc net.Conn, d time.Duration) error {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	if d <= 0 {
+		d = DefaultLinkTimeout
+	}
+	probe := max(d/3, 100*time.Millisecond)
+	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: probe, Interval: probe, Count: 3}); err != nil {
+		return fmt.Errorf("set keepalive: %w", err)
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("set TCP user timeout: %w", err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+	}); err != nil {
+		return fmt.Errorf("set TCP user timeout: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("set TCP user timeout: %w", serr)
+	}
+	return nil
+}
