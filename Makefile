@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-race bench lint demo demo-plain clean guest-image
+.PHONY: all build test test-race bench lint demo demo-plain clean guest-image fault-test fault-soak
 
 all: build
 
@@ -23,6 +23,21 @@ RACE_PKGS ?= ./wire ./precopy ./dbrestore ./uffd ./layout ./internal/keeper ./in
 test-race:
 	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 
+# Fault injection (docs/testing.md, "Fault injection"): migrations of test
+# guests, each with one fault at a random instant, as root. Not in `make
+# test` until the engine keeps every promise it checks (issue 11).
+# DMIG_FAULT_SEED / DMIG_FAULT_RUN_SEED reproduce runs; FAULT_PARALLEL runs
+# at once.
+FAULT_PARALLEL ?= 3
+fault-test: export DMIG_FAULT_RUNS ?= 200
+fault-soak: export DMIG_FAULT_RUNS ?= 1000
+FAULT_TEST = cd tests && DMIG_FAULT_BIN=$(abspath $(BIN)) $(GO) test -tags faultinject -count=1 \
+	-run '^TestFaultInject$$' -parallel $(FAULT_PARALLEL)
+fault-test: build
+	$(FAULT_TEST) -timeout 30m
+fault-soak: build
+	$(FAULT_TEST) -timeout 150m
+
 # Benchmarks print custom metrics (faults/s, GB/s, ratios to baselines).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
@@ -32,9 +47,11 @@ bench: build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags faultinject ./tests/
 	$(GO) run ./internal/tools/unixcheck
 	@test -x "$$($(GO) env GOPATH)/bin/staticcheck" || $(GO) install $(STATICCHECK)
 	"$$($(GO) env GOPATH)/bin/staticcheck" ./...
+	"$$($(GO) env GOPATH)/bin/staticcheck" -tags faultinject ./tests/
 
 # Debian 12 guest for QEMU runs: base cached in /var/cache/dmig by a hash
 # of its recipe, plus this build's dmig as its guest agent (docs/testing.md, "Guest image").

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,6 +38,10 @@ type dbOpts struct {
 	// hot is the share of pages (data and db) that get 90 % of the
 	// accesses (testguest.Params.Hot; default 0.1, 1: uniform).
 	hot float64
+	// shm and stderr are guestOpts': where the RAM file goes, where the
+	// guest's output goes.
+	shm    string
+	stderr io.Writer
 }
 
 // startDBSource starts a database-mode guest with a warm buffer pool whose
@@ -54,7 +59,7 @@ func startDBSource(t testing.TB, dir string, o dbOpts) *dbGuest {
 		File: filepath.Join(dir, "data.db"), Pages: o.dbPages, Frames: frames, Fill: 1,
 		ReadRate: o.readRate, ModifyRate: o.modifyRate, FlushRate: o.flushRate,
 	}
-	g := startSource(t, guestOpts{size: o.size, writeRate: o.writeRate, hot: o.hot, db: db, layout: "127.0.0.1:0"})
+	g := startSource(t, guestOpts{size: o.size, writeRate: o.writeRate, hot: o.hot, db: db, layout: "127.0.0.1:0", shm: o.shm, stderr: o.stderr})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := testguest.ReadStats(g.stats)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -140,18 +141,37 @@ func insecureFlag() []string {
 // killGuestsUnder kills processes whose DMIG_RAM names a file under dir:
 // guests a killed `dmig serve` left behind.
 func killGuestsUnder(dir string) {
+	for _, pid := range guestsUnder(dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// guestsUnder lists the processes whose DMIG_RAM names a file under dir:
+// the guests a `dmig serve --dir dir` started.
+func guestsUnder(dir string) []int {
+	return procsWith(proc.EnvRAM+"="+dir, false)
+}
+
+// procsWith lists the processes (other than this one) whose environment,
+// or also command line if cmdline, contains s.
+func procsWith(s string, cmdline bool) []int {
+	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if strings.Contains(string(env), proc.EnvRAM+"="+dir) {
-			var pid int
-			fmt.Sscan(e.Name(), &pid)
-			syscall.Kill(pid, syscall.SIGKILL)
+		env, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		var args []byte
+		if cmdline {
+			args, _ = os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		}
+		if strings.Contains(string(env), s) || strings.Contains(string(args), s) {
+			pids = append(pids, pid)
 		}
 	}
+	return pids
 }
 
 func waitForwarded(t *testing.T, p *proxy, n int64) {
@@ -188,20 +208,32 @@ func checkSourcePaused(t *testing.T, g *srcGuest) {
 
 func verifyStopped(t *testing.T, g *srcGuest, cont bool) {
 	t.Helper()
-	syscall.Kill(g.pid(), syscall.SIGSTOP)
-	if err := testguest.WaitStopped(context.Background(), g.pid()); err != nil {
-		t.Fatal(err)
+	if err := stopAndVerify(g.pid(), []string{g.ram}, cont); err != nil {
+		t.Fatalf("source RAM after the failure: %v", err)
 	}
-	r, err := testguest.Verify(g.ram)
+}
+
+// stopAndVerify stops the test guest pid (SIGSTOP), verifies its RAM files
+// ram, and continues it if cont. A *testguest.MismatchError names the
+// wrong pages.
+func stopAndVerify(pid int, ram []string, cont bool) error {
+	syscall.Kill(pid, syscall.SIGSTOP)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := testguest.WaitStopped(ctx, pid); err != nil {
+		return err
+	}
+	r, err := testguest.Verify(ram...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if !r.OK() {
-		t.Fatalf("source RAM fails verification after the failure: %v", r.Mismatches)
+		return err
 	}
 	if cont {
-		syscall.Kill(g.pid(), syscall.SIGCONT)
+		syscall.Kill(pid, syscall.SIGCONT)
 	}
+	if !r.OK() {
+		return &testguest.MismatchError{Report: r}
+	}
+	return nil
 }
 
 func procState(pid int) string {

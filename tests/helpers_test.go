@@ -65,16 +65,24 @@ type guestOpts struct {
 	readShare float64
 	db        *testguest.DBParams
 	layout    string // --layout-listen address
+	// shm, if set, is the directory of the RAM file (the caller's, which
+	// removes it); by default a new one under /dev/shm.
+	shm string
+	// stderr, if set, receives the guest's output instead of the test log.
+	stderr io.Writer
 }
 
 func startSource(t testing.TB, o guestOpts) *srcGuest {
 	t.Helper()
 	dir := t.TempDir()
-	shm, err := os.MkdirTemp("/dev/shm", "dmig-e2e-")
-	if err != nil {
-		t.Fatal(err)
+	shm := o.shm
+	if shm == "" {
+		var err error
+		if shm, err = os.MkdirTemp("/dev/shm", "dmig-e2e-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(shm) })
 	}
-	t.Cleanup(func() { os.RemoveAll(shm) })
 	p := testguest.DefaultParams()
 	p.Size = o.size
 	p.WriteRate = o.writeRate
@@ -94,8 +102,12 @@ func startSource(t testing.TB, o guestOpts) *srcGuest {
 	g := &srcGuest{t: t, ram: filepath.Join(shm, "ram0"), stats: filepath.Join(dir, "src.stats"), dir: shm, exit: make(chan struct{})}
 	cfg := testguest.Config{RAM: []string{g.ram}, Params: p, Run: testguest.RunOptions{StatsFile: g.stats, StatsEvery: 100 * time.Millisecond, LayoutListen: o.layout}}
 	g.cmd = testguest.Command(context.Background(), dmigBin, cfg)
-	var errBuf bytes.Buffer
-	g.cmd.Stderr = io.MultiWriter(&errBuf, prefixWriter(t, "src-guest: "))
+	var errBuf lockedBuffer
+	out := o.stderr
+	if out == nil {
+		out = prefixWriter(t, "src-guest: ")
+	}
+	g.cmd.Stderr = io.MultiWriter(&errBuf, out)
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

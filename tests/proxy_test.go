@@ -11,7 +11,9 @@ import (
 
 // proxy forwards TCP connections to a target, optionally throttling the
 // forward direction, and can cut every connection at once: a link that
-// drops in the middle of a migration.
+// drops in the middle of a migration. A link that comes back
+// (faultproxy_test.go) resets its connections and refuses new ones for a
+// while (down), or holds every byte for a while (hold).
 type proxy struct {
 	ln     net.Listener
 	target string
@@ -21,6 +23,8 @@ type proxy struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	cut_  bool
+	down  bool          // connections accepted now are reset at once
+	hold  chan struct{} // non-nil: no byte passes until it is closed
 }
 
 func startProxy(t testing.TB, target string, rate int64) *proxy {
@@ -58,6 +62,12 @@ func (p *proxy) accept() {
 			u.Close()
 			return
 		}
+		if p.down {
+			p.mu.Unlock()
+			reset(c)
+			reset(u)
+			continue
+		}
 		p.conns = append(p.conns, c, u)
 		p.mu.Unlock()
 		go p.pipe(u, c, true)
@@ -72,6 +82,12 @@ func (p *proxy) pipe(dst, src net.Conn, forward bool) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			p.mu.Lock()
+			hold := p.hold
+			p.mu.Unlock()
+			if hold != nil {
+				<-hold
+			}
 			if forward && p.rate > 0 {
 				sent += int64(n)
 				if ahead := time.Duration(float64(sent)/float64(p.rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
@@ -108,13 +124,27 @@ func (p *proxy) cut() {
 	defer p.mu.Unlock()
 	p.cut_ = true
 	p.ln.Close()
+	p.resetAll()
+	if p.hold != nil {
+		close(p.hold)
+		p.hold = nil
+	}
+}
+
+// resetAll resets every connection; the caller holds p.mu.
+func (p *proxy) resetAll() {
 	for _, c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetLinger(0)
-		}
-		c.Close()
+		reset(c)
 	}
 	p.conns = nil
+}
+
+// reset closes c with a RST, as a dead link or host looks after its timeout.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 // restore listens again on the proxy's address after a cut: the link is
