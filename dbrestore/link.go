@@ -238,9 +238,12 @@ func (d *dest) openJournal(paths []string) error {
 // the directory goes (the guest was killed); after completion it stays
 // with the guest, whose keeper removes it when the guest exits.
 func (d *dest) closeJournal(failed bool) {
-	if failed && d.dir != "" {
-		if err := os.RemoveAll(d.dir); err != nil {
-			d.log.Warn("remove session directory", "dir", d.dir, "error", err)
+	// The directory may exist before the journal does (the guest made it
+	// and died before it was ready).
+	if failed && d.cfg.Dir != "" {
+		dir := SessionDir(d.cfg.Dir, d.sess.ID())
+		if err := os.RemoveAll(dir); err != nil {
+			d.log.Warn("remove session directory", "dir", dir, "error", err)
 		}
 	}
 	if d.lock != nil {

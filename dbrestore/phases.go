@@ -284,6 +284,13 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 
 // resume journals the guest as resumed, then lets it run.
 func (d *dest) resume(ctx context.Context) error {
+	// A guest that died since it was started (killed, crashed) must not
+	// count as resumed: SIGCONT to a zombie succeeds.
+	select {
+	case <-d.exited:
+		return fmt.Errorf("destination guest pid %d exited before it was resumed", d.pid)
+	default:
+	}
 	if err := d.journalState(keeper.Resumed); err != nil {
 		return err
 	}
@@ -360,19 +367,41 @@ func (d *dest) failed(err error) error {
 	if d.phase.Load() == phaseResumed {
 		err = fmt.Errorf("after resume, %d pages can no longer arrive; the guest was killed rather than run on pages dmig did not place: %w", d.missing.Load(), err)
 	}
-	// Tell the source first: it resumes its guest sooner.
-	if c := d.conns().Control; c != nil {
-		msg := err.Error()
-		if len(msg) > 1000 {
-			msg = msg[:1000]
+	switch d.phase.Load() {
+	case phaseReady:
+		// The source may have sent Go and keeps its guest paused: once
+		// this guest is dead, and so certainly never ran, Abort tells the
+		// source it may resume its own copy.
+		kerr := d.g.Kill()
+		if kerr != nil {
+			err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
+		} else {
+			d.tell(&wire.Abort{Reason: trimMessage("destination guest never resumed: " + err.Error())})
 		}
-		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = c.WriteFrame(wctx, &wire.Error{Code: codeOf(err), Message: msg})
-		cancel()
-	}
-	if kerr := d.g.Kill(); kerr != nil {
-		err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
+	default:
+		// Tell the source first: before Go it resumes its guest sooner.
+		d.tell(&wire.Error{Code: codeOf(err), Message: trimMessage(err.Error())})
+		if kerr := d.g.Kill(); kerr != nil {
+			err = errors.Join(err, fmt.Errorf("kill guest: %w", kerr))
+		}
 	}
 	d.log.Error("migration failed", "error", err, "resumed", d.phase.Load() == phaseResumed)
 	return err
+}
+
+// tell writes m on the current control connection, if any, within a
+// second.
+func (d *dest) tell(m wire.Message) {
+	if c := d.conns().Control; c != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.WriteFrame(wctx, m)
+		cancel()
+	}
+}
+
+func trimMessage(s string) string {
+	if len(s) > 1000 {
+		return s[:1000]
+	}
+	return s
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -165,7 +166,11 @@ func (s *server) dropped(h *wire.Hello) {
 	s.mu.Unlock()
 	s.end(p)
 	// The guest was never started; what NewGuest made goes.
-	if err := p.guest.Kill(); err != nil {
+	err := p.guest.Kill()
+	if s.cfg.Dir != "" {
+		err = errors.Join(err, os.RemoveAll(SessionDir(s.cfg.Dir, h.Session)))
+	}
+	if err != nil {
 		s.cfg.Logger.Warn("clean up after a dropped session", "session", h.Session, "error", err)
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dmig/dmig/internal/report"
@@ -30,7 +33,8 @@ func (p *postcopyLink) close() {
 func recoverable(err error) bool {
 	var re *remoteError
 	var refused *wire.RefusedError
-	return !errors.As(err, &re) && !errors.As(err, &refused)
+	var nr *notResumedError
+	return !errors.As(err, &re) && !errors.As(err, &refused) && !errors.As(err, &nr)
 }
 
 // awaitComplete waits, after Go, for the destination's Complete, through
@@ -125,7 +129,7 @@ func (s *source) redial(base context.Context, h wire.Hello, deadline time.Time) 
 		return sess, m.Pages, nil
 	case *wire.Error:
 		sess.Close()
-		return nil, nil, &remoteError{msg: fmt.Sprintf("%v: %s", m.Code, m.Message)}
+		return nil, nil, &remoteError{code: m.Code, msg: fmt.Sprintf("%v: %s", m.Code, m.Message)}
 	}
 	sess.Close()
 	return nil, nil, fmt.Errorf("await missing pages: unexpected %v", m.Type())
@@ -154,4 +158,23 @@ func (s *source) resumeLink(base context.Context, sess *wire.Session, missing []
 	go func() { defer wg.Done(); s.push(ctx) }()
 	go func() { defer wg.Done(); s.watchPostcopy(ctx, iter) }()
 	return &postcopyLink{ctx: ctx, stop: func() { cancel(errors.New("link closed")) }, wg: &wg}
+}
+
+// Restartable reports whether a migration that aborted (outcome Aborted,
+// the source guest running on) with err may be started over with hope:
+// its link failed (a reset, a closed connection, a refused dial while the
+// destination's serve restarts). A refusal, a busy guest, a source left
+// paused, a silent destination, anything the destination reported, and a
+// failure of this side are not.
+func Restartable(err error) bool {
+	var refused *wire.RefusedError
+	var re *remoteError
+	var nr *notResumedError
+	if err == nil || errors.As(err, &refused) || errors.As(err, &re) || errors.As(err, &nr) ||
+		errors.Is(err, ErrBusy) || errors.Is(err, ErrSourcePaused) || errors.Is(err, wire.ErrTimeout) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }

@@ -195,10 +195,12 @@ func (s *source) run(ctx context.Context) (err error) {
 	}
 	s.pausing.Store(true)
 	tPause := time.Now()
+	// Paused from the attempt on: a Pause that fails half-way (its wait
+	// for the threads to stop cancelled) may have stopped the guest.
+	paused = true
 	if err := s.g.Pause(ctx); err != nil {
 		return s.cause(ctx, fmt.Errorf("pause guest: %w", err))
 	}
-	paused = true
 	if _, err := s.collect(); err != nil {
 		return err
 	}
@@ -276,6 +278,12 @@ func (s *source) run(ctx context.Context) (err error) {
 	}
 	post := &postcopyLink{ctx: ctx, stop: stopPost, wg: &serveWG}
 	done, err := s.awaitComplete(base, post, tPause, iter)
+	var notResumed *notResumedError
+	if errors.As(err, &notResumed) {
+		// The abort path resumes the guest: the destination's never ran.
+		resumedDest = false
+		return err
+	}
 	if err != nil {
 		s.rep.Outcome = report.FailedAfterResume
 		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
@@ -507,8 +515,17 @@ func (s *source) dial(ctx context.Context) error {
 	return nil
 }
 
+// notResumedError: the destination aborted with its guest never resumed
+// (and now dead), so the source guest may run on even after Go.
+type notResumedError struct{ reason string }
+
+func (e *notResumedError) Error() string { return "destination aborted: " + e.reason }
+
 // remoteError is a failure the destination reported.
-type remoteError struct{ msg string }
+type remoteError struct {
+	code wire.ErrorCode
+	msg  string
+}
 
 func (e *remoteError) Error() string { return "destination: " + e.msg }
 
@@ -540,10 +557,12 @@ func (s *source) readControlOf(ctx context.Context, sess *wire.Session, fail con
 			s.completed <- &c
 			return
 		case *wire.Error:
-			fail(&remoteError{msg: fmt.Sprintf("%v: %s", m.Code, m.Message)})
+			fail(&remoteError{code: m.Code, msg: fmt.Sprintf("%v: %s", m.Code, m.Message)})
 			return
 		case *wire.Abort:
-			fail(&remoteError{msg: "aborted: " + m.Reason})
+			// The destination aborts only while its guest has not run:
+			// even after Go the source may then resume its own.
+			fail(&notResumedError{reason: m.Reason})
 			return
 		case *wire.Progress:
 			s.log.Debug("destination progress", "placed", m.Placed, "missing", m.Missing)

@@ -212,6 +212,11 @@ func TestDrain(t *testing.T) {
 	if n := len(srv.sessions(t)); n != 4 {
 		t.Fatalf("%d sessions reached the destination, want 4 (two moves, the failing guest twice)", n)
 	}
+	// The failed guest's attempts left nothing; the moved guests' RAM
+	// stays with them.
+	if d := srv.dirs(t); len(d) != 2 {
+		t.Fatalf("session directories %v, want the 2 moved guests'", d)
+	}
 }
 
 // TestConcurrentDrains runs two drains of the same config at once: each

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -105,9 +106,26 @@ func startServe(t testing.TB, extra ...string) *serveProc {
 	}
 }
 
-// sessions lists what serve created under --dir (one entry per accepted
-// session).
+// sessions lists the sessions serve accepted (its "migration accepted"
+// log lines), in order.
 func (s *serveProc) sessions(t testing.TB) []string {
+	t.Helper()
+	var ids []string
+	for _, l := range strings.Split(s.log.String(), "\n") {
+		if !strings.Contains(l, `"migration accepted"`) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err == nil {
+			ids = append(ids, fmt.Sprint(m["session"]))
+		}
+	}
+	return ids
+}
+
+// dirs lists what serve holds under --dir: a session directory per guest
+// that runs there.
+func (s *serveProc) dirs(t testing.TB) []string {
 	t.Helper()
 	es, err := os.ReadDir(s.dir)
 	if err != nil {

@@ -119,7 +119,7 @@ func TestTLSRefusals(t *testing.T) {
 		t.Fatalf("no JSON summary matching the report in migrate's output:\n%s", out)
 	}
 	if n := len(srv.sessions(t)); n != 1 {
-		t.Fatalf("%d session directories after one migration", n)
+		t.Fatalf("%d sessions accepted for one migration", n)
 	}
 
 	t.Run("replay", func(t *testing.T) {
@@ -152,8 +152,8 @@ func TestTLSRefusals(t *testing.T) {
 	}
 }
 
-// assertUntouched checks that no Hello's command ran and that serve holds
-// the expected number of session directories.
+// assertUntouched checks that no Hello's command ran and that serve
+// accepted the expected number of sessions.
 func assertUntouched(t *testing.T, srv *serveProc, marker string, sessions int) {
 	t.Helper()
 	time.Sleep(300 * time.Millisecond) // a started command would have run by now
@@ -161,7 +161,7 @@ func assertUntouched(t *testing.T, srv *serveProc, marker string, sessions int) 
 		t.Fatal("the peer's command ran on the destination")
 	}
 	if got := srv.sessions(t); len(got) != sessions {
-		t.Fatalf("session directories %v, want %d", got, sessions)
+		t.Fatalf("sessions accepted %v, want %d", got, sessions)
 	}
 }
 

@@ -23,7 +23,7 @@ type drainCmd struct {
 	MaxIter        int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
 	Compress       bool          `help:"Compress page data (zstd): for links of about 1 Gbit/s and below."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
-	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile (0: fail at once)."`
+	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile; before Go, how long to keep starting over a migration that aborted because the link or the destination failed, the guest running on meanwhile (0: neither)."`
 	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`

@@ -109,11 +109,42 @@ type guardedGuest struct {
 	release func()
 }
 
-// guarded runs one migration of guest behind a guardian: killed at any
+// guarded migrates guest, each attempt behind a guardian (guardedOnce). An
+// attempt that aborted before Go for a reason another may not meet (the
+// link, the destination's serve or guest failed: precopy.Restartable) is
+// started over, the guest running on meanwhile, until cfg.RecoverTimeout
+// has passed since the first such abort.
+func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
+	var deadline time.Time
+	for restarts := 0; ; restarts++ {
+		rep, err := guardedOnce(ctx, g, log, guest, cfg)
+		if rep != nil {
+			rep.Restarts = restarts
+		}
+		if rep == nil || rep.Outcome != report.Aborted || !precopy.Restartable(err) || cfg.RecoverTimeout <= 0 || ctx.Err() != nil {
+			return rep, err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(cfg.RecoverTimeout)
+		}
+		if !time.Now().Before(deadline) {
+			return rep, err
+		}
+		log.Warn("migration aborted before Go, the guest runs on: starting it over", "restarts", restarts+1, "error", err,
+			"until", time.Until(deadline).Round(time.Second))
+		select {
+		case <-ctx.Done():
+			return rep, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// guardedOnce runs one migration of guest behind a guardian: killed at any
 // instant before Go, this process leaves a guardian that resumes the guest.
 // An error of the migration gets the exit status and, if the guest stays
 // paused, the command that resumes it.
-func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
+func guardedOnce(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
 	ref := guest.ref
 	exe, err := os.Executable()
 	if err != nil {

@@ -64,7 +64,7 @@ type migrateCmd struct {
 	TLSServerName  string        `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
 	NoProgress     bool          `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Abort (source intact) if the destination has not accepted the session within this time (0: wait forever)."`
-	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile (0: fail at once)."`
+	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile; before Go, how long to keep starting over a migration that aborted because the link or the destination failed, the guest running on meanwhile (0: neither)."`
 	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 }
 

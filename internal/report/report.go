@@ -29,6 +29,9 @@ type Report struct {
 	Error      string  `json:"error,omitempty"`
 	TotalMS    float64 `json:"total_ms"`
 	DowntimeMS float64 `json:"downtime_ms"`
+	// Restarts counts attempts that aborted before Go (the guest running on)
+	// and were started over.
+	Restarts int `json:"restarts,omitempty"`
 	// Recoveries counts reconnections after the link failed past Go.
 	Recoveries     int         `json:"recoveries,omitempty"`
 	BytesSent      uint64      `json:"bytes_sent"`
