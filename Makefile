@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test bench lint demo clean guest-image
+.PHONY: all build test bench lint demo clean guest-image qemu10
 
 all: build
 
@@ -36,6 +36,11 @@ lint:
 GUEST_IMAGE ?= bin/guest.raw
 guest-image: build
 	bash vmm/qemu/image/build.sh --dmig $(BIN) $(GUEST_IMAGE)
+
+# QEMU 10.0.2 beside the system's 7.2, in /opt/dmig/qemu10 (docs/qemu.md):
+# TestQEMU runs on both, dmig compare's baseline on 10.
+qemu10:
+	bash contrib/install-qemu10.sh
 
 # The README's first command: a test guest under load migrated on this host
 # in hybrid mode (root).
