@@ -83,7 +83,7 @@ type running struct {
 // (the whole test: it outlives the subtest that migrates to it) ends.
 func destination(ctx context.Context, t, owner *testing.T, src *running, dir, memPath string) *running {
 	t.Helper()
-	_, args, err := SourceCommand(src.vm.Pid())
+	bin, args, err := SourceCommand(src.vm.Pid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func destination(ctx context.Context, t, owner *testing.T, src *running, dir, me
 	if err := CheckDisks(src.vm.Pid(), args, plan.Args); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := Start(ctx, "qemu-system-x86_64", plan.Args, plan.QMP, plan.Stderr, true)
+	vm, err := Start(ctx, bin, plan.Args, plan.QMP, plan.Stderr, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,19 +170,59 @@ func cliMigrate(ctx context.Context, t *testing.T, bin string, src, dst *VM, nc 
 	return &NativeResult{Report: &r, Postcopy: r.PostcopyPages > 0}
 }
 
-// TestQEMU boots one guest and moves it from QEMU to QEMU on this host:
+// TestQEMU runs testQEMU on each QEMU dmig supports: Debian 12's 7.2 (the
+// system's qemu-system-x86_64) and 10 (make qemu10's, or $DMIG_QEMU10).
+// Under CI both must be there.
+func TestQEMU(t *testing.T) {
+	for _, q := range testQEMUs(t) {
+		t.Run(q.name, func(t *testing.T) {
+			if q.bin == "" {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("QEMU %s is not installed (%s)", q.name, q.why)
+				}
+				t.Skipf("QEMU %s is not installed (%s)", q.name, q.why)
+			}
+			testQEMU(t, q.bin)
+		})
+	}
+}
+
+type testedQEMU struct{ name, bin, why string }
+
+// testQEMUs finds the QEMU binaries TestQEMU runs on, each checked to be
+// of the version its subtest is named after.
+func testQEMUs(t *testing.T) []testedQEMU {
+	q10 := os.Getenv("DMIG_QEMU10")
+	if q10 == "" {
+		q10 = QEMU10Binary
+	}
+	out := []testedQEMU{{name: "7.2", bin: "qemu-system-x86_64"}, {name: "10", bin: q10}}
+	for i := range out {
+		q := &out[i]
+		v, err := BinaryVersion(context.Background(), q.bin)
+		switch {
+		case err != nil:
+			q.bin, q.why = "", err.Error()+"; make qemu10 installs QEMU 10"
+		case !strings.HasPrefix(v.String(), q.name+"."):
+			q.bin, q.why = "", fmt.Sprintf("%s is QEMU %s", q.bin, v)
+		}
+	}
+	return out
+}
+
+// testQEMU boots one guest on the QEMU binary bin and moves it from QEMU to QEMU on this host:
 // by device state alone over a shared RAM file (x-ignore-shared, what
 // dmig's switchover does), by dmig in each mode, then by QEMU's own
 // pre-copy and post-copy. The database must answer after each with the same
 // table checksums, except after a QEMU migration whose guest kernel
 // crashed (QEMU 7.2 under TCG does that at times; the crash is logged and
 // ends the test, which is why QEMU's modes come last).
-func TestQEMU(t *testing.T) {
+func testQEMU(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	img := testvm.BuildImage(t, dir)
-	shm := fmt.Sprintf("/dev/shm/dmig-qemu-test-%d-", os.Getpid())
+	shm := fmt.Sprintf("/dev/shm/dmig-qemu-test-%d-%s-", os.Getpid(), strings.NewReplacer("/", "-", ".", "").Replace(t.Name()))
 	t.Cleanup(func() {
 		for _, s := range []string{"a", "c", "d", "p"} {
 			os.Remove(shm + s)
@@ -191,7 +231,7 @@ func TestQEMU(t *testing.T) {
 
 	port := freePort(t)
 	cfg := Config{Dir: filepath.Join(dir, "a"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
-		MemPath: shm + "a", Forward: []Forward{{port, 3306}}, AgentSocket: filepath.Join(dir, "a", "agent.sock"), KillWithParent: true}
+		MemPath: shm + "a", Forward: []Forward{{port, 3306}}, AgentSocket: filepath.Join(dir, "a", "agent.sock"), Binary: bin, KillWithParent: true}
 	start := time.Now()
 	vm, err := StartConfig(ctx, cfg)
 	if err != nil {
@@ -362,7 +402,7 @@ func TestQEMU(t *testing.T) {
 
 	t.Run("private-ram-refused", func(t *testing.T) {
 		pc := Config{Dir: filepath.Join(dir, "p"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
-			MemPath: shm + "p", Private: true, Incoming: "defer", KillWithParent: true}
+			MemPath: shm + "p", Private: true, Incoming: "defer", Binary: bin, KillWithParent: true}
 		p, err := StartConfig(ctx, pc)
 		if err != nil {
 			t.Fatal(err)
@@ -377,7 +417,7 @@ func TestQEMU(t *testing.T) {
 		if err := os.MkdirAll(ld, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		l, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M", "-machine", "pc", "-S",
+		l, err := Start(ctx, bin, []string{"-accel", "tcg", "-m", "256M", "-machine", "pc", "-S",
 			"-display", "none", "-nodefaults", "-qmp", "unix:" + ld + "/qmp.sock,server=on,wait=off"},
 			ld+"/qmp.sock", ld+"/stderr", true)
 		if err != nil {
@@ -400,7 +440,7 @@ func TestQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.Remove(shm + "v")
-		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "256M",
+		v, err := Start(ctx, bin, []string{"-accel", "tcg", "-m", "256M",
 			"-object", "memory-backend-file,id=ram0,size=256M,mem-path=" + shm + "v,share=on",
 			"-machine", "pc,memory-backend=ram0", "-vga", "std", "-display", "none", "-nodefaults",
 			"-qmp", "unix:" + vd + "/qmp.sock,server=on,wait=off"}, vd+"/qmp.sock", vd+"/stderr", true)
@@ -433,7 +473,7 @@ func TestQEMU(t *testing.T) {
 		if err := os.MkdirAll(md, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		v, err := Start(ctx, "qemu-system-x86_64", []string{"-accel", "tcg", "-m", "128M",
+		v, err := Start(ctx, bin, []string{"-accel", "tcg", "-m", "128M",
 			"-object", "memory-backend-memfd,id=mem1,size=128M,share=on",
 			"-machine", "pc,memory-backend=mem1", "-display", "none", "-nodefaults", "-S",
 			"-qmp", "unix:" + md + "/qmp.sock,server=on,wait=off"}, md+"/qmp.sock", md+"/stderr", true)
