@@ -27,7 +27,7 @@ func (m *Monitor) Stop(ctx context.Context) error { return m.Execute(ctx, "stop"
 // Cont resumes the vCPUs.
 func (m *Monitor) Cont(ctx context.Context) error { return m.Execute(ctx, "cont", nil, nil) }
 
-// Capability names dmig sets (QEMU 7.2).
+// Capability names dmig sets (the same in QEMU 7.2 and 10).
 const (
 	CapIgnoreShared = "x-ignore-shared"
 	CapPostcopyRAM  = "postcopy-ram"
