@@ -67,9 +67,9 @@ func compareQEMU(ctx context.Context, tb testing.TB) string {
 	return bin
 }
 
-// bootCompareGuest boots the guest on QEMU 10 and waits for its buffer pool. Its QEMUs
-// and RAM files go when tb ends.
-func bootCompareGuest(ctx context.Context, tb testing.TB) *compareGuest {
+// bootCompareGuest boots the guest on the QEMU binary bin and waits for its
+// buffer pool. Its QEMUs and RAM files go when tb ends.
+func bootCompareGuest(ctx context.Context, tb testing.TB, bin string) *compareGuest {
 	tb.Helper()
 	dir := tb.TempDir()
 	img := testvm.BuildImage(tb, dir)
@@ -84,7 +84,7 @@ func bootCompareGuest(ctx context.Context, tb testing.TB) *compareGuest {
 	})
 	cfg := qemu.Config{Dir: filepath.Join(dir, "vm"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
 		MemPath: filepath.Join(g.ramDir, "source"), Tap: &qemu.Tap{Script: br.Script, Addr: br.CIDR(2)},
-		AgentSocket: filepath.Join(dir, "vm", "agent.sock"), Binary: compareQEMU(ctx, tb), KillWithParent: true}
+		AgentSocket: filepath.Join(dir, "vm", "agent.sock"), Binary: bin, KillWithParent: true}
 	start := time.Now()
 	vm, err := qemu.StartConfig(ctx, cfg)
 	if err != nil {
@@ -122,7 +122,7 @@ func bootCompareGuest(ctx context.Context, tb testing.TB) *compareGuest {
 func TestCompare(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	g := bootCompareGuest(ctx, t)
+	g := bootCompareGuest(ctx, t, compareQEMU(ctx, t))
 	dir, ramDir, addr, poolSize := g.dir, g.ramDir, g.addr, g.poolSize
 
 	qmp := g.qmp
@@ -375,14 +375,25 @@ func checksumCmd(addr string) string {
 // "none": unshaped), and logs its table: each mode's figures and their
 // ratios against QEMU's fastest mode of the same run.
 // DMIG_BENCH_COMPRESS=1 compresses dmig's page data (--compress);
-// DMIG_BENCH_MODES picks the modes (compare's --modes). DMIG_TEST_KEEP=DIR
-// keeps the JSON, the CSV and the plot.
+// DMIG_BENCH_MODES picks the modes (compare's --modes), DMIG_BENCH_QEMU
+// the QEMU binary. DMIG_TEST_KEEP=DIR keeps the JSON, the CSV and the plot.
 //
 //	go test -run '^$' -bench Compare -benchtime 1x -timeout 40m ./tests/
 func BenchmarkCompare(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	g := bootCompareGuest(ctx, b)
+	// DMIG_BENCH_QEMU runs the guest on another QEMU, one whose TCG loses
+	// pages included (--allow-buggy-qemu): to measure the loss.
+	bin := os.Getenv("DMIG_BENCH_QEMU")
+	var buggy bool
+	if bin == "" {
+		bin = compareQEMU(ctx, b)
+	} else if v, err := qemu.BinaryVersion(ctx, bin); err != nil {
+		b.Fatal(err)
+	} else {
+		buggy = !v.AtLeast(qemu.TCGDirtyFix.Major, qemu.TCGDirtyFix.Minor)
+	}
+	g := bootCompareGuest(ctx, b, bin)
 	rate := os.Getenv("DMIG_BENCH_RATE")
 	if rate == "" {
 		rate = "1gbit"
@@ -407,6 +418,9 @@ func BenchmarkCompare(b *testing.B) {
 		}
 		if rate != "none" {
 			args = append(args, "--rate", rate)
+		}
+		if buggy {
+			args = append(args, "--allow-buggy-qemu")
 		}
 		if os.Getenv("DMIG_BENCH_COMPRESS") == "1" {
 			args = append(args, "--compress")
