@@ -24,9 +24,6 @@ import (
 // pre-copy, multifd, multifd with zstd, post-copy, post-copy with preempt).
 var Modes = append([]string{string(precopy.ModeHybrid), string(precopy.ModePrecopy), string(precopy.ModePostcopy)}, qemu.NativeModes...)
 
-// DefaultModes are the modes a comparison runs unless told: every one.
-var DefaultModes = Modes
-
 // Config configures a comparison run.
 type Config struct {
 	// QMP is the running VM's QMP socket. The VM hops to a new QEMU on this
