@@ -410,7 +410,7 @@ func BenchmarkCompare(b *testing.B) {
 		out := filepath.Join(outDir, fmt.Sprint("bench", i))
 		args := []string{"compare", "--qmp", g.qmp, "--dir", out, "--ram-dir", g.ramDir,
 			"--workload", sysbench(g.addr, test, "--threads=2", "--time=0", "--report-interval=1", "run"),
-			"--warmup", "5s", "--cooldown", "5s", "--timeout", "10m",
+			"--warmup", "5s", "--cooldown", "5s", "--timeout", "10m", "--layout-timeout", "90s",
 			"--json", out + ".json", "--csv", out + ".csv", "--plot", out + ".png", "--log-format", "text"}
 		if test == "oltp_read_only" {
 			// Tables only read keep their checksums.
