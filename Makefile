@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 45m -p 1
 BENCHTIME ?= 1x
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-race bench lint demo demo-plain clean guest-image fault-test fault-soak
+.PHONY: all build test test-race bench lint demo demo-plain clean guest-image fault-test fault-soak qemu10
 
 all: build
 
@@ -58,6 +58,11 @@ lint:
 GUEST_IMAGE ?= bin/guest.raw
 guest-image: build
 	bash vmm/qemu/image/build.sh --dmig $(BIN) $(GUEST_IMAGE)
+
+# QEMU 10.0.2 beside the system's 7.2, in /opt/dmig/qemu10 (docs/qemu.md):
+# TestQEMU runs on both, dmig compare's baseline on 10.
+qemu10:
+	bash contrib/install-qemu10.sh
 
 # The README's first command (root, under a minute): a database-like test
 # guest migrated between two network namespaces over a 1 Gbit/s veth, once

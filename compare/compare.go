@@ -20,15 +20,16 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// Modes a comparison can run: dmig's three and QEMU's own two.
-var Modes = []string{string(precopy.ModeHybrid), string(precopy.ModePrecopy), string(precopy.ModePostcopy), qemu.ModePrecopy, qemu.ModePostcopy}
+// Modes a comparison can run: dmig's three and QEMU's own (qemu.NativeModes:
+// pre-copy, multifd, multifd with zstd, post-copy, post-copy with preempt).
+var Modes = append([]string{string(precopy.ModeHybrid), string(precopy.ModePrecopy), string(precopy.ModePostcopy)}, qemu.NativeModes...)
 
 // Config configures a comparison run.
 type Config struct {
 	// QMP is the running VM's QMP socket. The VM hops to a new QEMU on this
 	// host at every migration; Result.QMP says where it ends.
 	QMP string
-	// Modes in the order to run them (default: all five).
+	// Modes in the order to run them (default: all of Modes).
 	Modes []string
 	// Rounds: each mode runs this many times, in turn (default 1).
 	Rounds int
@@ -69,8 +70,18 @@ type Config struct {
 	// MaxIterations bounds dmig's pre-copy passes (default 30).
 	MaxIterations int
 	// Compress: dmig's modes send page data zstd-compressed
-	// (precopy.Config.Compress). QEMU's run with its defaults, uncompressed.
+	// (precopy.Config.Compress). QEMU's compress only in qemu-multifd-zstd.
 	Compress bool
+	// Channels is the number of connections of QEMU's multifd modes
+	// (multifd-channels; default dmig's bulk connections, 2).
+	Channels int
+	// QEMUBinary, if set, starts every destination QEMU instead of the
+	// source's own binary. It must be the source VM's QEMU version: the
+	// source VM is started by the same QEMU (ErrQEMUVersion).
+	QEMUBinary string
+	// AllowBuggyQEMU runs QEMU's own modes on a TCG VM of a QEMU older than
+	// 9.0 (ErrBuggyQEMU).
+	AllowBuggyQEMU bool
 	// Timeout bounds each migration (default 15 minutes): QEMU's pre-copy
 	// never gives up on a guest that dirties memory faster than it sends.
 	Timeout time.Duration
@@ -104,6 +115,9 @@ func (c *Config) defaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = 15 * time.Minute
 	}
+	if c.Channels <= 0 {
+		c.Channels = 2
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -124,6 +138,11 @@ type Migration struct {
 	TPSDuring      float64 `json:"tps_during"`
 	TPSAfter       float64 `json:"tps_after"`
 	WorkloadErrors float64 `json:"workload_errors"`
+	// TPSDuringMin is the lowest 1 s throughput window during it.
+	TPSDuringMin float64 `json:"tps_during_min"`
+	// Oracle is the RAM check: the destination's RAM before it ran
+	// against the source's at switchover (nil: not checked).
+	Oracle *Oracle `json:"oracle,omitempty"`
 	// Check is "same" or "differs" (Check's output against the first), or
 	// empty without a check.
 	Check       string `json:"check,omitempty"`
@@ -137,14 +156,37 @@ type Migration struct {
 }
 
 // OK reports whether the migration completed, the check (if any) held,
-// the guest's kernel did not crash and the workload saw no errors.
+// the RAM oracle (if any) found no page differing, the guest's kernel did
+// not crash and the workload saw no errors.
 func (m *Migration) OK() bool {
-	return m.Error == "" && m.Check != "differs" && m.WorkloadErrors == 0 && m.GuestCrash == ""
+	return m.Error == "" && m.Check != "differs" && m.WorkloadErrors == 0 && m.GuestCrash == "" &&
+		(m.Oracle == nil || m.Oracle.PagesDiffer == 0)
+}
+
+// Oracle is a migration's RAM check: the destination's RAM before its
+// guest ran, page for page against the source's at switchover (both
+// paused). QEMU's modes are checked in full (the destination starts with
+// -S); dmig's pre-copy too (at the destination's resume, the source
+// paused); dmig's post-copy and hybrid only for the pages placed by the
+// resume (the others arrive later, PagesUnchecked).
+type Oracle struct {
+	PagesChecked   uint64 `json:"pages_checked"`
+	PagesDiffer    uint64 `json:"pages_differ"`
+	PagesUnchecked uint64 `json:"pages_unchecked,omitempty"`
+	// FirstDiffer is the RAM-file offset of the first page that differs.
+	FirstDiffer *int64 `json:"first_differ,omitempty"`
+	// PauseMS is how long the check kept the destination paused: time the
+	// guest did not run that no mode's downtime figure counts.
+	PauseMS float64 `json:"pause_ms"`
 }
 
 // Result is a whole comparison.
 type Result struct {
-	Started    time.Time   `json:"started"`
+	Started time.Time `json:"started"`
+	// QEMU is the source VM's QEMU version; TCG whether it runs without
+	// hardware acceleration.
+	QEMU       string      `json:"qemu,omitempty"`
+	TCG        bool        `json:"tcg,omitempty"`
 	Rate       string      `json:"rate,omitempty"`
 	Workload   string      `json:"workload,omitempty"`
 	Check      string      `json:"check,omitempty"`
@@ -186,6 +228,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	r := &runner{cfg: cfg, log: cfg.Logger, cur: cfg.QMP}
 	r.res = &Result{Started: time.Now(), Workload: cfg.Workload, Check: cfg.Check, QMP: cfg.QMP, Rate: cfg.Rate}
+	if err := r.checkQEMU(ctx); err != nil {
+		return nil, err
+	}
 	if cfg.Rate != "" {
 		sh, err := newShaper("lo", cfg.Rate)
 		if err != nil {
@@ -229,6 +274,8 @@ type runner struct {
 	// are removed once the VM has left them.
 	owned []string
 	seq   int
+	// oracle is the current migration's RAM check, if it ran.
+	oracle *Oracle
 }
 
 func (r *runner) since() float64 { return time.Since(r.res.Started).Seconds() }
@@ -281,8 +328,12 @@ func (r *runner) run(ctx context.Context) error {
 			}
 			m := Migration{Mode: mode, Round: round, StartS: r.since()}
 			r.log.Info("migrating", "mode", mode, "round", round, "qmp", r.cur)
+			r.oracle = nil
 			rep, err := r.migrate(ctx, mode)
-			m.EndS, m.Report = r.since(), rep
+			m.EndS, m.Report, m.Oracle = r.since(), rep, r.oracle
+			if o := m.Oracle; o != nil && o.PagesDiffer > 0 {
+				r.log.Error("the destination's RAM differs from the source's", "mode", mode, "pages_differ", o.PagesDiffer, "pages_checked", o.PagesChecked)
+			}
 			lastEnd = m.EndS
 			if err != nil {
 				m.Error = err.Error()
@@ -339,6 +390,7 @@ func (r *runner) fillTPS(m *Migration) {
 	// in.
 	end := max(m.EndS, m.StartS+1)
 	m.TPSDuring, _, _ = window(s, m.StartS, end+0.999)
+	m.TPSDuringMin = minWindow(s, m.StartS, end+0.999)
 	m.TPSAfter, _, _ = window(s, end+0.999, m.EndS+r.cfg.Cooldown.Seconds()+0.5)
 	m.WorkloadErrors = errorsIn(s, m.StartS, m.EndS+r.cfg.Cooldown.Seconds()+0.5)
 }
@@ -372,7 +424,7 @@ func (r *runner) migrate(ctx context.Context, mode string) (*report.Report, erro
 	r.seq++
 	// The directory's name also names the RAM files: unique per run.
 	tg := &qemu.Target{Command: cmd, Dir: filepath.Join(r.cfg.Dir, fmt.Sprintf("%d-%02d-%s", r.res.Started.Unix(), r.seq, mode)),
-		RAMDir: r.cfg.RAMDir, SourcePid: src.Pid(), Ports: map[int]int{}}
+		RAMDir: r.cfg.RAMDir, SourcePid: src.Pid(), Ports: map[int]int{}, Binary: r.cfg.QEMUBinary}
 	for _, p := range qemu.HostForwardPorts(cmd[1:]) {
 		np, err := freePort()
 		if err != nil {
@@ -419,7 +471,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 	go func() {
 		served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: r.log.Named("dest"), NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			tg.Command = h.Command
-			return tg, nil
+			return &oracleTarget{Target: tg, r: r, src: src, placedOnly: mode != precopy.ModePrecopy}, nil
 		}}, true, nil)
 	}()
 	lay := r.cfg.Layout
@@ -436,6 +488,12 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
 		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
 	serr := <-served
+	if o := r.oracle; o != nil && rep != nil {
+		// The oracle ran inside the switchover: its pause is the
+		// measurement's, not the mode's.
+		rep.DowntimeMS = max(0, rep.DowntimeMS-o.PauseMS)
+		rep.TotalMS = max(0, rep.TotalMS-o.PauseMS)
+	}
 	if err == nil && serr != nil {
 		err = fmt.Errorf("destination: %w", serr)
 	}
@@ -451,6 +509,9 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 	if _, err := tg.Create(ctx, blocks); err != nil {
 		return nil, err
 	}
+	// Paused after the migration (-S): the RAM oracle compares both sides
+	// before the destination's guest runs.
+	tg.Paused = true
 	if _, err := tg.Start(ctx); err != nil {
 		_ = tg.Kill()
 		return nil, err
@@ -465,7 +526,7 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 	}
 	res, err := qemu.MigrateNative(ctx, src.Monitor(), tg.VM().Mon, qemu.NativeConfig{Mode: mode,
 		URI: fmt.Sprintf("tcp:127.0.0.1:%d", port), MaxBandwidth: r.cfg.Bandwidth,
-		DowntimeLimit: uint64(r.cfg.Downtime.Milliseconds())})
+		DowntimeLimit: uint64(r.cfg.Downtime.Milliseconds()), Channels: r.cfg.Channels})
 	if err != nil {
 		rep := &report.Report{Mode: mode, Guest: src.Name(), Outcome: report.Aborted, Error: err.Error()}
 		if st, serr := src.Monitor().QueryStatus(context.WithoutCancel(ctx)); serr == nil && st.Status == "postmigrate" {
@@ -477,6 +538,13 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		return rep, err
 	}
 	res.Report.Guest = src.Name()
+	r.checkRAM(src, tg, false)
+	if err := tg.VM().Mon.Cont(ctx); err != nil {
+		// The source has handed over: the guest is the destination's.
+		rep := res.Report
+		rep.Outcome, rep.Error = report.FailedAfterResume, err.Error()
+		return rep, fmt.Errorf("cont the destination: %w", err)
+	}
 	if err := src.Finish(ctx); err != nil {
 		r.log.Warn("quit the source qemu", "error", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/vmm/qemu"
 )
 
 // ModeSummary is the mean of one mode's completed migrations, and how it
@@ -32,9 +33,16 @@ type ModeSummary struct {
 	TPSBefore float64 `json:"tps_before"`
 	TPSDuring float64 `json:"tps_during"`
 	TPSAfter  float64 `json:"tps_after"`
+	// TPSDuringMin is the lowest 1 s window during any of its migrations.
+	TPSDuringMin float64 `json:"tps_during_min"`
+	// PagesDiffer is the RAM oracle's count over the mode's migrations
+	// (all of them, completed or not); Oracles is how many were checked.
+	PagesDiffer uint64 `json:"pages_differ"`
+	Oracles     int    `json:"oracles"`
 
-	// Baseline is the mode the ratios are against: qemu-precopy if it
-	// completed in the run, else precopy, else none ("" and ratios 0).
+	// Baseline is the mode the ratios are against: QEMU's fastest mode
+	// (lowest mean total time) that completed in the run, else precopy,
+	// else none ("" and ratios 0).
 	Baseline string `json:"baseline,omitempty"`
 	// TotalX, BytesX and DowntimeX are this mode's means over the
 	// baseline's; 0 when either side has no figure.
@@ -62,9 +70,16 @@ func Summarize(r *Result) []ModeSummary {
 			out = append(out, ModeSummary{Mode: m.Mode})
 		}
 		s := &out[j]
+		if m.Oracle != nil {
+			s.Oracles++
+			s.PagesDiffer += m.Oracle.PagesDiffer
+		}
 		if !completed(m) {
 			s.Failed++
 			continue
+		}
+		if s.N == 0 || m.TPSDuringMin < s.TPSDuringMin {
+			s.TPSDuringMin = m.TPSDuringMin
 		}
 		s.N++
 		rep := m.Report
@@ -91,11 +106,13 @@ func Summarize(r *Result) []ModeSummary {
 		}
 	}
 	base := -1
-	for _, mode := range []string{"qemu-precopy", "precopy"} {
-		if j, ok := idx[mode]; ok && out[j].N > 0 {
+	for j := range out {
+		if qemu.IsNative(out[j].Mode) && out[j].N > 0 && (base < 0 || out[j].TotalS < out[base].TotalS) {
 			base = j
-			break
 		}
+	}
+	if j, ok := idx["precopy"]; base < 0 && ok && out[j].N > 0 {
+		base = j
 	}
 	if base < 0 {
 		return out
@@ -151,7 +168,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		fmt.Fprintln(tw)
 	}
 	row("mode", "round", "outcome", "total s", "downtime ms", "network MB", "data pg", "zero pg", "storage pg",
-		"post-copy pg", "tps before", "tps during", "tps after", "wl errors", "check", "error")
+		"post-copy pg", "pages differ", "tps before", "tps during", "tps min", "tps after", "wl errors", "check", "error")
 	for i := range r.Migrations {
 		m := &r.Migrations[i]
 		cells := []any{m.Mode, m.Round, dash(outcome(m))}
@@ -161,21 +178,29 @@ func WriteTable(w io.Writer, r *Result) error {
 		} else {
 			cells = append(cells, "-", "-", "-", "-", "-", "-", "-")
 		}
-		cells = append(cells, f1(m.TPSBefore), f1(m.TPSDuring), f1(m.TPSAfter),
+		differ := "-"
+		if m.Oracle != nil {
+			differ = strconv.FormatUint(m.Oracle.PagesDiffer, 10)
+		}
+		cells = append(cells, differ, f1(m.TPSBefore), f1(m.TPSDuring), f1(m.TPSDuringMin), f1(m.TPSAfter),
 			strconv.FormatFloat(m.WorkloadErrors, 'f', -1, 64), dash(m.Check), dash(oneLine(m.Error)))
 		row(cells...)
 	}
 	row()
 	row("mode", "completed", "failed", "total s", "downtime ms", "network MB", "data pg", "zero pg", "storage pg",
-		"post-copy pg", "tps before", "tps during", "tps after", "", "", "vs baseline")
+		"post-copy pg", "pages differ", "tps before", "tps during", "tps min", "tps after", "", "", "vs baseline")
 	for _, s := range Summarize(r) {
+		differ := "-"
+		if s.Oracles > 0 {
+			differ = strconv.FormatUint(s.PagesDiffer, 10)
+		}
 		if s.N == 0 {
 			// Means of nothing are not zeros.
-			row(s.Mode, s.N, s.Failed, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "", "", versus(s))
+			row(s.Mode, s.N, s.Failed, "-", "-", "-", "-", "-", "-", "-", differ, "-", "-", "-", "-", "", "", versus(s))
 			continue
 		}
 		row(s.Mode, s.N, s.Failed, f2(s.TotalS), f1(s.DowntimeMS), f1(s.NetworkMB), f0(s.DataPages), f0(s.ZeroPages),
-			f0(s.StoragePages), f0(s.PostcopyPages), f1(s.TPSBefore), f1(s.TPSDuring), f1(s.TPSAfter), "", "", versus(s))
+			f0(s.StoragePages), f0(s.PostcopyPages), differ, f1(s.TPSBefore), f1(s.TPSDuring), f1(s.TPSDuringMin), f1(s.TPSAfter), "", "", versus(s))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write comparison table: %w", err)
@@ -217,7 +242,8 @@ func dash(s string) string {
 func WriteCSV(w io.Writer, r *Result) error {
 	header := []string{"mode", "round", "outcome", "start_s", "end_s", "total_ms", "downtime_ms", "bytes_sent",
 		"pages_data", "pages_zero", "pages_storage_verified", "pages_postcopy_fault", "tps_before", "tps_during",
-		"tps_after", "workload_errors", "check", "error", "baseline", "total_x", "bytes_x", "downtime_x"}
+		"tps_after", "workload_errors", "check", "error", "baseline", "total_x", "bytes_x", "downtime_x",
+		"tps_during_min", "pages_checked", "pages_differ", "pages_unchecked"}
 	sums := map[string]ModeSummary{}
 	for _, s := range Summarize(r) {
 		sums[s.Mode] = s
@@ -239,7 +265,13 @@ func WriteCSV(w io.Writer, r *Result) error {
 		}
 		s := sums[m.Mode]
 		rec = append(rec, num(m.TPSBefore), num(m.TPSDuring), num(m.TPSAfter), num(m.WorkloadErrors), m.Check,
-			m.Error, s.Baseline, num(s.TotalX), num(s.BytesX), num(s.DowntimeX))
+			m.Error, s.Baseline, num(s.TotalX), num(s.BytesX), num(s.DowntimeX), num(m.TPSDuringMin))
+		if o := m.Oracle; o != nil {
+			u := func(v uint64) string { return strconv.FormatUint(v, 10) }
+			rec = append(rec, u(o.PagesChecked), u(o.PagesDiffer), u(o.PagesUnchecked))
+		} else {
+			rec = append(rec, "", "", "")
+		}
 		if err := cw.Write(rec); err != nil {
 			return fmt.Errorf("write comparison csv: %w", err)
 		}

@@ -167,6 +167,18 @@ func window(samples []Sample, from, to float64) (tps, errps float64, n int) {
 	return tps / float64(n), errps / float64(n), n
 }
 
+// minWindow is the lowest throughput of the intervals ending in (from,
+// to], or 0 if there are none.
+func minWindow(samples []Sample, from, to float64) float64 {
+	lo, any := 0.0, false
+	for _, s := range samples {
+		if s.T > from && s.T <= to && (!any || s.TPS < lo) {
+			lo, any = s.TPS, true
+		}
+	}
+	return lo
+}
+
 // errorsIn counts the workload's errors in the intervals ending in
 // (from, to]: each interval's rate times its length.
 func errorsIn(samples []Sample, from, to float64) float64 {

@@ -15,7 +15,7 @@ import (
 type compareCmd struct {
 	QMP        string        `name:"qmp" xor:"vm" required:"" placeholder:"SOCKET" help:"QMP socket of the running QEMU VM."`
 	Pid        int           `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
-	Modes      []string      `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-postcopy" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's), qemu-precopy, qemu-postcopy (QEMU's own)."`
+	Modes      []string      `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-multifd,qemu-multifd-zstd,qemu-postcopy,qemu-postcopy-preempt" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's); qemu-precopy, qemu-multifd, qemu-multifd-zstd, qemu-postcopy, qemu-postcopy-preempt (QEMU's own)."`
 	Rounds     int           `default:"1" help:"Run every mode this many times, in turn."`
 	Dir        string        `default:"/var/tmp/dmig-compare" help:"Directory for the destinations' sockets and logs (one subdirectory per migration)."`
 	RAMDir     string        `name:"ram-dir" default:"/dev/shm" help:"tmpfs directory for the destinations' RAM files."`
@@ -28,7 +28,10 @@ type compareCmd struct {
 	Downtime   time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
 	Bandwidth  uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
 	MaxIter    int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
-	Compress   bool          `help:"Compress dmig's page data (zstd); QEMU's modes stay uncompressed, as QEMU's defaults are."`
+	Compress   bool          `help:"Compress dmig's page data (zstd); of QEMU's modes only qemu-multifd-zstd compresses."`
+	Channels   int           `default:"2" help:"multifd-channels of QEMU's multifd modes (dmig's modes use 2 bulk connections)."`
+	QEMUBinary string        `name:"qemu-binary" placeholder:"PATH" help:"Start the destination QEMUs with this binary (default: the source's own). It must be the VM's QEMU version: start the VM with it too (make qemu10 installs QEMU 10 as /opt/dmig/qemu10/bin/qemu-system-x86_64)."`
+	AllowBuggy bool          `name:"allow-buggy-qemu" help:"Run QEMU's own modes on a TCG VM of a QEMU older than 9.0, whose migration loses pages (fixed by QEMU commit 03bfc2188f)."`
 	Rate       string        `placeholder:"RATE" help:"Shape the migration traffic on the loopback to a link of this rate (tc syntax, e.g. 1gbit), dmig's and QEMU's alike; replaces lo's root qdisc during the run."`
 	Timeout    time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
 	JSON       string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
@@ -49,12 +52,13 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
 		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter, Compress: c.Compress,
+		Channels: c.Channels, QEMUBinary: c.QEMUBinary, AllowBuggyQEMU: c.AllowBuggy,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {
 			log.Info("migration done", "mode", m.Mode, "round", m.Round, "seconds", m.EndS-m.StartS, "check", m.Check, "error", m.Error)
 		},
 	})
-	if errors.Is(err, compare.ErrMode) {
+	if errors.Is(err, compare.ErrMode) || errors.Is(err, compare.ErrBuggyQEMU) || errors.Is(err, compare.ErrQEMUVersion) {
 		return &statusError{exitUsage, err}
 	}
 	if res == nil {

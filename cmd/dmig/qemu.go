@@ -39,13 +39,14 @@ func (c *qemuDiscoverCmd) Run(ctx context.Context) error {
 }
 
 type qemuMigrateCmd struct {
-	Mode          string        `help:"qemu-precopy or qemu-postcopy." enum:"qemu-precopy,qemu-postcopy" default:"qemu-precopy"`
+	Mode          string        `help:"qemu-precopy, qemu-multifd, qemu-multifd-zstd, qemu-postcopy or qemu-postcopy-preempt." enum:"qemu-precopy,qemu-multifd,qemu-multifd-zstd,qemu-postcopy,qemu-postcopy-preempt" default:"qemu-precopy"`
 	From          string        `name:"from" required:"" help:"QMP socket of the source QEMU."`
 	To            string        `name:"to" required:"" help:"QMP socket of the destination QEMU (started with -incoming defer)."`
 	URI           string        `name:"uri" default:"tcp:127.0.0.1:4444" help:"Address the destination listens on for the migration stream."`
 	Bandwidth     uint64        `help:"max-bandwidth in MiB/s." default:"1024"`
 	Downtime      time.Duration `help:"downtime-limit." default:"300ms"`
 	PostcopyAfter time.Duration `name:"postcopy-after" help:"Switch to post-copy after this long even if the first pass has not ended (0: after the first pass)."`
+	Channels      int           `help:"multifd-channels of the multifd modes." default:"2"`
 }
 
 func (c *qemuMigrateCmd) Run(ctx context.Context) error {
@@ -61,7 +62,7 @@ func (c *qemuMigrateCmd) Run(ctx context.Context) error {
 	defer dst.Close()
 	res, err := qemu.MigrateNative(ctx, src, dst, qemu.NativeConfig{
 		Mode: c.Mode, URI: c.URI, MaxBandwidth: c.Bandwidth << 20,
-		DowntimeLimit: uint64(c.Downtime.Milliseconds()), PostcopyAfter: c.PostcopyAfter,
+		DowntimeLimit: uint64(c.Downtime.Milliseconds()), PostcopyAfter: c.PostcopyAfter, Channels: c.Channels,
 	})
 	if err != nil {
 		return err

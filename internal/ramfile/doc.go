@@ -1,8 +1,9 @@
 // Package ramfile owns the guest RAM files dmig migrates: mapping them into
 // dmig (Map, Unmap), punching holes (PunchHole), finding their data with
-// SEEK_DATA/SEEK_HOLE (Data), the per-guest lock (Lock), and finding another
-// process's mappings of them in /proc/PID/maps (Mappings, FileMappings,
-// FileMappingsOf). Block bundles an open RAM file with dmig's mapping of it.
+// SEEK_DATA/SEEK_HOLE (Data), comparing two page for page (Diff: the RAM
+// oracle of comparisons and tests), the per-guest lock (Lock), and finding
+// another process's mappings of them in /proc/PID/maps (Mappings,
+// FileMappings, FileMappingsOf). Block bundles an open RAM file with dmig's mapping of it.
 //
 // It knows nothing of userfaultfd or of migration, does not log, and
 // imports nothing of the project: the engines (precopy, dbrestore) and the

@@ -1,9 +1,10 @@
-// Package qemu drives stock QEMU (7.2+) for dmig over QMP: it starts VMs
+// Package qemu drives stock QEMU (7.2 and 10 tested) for dmig over QMP: it starts VMs
 // (tests, destinations), finds a running VM's RAM (the shared backend
 // files, QEMU's mappings of them, the guest-physical map), derives a
 // destination's command line from the source's, moves device state with
 // x-ignore-shared through a stream dmig carries, and runs QEMU's own
-// pre-copy and post-copy for comparison.
+// modes (pre-copy, multifd with and without zstd, post-copy with and
+// without preempt) for comparison.
 //
 // Invariants:
 //   - dmig migrates only RAM QEMU maps shared from a file or memfd

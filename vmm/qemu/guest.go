@@ -159,6 +159,13 @@ type Target struct {
 	Session wire.SessionID
 	// KillWithParent: see Config.
 	KillWithParent bool
+	// Binary, if set, runs the destination instead of the source's own
+	// binary (Command[0]): it must be the same QEMU version.
+	Binary string
+	// Paused adds -S: after a migration by QEMU's own modes the
+	// destination stays paused until Cont, so that its RAM can be compared
+	// with the paused source's.
+	Paused bool
 
 	mem    map[string]string
 	vm     *VM
@@ -255,7 +262,14 @@ func (t *Target) Start(ctx context.Context) (int, error) {
 			return 0, err
 		}
 	}
-	vm, err := Start(ctx, t.Command[0], plan.Args, plan.QMP, plan.Stderr, t.KillWithParent)
+	bin := t.Command[0]
+	if t.Binary != "" {
+		bin = t.Binary
+	}
+	if t.Paused {
+		plan.Args = append(plan.Args, "-S")
+	}
+	vm, err := Start(ctx, bin, plan.Args, plan.QMP, plan.Stderr, t.KillWithParent)
 	if err != nil {
 		return 0, err
 	}
@@ -289,6 +303,12 @@ func (t *Target) Kill() error {
 		}
 	}
 	return err
+}
+
+// RAMFile is the RAM file Create made for block name.
+func (t *Target) RAMFile(name string) (string, bool) {
+	p, ok := t.mem[name]
+	return p, ok
 }
 
 // RAMFiles are the RAM files Create made.

@@ -3,6 +3,8 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -25,7 +27,7 @@ func (m *Monitor) Stop(ctx context.Context) error { return m.Execute(ctx, "stop"
 // Cont resumes the vCPUs.
 func (m *Monitor) Cont(ctx context.Context) error { return m.Execute(ctx, "cont", nil, nil) }
 
-// Capability names dmig sets (QEMU 7.2).
+// Capability names dmig sets (the same in QEMU 7.2 and 10).
 const (
 	CapIgnoreShared = "x-ignore-shared"
 	CapPostcopyRAM  = "postcopy-ram"
@@ -52,6 +54,11 @@ func (m *Monitor) SetCapabilities(ctx context.Context, caps map[string]bool) err
 type Parameters struct {
 	MaxBandwidth  uint64 `json:"max-bandwidth,omitempty"`  // bytes/s
 	DowntimeLimit uint64 `json:"downtime-limit,omitempty"` // ms
+	// MultifdChannels is the number of multifd connections.
+	MultifdChannels int `json:"multifd-channels,omitempty"`
+	// MultifdCompression is none, zlib, zstd (or qpl, uadk, qatzip where
+	// built in).
+	MultifdCompression string `json:"multifd-compression,omitempty"`
 }
 
 // SetParameters sets migration parameters.
@@ -149,8 +156,8 @@ func (m *Monitor) WaitMigration(ctx context.Context, until func(MigrationInfo) b
 	}
 }
 
-// WaitStatus polls query-status until the VM's status is want.
-func (m *Monitor) WaitStatus(ctx context.Context, want string) error {
+// WaitStatus polls query-status until the VM's status is one of want.
+func (m *Monitor) WaitStatus(ctx context.Context, want ...string) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -158,13 +165,13 @@ func (m *Monitor) WaitStatus(ctx context.Context, want string) error {
 		if err != nil {
 			return err
 		}
-		if s.Status == want {
+		if slices.Contains(want, s.Status) {
 			return nil
 		}
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return fmt.Errorf("wait for vm status %s (is %s): %w", want, s.Status, context.Cause(ctx))
+			return fmt.Errorf("wait for vm status %s (is %s): %w", strings.Join(want, " or "), s.Status, context.Cause(ctx))
 		}
 	}
 }

@@ -13,11 +13,60 @@ import (
 const (
 	ModePrecopy  = "qemu-precopy"
 	ModePostcopy = "qemu-postcopy"
+	// ModeMultifd is pre-copy over NativeConfig.Channels connections
+	// (capability multifd).
+	ModeMultifd = "qemu-multifd"
+	// ModeMultifdZstd is ModeMultifd with each channel's pages compressed
+	// by zstd (multifd-compression).
+	ModeMultifdZstd = "qemu-multifd-zstd"
+	// ModePostcopyPreempt is post-copy whose page requests travel on a
+	// channel of their own, ahead of the background stream
+	// (postcopy-preempt; QEMU 8.0 and later).
+	ModePostcopyPreempt = "qemu-postcopy-preempt"
 )
+
+// NativeModes are QEMU's own modes, in the order a comparison runs them.
+var NativeModes = []string{ModePrecopy, ModeMultifd, ModeMultifdZstd, ModePostcopy, ModePostcopyPreempt}
+
+// Capabilities QEMU's strongest modes add.
+const (
+	CapMultifd         = "multifd"
+	CapPostcopyPreempt = "postcopy-preempt"
+)
+
+// nativeCaps are the capabilities of a native mode, every one dmig uses
+// set on or off (a QEMU that was a destination keeps what it was migrated
+// with); ok is false for a mode that is not QEMU's.
+func nativeCaps(mode string) (caps map[string]bool, compression string, ok bool) {
+	caps = map[string]bool{CapIgnoreShared: false, CapPostcopyRAM: false, CapEvents: true, CapMultifd: false}
+	switch mode {
+	case ModePrecopy:
+	case ModeMultifd:
+		caps[CapMultifd] = true
+	case ModeMultifdZstd:
+		caps[CapMultifd], compression = true, "zstd"
+	case ModePostcopy:
+		caps[CapPostcopyRAM] = true
+	case ModePostcopyPreempt:
+		caps[CapPostcopyRAM], caps[CapPostcopyPreempt] = true, true
+	default:
+		return nil, "", false
+	}
+	return caps, compression, true
+}
+
+// IsNative reports whether mode is one of QEMU's own.
+func IsNative(mode string) bool {
+	_, _, ok := nativeCaps(mode)
+	return ok
+}
+
+// IsPostcopy reports whether a native mode switches to post-copy.
+func IsPostcopy(mode string) bool { return mode == ModePostcopy || mode == ModePostcopyPreempt }
 
 // NativeConfig configures a QEMU-native migration.
 type NativeConfig struct {
-	Mode string // ModePrecopy or ModePostcopy
+	Mode string // one of NativeModes
 	// URI the destination listens on and the source sends to, e.g.
 	// tcp:127.0.0.1:4444.
 	URI string
@@ -30,6 +79,9 @@ type NativeConfig struct {
 	// start even if the first pass has not ended (for runs that match
 	// dmig's own switchover time).
 	PostcopyAfter time.Duration
+	// Channels is multifd's number of connections (multifd-channels;
+	// default 2, as dmig's bulk connections).
+	Channels int
 }
 
 // NativeResult is a native migration's outcome.
@@ -49,28 +101,38 @@ func (c *NativeConfig) defaults() {
 	if c.DowntimeLimit == 0 {
 		c.DowntimeLimit = 300
 	}
+	if c.Channels <= 0 {
+		c.Channels = 2
+	}
 }
 
 // MigrateNative migrates the VM behind src to the QEMU behind dst (started
-// with -incoming defer) with QEMU's own pre-copy, or post-copy switched on
-// once the first pass has been sent (or after PostcopyAfter). It returns
-// when the destination runs, with figures from the source's query-migrate.
-// On failure before the destination runs, the source is resumed if it had
-// stopped.
+// with -incoming defer) with one of QEMU's own modes; post-copy is switched
+// on once the first pass has been sent (or after PostcopyAfter). It
+// returns when the migration has completed and the destination has left
+// inmigrate: running, or paused if it was started with -S (then both
+// sides are paused and their RAM can be compared before Cont). Figures
+// come from the source's query-migrate. On failure before the switch, the
+// source is resumed if it had stopped.
 func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*NativeResult, error) {
 	cfg.defaults()
-	var post bool
-	switch cfg.Mode {
-	case ModePrecopy:
-	case ModePostcopy:
-		post = true
-	default:
+	caps, compression, ok := nativeCaps(cfg.Mode)
+	if !ok {
 		return nil, fmt.Errorf("unknown qemu migration mode %q", cfg.Mode)
 	}
-	caps := map[string]bool{CapIgnoreShared: false, CapPostcopyRAM: post, CapEvents: true}
+	post := IsPostcopy(cfg.Mode)
 	for _, m := range []*Monitor{src, dst} {
 		if err := m.SetCapabilities(ctx, caps); err != nil {
-			return nil, fmt.Errorf("set migration capabilities: %w", err)
+			return nil, fmt.Errorf("set migration capabilities for %s: %w", cfg.Mode, err)
+		}
+		if caps[CapMultifd] {
+			p := Parameters{MultifdChannels: cfg.Channels, MultifdCompression: "none"}
+			if compression != "" {
+				p.MultifdCompression = compression
+			}
+			if err := m.SetParameters(ctx, p); err != nil {
+				return nil, fmt.Errorf("set multifd parameters: %w", err)
+			}
 		}
 	}
 	if err := src.SetParameters(ctx, Parameters{MaxBandwidth: cfg.MaxBandwidth, DowntimeLimit: cfg.DowntimeLimit}); err != nil {
@@ -128,7 +190,10 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 		}
 		return fail(err)
 	}
-	if err := dst.WaitStatus(ctx, "running"); err != nil {
+	if err := waitIncoming(ctx, dst); err != nil {
+		return nil, fmt.Errorf("destination after migration: %w", err)
+	}
+	if err := dst.WaitStatus(ctx, "running", "paused"); err != nil {
 		return nil, fmt.Errorf("destination after migration: %w", err)
 	}
 	res.Source = info
@@ -154,4 +219,39 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 	}
 	res.Report = r
 	return res, nil
+}
+
+// waitIncoming waits until the destination has loaded the whole stream:
+// its incoming side completed. After a post-copy switch the source
+// completes once it has sent the last page, before the destination has
+// placed it. A QEMU that reports no incoming state (status empty) is done
+// once it has left inmigrate.
+func waitIncoming(ctx context.Context, dst *Monitor) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		i, err := dst.QueryMigrate(ctx)
+		if err != nil {
+			return err
+		}
+		switch i.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("%w: incoming %s: %s", ErrMigrationFailed, i.Status, i.ErrorDesc)
+		case "":
+			st, err := dst.QueryStatus(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Status != "inmigrate" {
+				return nil
+			}
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for the incoming migration (%s): %w", i.Status, context.Cause(ctx))
+		}
+	}
 }
