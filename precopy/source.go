@@ -77,6 +77,10 @@ type source struct {
 	// adds the earlier links' bytes.
 	dataOnly   bool
 	sentBefore uint64
+	// paused: the guest was (perhaps) paused for switchover; goSent: Go
+	// was sent (or its sending tried), after which it stays paused on
+	// failure. Main goroutine only.
+	paused, goSent bool
 }
 
 type srcBlock struct {
@@ -110,6 +114,8 @@ func (s *source) bytesSent() uint64 {
 	return n
 }
 
+// run is one migration, phase by phase: set up, pre-copy passes,
+// switchover, then Go and the wait for the destination's Complete.
 func (s *source) run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -128,33 +134,51 @@ func (s *source) run(ctx context.Context) (err error) {
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer func() { cancelCause(nil) }()
 	go s.readControl(ctx, cancelCause)
+	defer func() { err = s.abort(err) }()
 
-	paused := false
-	resumedDest := false
-	// The failure rule: before the destination resumes, abort and resume
-	// the source guest.
-	defer func() {
-		if err == nil || resumedDest {
-			return
-		}
-		if s.sess != nil {
-			actx, acancel := context.WithTimeout(context.Background(), time.Second)
-			_ = s.sess.Control.WriteFrame(actx, &wire.Abort{Reason: trim(err.Error())})
-			acancel()
-		}
-		if paused {
-			rctx, rcancel := context.WithTimeout(context.Background(), abortResumeTimeout)
-			rerr := s.g.Resume(rctx)
-			rcancel()
-			if rerr != nil {
-				err = errors.Join(err, fmt.Errorf("resume source guest after abort: %w: %w", ErrSourcePaused, rerr))
-				s.log.Error("migration aborted; the source guest could not be resumed and stays paused", "error", err)
-				return
-			}
-		}
-		s.log.Error("migration aborted; source guest runs on", "error", err)
-	}()
+	iter, dec, err := s.iterate(ctx)
+	if err != nil {
+		return err
+	}
+	sw, err := s.switchover(ctx, iter, dec)
+	if sw != nil {
+		defer sw.post.close()
+	}
+	if err != nil {
+		return err
+	}
+	return s.goAndComplete(ctx, base, cancelCause, sw, iter)
+}
 
+// abort applies the failure rule to err (nil: success): before the
+// destination may run the guest, the session is aborted and the source
+// guest resumed; from Go on it stays paused.
+func (s *source) abort(err error) error {
+	if err == nil || s.goSent {
+		return err
+	}
+	if s.sess != nil {
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		_ = s.sess.Control.WriteFrame(actx, &wire.Abort{Reason: trim(err.Error())})
+		acancel()
+	}
+	if s.paused {
+		rctx, rcancel := context.WithTimeout(context.Background(), abortResumeTimeout)
+		rerr := s.g.Resume(rctx)
+		rcancel()
+		if rerr != nil {
+			err = errors.Join(err, fmt.Errorf("resume source guest after abort: %w: %w", ErrSourcePaused, rerr))
+			s.log.Error("migration aborted; the source guest could not be resumed and stays paused", "error", err)
+			return err
+		}
+	}
+	s.log.Error("migration aborted; source guest runs on", "error", err)
+	return err
+}
+
+// iterate runs pre-copy passes until the policy decides to switch over,
+// and returns the last pass and the decision.
+func (s *source) iterate(ctx context.Context) (int, decision, error) {
 	pol := &policy{mode: s.cfg.Mode, budget: s.cfg.Downtime, maxIterations: s.cfg.MaxIterations, switchCost: 5 * time.Millisecond}
 	iter := 0
 	dec := iterate
@@ -168,7 +192,7 @@ func (s *source) run(ctx context.Context) (err error) {
 		sent0 := s.bytesSent()
 		n, err := s.pass(ctx, uint32(iter))
 		if err != nil {
-			return s.cause(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
+			return iter, dec, s.cause(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
 		}
 		elapsed := time.Since(t0)
 		bytes := s.bytesSent() - sent0
@@ -177,7 +201,7 @@ func (s *source) run(ctx context.Context) (err error) {
 		owed := s.awaitVerdict(ctx, max(elapsed, minVerdictWait))
 		remaining, err := s.collect()
 		if err != nil {
-			return err
+			return iter, dec, err
 		}
 		s.rep.IterationLog = append(s.rep.IterationLog, report.Iteration{Pages: n, Bytes: bytes, MS: report.MS(elapsed), DirtyPages: remaining})
 		dec = pol.next(iter, bytes, elapsed, remaining, owed)
@@ -185,24 +209,37 @@ func (s *source) run(ctx context.Context) (err error) {
 		s.progress(report.PhasePrecopy, iter, remaining, float64(bytes)/elapsed.Seconds())
 	}
 	s.rep.Iterations = iter
+	return iter, dec, nil
+}
 
-	// Switchover.
+// switched is what the switchover leaves running: the post-copy work on
+// the first link, and when the guest was paused.
+type switched struct {
+	post   *postcopyLink
+	goSent chan struct{} // closed once Go is out: the push starts
+	tPause time.Time
+}
+
+// switchover pauses the guest, sends what pre-copy still owes (the last
+// pass in pre-copy mode, the device state) and Switchover, starts serving
+// post-copy, and waits for the destination's Ready.
+func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switched, error) {
 	if dec == postcopy {
 		s.prepareFinalRefs(ctx)
 	}
 	if err := s.cfg.Guard.Pausing(ctx); err != nil {
-		return fmt.Errorf("arm the guard before pausing: %w", err)
+		return nil, fmt.Errorf("arm the guard before pausing: %w", err)
 	}
 	s.pausing.Store(true)
 	tPause := time.Now()
 	// Paused from the attempt on: a Pause that fails half-way (its wait
 	// for the threads to stop cancelled) may have stopped the guest.
-	paused = true
+	s.paused = true
 	if err := s.g.Pause(ctx); err != nil {
-		return s.cause(ctx, fmt.Errorf("pause guest: %w", err))
+		return nil, s.cause(ctx, fmt.Errorf("pause guest: %w", err))
 	}
 	if _, err := s.collect(); err != nil {
-		return err
+		return nil, err
 	}
 	final := uint32(iter)
 	// Pre-copy sends the remainder while the guest is paused. Hybrid leaves
@@ -211,14 +248,14 @@ func (s *source) run(ctx context.Context) (err error) {
 	if dec == finish && s.cfg.Mode == ModePrecopy {
 		final++
 		if _, err := s.pass(ctx, final); err != nil {
-			return s.cause(ctx, fmt.Errorf("final pass: %w", err))
+			return nil, s.cause(ctx, fmt.Errorf("final pass: %w", err))
 		}
 	}
 	if ds, ok := s.g.(DeviceStater); ok {
 		t0 := time.Now()
 		n, err := s.sendDeviceState(ctx, ds)
 		if err != nil {
-			return s.cause(ctx, err)
+			return nil, s.cause(ctx, err)
 		}
 		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(t0))
 	}
@@ -231,64 +268,70 @@ func (s *source) run(ctx context.Context) (err error) {
 	}
 	s.rep.PostcopyPages = wire.PageCount(pending)
 	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending}); err != nil {
-		return s.cause(ctx, fmt.Errorf("send switchover: %w", err))
+		return nil, s.cause(ctx, fmt.Errorf("send switchover: %w", err))
 	}
-	var serveWG sync.WaitGroup
-	pctx, stopPost := context.WithCancel(ctx)
-	defer func() { stopPost(); serveWG.Wait() }()
+	sw := &switched{goSent: make(chan struct{}), tPause: tPause}
+	sw.post = s.startPostcopy(ctx, len(pending) > 0, sw.goSent, iter)
+	// Until we send Go the destination certainly has not resumed: a failure
+	// here is a clean abort.
+	select {
+	case <-s.ready:
+		return sw, nil
+	case <-ctx.Done():
+		return sw, s.cause(ctx, errors.New("destination lost before it was ready to resume"))
+	}
+}
+
+// startPostcopy serves the first link's post-copy: page requests, the push
+// once Go is out, progress.
+func (s *source) startPostcopy(ctx context.Context, owed bool, goSent <-chan struct{}, iter int) *postcopyLink {
+	var wg sync.WaitGroup
+	pctx, stop := context.WithCancel(ctx)
 	// With storage references the destination may also ask for pages whose
 	// disk copy failed its check, whatever Pending says.
-	goSent := make(chan struct{})
-	if len(pending) > 0 || s.refs != nil {
-		serveWG.Add(2)
-		go func() { defer serveWG.Done(); s.servePages(pctx) }()
+	if owed || s.refs != nil {
+		wg.Add(3)
+		go func() { defer wg.Done(); s.servePages(pctx) }()
 		// Push only once Go is out: on a shaped link the pushed pages would
 		// queue ahead of Ready and Go and stretch the downtime (a 1 Gbit/s
 		// tbf queue held Go for ~50 ms behind 20 MB of pushes).
 		go func() {
-			defer serveWG.Done()
+			defer wg.Done()
 			select {
 			case <-goSent:
 				s.push(pctx)
 			case <-pctx.Done():
 			}
 		}()
-		serveWG.Add(1)
-		go func() { defer serveWG.Done(); s.watchPostcopy(pctx, iter) }()
+		go func() { defer wg.Done(); s.watchPostcopy(pctx, iter) }()
 	}
-	// Until we send Go the destination certainly has not resumed: a failure
-	// here is a clean abort.
-	select {
-	case <-s.ready:
-	case <-ctx.Done():
-		return s.cause(ctx, errors.New("destination lost before it was ready to resume"))
-	}
-	// From Go on, a lost destination may or may not run the guest: the
-	// source guest then stays paused (docs/failures.md), and a lost link
-	// is reconnected (Config.RecoverTimeout).
+	return &postcopyLink{ctx: ctx, stop: stop, wg: &wg}
+}
+
+// goAndComplete sends Go and waits for Complete, reconnecting as the
+// links fail. From Go on, a lost destination may or may not run the
+// guest: the source guest then stays paused (docs/failures.md).
+func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCauseFunc, sw *switched, iter int) error {
 	if err := s.cfg.Guard.Going(ctx); err != nil {
 		return fmt.Errorf("tell the guard before go: %w", err)
 	}
-	resumedDest = true
-	goErr := s.sess.Control.WriteFrame(ctx, &wire.Go{})
-	if goErr == nil {
-		close(goSent)
+	s.goSent = true
+	if err := s.sess.Control.WriteFrame(ctx, &wire.Go{}); err != nil {
+		fail(fmt.Errorf("send go: %w", err))
 	} else {
-		cancelCause(fmt.Errorf("send go: %w", goErr))
+		close(sw.goSent)
 	}
-	post := &postcopyLink{ctx: ctx, stop: stopPost, wg: &serveWG}
-	done, err := s.awaitComplete(base, post, tPause, iter)
+	done, err := s.awaitComplete(base, sw.post, sw.tPause, iter)
 	var notResumed *notResumedError
 	if errors.As(err, &notResumed) {
 		// The abort path resumes the guest: the destination's never ran.
-		resumedDest = false
+		s.goSent = false
 		return err
 	}
 	if err != nil {
 		s.rep.Outcome = report.FailedAfterResume
 		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
 	}
-	post.close()
 	s.mergeDest(done)
 	s.progress(report.PhaseDone, iter, 0, 0)
 	if err := s.g.Finish(ctx); err != nil {
