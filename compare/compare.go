@@ -468,10 +468,11 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		return nil, err
 	}
 	served := make(chan error, 1)
+	ot := &oracleTarget{Target: tg, r: r, src: src, placedOnly: mode != precopy.ModePrecopy}
 	go func() {
 		served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: r.log.Named("dest"), NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			tg.Command = h.Command
-			return &oracleTarget{Target: tg, r: r, src: src, placedOnly: mode != precopy.ModePrecopy}, nil
+			return ot, nil
 		}}, true, nil)
 	}()
 	lay := r.cfg.Layout
@@ -488,6 +489,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
 		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
 	serr := <-served
+	ot.finish()
 	if o := r.oracle; o != nil && rep != nil {
 		// The oracle ran inside the switchover: its pause is the
 		// measurement's, not the mode's.

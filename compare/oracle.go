@@ -1,13 +1,19 @@
 package compare
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/vmm/qemu"
 )
+
+const pageSize = 4096
 
 // checkQEMU reads the source VM's QEMU version and refuses a baseline that
 // cannot be trusted: QEMU's own modes on a TCG VM of a QEMU older than
@@ -85,11 +91,75 @@ func (r *runner) checkRAM(src *qemu.Source, tg *qemu.Target, placedOnly bool) {
 // oracle run as the engine resumes it: the source is paused then, and the
 // destination has not run. In pre-copy every page is placed by then; in
 // post-copy and hybrid only the pages placed so far are compared.
+//
+// The pages placed after resume are checked as they are placed
+// (dbrestore.PlaceWatcher): the source stays paused until the migration
+// completes, so its RAM is still the switchover's.
 type oracleTarget struct {
 	*qemu.Target
 	r          *runner
 	src        *qemu.Source
 	placedOnly bool
+
+	openOnce sync.Once
+	files    []*os.File // the source's RAM files, by block
+	openErr  error
+	checked  atomic.Uint64 // pages placed after resume, compared
+	differ   atomic.Uint64
+	first    atomic.Int64 // first differing page's offset + 1 (0: none)
+}
+
+// Placed compares a page placed after switchover with the paused source's.
+func (o *oracleTarget) Placed(block uint32, page uint64, data []byte) {
+	o.openOnce.Do(func() {
+		for _, b := range o.src.RAM() {
+			f, err := os.Open(b.Path)
+			if err != nil {
+				o.openErr = err
+				return
+			}
+			o.files = append(o.files, f)
+		}
+	})
+	if o.openErr != nil || int(block) >= len(o.files) {
+		return
+	}
+	want := make([]byte, pageSize)
+	if _, err := o.files[block].ReadAt(want, int64(page*pageSize)); err != nil {
+		return
+	}
+	o.checked.Add(1)
+	same := bytes.Equal(want, data)
+	if data == nil {
+		same = bytes.Equal(want, make([]byte, pageSize))
+	}
+	if !same {
+		o.differ.Add(1)
+		o.first.CompareAndSwap(0, int64(page*pageSize)+1)
+	}
+}
+
+// finish folds the pages checked after resume into the runner's oracle
+// and closes the source's files.
+func (o *oracleTarget) finish() {
+	for _, f := range o.files {
+		f.Close()
+	}
+	or := o.r.oracle
+	if or == nil {
+		return
+	}
+	n := o.checked.Load()
+	or.PagesChecked += n
+	or.PagesDiffer += o.differ.Load()
+	or.PagesUnchecked -= min(or.PagesUnchecked, n)
+	if f := o.first.Load(); f > 0 && or.FirstDiffer == nil {
+		off := f - 1
+		or.FirstDiffer = &off
+	}
+	if o.openErr != nil {
+		o.r.log.Warn("RAM oracle: source RAM unreadable after resume", "error", o.openErr)
+	}
 }
 
 func (o *oracleTarget) Resume(ctx context.Context) error {

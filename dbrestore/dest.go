@@ -37,6 +37,14 @@ type Guest interface {
 	Kill() error
 }
 
+// PlaceWatcher is a guest that hears of every page placed after
+// switchover (data nil: a zero page), once it is in place: for checks such
+// as dmig compare's RAM oracle, which compares it with the paused source's.
+// Placed is called from the placing goroutine and must be quick.
+type PlaceWatcher interface {
+	Placed(block uint32, page uint64, data []byte)
+}
+
 // SignalResumer is a guest whose Resume is SIGCONT to its pid: one a
 // restarted serve can still resume if the old one died at Ready.
 type SignalResumer interface {

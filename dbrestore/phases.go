@@ -31,6 +31,7 @@ func (d *dest) init() {
 	d.processed, d.expected = make([]uint64, n), make([]uint64, n)
 	d.switched = make(chan struct{})
 	d.placer = newPlacer()
+	d.placer.watch, _ = d.g.(PlaceWatcher)
 }
 
 // run is one migration, phase by phase.

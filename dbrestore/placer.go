@@ -35,6 +35,8 @@ type placer struct {
 
 	waitMu  sync.Mutex
 	waiters map[pageKey]chan struct{}
+
+	watch PlaceWatcher // nil: none (the guest's, if it is one)
 }
 
 func newPlacer() *placer {
@@ -161,6 +163,9 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 	}
 	if err != nil && data == nil {
 		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
+	}
+	if err == nil && d.watch != nil {
+		d.watch.Placed(b.idx, p, data)
 	}
 	for _, m := range b.maps[1:] {
 		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
