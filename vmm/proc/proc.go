@@ -179,9 +179,8 @@ func NewTarget(dir string, cmd []string) (*Target, error) {
 	if len(cmd) == 0 {
 		return nil, errors.New("no guest command: a process guest needs the command to start it with")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create RAM directory: %w", err)
-	}
+	// The directory is made by Create, once the session is set up: a
+	// session dropped before then leaves nothing behind.
 	return &Target{dir: dir, cmd: cmd}, nil
 }
 
@@ -205,6 +204,9 @@ func (t *Target) Pid() int {
 func (t *Target) Create(_ context.Context, blocks []wire.Block) ([]string, error) {
 	// The files start sparse; writing into a mapping of a full filesystem
 	// would kill dmig with SIGBUS mid-migration. Refuse up front instead.
+	if err := os.MkdirAll(t.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create RAM directory: %w", err)
+	}
 	var need uint64
 	for _, b := range blocks {
 		need += b.Size
