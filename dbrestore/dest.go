@@ -156,13 +156,6 @@ type dest struct {
 	exited <-chan struct{}
 }
 
-func (d *dest) cause(ctx context.Context, err error) error {
-	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
-		return fmt.Errorf("%w (%v)", c, err)
-	}
-	return err
-}
-
 // prepare creates the RAM files, starts the guest, and registers its RAM
 // with a uffd attached to it. Registration is harmless before resume: the
 // guest is stopped, and dmig writes through its own, unregistered mapping.

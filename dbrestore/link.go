@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dmig/dmig/internal/cause"
 	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/wire"
 )
@@ -118,12 +119,12 @@ func (d *dest) watchControl(ctx context.Context, s *wire.Session) error {
 }
 
 // reconnect waits up to Config.RecoverTimeout for the source to reconnect
-// after the current link failed with cause, and adopts its new session.
-func (d *dest) reconnect(ctx context.Context, cause error) error {
+// after the current link failed with why, and adopts its new session.
+func (d *dest) reconnect(ctx context.Context, why error) error {
 	if d.recovered == nil || d.cfg.RecoverTimeout <= 0 {
-		return cause
+		return why
 	}
-	d.log.Warn("link to the source lost; waiting for it to reconnect", "error", cause, "recover_timeout", d.cfg.RecoverTimeout, "missing", d.missing.Load())
+	d.log.Warn("link to the source lost; waiting for it to reconnect", "error", why, "recover_timeout", d.cfg.RecoverTimeout, "missing", d.missing.Load())
 	d.closeLink()
 	t := time.NewTimer(d.cfg.RecoverTimeout)
 	defer t.Stop()
@@ -131,9 +132,9 @@ func (d *dest) reconnect(ctx context.Context, cause error) error {
 	case s := <-d.recovered:
 		return d.adopt(ctx, s)
 	case <-t.C:
-		return fmt.Errorf("the source did not reconnect within %v: %w", d.cfg.RecoverTimeout, cause)
+		return fmt.Errorf("the source did not reconnect within %v: %w", d.cfg.RecoverTimeout, why)
 	case <-ctx.Done():
-		return d.cause(ctx, cause)
+		return cause.Of(ctx, why)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dmig/dmig/internal/cause"
 	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/uffd"
@@ -80,7 +81,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
 	if err := d.devState.load(ctx, d.g); err != nil {
-		return nil, d.cause(ln.ctx, err)
+		return nil, cause.Of(ln.ctx, err)
 	}
 	if err := d.ready(ctx, ln); err != nil {
 		return nil, err
@@ -171,7 +172,7 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 	for {
 		m, err := ln.sess.Control.ReadFrame(ln.ctx)
 		if err != nil {
-			return nil, d.cause(ln.ctx, lost(fmt.Errorf("control connection: %w", err)))
+			return nil, cause.Of(ln.ctx, lost(fmt.Errorf("control connection: %w", err)))
 		}
 		switch m := m.(type) {
 		case *wire.IterationEnd:
@@ -213,7 +214,7 @@ func (d *dest) switchover(ctx context.Context, ln *link, sw *wire.Switchover) ([
 		return nil, classed(wire.ErrorProtocol, err)
 	}
 	if err := d.barrier(ln.ctx); err != nil {
-		return nil, d.cause(ln.ctx, err)
+		return nil, cause.Of(ln.ctx, err)
 	}
 	tBarrier := time.Now()
 	// The storage restore is not waited for: what it has not checked yet
@@ -262,7 +263,7 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 	}
 	d.phase.Store(phaseReady)
 	if err := ln.sess.Control.WriteFrame(ln.ctx, &wire.Ready{}); err != nil {
-		return d.cause(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))
+		return cause.Of(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))
 	}
 	m, err := ln.sess.Control.ReadFrame(ln.ctx)
 	if err == nil {
@@ -276,7 +277,7 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 		}
 		return classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection while waiting for go", m.Type()))
 	}
-	err = d.cause(ln.ctx, lost(fmt.Errorf("wait for go: %w", err)))
+	err = cause.Of(ln.ctx, lost(fmt.Errorf("wait for go: %w", err)))
 	if !recoverable(err) {
 		return err
 	}
@@ -316,7 +317,7 @@ func (d *dest) servePostcopy(ctx context.Context) error {
 		case <-d.done:
 			return nil
 		case <-ctx.Done():
-			return d.cause(ctx, errors.New("session ended"))
+			return cause.Of(ctx, errors.New("session ended"))
 		case s := <-d.recovered:
 			// The source reconnected before this side saw the old link
 			// fail (a half-open connection).
@@ -325,7 +326,7 @@ func (d *dest) servePostcopy(ctx context.Context) error {
 				return err
 			}
 		case <-ln.ctx.Done():
-			err := d.cause(ln.ctx, errors.New("link to the source lost"))
+			err := cause.Of(ln.ctx, errors.New("link to the source lost"))
 			if !recoverable(err) {
 				return err
 			}

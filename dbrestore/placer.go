@@ -90,11 +90,7 @@ func (d *placer) unlisted(runs []wire.Run) []wire.Run {
 			if b.missing.Has(p) {
 				continue
 			}
-			if n := len(out); n > 0 && out[n-1].Block == r.Block && out[n-1].Page+out[n-1].Count == p {
-				out[n-1].Count++
-			} else {
-				out = append(out, wire.Run{Block: r.Block, Page: p, Count: 1})
-			}
+			out = wire.AppendPage(out, r.Block, p)
 		}
 	}
 	return out
@@ -179,10 +175,7 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 func (d *placer) missingRuns() []wire.Run {
 	var runs []wire.Run
 	for _, b := range d.blocks {
-		b.missing.Runs(0, b.npages, func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: b.idx, Page: start, Count: count})
-			return true
-		})
+		runs = pages.AppendRuns(runs, b.idx, b.missing)
 	}
 	return runs
 }

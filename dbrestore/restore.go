@@ -767,10 +767,7 @@ func (r *restorer) isCarried(j refJob) bool {
 func setRuns(sets []*pages.Set) []wire.Run {
 	var runs []wire.Run
 	for i, s := range sets {
-		s.Runs(0, s.Len(), func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
-			return true
-		})
+		runs = pages.AppendRuns(runs, uint32(i), s)
 	}
 	return runs
 }
@@ -787,35 +784,9 @@ func (r *restorer) failMissing(j refJob) {
 	}
 }
 
-// drain waits until every queued reference was checked.
-func (r *restorer) drain(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() {
-		r.mu.Lock()
-		r.cond.Broadcast()
-		r.mu.Unlock()
-	})
-	defer stop()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.inflight > 0 {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("wait for storage reads: %w", err)
-		}
-		r.cond.Wait()
-	}
-	return nil
-}
-
-// owed returns the pages whose latest entry is a failed reference. Call it
-// after drain.
+// owed returns the pages whose latest entry is a failed reference.
 func (r *restorer) owed() []wire.Run {
-	var runs []wire.Run
-	for i, s := range r.bad {
-		s.Runs(0, s.Len(), func(start, count uint64) bool {
-			runs = append(runs, wire.Run{Block: uint32(i), Page: start, Count: count})
-			return true
-		})
-	}
+	runs := setRuns(r.bad)
 	if r.reader != nil {
 		st := r.reader.Stats()
 		r.log.Debug("storage reads at switchover", "reads", st.Reads, "bytes", st.Bytes, "pages", st.Pages, "errors", st.Errors)

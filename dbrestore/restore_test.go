@@ -3,6 +3,7 @@ package dbrestore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -491,4 +492,24 @@ func TestRestoreCarry(t *testing.T) {
 		t.Error("page 3 placed before switchover was lost")
 	}
 
+}
+
+// drain waits until every queued reference was checked (tests only: the
+// destination never waits for the restore).
+func (r *restorer) drain(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.inflight > 0 {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("wait for storage reads: %w", err)
+		}
+		r.cond.Wait()
+	}
+	return nil
 }

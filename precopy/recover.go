@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dmig/dmig/internal/cause"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/wire"
 )
@@ -57,12 +58,12 @@ func (s *source) awaitComplete(base context.Context, post *postcopyLink, tPause 
 		case <-ctx.Done():
 		}
 		// The link failed.
-		cause := s.cause(ctx, errors.New("destination lost after go"))
-		if base.Err() != nil || !recoverable(cause) || s.cfg.RecoverTimeout <= 0 {
-			return nil, cause
+		lostBy := cause.Of(ctx, errors.New("destination lost after go"))
+		if base.Err() != nil || !recoverable(lostBy) || s.cfg.RecoverTimeout <= 0 {
+			return nil, lostBy
 		}
 		post.close()
-		next, err := s.reconnect(base, cause, iter)
+		next, err := s.reconnect(base, lostBy, iter)
 		if err != nil {
 			return nil, err
 		}
@@ -82,8 +83,8 @@ func (s *source) noteResumed(tPause time.Time) {
 // answers or Config.RecoverTimeout has passed, then serves the pages it
 // lists as missing on the new link. The guest stays paused throughout:
 // its memory is what the destination still lacks.
-func (s *source) reconnect(base context.Context, cause error, iter int) (*postcopyLink, error) {
-	s.log.Warn("link to the destination lost after go; reconnecting", "error", cause, "recover_timeout", s.cfg.RecoverTimeout)
+func (s *source) reconnect(base context.Context, lostBy error, iter int) (*postcopyLink, error) {
+	s.log.Warn("link to the destination lost after go; reconnecting", "error", lostBy, "recover_timeout", s.cfg.RecoverTimeout)
 	s.sentBefore = s.bytesSent()
 	s.sess.Close()
 	deadline := time.Now().Add(s.cfg.RecoverTimeout)
@@ -98,10 +99,10 @@ func (s *source) reconnect(base context.Context, cause error, iter int) (*postco
 		}
 		var refused *wire.RefusedError
 		if errors.As(err, &refused) && refused.Code != wire.RefuseBusy {
-			return nil, fmt.Errorf("destination refused the reconnection: %w (link lost: %v)", err, cause)
+			return nil, fmt.Errorf("destination refused the reconnection: %w (link lost: %v)", err, lostBy)
 		}
 		if base.Err() != nil || !time.Now().Before(deadline) {
-			return nil, fmt.Errorf("no reconnection within %v (last attempt: %v): %w", s.cfg.RecoverTimeout, err, cause)
+			return nil, fmt.Errorf("no reconnection within %v (last attempt: %v): %w", s.cfg.RecoverTimeout, err, lostBy)
 		}
 		s.log.Debug("reconnection attempt failed", "attempt", attempt, "error", err)
 		select {

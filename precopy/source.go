@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/cause"
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
@@ -192,7 +193,7 @@ func (s *source) iterate(ctx context.Context) (int, decision, error) {
 		sent0 := s.bytesSent()
 		n, err := s.pass(ctx, uint32(iter))
 		if err != nil {
-			return iter, dec, s.cause(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
+			return iter, dec, cause.Of(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
 		}
 		elapsed := time.Since(t0)
 		bytes := s.bytesSent() - sent0
@@ -236,7 +237,7 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	// for the threads to stop cancelled) may have stopped the guest.
 	s.paused = true
 	if err := s.g.Pause(ctx); err != nil {
-		return nil, s.cause(ctx, fmt.Errorf("pause guest: %w", err))
+		return nil, cause.Of(ctx, fmt.Errorf("pause guest: %w", err))
 	}
 	if _, err := s.collect(); err != nil {
 		return nil, err
@@ -248,27 +249,24 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	if dec == finish && s.cfg.Mode == ModePrecopy {
 		final++
 		if _, err := s.pass(ctx, final); err != nil {
-			return nil, s.cause(ctx, fmt.Errorf("final pass: %w", err))
+			return nil, cause.Of(ctx, fmt.Errorf("final pass: %w", err))
 		}
 	}
 	if ds, ok := s.g.(DeviceStater); ok {
 		t0 := time.Now()
 		n, err := s.sendDeviceState(ctx, ds)
 		if err != nil {
-			return nil, s.cause(ctx, err)
+			return nil, cause.Of(ctx, err)
 		}
 		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(t0))
 	}
 	var pending []wire.Run
 	for _, b := range s.blocks {
-		b.pending.Runs(0, b.npages, func(start, count uint64) bool {
-			pending = append(pending, wire.Run{Block: b.idx, Page: start, Count: count})
-			return true
-		})
+		pending = pages.AppendRuns(pending, b.idx, b.pending)
 	}
 	s.rep.PostcopyPages = wire.PageCount(pending)
 	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending}); err != nil {
-		return nil, s.cause(ctx, fmt.Errorf("send switchover: %w", err))
+		return nil, cause.Of(ctx, fmt.Errorf("send switchover: %w", err))
 	}
 	sw := &switched{goSent: make(chan struct{}), tPause: tPause}
 	sw.post = s.startPostcopy(ctx, len(pending) > 0, sw.goSent, iter)
@@ -278,7 +276,7 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	case <-s.ready:
 		return sw, nil
 	case <-ctx.Done():
-		return sw, s.cause(ctx, errors.New("destination lost before it was ready to resume"))
+		return sw, cause.Of(ctx, errors.New("destination lost before it was ready to resume"))
 	}
 }
 
@@ -338,15 +336,6 @@ func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCau
 		s.log.Warn("finish source guest", "error", err)
 	}
 	return nil
-}
-
-// cause prefers the reason the context was cancelled (a control-connection
-// error or a remote error) over the error a blocked call returned.
-func (s *source) cause(ctx context.Context, err error) error {
-	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
-		return fmt.Errorf("%w (%v)", c, err)
-	}
-	return err
 }
 
 func trim(s string) string {

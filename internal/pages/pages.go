@@ -5,6 +5,8 @@ package pages
 import (
 	"math/bits"
 	"sync/atomic"
+
+	"github.com/dmig/dmig/wire"
 )
 
 // Set is a fixed-size set of page numbers. Add, Remove and Has are safe for
@@ -110,4 +112,18 @@ func (s *Set) Runs(from, to uint64, fn func(start, count uint64) bool) {
 		}
 		p = s.Next(q)
 	}
+}
+
+// AppendRuns adds the pages of s, as runs of block, to a run list: the one
+// way both engines turn a set into what the wire carries.
+func AppendRuns(runs []wire.Run, block uint32, s *Set) []wire.Run {
+	s.Runs(0, s.n, func(start, count uint64) bool {
+		if k := len(runs); k > 0 && runs[k-1].Block == block && runs[k-1].Page+runs[k-1].Count == start {
+			runs[k-1].Count += count
+		} else {
+			runs = append(runs, wire.Run{Block: block, Page: start, Count: count})
+		}
+		return true
+	})
+	return runs
 }
