@@ -379,18 +379,7 @@ func TestFaultsAfterResume(t *testing.T) {
 		d := startDest(t, destOpts{})
 		p := startProxy(t, d.addr, 20<<20)
 		src := sourceProcess(t, g, p.addr(), precopy.ModePostcopy, filepath.Join(t.TempDir(), "dst.stats"))
-		var tt *testTarget
-		select {
-		case tt = <-d.targets:
-			d.targets <- tt
-		case <-time.After(60 * time.Second):
-			t.Fatal("no migration reached the destination")
-		}
-		select {
-		case <-tt.resumed:
-		case <-time.After(60 * time.Second):
-			t.Fatal("destination never resumed")
-		}
+		d.resumedTarget(t)
 		time.Sleep(300 * time.Millisecond)
 		src.Process.Kill()
 		src.Wait()

@@ -194,18 +194,7 @@ func TestGuardianAfterGo(t *testing.T) {
 			args := append(migrateArgs(g, p.addr(), "postcopy", filepath.Join(t.TempDir(), "dst.stats")), "--no-progress")
 			src = startGroup(t, args...)
 			if c.postcopy {
-				var tt *testTarget
-				select {
-				case tt = <-d.targets:
-					d.targets <- tt
-				case <-time.After(60 * time.Second):
-					t.Fatal("no migration reached the destination")
-				}
-				select {
-				case <-tt.resumed:
-				case <-time.After(60 * time.Second):
-					t.Fatal("destination never resumed")
-				}
+				d.resumedTarget(t)
 				time.Sleep(300 * time.Millisecond)
 				killGroup(src)
 			}

@@ -269,6 +269,25 @@ func startDest(t testing.TB, o destOpts) *dest {
 	return d
 }
 
+// resumedTarget waits (60 s each) for the destination's guest to be
+// created and then resumed, and returns it.
+func (d *dest) resumedTarget(t testing.TB) *testTarget {
+	t.Helper()
+	var tt *testTarget
+	select {
+	case tt = <-d.targets:
+		d.targets <- tt
+	case <-time.After(60 * time.Second):
+		t.Fatal("no migration reached the destination")
+	}
+	select {
+	case <-tt.resumed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("destination never resumed")
+	}
+	return tt
+}
+
 func testLogger(t testing.TB, name string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: prefixWriter(t, "")})
 }
