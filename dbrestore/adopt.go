@@ -7,8 +7,6 @@ import (
 	"os"
 
 	"github.com/dmig/dmig/internal/keeper"
-	"github.com/dmig/dmig/internal/pages"
-	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/uffd"
 	"github.com/dmig/dmig/wire"
@@ -144,36 +142,25 @@ func (d *dest) reopen() error {
 		return fmt.Errorf("journal of session %s has no kept uffd", j.Session)
 	}
 	for i, blk := range j.Hello.Blocks {
-		f, err := os.OpenFile(j.Paths[i], os.O_RDWR, 0)
-		if err != nil {
-			return fmt.Errorf("open RAM block %s: %w", blk.Name, err)
-		}
-		b := &dstBlock{idx: uint32(i), name: blk.Name, path: j.Paths[i], file: f, npages: blk.Pages()}
-		d.blocks = append(d.blocks, b)
-		if b.mem, err = ramfile.Map(f, 0, int(blk.Size), true); err != nil {
-			return fmt.Errorf("map RAM block %s: %w", blk.Name, err)
-		}
-		if b.maps, err = ramfile.FileMappingsOf(d.pid, f); err != nil || len(b.maps) == 0 {
-			return fmt.Errorf("find guest pid %d's mappings of RAM block %s: %w", d.pid, blk.Name, errors.Join(err, errors.New("none")))
-		}
-		b.placed = pages.NewSet(b.npages)
-		b.missing = pages.NewSet(b.npages)
-		data, err := ramfile.Data(f, int64(blk.Size))
+		b, err := openDstBlock(uint32(i), blk, j.Paths[i])
 		if err != nil {
 			return err
 		}
+		d.blocks = append(d.blocks, b)
+		if err := b.FindMappings(d.pid); err != nil {
+			return err
+		}
+		// What the RAM file holds is what was placed; its holes are
+		// what the guest still faults on.
 		next := uint64(0)
-		hole := func(end uint64) {
-			for p := next; p < end; p++ {
-				b.missing.Add(p)
-				d.missing.Add(1)
-			}
+		if err := b.DataPages(func(first, count uint64) {
+			b.missing.AddRange(next, first-next)
+			next = first + count
+		}); err != nil {
+			return err
 		}
-		for _, e := range data {
-			hole(uint64(e.Off) / pageSize)
-			next = uint64(e.Off+e.Len+pageSize-1) / pageSize
-		}
-		hole(b.npages)
+		b.missing.AddRange(next, b.npages-next)
+		d.missing.Add(int64(b.missing.Count()))
 	}
 	u, err := uffd.Reacquire(d.pid, j.UffdFD, uffd.FeatureMissingShmem|uffd.FeatureThreadID)
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-const pageSize = 4096
+const pageSize = ramfile.PageSize
 
 // Guest is what the destination needs of the VMM that will run the guest.
 type Guest interface {
@@ -166,17 +166,11 @@ func (d *dest) prepare(ctx context.Context) error {
 		return classed(wire.ErrorResource, fmt.Errorf("create RAM files: %w", err))
 	}
 	for i, blk := range h.Blocks {
-		f, err := os.OpenFile(paths[i], os.O_RDWR, 0)
+		b, err := openDstBlock(uint32(i), blk, paths[i])
 		if err != nil {
-			return fmt.Errorf("open RAM block %s: %w", blk.Name, err)
+			return err
 		}
-		b := &dstBlock{idx: uint32(i), name: blk.Name, path: paths[i], file: f, npages: blk.Pages()}
 		d.blocks = append(d.blocks, b)
-		if b.mem, err = ramfile.Map(f, 0, int(blk.Size), true); err != nil {
-			return fmt.Errorf("map RAM block %s: %w", blk.Name, err)
-		}
-		b.placed = pages.NewSet(b.npages)
-		b.missing = pages.NewSet(b.npages)
 	}
 	// The guest starts with a parent-death signal (a guest that never
 	// resumed must not outlive a dead serve); its keeper takes over that
@@ -203,21 +197,27 @@ func (d *dest) prepare(ctx context.Context) error {
 		}
 	}
 	for _, b := range d.blocks {
-		ms, err := ramfile.FileMappingsOf(d.pid, b.file)
-		if err != nil {
-			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.name, err)
+		if err := b.FindMappings(d.pid); err != nil {
+			return err
 		}
-		if len(ms) == 0 {
-			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", d.pid, b.name, b.path)
-		}
-		for _, m := range ms {
+		for _, m := range b.Maps {
 			if _, err := d.u.Register(uffd.Range{Start: m.Start, Len: m.Len()}, uffd.ModeMissing); err != nil {
-				return fmt.Errorf("register RAM block %s: %w", b.name, err)
+				return fmt.Errorf("register RAM block %s: %w", b.Name, err)
 			}
-			b.maps = append(b.maps, m)
 		}
 	}
 	return nil
+}
+
+// openDstBlock opens and maps the RAM file at path of the session's block
+// blk, with empty page sets.
+func openDstBlock(idx uint32, blk wire.Block, path string) (*dstBlock, error) {
+	rf, err := ramfile.OpenBlock(blk.Name, path, blk.Size, true, false)
+	if err != nil {
+		return nil, err
+	}
+	n := rf.Pages()
+	return &dstBlock{Block: rf, idx: idx, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}, nil
 }
 
 // barrier waits until every batch announced by IterationEnd was handled.
@@ -288,13 +288,13 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 		for j := 0; j < len(batch.Entries); {
 			e := batch.Entries[j]
 			if e.Page >= b.npages {
-				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.name))
+				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.Name))
 			}
 			switch e.Kind {
 			case wire.KindData:
 				run := batch.DataRun(j)
 				if e.Page+uint64(run) > b.npages {
-					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.name))
+					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.Name))
 				}
 				if !push {
 					for k := range uint64(run) {
@@ -308,8 +308,8 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 					if err := c.ReadData(buf); err != nil {
 						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
 					}
-					if _, err := b.file.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
-						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.name, err))
+					if _, err := b.File.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
+						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.Name, err))
 					}
 					b.placed.AddRange(e.Page, uint64(run))
 					d.data.Add(uint64(run))
@@ -334,7 +334,7 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				if !push {
 					d.restore.supersede(b.idx, e.Page, batch.Iteration)
 					if b.placed.Has(e.Page) {
-						clear(b.mem[e.Page*pageSize : (e.Page+1)*pageSize])
+						clear(b.Page(e.Page))
 					}
 					d.zero.Add(1)
 				} else if b.missing.Has(e.Page) {
@@ -403,7 +403,7 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 			if err := ln.sess.Urgent.WriteFrame(ln.ctx, &wire.PageRequest{Block: b.idx, Page: p, Count: 1}); err != nil {
 				// The link is lost: the page is asked for again on the next
 				// one (adopt), and until then the guest's thread waits.
-				ln.cancel(lost(fmt.Errorf("request page %d of block %s: %w", p, b.name, err)))
+				ln.cancel(lost(fmt.Errorf("request page %d of block %s: %w", p, b.Name, err)))
 			}
 		}
 	}
@@ -458,9 +458,9 @@ func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 // inject close(2).
 func (d *dest) release() error {
 	for _, b := range d.blocks {
-		for _, m := range b.maps {
+		for _, m := range b.Maps {
 			if err := d.u.Unregister(uffd.Range{Start: m.Start, Len: m.Len()}); err != nil {
-				return fmt.Errorf("unregister RAM block %s: %w", b.name, err)
+				return fmt.Errorf("unregister RAM block %s: %w", b.Name, err)
 			}
 		}
 	}
@@ -491,9 +491,6 @@ func (d *dest) cleanup(failed bool) {
 		d.u.Close()
 	}
 	for _, b := range d.blocks {
-		if b.mem != nil {
-			ramfile.Unmap(b.mem)
-		}
-		b.file.Close()
+		b.Close()
 	}
 }

@@ -3,7 +3,6 @@ package dbrestore
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"sync/atomic"
 
@@ -48,14 +47,12 @@ type pageKey struct {
 	page  uint64
 }
 
+// dstBlock is one RAM block of the guest, open and mapped writable
+// (ramfile.Block), with what the destination knows of its pages.
 type dstBlock struct {
+	*ramfile.Block
 	idx     uint32
-	name    string
-	path    string
-	file    *os.File
-	mem     []byte // our writable mapping, for plain writes before resume
 	npages  uint64
-	maps    []ramfile.Mapping
 	placed  *pages.Set // written before resume (the file may hold data there)
 	missing *pages.Set // owed after switchover
 }
@@ -68,8 +65,8 @@ func (d *placer) markPending(runs []wire.Run) error {
 			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
 		}
 		b := d.blocks[r.Block]
-		if err := ramfile.PunchHole(b.file, int64(r.Page*pageSize), int64(r.Count*pageSize)); err != nil {
-			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing in RAM block %s: %w", b.name, err))
+		if err := b.PunchHoles(r.Page, r.Count); err != nil {
+			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing: %w", err))
 		}
 		for p := r.Page; p < r.Page+r.Count; p++ {
 			if b.missing.Add(p) {
@@ -96,25 +93,11 @@ func (d *placer) unlisted(runs []wire.Run) []wire.Run {
 	return out
 }
 
-// guestAddr is the address of page p of b in the guest's first mapping that
-// covers it.
-func (b *dstBlock) guestAddr(p uint64) (uintptr, bool) {
-	off := p * pageSize
-	for _, m := range b.maps {
-		if off >= m.Offset && off+pageSize <= m.Offset+uint64(m.Len()) {
-			return m.Start + uintptr(off-m.Offset), true
-		}
-	}
-	return 0, false
-}
-
 // locate maps a guest fault address to a block and page.
 func (d *placer) locate(addr uintptr) (*dstBlock, uint64, bool) {
 	for _, b := range d.blocks {
-		for _, m := range b.maps {
-			if addr >= m.Start && addr < m.End {
-				return b, (uint64(addr-m.Start) + m.Offset) / pageSize, true
-			}
+		if p, ok := b.Locate(addr); ok {
+			return b, p, true
 		}
 	}
 	return nil, 0, false
@@ -144,9 +127,9 @@ func (d *placer) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) bool {
 // place puts data (nil: a zero page) at page p of b after resume, atomically
 // with UFFDIO_COPY, and wakes the guest's waiters in every mapping.
 func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
-	addr, ok := b.guestAddr(p)
+	addr, ok := b.GuestAddr(p)
 	if !ok {
-		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.name)
+		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.Name)
 	}
 	var err error
 	if data == nil {
@@ -155,7 +138,7 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 		_, _, err = d.u.CopyRange(addr, data, 0)
 	}
 	if err != nil && !errors.Is(err, uffd.ErrExists) {
-		return fmt.Errorf("place page %d of block %s: %w", p, b.name, err)
+		return fmt.Errorf("place page %d of block %s: %w", p, b.Name, err)
 	}
 	if err != nil && data == nil {
 		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
@@ -163,7 +146,7 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 	if err == nil && d.watch != nil {
 		d.watch.Placed(b.idx, p, data)
 	}
-	for _, m := range b.maps[1:] {
+	for _, m := range b.Maps[1:] {
 		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
 			_ = d.u.Wake(uffd.Range{Start: m.Start + uintptr(off-m.Offset), Len: pageSize})
 		}

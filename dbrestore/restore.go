@@ -628,7 +628,7 @@ func (r *restorer) place(j refJob, page []byte) {
 		// pwrite, not a copy through the mapping: a whole-page write to a
 		// hole of the shmem file allocates the page without a fault or
 		// zeroing it first (3x faster here).
-		if _, err = b.file.WriteAt(page, int64(j.page*pageSize)); err == nil {
+		if _, err = b.File.WriteAt(page, int64(j.page*pageSize)); err == nil {
 			b.placed.Add(j.page)
 			r.entries[j.block][j.page].state = entryPlaced
 			r.unchecked[j.block].Remove(j.page)
@@ -637,7 +637,7 @@ func (r *restorer) place(j refJob, page []byte) {
 	mu.Unlock()
 	switch {
 	case err != nil:
-		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.name, err))
+		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.Name, err))
 	case e.state == entryCarried:
 		if r.isCarried(j) {
 			r.placeMissing(j, page)

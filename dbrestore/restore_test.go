@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/storageref"
 	"github.com/dmig/dmig/wire"
 )
@@ -89,7 +90,7 @@ func newRestoreFixture(t *testing.T, disks map[string]string, flags wire.HelloFl
 	}()
 	t.Cleanup(func() { ctrl.Close(); src.Close(); <-readDone })
 	f.pl = newPlacer()
-	f.pl.blocks = []*dstBlock{{idx: 0, name: "ram", file: ram, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}}
+	f.pl.blocks = []*dstBlock{{Block: &ramfile.Block{Name: "ram", File: ram}, idx: 0, npages: 16, placed: pages.NewSet(16), missing: pages.NewSet(16)}}
 	f.r = newRestorer(restoreOptions{Log: hclog.NewNullLogger(), Active: flags&wire.FlagStorageRefs != 0, Disks: disks}, f.pl, connSender{ctrl})
 	t.Cleanup(f.r.close)
 	return f
@@ -368,7 +369,7 @@ func BenchmarkRestore(b *testing.B) {
 		dstEnd, srcEnd := net.Pipe()
 		go func() { _, _ = io.Copy(io.Discard, srcEnd) }()
 		pl := newPlacer()
-		pl.blocks = []*dstBlock{{idx: 0, name: "ram", file: shm, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}}
+		pl.blocks = []*dstBlock{{Block: &ramfile.Block{Name: "ram", File: shm}, idx: 0, npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}}
 		r := newRestorer(restoreOptions{Log: hclog.NewNullLogger(), Active: true, Disks: map[string]string{"data": diskPath}}, pl,
 			connSender{wire.NewConn(dstEnd, wire.RoleControl, 0)})
 		ctx, cancel := context.WithCancel(context.Background())

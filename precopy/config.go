@@ -8,10 +8,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
 )
 
-const pageSize = 4096
+const pageSize = ramfile.PageSize
 
 // Mode is how memory moves.
 type Mode string

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/storageref"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
@@ -166,7 +167,7 @@ func TestRefSourceTranslates(t *testing.T) {
 			{GuestPage: 0x100001, Pages: 2, Disk: 0, Offset: 3 << 20},
 		},
 	}
-	blocks := []*srcBlock{{Block: Block{Name: "lo"}, idx: 0, npages: 4}, {Block: Block{Name: "hi"}, idx: 1, npages: 4}}
+	blocks := []*srcBlock{{Block: &ramfile.Block{Name: "lo"}, idx: 0, npages: 4}, {Block: &ramfile.Block{Name: "hi"}, idx: 1, npages: 4}}
 	r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), blocks, xlateGuest{})
 	r.prepare(context.Background(), 1, 8)
 	page := bytes.Repeat([]byte{3}, pageSize)
@@ -195,7 +196,7 @@ func TestResendGoesAsData(t *testing.T) {
 		Disks: []layout.Disk{{ID: 0, Name: "data"}},
 		Runs:  []layout.Run{{GuestPage: 0, Pages: 4, Disk: 0, Offset: 0}},
 	}
-	blk := &srcBlock{idx: 0, npages: 4, mem: bytes.Repeat([]byte{9}, 4*pageSize)}
+	blk := &srcBlock{idx: 0, npages: 4, Block: &ramfile.Block{Mem: bytes.Repeat([]byte{9}, 4*pageSize)}}
 	blk.pending, blk.hot, blk.noref, blk.resend = pages.NewSet(4), pages.NewSet(4), pages.NewSet(4), pages.NewSet(4)
 	s := &source{log: hclog.NewNullLogger(), blocks: []*srcBlock{blk}}
 	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)

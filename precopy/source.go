@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,12 +83,11 @@ type source struct {
 	paused, goSent bool
 }
 
+// srcBlock is one RAM block of the guest, open and mapped read-only
+// (ramfile.Block), with what the source tracks of its pages.
 type srcBlock struct {
-	Block
+	*ramfile.Block
 	idx     uint32
-	file    *os.File
-	mem     []byte            // our read-only mapping of the RAM file
-	maps    []ramfile.Mapping // the guest's mappings of it
 	npages  uint64
 	pending *pages.Set // not yet sent since last written
 	hot     *pages.Set // written in the last interval (post-copy pushes these first)
@@ -347,33 +345,18 @@ func trim(s string) string {
 
 func (s *source) open() error {
 	for i, b := range s.g.RAM() {
-		f, err := os.Open(b.Path)
+		// One migration of a guest at a time: the RAM file's lock is its
+		// identity.
+		rf, err := ramfile.OpenBlock(b.Name, b.Path, b.Size, false, true)
 		if err != nil {
-			return fmt.Errorf("open RAM block %s: %w", b.Name, err)
-		}
-		blk := &srcBlock{Block: b, idx: uint32(i), file: f, npages: b.Size / pageSize}
-		s.blocks = append(s.blocks, blk)
-		// One migration of a guest at a time: the RAM file is its identity.
-		if err := ramfile.Lock(f); err != nil {
 			if errors.Is(err, ramfile.ErrLocked) {
-				return fmt.Errorf("lock RAM block %s (%s): %w", b.Name, b.Path, ErrBusy)
+				return fmt.Errorf("%w: %w", err, ErrBusy)
 			}
-			return fmt.Errorf("lock RAM block %s: %w", b.Name, err)
+			return err
 		}
-		st, err := f.Stat()
-		if err != nil {
-			return fmt.Errorf("stat RAM block %s: %w", b.Name, err)
-		}
-		if uint64(st.Size()) != b.Size || b.Size%pageSize != 0 || b.Size == 0 {
-			return fmt.Errorf("RAM block %s: file %s has %d bytes, want %d (a whole number of pages)", b.Name, b.Path, st.Size(), b.Size)
-		}
-		if blk.mem, err = ramfile.Map(f, 0, int(b.Size), false); err != nil {
-			return fmt.Errorf("map RAM block %s: %w", b.Name, err)
-		}
-		blk.pending = pages.NewSet(blk.npages)
-		blk.hot = pages.NewSet(blk.npages)
-		blk.noref = pages.NewSet(blk.npages)
-		blk.resend = pages.NewSet(blk.npages)
+		n := rf.Pages()
+		s.blocks = append(s.blocks, &srcBlock{Block: rf, idx: uint32(i), npages: n,
+			pending: pages.NewSet(n), hot: pages.NewSet(n), noref: pages.NewSet(n), resend: pages.NewSet(n)})
 	}
 	if len(s.blocks) == 0 {
 		return errors.New("guest has no RAM blocks")
@@ -391,11 +374,10 @@ func (s *source) track() error {
 	s.u = u
 	var ranges []uffd.Range
 	for _, b := range s.blocks {
-		ms, err := ramfile.FileMappingsOf(s.g.Pid(), b.file)
-		if err != nil {
-			return fmt.Errorf("find guest mappings of RAM block %s: %w", b.Name, err)
+		if err := b.FindMappings(s.g.Pid()); err != nil {
+			return err
 		}
-		for _, m := range ms {
+		for _, m := range b.Maps {
 			if !m.Shared() {
 				return fmt.Errorf("guest pid %d maps RAM block %s privately (%s): its writes would not reach the file; map it MAP_SHARED", s.g.Pid(), b.Name, m.Perms)
 			}
@@ -403,11 +385,7 @@ func (s *source) track() error {
 			if _, err := u.Register(r, uffd.ModeWP); err != nil {
 				return fmt.Errorf("track RAM block %s: %w", b.Name, err)
 			}
-			b.maps = append(b.maps, m)
 			ranges = append(ranges, r)
-		}
-		if len(b.maps) == 0 {
-			return fmt.Errorf("guest pid %d does not map RAM block %s (%s)", s.g.Pid(), b.Name, b.Path)
 		}
 	}
 	if s.tracker, err = u.TrackDirty(ranges...); err != nil {
@@ -416,25 +394,12 @@ func (s *source) track() error {
 	// Everything is to be sent; holes need not be read.
 	for _, b := range s.blocks {
 		b.pending.Fill()
-		if b.data, err = dataPages(b.file, b.npages); err != nil {
-			return fmt.Errorf("find data of RAM block %s: %w", b.Name, err)
+		b.data = pages.NewSet(b.npages)
+		if err := b.DataPages(b.data.AddRange); err != nil {
+			return err
 		}
 	}
 	return nil
-}
-
-// dataPages returns the pages of f that are not holes (SEEK_DATA).
-func dataPages(f *os.File, npages uint64) (*pages.Set, error) {
-	set := pages.NewSet(npages)
-	ext, err := ramfile.Data(f, int64(npages*pageSize))
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range ext {
-		first, last := uint64(e.Off)/pageSize, (uint64(e.Off+e.Len)+pageSize-1)/pageSize
-		set.AddRange(first, min(last, npages)-first)
-	}
-	return set, nil
 }
 
 // collect harvests written pages into the pending sets; the hot sets become
@@ -478,17 +443,12 @@ func (s *source) collect() (uint64, error) {
 // out of dirty tracking, and the migration must stop.
 func (s *source) remapped() string {
 	for _, b := range s.blocks {
-		now, err := ramfile.FileMappingsOf(s.g.Pid(), b.file)
+		why, err := b.Remapped(s.g.Pid())
 		if err != nil {
 			return fmt.Sprintf("guest pid %d is gone or unreadable (%v)", s.g.Pid(), err)
 		}
-		if len(now) != len(b.maps) {
-			return fmt.Sprintf("guest pid %d now maps RAM block %s %d times, %d when tracking began", s.g.Pid(), b.Name, len(now), len(b.maps))
-		}
-		for i := range now {
-			if now[i].Start != b.maps[i].Start || now[i].End != b.maps[i].End || now[i].Offset != b.maps[i].Offset {
-				return fmt.Sprintf("guest pid %d remapped RAM block %s (was %#x-%#x, now %#x-%#x)", s.g.Pid(), b.Name, b.maps[i].Start, b.maps[i].End, now[i].Start, now[i].End)
-			}
+		if why != "" {
+			return why
 		}
 	}
 	return ""
@@ -497,7 +457,7 @@ func (s *source) remapped() string {
 // locate maps a guest address range to a block and its file pages.
 func (s *source) locate(r uffd.Range) (*srcBlock, uint64, uint64) {
 	for _, b := range s.blocks {
-		for _, m := range b.maps {
+		for _, m := range b.Maps {
 			if r.Start >= m.Start && r.End() <= m.End {
 				first := (uint64(r.Start-m.Start) + m.Offset) / pageSize
 				return b, first, uint64(r.Len) / pageSize
@@ -524,7 +484,7 @@ func (s *source) dial(ctx context.Context) error {
 		h.Flags |= wire.FlagCompress
 	}
 	for _, b := range s.blocks {
-		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: b.Size})
+		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: uint64(len(b.Mem))})
 	}
 	h.Session = wire.NewSessionID()
 	if m, ok := s.g.(DiskMarker); ok {
@@ -787,7 +747,7 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 		s.zeroPages.Add(1)
 		return
 	}
-	page := b.mem[p*pageSize : (p+1)*pageSize]
+	page := b.Page(p)
 	if isZero(page) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
@@ -859,7 +819,7 @@ func (s *source) servePages(ctx context.Context) {
 		b := s.blocks[req.Block]
 		for p := req.Page; p < req.Page+uint64(req.Count) && p < b.npages; p++ {
 			b.pending.Remove(p)
-			reply := &wire.PageReply{Block: req.Block, Page: p, Kind: wire.KindData, Data: b.mem[p*pageSize : (p+1)*pageSize]}
+			reply := &wire.PageReply{Block: req.Block, Page: p, Kind: wire.KindData, Data: b.Page(p)}
 			if isZero(reply.Data) {
 				reply.Kind, reply.Data = wire.KindZero, nil
 			}
@@ -908,16 +868,13 @@ func (s *source) cleanup() {
 	}
 	if s.u != nil {
 		for _, b := range s.blocks {
-			for _, m := range b.maps {
+			for _, m := range b.Maps {
 				_ = s.u.Unregister(uffd.Range{Start: m.Start, Len: m.Len()})
 			}
 		}
 		s.u.Close()
 	}
 	for _, b := range s.blocks {
-		if b.mem != nil {
-			ramfile.Unmap(b.mem)
-		}
-		b.file.Close()
+		b.Close()
 	}
 }

@@ -10,8 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const PageSize = 4096
-
 // newRAM makes a sparse RAM file of pages pages in /dev/shm (shmem, like a
 // VMM's memory-backend-file there) and removes it when the test ends.
 func newRAM(t testing.TB, pages int) *os.File {
@@ -95,31 +93,63 @@ func TestLock(t *testing.T) {
 
 func TestBlock(t *testing.T) {
 	f := newRAM(t, 4)
-	if _, err := OpenBlock(f.Name(), 3*PageSize, false, false); err == nil {
+	if _, err := OpenBlock("ram", f.Name(), 3*PageSize, false, false); err == nil {
 		t.Fatal("opened a block of the wrong size")
 	}
-	dst, err := OpenBlock(f.Name(), 4*PageSize, true, false)
+	dst, err := OpenBlock("ram", f.Name(), 4*PageSize, true, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dst.Close()
-	copy(dst.Mem[PageSize:], "page one")
-	src, err := OpenBlock(f.Name(), 4*PageSize, false, true)
+	copy(dst.Page(1), "page one")
+	copy(dst.Page(3), "page three")
+	src, err := OpenBlock("ram", f.Name(), 4*PageSize, false, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(src.Mem[PageSize:], []byte("page one")) {
+	defer src.Close()
+	if src.Pages() != 4 || !bytes.HasPrefix(src.Page(1), []byte("page one")) {
 		t.Fatal("the read-only mapping does not see the writable one's write")
 	}
-	if _, err := OpenBlock(f.Name(), 4*PageSize, false, true); !errors.Is(err, ErrLocked) {
+	if _, err := OpenBlock("ram", f.Name(), 4*PageSize, false, true); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second locked open: %v, want ErrLocked", err)
 	}
-	ms, err := src.Mappings(os.Getpid())
-	if err != nil || len(ms) != 2 {
-		t.Fatalf("mappings of the block: %v %v, want ours two", ms, err)
+	if err := src.FindMappings(os.Getpid()); err != nil || len(src.Maps) != 2 {
+		t.Fatalf("mappings of the block: %v %v, want ours two", src.Maps, err)
 	}
-	if ext, err := src.Data(); err != nil || !reflect.DeepEqual(ext, []Extent{{PageSize, PageSize}}) {
-		t.Fatalf("data %v %v", ext, err)
+	ro := src.Maps[0]
+	if ro.Writable() {
+		ro = src.Maps[1]
+	}
+	if a, ok := src.GuestAddr(2); !ok || a != src.Maps[0].Start+2*PageSize {
+		t.Fatalf("GuestAddr(2) = %#x %v, want page 2 of the first mapping %#x", a, ok, src.Maps[0].Start)
+	}
+	if p, ok := src.Locate(ro.Start + 3*PageSize + 5); !ok || p != 3 {
+		t.Fatalf("Locate in page 3 = %d %v", p, ok)
+	}
+	if _, ok := src.Locate(ro.End); ok && src.Maps[0].End != src.Maps[1].Start {
+		t.Fatal("Locate found an address past the mappings")
+	}
+	if why, err := src.Remapped(os.Getpid()); err != nil || why != "" {
+		t.Fatalf("Remapped with nothing changed: %q %v", why, err)
+	}
+	var runs [][2]uint64
+	collect := func(first, count uint64) { runs = append(runs, [2]uint64{first, count}) }
+	if err := src.DataPages(collect); err != nil || !reflect.DeepEqual(runs, [][2]uint64{{1, 1}, {3, 1}}) {
+		t.Fatalf("data pages %v %v, want pages 1 and 3", runs, err)
+	}
+	if err := dst.PunchHoles(3, 1); err != nil {
+		t.Fatal(err)
+	}
+	runs = nil
+	if err := src.DataPages(collect); err != nil || !reflect.DeepEqual(runs, [][2]uint64{{1, 1}}) {
+		t.Fatalf("data pages after punching page 3: %v %v, want page 1", runs, err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if why, err := src.Remapped(os.Getpid()); err != nil || why == "" {
+		t.Fatalf("Remapped after unmapping one mapping: %q %v, want a reason", why, err)
 	}
 	if err := src.Close(); err != nil {
 		t.Fatal(err)
@@ -127,7 +157,7 @@ func TestBlock(t *testing.T) {
 	if src.Mem != nil || src.File != nil {
 		t.Fatal("Close left the mapping or file set")
 	}
-	if b, err := OpenBlock(f.Name(), 4*PageSize, false, true); err != nil {
+	if b, err := OpenBlock("ram", f.Name(), 4*PageSize, false, true); err != nil {
 		t.Fatalf("locked open after Close: %v", err)
 	} else {
 		b.Close()
