@@ -12,7 +12,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/dmig/dmig/internal/clock"
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/storageref"
@@ -67,6 +66,12 @@ const (
 //     flight is then dropped whatever its result. So the guest resumes
 //     without waiting for the restore to catch up, and a carried page gets
 //     only a checked disk copy, placed with UFFDIO_COPY.
+//
+// Its methods follow its life: newRestorer and start; the phase (advance,
+// at, await); entries as they arrive (supersede, enqueue, forget); the
+// collectors' reads, placement and hand-back (collect … done); switchover
+// (carry, owed, refetch); post-copy (carriedMissing … fault); and the end
+// (release, report, close).
 type restorer struct {
 	pl     *placer
 	send   sender
@@ -294,9 +299,41 @@ func (r *restorer) start(ctx context.Context, spawn func(func() error)) {
 	}
 }
 
-func (r *restorer) close() {
-	if r.store != nil {
-		r.store.Close()
+// advance moves the restore to phase p (never back).
+func (r *restorer) advance(p restorePhase) {
+	r.phaseMu.Lock()
+	defer r.phaseMu.Unlock()
+	if restorePhase(r.phase.Load()) >= p {
+		return
+	}
+	r.phase.Store(int32(p))
+	close(r.phaseCh)
+	r.phaseCh = make(chan struct{})
+	r.log.Trace("restore phase", "phase", p)
+}
+
+// at reports whether the restore reached phase p.
+func (r *restorer) at(p restorePhase) bool { return restorePhase(r.phase.Load()) >= p }
+
+// await waits until the restore reaches phase p and reports whether it
+// did (false: ctx ended first).
+func (r *restorer) await(ctx context.Context, p restorePhase) bool {
+	for {
+		r.phaseMu.Lock()
+		reached, ch := r.at(p), r.phaseCh
+		r.phaseMu.Unlock()
+		if reached {
+			return true
+		}
+		var stop <-chan struct{}
+		if ctx != nil {
+			stop = ctx.Done()
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return false
+		}
 	}
 }
 
@@ -359,29 +396,10 @@ func (r *restorer) wake() {
 	}
 }
 
-// takeBacklog appends backlogged jobs to batch, up to limit in all.
-func (r *restorer) takeBacklog(batch []refJob, limit int) []refJob {
+func (r *restorer) forget(block uint32, p uint64) {
 	r.postMu.Lock()
-	defer r.postMu.Unlock()
-	n := max(0, min(limit-len(batch), len(r.backlog)))
-	batch = append(batch, r.backlog[:n]...)
-	r.backlog = r.backlog[n:]
-	if len(r.backlog) > 0 {
-		r.wake()
-	} else {
-		r.backlog = nil
-	}
-	return batch
-}
-
-func (r *restorer) done(n int) {
-	r.mu.Lock()
-	r.inflight -= n
-	r.last = time.Now()
-	if r.inflight == 0 {
-		r.cond.Broadcast()
-	}
-	r.mu.Unlock()
+	delete(r.post, pageKey{block, p})
+	r.postMu.Unlock()
 }
 
 // collect reads what queued while its previous read ran, as one batch.
@@ -431,74 +449,19 @@ func (r *restorer) collect(ctx context.Context) {
 	}
 }
 
-// advance moves the restore to phase p (never back).
-func (r *restorer) advance(p restorePhase) {
-	r.phaseMu.Lock()
-	defer r.phaseMu.Unlock()
-	if restorePhase(r.phase.Load()) >= p {
-		return
+// takeBacklog appends backlogged jobs to batch, up to limit in all.
+func (r *restorer) takeBacklog(batch []refJob, limit int) []refJob {
+	r.postMu.Lock()
+	defer r.postMu.Unlock()
+	n := max(0, min(limit-len(batch), len(r.backlog)))
+	batch = append(batch, r.backlog[:n]...)
+	r.backlog = r.backlog[n:]
+	if len(r.backlog) > 0 {
+		r.wake()
+	} else {
+		r.backlog = nil
 	}
-	r.phase.Store(int32(p))
-	close(r.phaseCh)
-	r.phaseCh = make(chan struct{})
-	r.log.Trace("restore phase", "phase", p)
-}
-
-// at reports whether the restore reached phase p.
-func (r *restorer) at(p restorePhase) bool { return restorePhase(r.phase.Load()) >= p }
-
-// await waits until the restore reaches phase p and reports whether it
-// did (false: ctx ended first).
-func (r *restorer) await(ctx context.Context, p restorePhase) bool {
-	for {
-		r.phaseMu.Lock()
-		reached, ch := r.at(p), r.phaseCh
-		r.phaseMu.Unlock()
-		if reached {
-			return true
-		}
-		var stop <-chan struct{}
-		if ctx != nil {
-			stop = ctx.Done()
-		}
-		select {
-		case <-ch:
-		case <-stop:
-			return false
-		}
-	}
-}
-
-// switchover starts the held phase: Switchover arrived.
-func (r *restorer) switchover() { r.advance(restoreHeld) }
-
-// pacer spaces reads of pages to a rate, across collectors.
-type pacer struct {
-	per   time.Duration // per page
-	chunk int           // pages per read: 50 ms worth
-	mu    sync.Mutex
-	next  time.Time
-}
-
-func newPacer(bytesPerSec int64) *pacer {
-	if bytesPerSec <= 0 {
-		return nil
-	}
-	pps := max(1, bytesPerSec/pageSize)
-	return &pacer{per: time.Second / time.Duration(pps), chunk: int(max(16, min(pps/20, maxRestoreBatch)))}
-}
-
-// wait returns when n more pages may be read.
-func (p *pacer) wait(ctx context.Context, n int) error {
-	p.mu.Lock()
-	now := time.Now()
-	if p.next.Before(now) {
-		p.next = now
-	}
-	at := p.next
-	p.next = p.next.Add(time.Duration(n) * p.per)
-	p.mu.Unlock()
-	return clock.Sleep(ctx, time.Until(at))
+	return batch
 }
 
 // read checks and places one batch. GuestPage of the layout refs it reads
@@ -562,6 +525,73 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 	})
 }
 
+// place writes a verified page into the RAM file if its reference is still
+// the page's latest entry; after switchover it places it with UFFDIO_COPY if
+// it is still missing (every route then carries the paused source's final
+// content, so no order matters).
+func (r *restorer) place(j refJob, page []byte) {
+	b := r.pl.blocks[j.block]
+	if j.iter == wire.IterationPostcopy {
+		r.placeMissing(j, page)
+		return
+	}
+	mu := r.lock(j.block, j.page)
+	mu.Lock()
+	var err error
+	e := r.entries[j.block][j.page]
+	if e.latest(j.iter) {
+		// pwrite, not a copy through the mapping: a whole-page write to a
+		// hole of the shmem file allocates the page without a fault or
+		// zeroing it first (3x faster here).
+		if _, err = b.File.WriteAt(page, int64(j.page*pageSize)); err == nil {
+			b.placed.Add(j.page)
+			r.entries[j.block][j.page].state = entryPlaced
+			r.unchecked[j.block].Remove(j.page)
+		}
+	}
+	mu.Unlock()
+	switch {
+	case err != nil:
+		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.Name, err))
+	case e.state == entryCarried:
+		if r.isCarried(j) {
+			r.placeMissing(j, page)
+		}
+	case e.latest(j.iter): // now placed
+		r.verified.Add(1)
+	}
+}
+
+// fail records a reference whose disk copy could not be used and reports
+// whether the page is now owed (the reference is its latest entry, before
+// switchover). After switchover the page is asked from the source at once.
+func (r *restorer) fail(j refJob, err error) bool {
+	if j.iter == wire.IterationPostcopy {
+		r.failMissing(j)
+		return false
+	}
+	mu := r.lock(j.block, j.page)
+	mu.Lock()
+	e := r.entries[j.block][j.page]
+	owed := e.latest(j.iter)
+	if owed {
+		r.bad[j.block].Add(j.page)
+		r.entries[j.block][j.page].state = entryFailed
+		r.unchecked[j.block].Remove(j.page)
+	}
+	mu.Unlock()
+	if e.state == entryCarried {
+		if r.isCarried(j) {
+			r.failMissing(j)
+		}
+		return false
+	}
+	if n := r.mismatch.Add(1); n <= 5 {
+		r.log.Debug("storage reference failed: the page will come from the source", "block", j.block, "page", j.page, "disk", j.ref.Disk, "offset", j.ref.Offset, "error", err)
+	}
+	return owed
+}
+
 // handBack asks the source to send pages as data in a later pass (their
 // references failed), unless Switchover arrived: the barrier then owes
 // them. A Resend that cannot be sent leaves them owed too.
@@ -610,60 +640,18 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 	}
 }
 
-// place writes a verified page into the RAM file if its reference is still
-// the page's latest entry; after switchover it places it with UFFDIO_COPY if
-// it is still missing (every route then carries the paused source's final
-// content, so no order matters).
-func (r *restorer) place(j refJob, page []byte) {
-	b := r.pl.blocks[j.block]
-	if j.iter == wire.IterationPostcopy {
-		r.placeMissing(j, page)
-		return
+func (r *restorer) done(n int) {
+	r.mu.Lock()
+	r.inflight -= n
+	r.last = time.Now()
+	if r.inflight == 0 {
+		r.cond.Broadcast()
 	}
-	mu := r.lock(j.block, j.page)
-	mu.Lock()
-	var err error
-	e := r.entries[j.block][j.page]
-	if e.latest(j.iter) {
-		// pwrite, not a copy through the mapping: a whole-page write to a
-		// hole of the shmem file allocates the page without a fault or
-		// zeroing it first (3x faster here).
-		if _, err = b.File.WriteAt(page, int64(j.page*pageSize)); err == nil {
-			b.placed.Add(j.page)
-			r.entries[j.block][j.page].state = entryPlaced
-			r.unchecked[j.block].Remove(j.page)
-		}
-	}
-	mu.Unlock()
-	switch {
-	case err != nil:
-		r.fail(j, fmt.Errorf("write page into RAM block %s: %w", b.Name, err))
-	case e.state == entryCarried:
-		if r.isCarried(j) {
-			r.placeMissing(j, page)
-		}
-	case e.latest(j.iter): // now placed
-		r.verified.Add(1)
-	}
+	r.mu.Unlock()
 }
 
-// placeMissing places a checked page after switchover (a post-copy
-// reference, or one carried past switchover) if it is still missing.
-func (r *restorer) placeMissing(j refJob, page []byte) {
-	b := r.pl.blocks[j.block]
-	r.forget(j.block, j.page)
-	if !b.missing.Has(j.page) {
-		return
-	}
-	if err := r.pl.place(b, j.page, page); err != nil {
-		r.log.Warn("place restored page after switchover", "error", err)
-		r.failMissing(j)
-		return
-	}
-	if r.pl.resolved(b, j.page, &r.postDone) {
-		r.verified.Add(1)
-	}
-}
+// switchover starts the held phase: Switchover arrived.
+func (r *restorer) switchover() { r.advance(restoreHeld) }
 
 // carry ends the restore's pre-switchover phase without waiting for it
 // (see the restorer's invariants). pending are the pages the source owes:
@@ -715,54 +703,6 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 	return runs
 }
 
-// release lets the collectors go on (the guest runs, or the migration
-// ends).
-func (r *restorer) release() { r.advance(restoreReleased) }
-
-// fail records a reference whose disk copy could not be used and reports
-// whether the page is now owed (the reference is its latest entry, before
-// switchover). After switchover the page is asked from the source at once.
-func (r *restorer) fail(j refJob, err error) bool {
-	if j.iter == wire.IterationPostcopy {
-		r.failMissing(j)
-		return false
-	}
-	mu := r.lock(j.block, j.page)
-	mu.Lock()
-	e := r.entries[j.block][j.page]
-	owed := e.latest(j.iter)
-	if owed {
-		r.bad[j.block].Add(j.page)
-		r.entries[j.block][j.page].state = entryFailed
-		r.unchecked[j.block].Remove(j.page)
-	}
-	mu.Unlock()
-	if e.state == entryCarried {
-		if r.isCarried(j) {
-			r.failMissing(j)
-		}
-		return false
-	}
-	if n := r.mismatch.Add(1); n <= 5 {
-		r.log.Debug("storage reference failed: the page will come from the source", "block", j.block, "page", j.page, "disk", j.ref.Disk, "offset", j.ref.Offset, "error", err)
-	}
-	return owed
-}
-
-// carriedMissing says the carried pages are missing now (restoreCarried).
-func (r *restorer) carriedMissing() { r.advance(restoreCarried) }
-
-// isCarried reports whether j is the reference carried for its page (an
-// older one still in flight for the same page is stale), once the carried
-// pages are missing; false if the restore stopped first. Call it only for
-// a page whose entry is carried.
-func (r *restorer) isCarried(j refJob) bool {
-	if !r.await(r.ctx, restoreCarried) {
-		return false
-	}
-	return r.carriedRefs[pageKey{j.block, j.page}].iter == j.iter
-}
-
 // setRuns lists the pages of per-block sets as runs.
 func setRuns(sets []*pages.Set) []wire.Run {
 	var runs []wire.Run
@@ -770,18 +710,6 @@ func setRuns(sets []*pages.Set) []wire.Run {
 		runs = pages.AppendRuns(runs, uint32(i), s)
 	}
 	return runs
-}
-
-// failMissing asks the source for a page whose reference failed after
-// switchover, if it is still missing.
-func (r *restorer) failMissing(j refJob) {
-	r.forget(j.block, j.page)
-	r.mismatch.Add(1)
-	if r.pl.blocks[j.block].missing.Has(j.page) {
-		if err := r.send.PageRequest(r.ctx, j.block, j.page, 1); err != nil && r.ctx.Err() == nil {
-			r.log.Warn("ask the source for a page after a failed reference", "error", err)
-		}
-	}
 }
 
 // owed returns the pages whose latest entry is a failed reference.
@@ -814,29 +742,48 @@ func (r *restorer) refetch(ctx context.Context, runs []wire.Run) {
 	}
 }
 
-// report adds the storage figures to fig.
-func (r *restorer) report(fig *report.Dest) {
-	fig.Pages.StorageVerified = r.verified.Load()
-	fig.Pages.StorageMismatch = r.mismatch.Load()
-	if r.reader == nil {
+// carriedMissing says the carried pages are missing now (restoreCarried).
+func (r *restorer) carriedMissing() { r.advance(restoreCarried) }
+
+// isCarried reports whether j is the reference carried for its page (an
+// older one still in flight for the same page is stale), once the carried
+// pages are missing; false if the restore stopped first. Call it only for
+// a page whose entry is carried.
+func (r *restorer) isCarried(j refJob) bool {
+	if !r.await(r.ctx, restoreCarried) {
+		return false
+	}
+	return r.carriedRefs[pageKey{j.block, j.page}].iter == j.iter
+}
+
+// placeMissing places a checked page after switchover (a post-copy
+// reference, or one carried past switchover) if it is still missing.
+func (r *restorer) placeMissing(j refJob, page []byte) {
+	b := r.pl.blocks[j.block]
+	r.forget(j.block, j.page)
+	if !b.missing.Has(j.page) {
 		return
 	}
-	fig.Storage.BytesRead = r.reader.Stats().Bytes
-	r.mu.Lock()
-	span := r.last.Sub(r.first)
-	fig.Storage.FaultLatencyUS = report.Summarize(r.faultLat)
-	fig.Storage.PostcopyPages = r.postDone.Load()
-	fig.Storage.CarriedPages = r.carried.Load()
-	r.mu.Unlock()
-	if span > 0 {
-		fig.Storage.MBps = float64(fig.Storage.BytesRead) / 1e6 / span.Seconds()
+	if err := r.pl.place(b, j.page, page); err != nil {
+		r.log.Warn("place restored page after switchover", "error", err)
+		r.failMissing(j)
+		return
+	}
+	if r.pl.resolved(b, j.page, &r.postDone) {
+		r.verified.Add(1)
 	}
 }
 
-func (r *restorer) forget(block uint32, p uint64) {
-	r.postMu.Lock()
-	delete(r.post, pageKey{block, p})
-	r.postMu.Unlock()
+// failMissing asks the source for a page whose reference failed after
+// switchover, if it is still missing.
+func (r *restorer) failMissing(j refJob) {
+	r.forget(j.block, j.page)
+	r.mismatch.Add(1)
+	if r.pl.blocks[j.block].missing.Has(j.page) {
+		if err := r.send.PageRequest(r.ctx, j.block, j.page, 1); err != nil && r.ctx.Err() == nil {
+			r.log.Warn("ask the source for a page after a failed reference", "error", err)
+		}
+	}
 }
 
 // fault resolves a fault on page p of b from storage if a reference for it
@@ -874,4 +821,33 @@ func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
 	r.faultLat = append(r.faultLat, time.Since(t0))
 	r.mu.Unlock()
 	return true
+}
+
+// release lets the collectors go on (the guest runs, or the migration
+// ends).
+func (r *restorer) release() { r.advance(restoreReleased) }
+
+// report adds the storage figures to fig.
+func (r *restorer) report(fig *report.Dest) {
+	fig.Pages.StorageVerified = r.verified.Load()
+	fig.Pages.StorageMismatch = r.mismatch.Load()
+	if r.reader == nil {
+		return
+	}
+	fig.Storage.BytesRead = r.reader.Stats().Bytes
+	r.mu.Lock()
+	span := r.last.Sub(r.first)
+	fig.Storage.FaultLatencyUS = report.Summarize(r.faultLat)
+	fig.Storage.PostcopyPages = r.postDone.Load()
+	fig.Storage.CarriedPages = r.carried.Load()
+	r.mu.Unlock()
+	if span > 0 {
+		fig.Storage.MBps = float64(fig.Storage.BytesRead) / 1e6 / span.Seconds()
+	}
+}
+
+func (r *restorer) close() {
+	if r.store != nil {
+		r.store.Close()
+	}
 }
