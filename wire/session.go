@@ -225,47 +225,64 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 		_ = l.ln.SetDeadline(time.Time{})
 	}()
 	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := l.ln.Accept()
-			if err != nil {
-				select {
-				case arrivals <- arrival{fatal: err}:
-				case <-ctx.Done():
-				}
-				return
-			}
-			if err := setLinkTimeout(nc, l.LinkTimeout); err != nil {
-				l.reject(nc, err)
-				nc.Close()
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var p preamble
-				var err error
-				if l.TLS != nil {
-					var tc net.Conn
-					if tc, err = serverTLS(ctx, nc, l.TLS, timeout); err == nil {
-						nc = tc
-					}
-				}
-				if err == nil {
-					if p, err = greet(ctx, nc, timeout); err != nil {
-						nc.Close()
-					}
-				}
-				select {
-				case arrivals <- arrival{nc: nc, pre: p, err: err}:
-				case <-ctx.Done():
-					nc.Close()
-				}
-			}()
-		}
-	}()
+	go l.acceptConns(ctx, &wg, arrivals, timeout)
+	return l.assemble(ctx, arrivals, timeout, decide)
+}
 
+// acceptConns accepts connections until the listener fails (ctx ending
+// makes it fail) and hands each that completes its handshake, or fails it,
+// to arrivals; wg counts it and its handshakes.
+func (l *Listener) acceptConns(ctx context.Context, wg *sync.WaitGroup, arrivals chan<- arrival, timeout time.Duration) {
+	defer wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case arrivals <- arrival{fatal: err}:
+			case <-ctx.Done():
+			}
+			return
+		}
+		if err := setLinkTimeout(nc, l.LinkTimeout); err != nil {
+			l.reject(nc, err)
+			nc.Close()
+			continue
+		}
+		wg.Add(1)
+		go l.handshake(ctx, wg, nc, arrivals, timeout)
+	}
+}
+
+// handshake runs TLS (if configured) and reads the preamble of one new
+// connection, each bounded by timeout, and hands the result to arrivals.
+func (l *Listener) handshake(ctx context.Context, wg *sync.WaitGroup, nc net.Conn, arrivals chan<- arrival, timeout time.Duration) {
+	defer wg.Done()
+	var p preamble
+	var err error
+	if l.TLS != nil {
+		var tc net.Conn
+		if tc, err = serverTLS(ctx, nc, l.TLS, timeout); err == nil {
+			nc = tc
+		}
+	}
+	if err == nil {
+		if p, err = greet(ctx, nc, timeout); err != nil {
+			nc.Close()
+		}
+	}
+	select {
+	case arrivals <- arrival{nc: nc, pre: p, err: err}:
+	case <-ctx.Done():
+		nc.Close()
+	}
+}
+
+// assemble builds one session from arrivals: a control connection whose
+// Hello decide accepts opens it, then its other connections join it. The
+// source dials those right after HelloAck; if they do not all come within
+// timeout it has gone, and the half-open session is dropped so that the
+// next one can be served.
+func (l *Listener) assemble(ctx context.Context, arrivals <-chan arrival, timeout time.Duration, decide func(*Hello) HelloAck) (*Session, error) {
 	var s *Session
 	fail := func(err error) (*Session, error) {
 		if s != nil {
@@ -274,9 +291,6 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 		}
 		return nil, err
 	}
-	// The source dials its other connections right after HelloAck; if they
-	// do not all come within the timeout it has gone, and the half-open
-	// session is dropped so Accept serves the next one.
 	var setup *time.Timer
 	var setupC <-chan time.Time
 	defer func() {
@@ -312,37 +326,44 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 			}
 			continue
 		}
-		p := a.pre
-		var status uint8 = statusOK
-		switch {
-		case p.session != s.Hello.Session && p.role == RoleControl:
-			status = statusBusy
-		case p.session != s.Hello.Session:
-			status = statusSession
-		case p.role == RoleControl,
-			p.role == RoleBulk && (int(p.index) >= len(s.Bulk) || s.Bulk[p.index] != nil),
-			p.role == RoleUrgent && s.Urgent != nil:
-			status = statusRole
-		}
-		if err := answer(a.nc, p, status); err != nil {
-			l.reject(a.nc, err)
-			continue
-		}
-		if status != statusOK {
-			l.reject(a.nc, fmt.Errorf("turn away %s conn %d of session %s: %w", p.role, p.index, p.session, statusError(status)))
-			continue
-		}
-		c := NewConn(a.nc, p.role, int(p.index))
-		if p.role == RoleBulk {
-			s.Bulk[p.index] = c
-		} else {
-			s.Urgent = c
-		}
-		if s.complete() {
+		if l.join(s, a) && s.complete() {
 			s.setup()
 			return s, nil
 		}
 	}
+}
+
+// join adds a bulk or urgent connection to the session being set up, or
+// turns it away (another session's, a second control connection, a role
+// already taken); it reports whether the connection joined.
+func (l *Listener) join(s *Session, a arrival) bool {
+	p := a.pre
+	var status uint8 = statusOK
+	switch {
+	case p.session != s.Hello.Session && p.role == RoleControl:
+		status = statusBusy
+	case p.session != s.Hello.Session:
+		status = statusSession
+	case p.role == RoleControl,
+		p.role == RoleBulk && (int(p.index) >= len(s.Bulk) || s.Bulk[p.index] != nil),
+		p.role == RoleUrgent && s.Urgent != nil:
+		status = statusRole
+	}
+	if err := answer(a.nc, p, status); err != nil {
+		l.reject(a.nc, err)
+		return false
+	}
+	if status != statusOK {
+		l.reject(a.nc, fmt.Errorf("turn away %s conn %d of session %s: %w", p.role, p.index, p.session, statusError(status)))
+		return false
+	}
+	c := NewConn(a.nc, p.role, int(p.index))
+	if p.role == RoleBulk {
+		s.Bulk[p.index] = c
+	} else {
+		s.Urgent = c
+	}
+	return true
 }
 
 func (s *Session) complete() bool {
