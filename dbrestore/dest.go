@@ -271,7 +271,6 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 		if int(batch.Block) >= len(d.blocks) {
 			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: batch for unknown block %d", i, batch.Block))
 		}
-		b := d.blocks[batch.Block]
 		push := batch.Iteration == wire.IterationPostcopy
 		if !push && d.late(i) {
 			// Switchover fixed how many pre-copy batches each connection
@@ -285,78 +284,8 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 				return ctx.Err()
 			}
 		}
-		for j := 0; j < len(batch.Entries); {
-			e := batch.Entries[j]
-			if e.Page >= b.npages {
-				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.Name))
-			}
-			switch e.Kind {
-			case wire.KindData:
-				run := batch.DataRun(j)
-				if e.Page+uint64(run) > b.npages {
-					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.Name))
-				}
-				if !push {
-					for k := range uint64(run) {
-						d.restore.supersede(b.idx, e.Page+k, batch.Iteration)
-					}
-					// Through a buffer and pwrite rather than straight into
-					// the mapping: a whole-page write to a hole of the shmem
-					// file allocates the page without faulting it in and
-					// zeroing it first, which dominated the receive path.
-					buf := scratch[:run*pageSize]
-					if err := c.ReadData(buf); err != nil {
-						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
-					}
-					if _, err := b.File.WriteAt(buf, int64(e.Page*pageSize)); err != nil {
-						return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", e.Page, run, b.Name, err))
-					}
-					b.placed.AddRange(e.Page, uint64(run))
-					d.data.Add(uint64(run))
-				} else {
-					buf := scratch[:run*pageSize]
-					if err := c.ReadData(buf); err != nil {
-						return lost(fmt.Errorf("bulk connection %d: %w", i, err))
-					}
-					for k := range uint64(run) {
-						p := e.Page + k
-						if !b.missing.Has(p) {
-							continue
-						}
-						if err := d.place(b, p, buf[k*pageSize:(k+1)*pageSize]); err != nil {
-							return err
-						}
-						d.resolved(b, p, &d.prefetch)
-					}
-				}
-				j += run
-			case wire.KindZero:
-				if !push {
-					d.restore.supersede(b.idx, e.Page, batch.Iteration)
-					if b.placed.Has(e.Page) {
-						clear(b.Page(e.Page))
-					}
-					d.zero.Add(1)
-				} else if b.missing.Has(e.Page) {
-					if err := d.place(b, e.Page, nil); err != nil {
-						return err
-					}
-					d.resolved(b, e.Page, &d.prefetch)
-				}
-				j++
-			case wire.KindRef:
-				if !d.restore.active {
-					return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page))
-				}
-				if push && !b.missing.Has(e.Page) {
-					j++
-					continue
-				}
-				d.restore.enqueue(b.idx, e.Page, batch.Iteration, e.Ref)
-				j++
-			default:
-				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: %v pages are not supported by this destination", i, e.Kind))
-			}
+		if err := d.applyBatch(i, c, d.blocks[batch.Block], batch, scratch); err != nil {
+			return err
 		}
 		d.mu.Lock()
 		if !push {
@@ -365,6 +294,103 @@ func (d *dest) readBulk(ctx context.Context, i int, c *wire.Conn) error {
 		d.mu.Unlock()
 		d.cond.Broadcast()
 	}
+}
+
+// applyBatch handles the entries of one batch of block b from bulk
+// connection i (reading their data from c into scratch): pre-copy entries
+// supersede older ones and are written to the RAM file, pushes are placed if
+// still missing, references go to the restorer.
+func (d *dest) applyBatch(i int, c *wire.Conn, b *dstBlock, batch *wire.PageBatch, scratch []byte) error {
+	push := batch.Iteration == wire.IterationPostcopy
+	for j := 0; j < len(batch.Entries); {
+		e := batch.Entries[j]
+		if e.Page >= b.npages {
+			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: page %d beyond block %s", i, e.Page, b.Name))
+		}
+		switch e.Kind {
+		case wire.KindData:
+			run := batch.DataRun(j)
+			if e.Page+uint64(run) > b.npages {
+				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: pages [%d, +%d) beyond block %s", i, e.Page, run, b.Name))
+			}
+			buf := scratch[:run*pageSize]
+			if err := c.ReadData(buf); err != nil {
+				return lost(fmt.Errorf("bulk connection %d: %w", i, err))
+			}
+			if err := d.dataRun(b, e.Page, batch.Iteration, buf); err != nil {
+				return err
+			}
+			j += run
+		case wire.KindZero:
+			if err := d.zeroPage(b, e.Page, batch.Iteration); err != nil {
+				return err
+			}
+			j++
+		case wire.KindRef:
+			if !d.restore.active {
+				return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: storage reference for page %d not announced by the session", i, e.Page))
+			}
+			if !push || b.missing.Has(e.Page) {
+				d.restore.enqueue(b.idx, e.Page, batch.Iteration, e.Ref)
+			}
+			j++
+		default:
+			return classed(wire.ErrorProtocol, fmt.Errorf("bulk connection %d: %v pages are not supported by this destination", i, e.Kind))
+		}
+	}
+	return nil
+}
+
+// dataRun handles pages [first, first+len(buf)/pageSize) of b sent as data
+// in iteration iter.
+func (d *dest) dataRun(b *dstBlock, first uint64, iter uint32, buf []byte) error {
+	run := uint64(len(buf)) / pageSize
+	if iter == wire.IterationPostcopy {
+		for k := range run {
+			p := first + k
+			if !b.missing.Has(p) {
+				continue
+			}
+			if err := d.place(b, p, buf[k*pageSize:(k+1)*pageSize]); err != nil {
+				return err
+			}
+			d.resolved(b, p, &d.prefetch)
+		}
+		return nil
+	}
+	for k := range run {
+		d.restore.supersede(b.idx, first+k, iter)
+	}
+	// Through a buffer and pwrite rather than straight into the mapping: a
+	// whole-page write to a hole of the shmem file allocates the page
+	// without faulting it in and zeroing it first, which dominated the
+	// receive path.
+	if _, err := b.File.WriteAt(buf, int64(first*pageSize)); err != nil {
+		return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", first, run, b.Name, err))
+	}
+	b.placed.AddRange(first, run)
+	d.data.Add(run)
+	return nil
+}
+
+// zeroPage handles page p of b sent as a zero page in iteration iter.
+func (d *dest) zeroPage(b *dstBlock, p uint64, iter uint32) error {
+	if iter == wire.IterationPostcopy {
+		if !b.missing.Has(p) {
+			return nil
+		}
+		if err := d.place(b, p, nil); err != nil {
+			return err
+		}
+		d.resolved(b, p, &d.prefetch)
+		return nil
+	}
+	d.restore.supersede(b.idx, p, iter)
+	if b.placed.Has(p) {
+		clear(b.Page(p))
+	}
+	d.zero.Add(1)
+	return nil
 }
 
 // fault resolves a post-copy fault: the page is requested from the source on
