@@ -87,20 +87,18 @@ type restorer struct {
 	locks [lockStripes]sync.Mutex
 	// phase is where the restore stands (restorePhase); phaseCh is
 	// closed, and replaced, each time it advances.
-	phase      atomic.Int32
-	phaseMu    sync.Mutex
-	phaseCh    chan struct{}
-	handedBack atomic.Uint64 // pages handed back with Resend
-	entries    [][]pageEntry // by block, page
-	bad        []*pages.Set  // by block
-	unchecked  []*pages.Set  // by block
-	qMu        sync.Mutex    // for queued, before switchover
-	queued     map[pageKey]queuedRef
+	phase     atomic.Int32
+	phaseMu   sync.Mutex
+	phaseCh   chan struct{}
+	entries   [][]pageEntry // by block, page
+	bad       []*pages.Set  // by block
+	unchecked []*pages.Set  // by block
+	qMu       sync.Mutex    // for queued, before switchover
+	queued    map[pageKey]queuedRef
 	// After carry: the carried pages (unchecked, then), and their
 	// references (read-only).
 	carriedSet  []*pages.Set
 	carriedRefs map[pageKey]queuedRef
-	carried     atomic.Uint64 // pages carried past switchover
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -120,15 +118,24 @@ type restorer struct {
 	kick     chan struct{}
 	pace     *pacer          // nil: post-copy restore at full speed
 	faultLat []time.Duration // faults resolved from storage (under mu)
-	postDone atomic.Uint64   // counter for resolved(): owed pages placed from storage (also verified)
+
+	n         restoreCounts
+	verdictMu sync.Mutex // orders Verdicts: their counts only grow
+	verdictAt time.Time
+}
+
+// restoreCounts are the restorer's page counters, read for Verdicts and the
+// report while the collectors run.
+type restoreCounts struct {
+	handedBack atomic.Uint64 // pages handed back with Resend
+	carried    atomic.Uint64 // pages carried past switchover
+	postDone   atomic.Uint64 // counter for resolved(): owed pages placed from storage (also verified)
 
 	verified, mismatch atomic.Uint64
 
 	// The verdict on references received before switchover: received,
 	// checked (read and compared, or superseded) and failed of those.
 	received, checked, failed atomic.Uint64
-	verdictMu                 sync.Mutex // orders Verdicts: their counts only grow
-	verdictAt                 time.Time
 }
 
 // restorePhase is where the restore stands; it only advances.
@@ -362,7 +369,7 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 func (r *restorer) enqueue(block uint32, p uint64, iter uint32, ref wire.Ref) {
 	if iter != wire.IterationPostcopy {
 		r.supersede(block, p, iter)
-		r.received.Add(1)
+		r.n.received.Add(1)
 		r.qMu.Lock()
 		r.queued[pageKey{block, p}] = queuedRef{iter, ref}
 		r.qMu.Unlock()
@@ -491,8 +498,8 @@ func (r *restorer) read(ctx context.Context, batch []refJob) {
 			}
 		}
 		if pre > 0 {
-			r.checked.Add(pre)
-			r.failed.Add(failedPre)
+			r.n.checked.Add(pre)
+			r.n.failed.Add(failedPre)
 			r.sendVerdict(ctx)
 		}
 	}()
@@ -558,7 +565,7 @@ func (r *restorer) place(j refJob, page []byte) {
 			r.placeMissing(j, page)
 		}
 	case e.latest(j.iter): // now placed
-		r.verified.Add(1)
+		r.n.verified.Add(1)
 	}
 }
 
@@ -586,7 +593,7 @@ func (r *restorer) fail(j refJob, err error) bool {
 		}
 		return false
 	}
-	if n := r.mismatch.Add(1); n <= 5 {
+	if n := r.n.mismatch.Add(1); n <= 5 {
 		r.log.Debug("storage reference failed: the page will come from the source", "block", j.block, "page", j.page, "disk", j.ref.Disk, "offset", j.ref.Offset, "error", err)
 	}
 	return owed
@@ -616,7 +623,7 @@ func (r *restorer) handBack(ctx context.Context, keys []pageKey) {
 		}
 		return
 	}
-	r.handedBack.Add(wire.PageCount(runs))
+	r.n.handedBack.Add(wire.PageCount(runs))
 }
 
 // sendVerdict reports the references checked so far to the source, at most
@@ -630,8 +637,8 @@ func (r *restorer) sendVerdict(ctx context.Context) {
 	defer r.verdictMu.Unlock()
 	// Counted checked then failed, loaded failed then checked: a Verdict
 	// never counts a failure it does not count as checked.
-	v := wire.Verdict{Failed: r.failed.Load(), Checked: r.checked.Load()}
-	if v.Checked < r.received.Load() && time.Since(r.verdictAt) < verdictEvery {
+	v := wire.Verdict{Failed: r.n.failed.Load(), Checked: r.n.checked.Load()}
+	if v.Checked < r.n.received.Load() && time.Since(r.verdictAt) < verdictEvery {
 		return
 	}
 	r.verdictAt = time.Now()
@@ -699,7 +706,7 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 	}
 	r.carriedSet = r.unchecked
 	runs := setRuns(r.carriedSet)
-	r.carried.Store(wire.PageCount(runs))
+	r.n.carried.Store(wire.PageCount(runs))
 	return runs
 }
 
@@ -719,8 +726,8 @@ func (r *restorer) owed() []wire.Run {
 		st := r.reader.Stats()
 		r.log.Debug("storage reads at switchover", "reads", st.Reads, "bytes", st.Bytes, "pages", st.Pages, "errors", st.Errors)
 	}
-	if n := wire.PageCount(runs); n > 0 || r.handedBack.Load() > 0 {
-		r.log.Info("pages owed by the source after failed storage references", "pages", n, "handed_back_before", r.handedBack.Load())
+	if n := wire.PageCount(runs); n > 0 || r.n.handedBack.Load() > 0 {
+		r.log.Info("pages owed by the source after failed storage references", "pages", n, "handed_back_before", r.n.handedBack.Load())
 	}
 	return runs
 }
@@ -769,8 +776,8 @@ func (r *restorer) placeMissing(j refJob, page []byte) {
 		r.failMissing(j)
 		return
 	}
-	if r.pl.resolved(b, j.page, &r.postDone) {
-		r.verified.Add(1)
+	if r.pl.resolved(b, j.page, &r.n.postDone) {
+		r.n.verified.Add(1)
 	}
 }
 
@@ -778,7 +785,7 @@ func (r *restorer) placeMissing(j refJob, page []byte) {
 // switchover, if it is still missing.
 func (r *restorer) failMissing(j refJob) {
 	r.forget(j.block, j.page)
-	r.mismatch.Add(1)
+	r.n.mismatch.Add(1)
 	if r.pl.blocks[j.block].missing.Has(j.page) {
 		if err := r.send.PageRequest(r.ctx, j.block, j.page, 1); err != nil && r.ctx.Err() == nil {
 			r.log.Warn("ask the source for a page after a failed reference", "error", err)
@@ -814,8 +821,8 @@ func (r *restorer) fault(b *dstBlock, p uint64, t0 time.Time) bool {
 	if err := r.pl.place(b, p, page); err != nil {
 		return false
 	}
-	if r.pl.resolved(b, p, &r.postDone) {
-		r.verified.Add(1)
+	if r.pl.resolved(b, p, &r.n.postDone) {
+		r.n.verified.Add(1)
 	}
 	r.mu.Lock()
 	r.faultLat = append(r.faultLat, time.Since(t0))
@@ -829,8 +836,8 @@ func (r *restorer) release() { r.advance(restoreReleased) }
 
 // report adds the storage figures to fig.
 func (r *restorer) report(fig *report.Dest) {
-	fig.Pages.StorageVerified = r.verified.Load()
-	fig.Pages.StorageMismatch = r.mismatch.Load()
+	fig.Pages.StorageVerified = r.n.verified.Load()
+	fig.Pages.StorageMismatch = r.n.mismatch.Load()
 	if r.reader == nil {
 		return
 	}
@@ -838,8 +845,8 @@ func (r *restorer) report(fig *report.Dest) {
 	r.mu.Lock()
 	span := r.last.Sub(r.first)
 	fig.Storage.FaultLatencyUS = report.Summarize(r.faultLat)
-	fig.Storage.PostcopyPages = r.postDone.Load()
-	fig.Storage.CarriedPages = r.carried.Load()
+	fig.Storage.PostcopyPages = r.n.postDone.Load()
+	fig.Storage.CarriedPages = r.n.carried.Load()
 	r.mu.Unlock()
 	if span > 0 {
 		fig.Storage.MBps = float64(fig.Storage.BytesRead) / 1e6 / span.Seconds()

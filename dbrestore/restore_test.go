@@ -186,7 +186,7 @@ func TestRestorePlacesVerifiedPages(t *testing.T) {
 	if got, want := f.handedBack(2), []uint64{3, 4}; !slices.Equal(got, want) {
 		t.Errorf("pages handed back to the source %v, want %v", got, want)
 	}
-	if v, m := f.r.verified.Load(), f.r.mismatch.Load(); v != 1 || m != 2 {
+	if v, m := f.r.n.verified.Load(), f.r.n.mismatch.Load(); v != 1 || m != 2 {
 		t.Errorf("verified %d, mismatched %d; want 1, 2", v, m)
 	}
 	if !f.pl.blocks[0].placed.Has(2) || f.pl.blocks[0].placed.Has(3) {
@@ -250,7 +250,7 @@ func TestRestoreHandsBackFailedRefs(t *testing.T) {
 	if got, want := owedPages(f.r.owed()), []uint64{3, 9}; !slices.Equal(got, want) {
 		t.Errorf("owed at switchover %v, want %v", got, want)
 	}
-	if n := f.r.handedBack.Load(); n != 3 {
+	if n := f.r.n.handedBack.Load(); n != 3 {
 		t.Errorf("handed-back counter %d, want 3", n)
 	}
 }
@@ -389,7 +389,7 @@ func BenchmarkRestore(b *testing.B) {
 		r.close()
 		shm.Close()
 		dstEnd.Close()
-		if v := r.verified.Load(); v != n {
+		if v := r.n.verified.Load(); v != n {
 			b.Fatalf("%d of %d pages verified", v, n)
 		}
 	}
@@ -458,7 +458,7 @@ func TestRestoreCarry(t *testing.T) {
 	if got, want := owedPages(carried), []uint64{1, 5, 7}; !slices.Equal(got, want) {
 		t.Fatalf("carried %v, want %v (3 placed, 2 superseded, 4 pending, 6 failed)", got, want)
 	}
-	if n := f.r.carried.Load(); n != 3 {
+	if n := f.r.n.carried.Load(); n != 3 {
 		t.Errorf("carried counter %d", n)
 	}
 	for _, p := range []uint64{1, 5} {
