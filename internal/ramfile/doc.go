@@ -3,7 +3,12 @@
 // SEEK_DATA/SEEK_HOLE (Data), comparing two page for page (Diff: the RAM
 // oracle of comparisons and tests), the per-guest lock (Lock), and finding
 // another process's mappings of them in /proc/PID/maps (Mappings,
-// FileMappings, FileMappingsOf). Block bundles an open RAM file with dmig's mapping of it.
+// FileMappings, FileMappingsOf).
+//
+// Block is one RAM block as both engines hold it: the open file, dmig's
+// mapping of all of it, and the guest's mappings of it, with the address
+// translation between guest addresses and pages (GuestAddr, Locate). The
+// source opens it read-only and locked, the destination writable.
 //
 // It knows nothing of userfaultfd or of migration, does not log, and
 // imports nothing of the project: the engines (precopy, dbrestore) and the
