@@ -797,13 +797,17 @@ func (s *source) push(ctx context.Context) {
 }
 
 // servePages answers post-copy page requests from the paused guest's RAM.
+// A read or write error ends it quietly (Debug): the destination closes
+// the urgent connection when it completes, often before Complete reaches
+// the control connection, and a link really lost is the control path's to
+// report and recover.
 func (s *source) servePages(ctx context.Context) {
 	c := s.sess.Urgent
 	for {
 		m, err := c.ReadFrame(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				s.log.Warn("post-copy page server", "error", err)
+				s.log.Debug("post-copy page server stopped", "error", err)
 			}
 			return
 		}
@@ -825,7 +829,7 @@ func (s *source) servePages(ctx context.Context) {
 			}
 			if err := c.WriteFrame(ctx, reply); err != nil {
 				if ctx.Err() == nil {
-					s.log.Warn("post-copy page server", "error", err)
+					s.log.Debug("post-copy page server stopped", "error", err)
 				}
 				return
 			}

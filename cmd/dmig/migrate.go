@@ -56,7 +56,7 @@ type migrateCmd struct {
 	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
 	Compress   bool          `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
 	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
-	Layout     string        `placeholder:"HOST:PORT" help:"Guest layout endpoint: in hybrid mode the clean database pages it names go as storage references (the destination reads them from its --disk)."`
+	Layout     string        `placeholder:"ADDR" help:"Guest agent's layout endpoint, HOST:PORT or unix:SOCKET (for a QEMU VM, the host end of its org.dmig.agent virtio-serial port): in hybrid mode the clean database pages it names go as storage references, which the destination reads from its shared disks (serve --disk for process guests, the VM's own drives for QEMU)."`
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
 	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`

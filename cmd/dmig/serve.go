@@ -18,7 +18,7 @@ import (
 
 type serveCmd struct {
 	Listen         string        `required:"" help:"Address to accept migrations on (host:port)."`
-	Dir            string        `default:"/dev/shm/dmig" help:"Directory for the RAM files of arriving process guests (one subdirectory per session)."`
+	Dir            string        `default:"/dev/shm/dmig" help:"Directory of session state, one subdirectory per session: its journal and lock, the RAM files of the arriving guest, and for QEMU guests also their QMP socket and logs. A restarted serve must be given the same --dir to adopt sessions in post-copy."`
 	Once           bool          `help:"Exit after the first migration, with its status."`
 	FaultWorkers   int           `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
 	RecoverTimeout time.Duration `default:"30s" name:"recover-timeout" help:"After Go, how long a migration whose link to the source failed waits for the source to reconnect, and how long a guest left in post-copy by a dead serve waits for a restarted serve (same --dir) before it is killed. 0: no recovery."`
@@ -62,7 +62,7 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return &statusError{exitUsage, fmt.Errorf("session directory: %w", err)}
 	}
-	log.Info("listening", "addr", l.Addr())
+	log.Info("listening", "addr", l.Addr().String())
 	cfg := dbrestore.Config{
 		FaultWorkers:   c.FaultWorkers,
 		Disks:          disks,
@@ -81,13 +81,9 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 			return proc.NewTarget(dir, h.Command)
 		},
 	}
-	err = dbrestore.Serve(ctx, l, cfg, c.Once, func(r dbrestore.Result) {
-		if r.Err != nil {
-			log.Error("migration failed", "guest", r.Guest, "error", r.Err)
-			return
-		}
-		log.Info("migration complete", "guest", r.Guest, "faults", r.Figures.Pages.PostcopyFault, "prefetch", r.Figures.Pages.Prefetch)
-	})
+	// Each session logs its own outcome ("migration complete", "migration
+	// failed") with its figures; nothing more to say per result here.
+	err = dbrestore.Serve(ctx, l, cfg, c.Once, nil)
 	if err != nil {
 		return &statusError{exitAborted, fmt.Errorf("migration: %w", err)}
 	}
