@@ -286,8 +286,8 @@ func (l *Listener) assemble(ctx context.Context, arrivals <-chan arrival, timeou
 	var s *Session
 	fail := func(err error) (*Session, error) {
 		if s != nil {
-			s.Close()
 			l.dropped(&s.Hello)
+			s.Close()
 		}
 		return nil, err
 	}
@@ -305,8 +305,9 @@ func (l *Listener) assemble(ctx context.Context, arrivals <-chan arrival, timeou
 		case <-setupC:
 			l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w: its connections did not all arrive within %v",
 				s.ID(), os.ErrDeadlineExceeded, timeout))
-			s.Close()
+			// Dropped before the close that the source (and a test) sees.
 			l.dropped(&s.Hello)
+			s.Close()
 			s, setupC = nil, nil
 			continue
 		case <-ctx.Done():
