@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dmig/dmig/internal/cause"
+	"github.com/dmig/dmig/internal/clock"
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
@@ -226,6 +227,9 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	if dec == postcopy {
 		s.prepareFinalRefs(ctx)
 	}
+	if err := s.settle(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.cfg.Guard.Pausing(ctx); err != nil {
 		return nil, fmt.Errorf("arm the guard before pausing: %w", err)
 	}
@@ -275,6 +279,41 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 		return sw, nil
 	case <-ctx.Done():
 		return sw, cause.Of(ctx, errors.New("destination lost before it was ready to resume"))
+	}
+}
+
+// Before the pause, the bulk connections are let drain until at most
+// settledBytes are unacknowledged, for up to settleMax.
+const (
+	settledBytes = 128 << 10 // about 1 ms at 1 Gbit/s
+	settleMax    = 2 * time.Second
+)
+
+// settle waits, the guest still running, until the passes' bytes have
+// reached the destination: bytes still in flight when the guest pauses
+// (a shaped link's queue holds tens of milliseconds of them) are waited
+// for by the destination's switchover barrier, guest paused. They take as
+// long to arrive either way; waiting here moves that time out of the
+// downtime. A connection whose queue cannot be read ends the wait.
+func (s *source) settle(ctx context.Context) error {
+	t0 := time.Now()
+	for {
+		n := 0
+		for _, c := range s.sess.Bulk {
+			u, err := c.Unacked()
+			if err != nil {
+				s.log.Debug("not waiting for the link to drain", "error", err)
+				return nil
+			}
+			n += u
+		}
+		if n <= settledBytes || time.Since(t0) >= settleMax {
+			s.log.Debug("link drained before the pause", "unacked", n, "waited", time.Since(t0))
+			return nil
+		}
+		if err := clock.Sleep(ctx, time.Millisecond); err != nil {
+			return cause.Of(ctx, fmt.Errorf("wait for the link to drain: %w", err))
+		}
 	}
 }
 

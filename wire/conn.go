@@ -92,6 +92,11 @@ func (c *Conn) BytesWritten() uint64 { return c.written.Load() }
 // Safe to call at any time.
 func (c *Conn) BytesRead() uint64 { return c.rd.read.Load() }
 
+// Unacked is how many bytes written on c the peer has not acknowledged
+// yet: zero once everything written has arrived. Not for a connection
+// other than TCP (or TLS over TCP), where it is always zero.
+func (c *Conn) Unacked() (int, error) { return unacked(c.nc) }
+
 // NetConn is the underlying connection, for addresses and socket options.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 

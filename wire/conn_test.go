@@ -585,3 +585,57 @@ func TestContextWatchFollowsContext(t *testing.T) {
 		t.Fatal("read under ctxB not unblocked by its cancel")
 	}
 }
+
+// Unacked counts what the peer has not taken yet: bytes that do not fit
+// its receive buffer stay in ours until it reads, and none are left once
+// it has read everything.
+func TestConnUnacked(t *testing.T) {
+	a, b := tcpPair(t)
+	c := NewConn(a, RoleBulk, 0)
+	if n, err := c.Unacked(); err != nil || n != 0 {
+		t.Fatalf("unacked on a fresh connection: %d %v", n, err)
+	}
+	const total = 64 << 20 // beyond any socket buffer pair
+	buf := make([]byte, 1<<20)
+	written := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < total/len(buf) && err == nil; i++ {
+			_, err = a.Write(buf)
+		}
+		written <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := c.Unacked()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("unacked stayed 0 with the peer not reading")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := io.CopyN(io.Discard, b, total); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := c.Unacked()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unacked %d after the peer read everything", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -44,3 +44,29 @@ func setLinkTimeout(nc net.Conn, d time.Duration) error {
 	}
 	return nil
 }
+
+// unacked is how many bytes written to the TCP connection under nc
+// (beneath TLS, if any) its peer has not acknowledged yet (SIOCOUTQ):
+// what is still in this host's send queue, its qdisc and the network.
+func unacked(nc net.Conn) (int, error) {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return 0, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("read send queue: %w", err)
+	}
+	var n int
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+		return 0, fmt.Errorf("read send queue: %w", err)
+	}
+	if ierr != nil {
+		return 0, fmt.Errorf("read send queue: %w", ierr)
+	}
+	return n, nil
+}
