@@ -10,7 +10,6 @@ import (
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
 	"github.com/dmig/dmig/wire"
 )
@@ -83,29 +82,25 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		return &statusError{exitUsage, err}
 	}
 	var guest guardedGuest
+	lay := c.Layout
 	switch {
 	case c.QMP != "":
-		src, err := qemu.NewSource(ctx, c.QMP)
+		var src *qemu.Source
+		guest, src, err = qemuGuest(ctx, c.QMP)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
 		defer src.Close()
-		guest = guardedGuest{Guest: src, ref: guestRef{qmp: c.QMP}, release: func() { src.Close() }}
-		guest.running = func(ctx context.Context) (bool, error) {
-			st, err := src.Monitor().QueryStatus(ctx)
-			return st.Running, err
+		if lay == "" {
+			lay = agentLayout(log, mode, src)
 		}
 	case c.Pid != 0 && len(c.RAM) > 0:
-		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
+		var closeGuest func()
+		guest, closeGuest, err = procGuest(c.Pid, c.RAM, c.DestCmd)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
-		h, err := proc.Open(c.Pid)
-		if err != nil {
-			return &statusError{exitUsage, err}
-		}
-		defer h.Close()
-		guest = guardedGuest{Guest: src, ref: guestRef{pid: c.Pid}, running: h.Running}
+		defer closeGuest()
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
@@ -116,7 +111,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	rep, err := guarded(ctx, g, log, guest, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
-		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
+		LayoutAddr: lay, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 	})
 	view.finish()
