@@ -169,7 +169,53 @@ func printSummary(r *report.Report) {
 	fmt.Fprintf(os.Stderr, "  pages: data %d, zero %d, storage %d (+%d mismatched), post-copy faults %d, prefetched %d; fault latency p50 %.0f µs p99 %.0f µs\n",
 		r.Pages.Data, r.Pages.Zero, r.Pages.StorageVerified, r.Pages.StorageMismatch, r.Pages.PostcopyFault, r.Pages.Prefetch,
 		r.FaultLatencyUS.P50, r.FaultLatencyUS.P99)
+	if line := refsLine(r); line != "" {
+		fmt.Fprintf(os.Stderr, "  %s\n", line)
+	}
+	if r.Refs != nil && r.Refs.Refreshed != "" {
+		fmt.Fprintf(os.Stderr, "  layout: the agent's cached one was replaced by a fresh one: %s\n", r.Refs.Refreshed)
+	}
+	if r.Refs != nil && r.Refs.Warning != "" {
+		fmt.Fprintf(os.Stderr, "  layout warning: %s\n", r.Refs.Warning)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(os.Stderr, "  error: %s\n", r.Error)
 	}
+}
+
+// refsLine says how much of a hybrid migration's RAM went by reference and
+// why the rest did not, "" for other modes.
+func refsLine(r *report.Report) string {
+	f := r.Refs
+	if f == nil {
+		return ""
+	}
+	fp := f.FirstPass
+	total := fp.Reference + fp.Zero + fp.NotInLayout + fp.NoLayout + fp.Refused
+	if total == 0 {
+		return ""
+	}
+	pct := func(n uint64) string { return fmt.Sprintf("%.0f%%", 100*float64(n)/float64(total)) }
+	line := fmt.Sprintf("by reference: %s of the RAM in the first pass (%d of %d pages); the rest: zero %s", pct(fp.Reference), fp.Reference, total, pct(fp.Zero))
+	if fp.NoLayout > 0 {
+		why := "no layout"
+		if f.Layout == "" {
+			why = "no layout endpoint"
+		}
+		line += fmt.Sprintf(", %s %s", why, pct(fp.NoLayout))
+	}
+	if fp.NotInLayout > 0 {
+		line += fmt.Sprintf(", not in the layout %s (not clean pool pages", pct(fp.NotInLayout))
+		if f.PoolDirtyPages > 0 {
+			line += fmt.Sprintf("; the pool had %d dirty", f.PoolDirtyPages)
+		}
+		line += ")"
+	}
+	if fp.Refused > 0 {
+		line += fmt.Sprintf(", disk refused %s", pct(fp.Refused))
+	}
+	if r.Pages.StorageMismatch > 0 {
+		line += fmt.Sprintf("; %d references failed the destination's check and went again", r.Pages.StorageMismatch)
+	}
+	return line
 }
