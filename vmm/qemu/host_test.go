@@ -75,3 +75,29 @@ func TestCheckSharedDisks(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentAddr: dmig migrate --qmp and a drain find the guest agent's
+// socket on the VM's command line, a relative one in QEMU's directory.
+func TestAgentAddr(t *testing.T) {
+	agent := []string{"-device", "virtio-serial-pci,id=vser0", "-chardev", "socket,id=agent0,path=AGENT,server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.dmig.agent"}
+	with := func(path string) []string {
+		out := []string{"qemu-system-x86_64", "-m", "1G"}
+		for _, a := range agent {
+			out = append(out, strings.ReplaceAll(a, "AGENT", path))
+		}
+		return out
+	}
+	s := &Source{command: with("/run/vm1-agent.sock"), machine: &Machine{Pid: 42}}
+	if a, ok := s.AgentAddr(); !ok || a != "unix:/run/vm1-agent.sock" {
+		t.Fatalf("AgentAddr = %q, %v", a, ok)
+	}
+	s.command = with("vm1/agent.sock")
+	if a, ok := s.AgentAddr(); !ok || a != "unix:/proc/42/cwd/vm1/agent.sock" {
+		t.Fatalf("relative: AgentAddr = %q, %v", a, ok)
+	}
+	s.command = []string{"qemu-system-x86_64", "-m", "1G"}
+	if a, ok := s.AgentAddr(); ok {
+		t.Fatalf("no agent port: AgentAddr = %q", a)
+	}
+}
