@@ -71,4 +71,3 @@ func loadStatus(s string, now time.Time) (time.Duration, bool) {
 	// recent as can be told.
 	return max(now.Sub(t), time.Microsecond), false
 }
-
