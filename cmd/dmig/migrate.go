@@ -55,7 +55,7 @@ type migrateCmd struct {
 	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
 	Compress   bool          `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
 	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
-	Layout     string        `placeholder:"HOST:PORT" help:"Guest layout endpoint: in hybrid mode the clean database pages it names go as storage references (the destination reads them from its --disk)."`
+	Layout     string        `placeholder:"ADDR" help:"Guest layout endpoint (HOST:PORT or unix:SOCKET): in hybrid mode the clean database pages it names go as storage references. With --qmp, default: the VM's org.dmig.agent virtio-serial socket on its command line."`
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
 	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
