@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -14,6 +15,9 @@ import (
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/qemu"
 )
+
+// qmpWait bounds reaching a drain's QEMU VM over QMP and finding its RAM.
+const qmpWait = 10 * time.Second
 
 // drainGuest is the source of one drain entry and its layout endpoint: a
 // process guest, or a QEMU VM found as 'dmig migrate --qmp' finds it. A VM
@@ -24,9 +28,17 @@ func drainGuest(ctx context.Context, log hclog.Logger, vm drain.VM, pid int, mod
 		guest, closeGuest, err := procGuest(pid, vm.RAM, vm.DestCmd)
 		return guest, vm.Layout, closeGuest, err
 	}
-	guest, src, err := qemuGuest(ctx, vm.QMP)
-	if errors.Is(err, qemu.ErrNotShared) {
+	// QEMU serves one QMP client at a time: a VM another client holds (a
+	// dmig migrate of it) never greets.
+	dctx, cancel := context.WithTimeout(ctx, qmpWait)
+	guest, src, err := qemuGuest(dctx, vm.QMP)
+	timedOut := dctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	switch {
+	case errors.Is(err, qemu.ErrNotShared):
 		err = fmt.Errorf("%w: %w", drain.ErrCannotMigrate, err)
+	case err != nil && timedOut:
+		err = fmt.Errorf("%w: the QMP socket %s did not answer within %s: held by another client (a dmig migrate of the VM?) or QEMU is wedged", drain.ErrLocked, vm.QMP, qmpWait)
 	}
 	if err != nil {
 		return guest, "", nil, err
