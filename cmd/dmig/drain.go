@@ -64,7 +64,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			defer closeGuest()
 			rep, err := guarded(ctx, g, vlog, guest, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress || vm.Compress,
-				LayoutAddr: lay, Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
+				LayoutAddr: lay, LayoutTimeout: vm.LayoutTimeout, Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 				// The bandwidth cap (--max-bandwidth, a destination's
 				// max_bandwidth) goes here.
 			})

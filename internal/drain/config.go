@@ -51,6 +51,9 @@ type VM struct {
 	// unix:SOCKET). A QEMU VM's default is its org.dmig.agent
 	// virtio-serial socket, found on its command line.
 	Layout string `yaml:"layout,omitempty" json:"layout,omitempty"`
+	// LayoutTimeout bounds one layout fetch (default the engine's 5 s): the
+	// agent walks the whole buffer pool, which a TCG guest does slowly.
+	LayoutTimeout time.Duration `yaml:"layout_timeout,omitempty" json:"layout_timeout,omitempty"`
 	// SharedStorage lists the directories (or block devices) the
 	// destination opens as the same files: a QEMU VM with a disk outside
 	// them is skipped. Empty: a disk must be on a network or cluster file
@@ -184,8 +187,8 @@ func (vm VM) check() error {
 	default:
 		return fmt.Errorf("mode %q: want precopy, postcopy or hybrid", vm.Mode)
 	}
-	if vm.Downtime < 0 {
-		return errors.New("downtime must not be negative")
+	if vm.Downtime < 0 || vm.LayoutTimeout < 0 {
+		return errors.New("downtime and layout_timeout must not be negative")
 	}
 	return nil
 }

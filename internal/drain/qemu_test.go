@@ -23,6 +23,7 @@ vms:
     to: host-b:7070
     compress: true
     layout: unix:/run/db1-agent.sock
+    layout_timeout: 1m
     shared_storage: [/mnt/nfs]
   - qmp_dir: /run/qemu
     to: host-b:7070
@@ -34,7 +35,7 @@ vms:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm := c.VMs[0]; !vm.IsQEMU() || vm.Template() || !vm.Compress || vm.Layout == "" || len(vm.SharedStorage) != 1 ||
+	if vm := c.VMs[0]; !vm.IsQEMU() || vm.Template() || !vm.Compress || vm.Layout == "" || vm.LayoutTimeout != time.Minute || len(vm.SharedStorage) != 1 ||
 		!c.VMs[1].Template() || !c.VMs[2].Template() || c.Destinations["host-b:7070"].MaxConcurrent != 1 {
 		t.Fatalf("parsed %+v", c)
 	}
