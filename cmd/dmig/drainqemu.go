@@ -58,7 +58,9 @@ func drainGuest(ctx context.Context, log hclog.Logger, vm drain.VM, pid int, mod
 // paused (a migration into this host under way, a VM shut down), or with a
 // disk its destination would not open as the same file.
 func qemuMigratable(ctx context.Context, src *qemu.Source, vm drain.VM) error {
-	st, err := src.Monitor().QueryStatus(ctx)
+	qctx, cancel := context.WithTimeout(ctx, qmpWait)
+	defer cancel()
+	st, err := src.Monitor().QueryStatus(qctx)
 	if err != nil {
 		return fmt.Errorf("query status of %s: %w", vm.QMP, err)
 	}
