@@ -477,11 +477,8 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 	}()
 	lay := r.cfg.Layout
 	if lay == "" && mode == precopy.ModeHybrid {
-		if p, ok := qemu.AgentSocket(src.DestCommand()[1:]); ok {
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(fmt.Sprintf("/proc/%d/cwd", src.Pid()), p)
-			}
-			lay = "unix:" + p
+		if a, ok := src.AgentAddr(); ok {
+			lay = a
 		} else {
 			r.log.Warn("the VM has no org.dmig.agent port and no --layout was given: hybrid sends every page")
 		}

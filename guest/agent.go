@@ -179,6 +179,7 @@ func (a *Agent) Serve(ctx context.Context, sc ServeConfig) error {
 		return errors.New("serve: give a listen address or a channel")
 	}
 	srv := layout.NewServer(a.Layout)
+	srv.Pool = a.Pool
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)

@@ -322,6 +322,9 @@ func testQuiet(t *testing.T, m *mariaDB) {
 
 // testServe takes layouts over TCP and over a serial-like channel (a pty).
 func testServe(t *testing.T, m *mariaDB) {
+	// Flushed, so the layout names the pool's clean pages (checked against
+	// the server's counters below).
+	m.settle(t)
 	a, err := NewAgent(Config{DSN: m.dsn})
 	if err != nil {
 		t.Fatal(err)
@@ -368,6 +371,32 @@ func testServe(t *testing.T, m *mariaDB) {
 	}
 	if cl, err = layout.Request(rctx, master, true); err != nil || cl.Generation <= l.Generation {
 		t.Errorf("channel with refresh: %v, generation %d after %d", err, cl.Generation, l.Generation)
+	}
+
+	// Asked for its Info, the agent describes the pool as the server
+	// counts it: a fresh layout covers the clean pages well enough that
+	// the host's judgement keeps it, and one a tenth its size would be
+	// replaced.
+	il, info, err := layout.RequestInfo(rctx, master, false)
+	if err != nil || info == nil {
+		t.Fatalf("request with info over the channel: %v, info %v", err, info)
+	}
+	var name, load string
+	if err := m.db.QueryRow("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_load_status'").Scan(&name, &load); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("info: %+v; layout %d pages, pool clean %d; the server's load status %q", *info, il.Pages(), info.CleanPages(), load)
+	if strings.Contains(load, "completed at") != (info.LoadAge > 0) {
+		t.Errorf("load status %q read as load age %v", load, info.LoadAge)
+	}
+	if !info.Cached || info.Age <= 0 || info.PoolPages == 0 || info.CleanPages() == 0 || info.Loading {
+		t.Errorf("info %+v of the cached layout", *info)
+	}
+	if why := layout.Judge(*info, il.Pages()); why != "" {
+		t.Errorf("the agent's fresh layout (%d pages, pool %d clean) judged stale: %s", il.Pages(), info.CleanPages(), why)
+	}
+	if why := layout.Judge(*info, il.Pages()/10); why == "" {
+		t.Errorf("a layout of a tenth of the agent's (%d pages, pool %d clean) not judged stale", il.Pages()/10, info.CleanPages())
 	}
 }
 

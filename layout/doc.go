@@ -14,6 +14,9 @@
 //   - The encoding is versioned (magic "DMLY" + version) and ends in a CRC-32C
 //     of everything before it; a decoder never allocates more than the input
 //     can describe.
+//   - A server answers with an Info only a request that asks for one, so
+//     clients and servers of either age understand each other; Info
+//     figures are ages by the server's clock, never timestamps.
 //   - Storage opens disks read-only and owns their fds until Close. A Reader
 //     never aborts a batch for one bad disk: every ref gets its own result.
 //

@@ -15,20 +15,28 @@ import (
 
 // The layout protocol, over any byte stream (TCP, a virtio-serial port):
 //
-//	request:  "DMLQ" version(1 byte) flags(1 byte)    flags bit 0: refresh
+//	request:  "DMLQ" version(1 byte) flags(1 byte)    flags bit 0: refresh, bit 1: info
 //	response: status(1 byte) length(4 bytes, big-endian) payload
 //	          status 0: payload is a MarshalBinary layout
 //	          status 1: payload is an error message (UTF-8)
+//	          status 2: payload is info length (uvarint), an Info encoding,
+//	                    then a MarshalBinary layout
 //
-// A connection carries any number of request/response pairs in turn.
+// Status 2 answers only requests with the info flag: a server that predates
+// it ignores the flag and answers status 0, and a client that predates it
+// never sets it. A connection carries any number of request/response pairs
+// in turn.
 const (
 	reqMagic       = "DMLQ"
 	reqVersion     = 1
 	reqSize        = len(reqMagic) + 2
 	flagRefresh    = 1 << 0
+	flagInfo       = 1 << 1
 	statusOK       = 0
 	statusError    = 1
+	statusInfo     = 2
 	maxErrorLen    = 64 << 10
+	maxInfoLen     = 1 << 10
 	respHeaderSize = 5
 )
 
@@ -42,6 +50,13 @@ func Fetch(ctx context.Context, addr string) (*Layout, error) {
 // FetchWith is Fetch; without refresh the server may answer with a layout
 // it took earlier (see Server.MaxAge).
 func FetchWith(ctx context.Context, addr string, refresh bool) (*Layout, error) {
+	l, _, err := FetchInfo(ctx, addr, refresh)
+	return l, err
+}
+
+// FetchInfo is FetchWith, asking the server to describe the layout and the
+// pool too (Info): nil Info from a server that cannot.
+func FetchInfo(ctx context.Context, addr string, refresh bool) (*Layout, *Info, error) {
 	var d net.Dialer
 	network, where := "tcp", addr
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
@@ -49,14 +64,14 @@ func FetchWith(ctx context.Context, addr string, refresh bool) (*Layout, error) 
 	}
 	conn, err := d.DialContext(ctx, network, where)
 	if err != nil {
-		return nil, fmt.Errorf("fetch layout: %w", err)
+		return nil, nil, fmt.Errorf("fetch layout: %w", err)
 	}
 	defer conn.Close()
-	l, err := Request(ctx, conn, refresh)
+	l, info, err := RequestInfo(ctx, conn, refresh)
 	if err != nil {
-		return nil, fmt.Errorf("fetch layout from %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("fetch layout from %s: %w", addr, err)
 	}
-	return l, nil
+	return l, info, nil
 }
 
 // Request sends one request on rw and reads the layout in the response. With
@@ -64,38 +79,71 @@ func FetchWith(ctx context.Context, addr string, refresh bool) (*Layout, error) 
 // last one it took. A server-side failure is an error wrapping ErrRemote.
 // If ctx ends, rw's deadline is set to now (net.Conn, *os.File) to unblock.
 func Request(ctx context.Context, rw io.ReadWriter, refresh bool) (*Layout, error) {
+	l, _, err := request(ctx, rw, refresh, false)
+	return l, err
+}
+
+// RequestInfo is Request asking for the layout's Info too; a server that
+// predates it answers without (nil Info).
+func RequestInfo(ctx context.Context, rw io.ReadWriter, refresh bool) (*Layout, *Info, error) {
+	return request(ctx, rw, refresh, true)
+}
+
+func request(ctx context.Context, rw io.ReadWriter, refresh, withInfo bool) (*Layout, *Info, error) {
 	defer interruptOnDone(ctx, rw)()
 	req := []byte(reqMagic + "\x01\x00")
 	if refresh {
 		req[len(reqMagic)+1] |= flagRefresh
 	}
+	if withInfo {
+		req[len(reqMagic)+1] |= flagInfo
+	}
 	if _, err := rw.Write(req); err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("send request: %w", err))
+		return nil, nil, ctxErr(ctx, fmt.Errorf("send request: %w", err))
 	}
 	var hdr [respHeaderSize]byte
 	if _, err := io.ReadFull(rw, hdr[:]); err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
+		return nil, nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
 	}
 	status, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
 	switch {
-	case status == statusOK && n > maxEncodedLen,
+	case (status == statusOK || status == statusInfo) && n > maxEncodedLen+maxInfoLen,
 		status == statusError && n > maxErrorLen:
-		return nil, fmt.Errorf("response of %d bytes: %w", n, ErrTooLarge)
-	case status != statusOK && status != statusError:
-		return nil, fmt.Errorf("response status %d: %w", status, ErrMalformed)
+		return nil, nil, fmt.Errorf("response of %d bytes: %w", n, ErrTooLarge)
+	case status == statusInfo && !withInfo:
+		return nil, nil, fmt.Errorf("response with info to a request without: %w", ErrMalformed)
+	case status != statusOK && status != statusError && status != statusInfo:
+		return nil, nil, fmt.Errorf("response status %d: %w", status, ErrMalformed)
 	}
 	payload := make([]byte, n)
 	if _, err := io.ReadFull(rw, payload); err != nil {
-		return nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
+		return nil, nil, ctxErr(ctx, fmt.Errorf("read response: %w", err))
 	}
 	if status == statusError {
-		return nil, fmt.Errorf("%w: %s", ErrRemote, payload)
+		return nil, nil, fmt.Errorf("%w: %s", ErrRemote, payload)
+	}
+	return decodeResponse(status, payload)
+}
+
+// decodeResponse decodes a layout response's payload (status 0 or 2).
+func decodeResponse(status byte, payload []byte) (*Layout, *Info, error) {
+	var info *Info
+	if status == statusInfo {
+		il, k := binary.Uvarint(payload)
+		if k <= 0 || il > maxInfoLen || il > uint64(len(payload)-k) {
+			return nil, nil, fmt.Errorf("response info length: %w", ErrMalformed)
+		}
+		i, err := unmarshalInfo(payload[k : k+int(il)])
+		if err != nil {
+			return nil, nil, err
+		}
+		info, payload = &i, payload[k+int(il):]
 	}
 	var l Layout
 	if err := l.UnmarshalBinary(payload); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &l, nil
+	return &l, info, nil
 }
 
 // Server answers layout requests with layouts from get. It keeps the last
@@ -106,6 +154,10 @@ type Server struct {
 	// MaxAge, if set, is how old a cached layout a request without the
 	// refresh flag may get; an older one is taken anew.
 	MaxAge time.Duration
+	// Pool, if set, gives the pool's figures for a request asking for Info
+	// (PoolPages, DirtyPages, LoadAge, Loading); it must be quick. An error
+	// leaves them unknown.
+	Pool func(context.Context) (Info, error)
 
 	mu    sync.Mutex // serializes get
 	last  []byte     // encoded; nil before the first successful get
@@ -164,7 +216,7 @@ func (s *Server) ServeConn(ctx context.Context, rw io.ReadWriter) error {
 			}
 			return ctxErr(ctx, err)
 		}
-		resp := s.respond(ctx, flags&flagRefresh != 0)
+		resp := s.respond(ctx, flags&flagRefresh != 0, flags&flagInfo != 0)
 		if _, err := rw.Write(resp); err != nil {
 			return ctxErr(ctx, fmt.Errorf("send response: %w", err))
 		}
@@ -211,10 +263,11 @@ func readRequest(br *bufio.Reader) (byte, error) {
 }
 
 // respond builds the response to one request.
-func (s *Server) respond(ctx context.Context, refresh bool) []byte {
+func (s *Server) respond(ctx context.Context, refresh, withInfo bool) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	stale := s.MaxAge > 0 && time.Since(s.taken) > s.MaxAge
+	cached := true
 	if refresh || s.last == nil || stale {
 		if err := s.take(ctx); err != nil {
 			msg := err.Error()
@@ -223,8 +276,22 @@ func (s *Server) respond(ctx context.Context, refresh bool) []byte {
 			}
 			return frame(statusError, []byte(msg))
 		}
+		cached = false
 	}
-	return frame(statusOK, s.last)
+	if !withInfo {
+		return frame(statusOK, s.last)
+	}
+	var info Info
+	if s.Pool != nil {
+		if i, err := s.Pool(ctx); err == nil {
+			info = i
+		}
+	}
+	info.Cached, info.Age = cached, time.Since(s.taken)
+	ib := info.marshal()
+	payload := binary.AppendUvarint(make([]byte, 0, 2+len(ib)+len(s.last)), uint64(len(ib)))
+	payload = append(append(payload, ib...), s.last...)
+	return frame(statusInfo, payload)
 }
 
 // Refresh takes a layout now and caches it for requests without the

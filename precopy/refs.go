@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/storageref"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
@@ -49,6 +50,8 @@ type refSource struct {
 	fetchTook time.Duration // the last successful fetch
 	spent     time.Duration // in every fetch, failed ones too
 	sent      atomic.Uint64 // references sent
+	// first describes the first pass's layout (report.Refs but the routes).
+	first report.Refs
 }
 
 // AddressTranslator is implemented by a Guest whose layouts name
@@ -180,14 +183,8 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	if r == nil || (iter > 1 && !r.refresh) {
 		return
 	}
-	fctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	t0 := time.Now()
-	// The first pass takes what the agent has, if it is recent (an agent
-	// that refreshes in the background answers at once; see
-	// layout.Server.MaxAge): a stale page only costs a failed check and a
-	// resend. Later passes need a fresh one.
-	l, err := layout.FetchWith(fctx, r.addr, iter > 1)
+	l, err := r.fetch(ctx, iter)
 	r.spent += time.Since(t0)
 	if err == nil && r.strict {
 		err = l.Validate(guestPages)
@@ -198,7 +195,13 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	}
 	if err != nil {
 		r.log.Warn("no storage references this pass", "iteration", iter, "error", err)
+		if iter == 1 {
+			r.first.Warning = fmt.Sprintf("no layout for the first pass: %v", err)
+		}
 		return
+	}
+	if iter == 1 {
+		r.first.LayoutPages = l.Pages()
 	}
 	r.lay, r.byBlock, r.pass, r.fetchTook = l, byBlock, iter, time.Since(t0)
 	r.keys, r.use = make([]uint16, len(l.Disks)), make([]bool, len(l.Disks))
@@ -212,6 +215,98 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 		seen[k] = true
 	}
 	r.log.Debug("layout fetched", "iteration", iter, "pages", l.Pages(), "runs", len(l.Runs), "took", time.Since(t0))
+}
+
+// fetch gets the layout for pass iter. The first pass takes what the agent
+// has, if it is recent (an agent that refreshes in the background answers
+// at once; see layout.Server.MaxAge): a stale page only costs a failed
+// check and a resend. But a cached layout taken before the buffer pool
+// loaded, or naming far less than the pool's clean pages, would send most
+// of the pool as data: then a fresh one is asked for, and if that fails or
+// is still short, the first pass goes with what there is, with a warning
+// giving the figures. Later passes always ask for a fresh one.
+func (r *refSource) fetch(ctx context.Context, iter uint32) (*layout.Layout, error) {
+	get := func(refresh bool) (*layout.Layout, *layout.Info, error) {
+		fctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+		return layout.FetchInfo(fctx, r.addr, refresh)
+	}
+	l, info, err := get(iter > 1)
+	if err != nil || iter != 1 {
+		return l, err
+	}
+	if info != nil && info.Cached {
+		if why := layout.Judge(*info, l.Pages()); why != "" {
+			r.log.Info("cached layout too old or too small for the pool: asking the agent for a fresh one", "why", why)
+			fl, finfo, ferr := get(true)
+			if ferr != nil {
+				r.first.Warning = fmt.Sprintf("%s; a fresh layout failed: %v", why, ferr)
+				r.log.Warn("first pass with the agent's cached layout", "why", why, "refresh_error", ferr)
+			} else {
+				r.first.Refreshed = why
+				l, info = fl, finfo
+			}
+		}
+	}
+	if info == nil {
+		return l, nil
+	}
+	r.first.LayoutAgeMS, r.first.Cached = report.MS(info.Age), info.Cached
+	r.first.PoolCleanPages, r.first.PoolDirtyPages = info.CleanPages(), info.DirtyPages
+	if !info.Cached {
+		// A fresh layout is the best the agent has, whenever the pool
+		// loaded: only its coverage is worth a word.
+		fresh := *info
+		fresh.LoadAge = 0
+		if why := layout.Judge(fresh, l.Pages()); why != "" {
+			r.first.Warning = "fresh layout: " + why
+			r.log.Warn("the agent's fresh layout names far fewer pages than the buffer pool's clean ones: most of the pool goes as data",
+				"layout_pages", l.Pages(), "pool_clean_pages", info.CleanPages(), "why", why)
+		}
+	}
+	return l, nil
+}
+
+// why says why page p of b did not go by reference in the first pass.
+func (r *refSource) why(b *srcBlock, p uint64) route {
+	if r == nil || r.lay == nil || r.pass != 1 {
+		return routeNoLayout
+	}
+	ref, ok := r.lookup(b, p)
+	switch {
+	case !ok:
+		return routeNotInLayout
+	case !r.use[ref.Disk]:
+		return routeRefused
+	}
+	return routeNotInLayout
+}
+
+// route is how a page of the first pass went (report.Routes).
+type route int
+
+const (
+	routeReference route = iota
+	routeZero
+	routeNotInLayout
+	routeNoLayout
+	routeRefused
+	numRoutes
+)
+
+// routes counts the first pass's pages by route; safe for concurrent use.
+type routes [numRoutes]atomic.Uint64
+
+// count adds a page to route k; a nil c counts nothing (not the first pass).
+func (c *routes) count(k route) {
+	if c != nil {
+		c[k].Add(1)
+	}
+}
+
+func (c *routes) report() report.Routes {
+	return report.Routes{Reference: c[routeReference].Load(), Zero: c[routeZero].Load(), NotInLayout: c[routeNotInLayout].Load(),
+		NoLayout: c[routeNoLayout].Load(), Refused: c[routeRefused].Load()}
 }
 
 // prepareFinalRefs fetches a layout for the post-copy push, just before

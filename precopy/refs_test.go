@@ -3,9 +3,13 @@ package precopy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -225,4 +229,80 @@ func TestResendGoesAsData(t *testing.T) {
 	if blk.pending.Has(3) || !blk.noref.Has(3) {
 		t.Error("page handed back after the pause: pending again, or still referenced")
 	}
+}
+
+// serveAgent serves layouts from get with the pool figures of pool, as
+// dmig guest-agent does, until the test ends; its cache is primed with
+// one request.
+func serveAgent(t *testing.T, get func(context.Context) (*layout.Layout, error), pool layout.Info) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := layout.NewServer(get)
+	srv.Pool = func(context.Context) (layout.Info, error) { return pool, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if _, err := layout.FetchWith(ctx, ln.Addr().String(), true); err != nil {
+		t.Fatal(err)
+	}
+	return ln.Addr().String()
+}
+
+// TestFirstPassLayoutJudged: the first pass takes the agent's cached
+// layout unless it is too small for the pool (or predates its load): then
+// a fresh one, and the report says why; if the fresh one fails, the cached
+// one, with a warning giving the figures.
+func TestFirstPassLayoutJudged(t *testing.T) {
+	lay := func(pages uint32) *layout.Layout {
+		return &layout.Layout{Disks: []layout.Disk{{ID: 0, Name: "data"}}, Runs: []layout.Run{{GuestPage: 0, Pages: pages}}}
+	}
+	pool := layout.Info{PoolPages: 1000, DirtyPages: 40, LoadAge: time.Hour}
+	blocks := []*srcBlock{{idx: 0, npages: 1024}}
+	for name, c := range map[string]struct {
+		takes     []uint32 // pages of each layout taken; 0: the take fails
+		pool      layout.Info
+		pages     uint64
+		refreshed string
+		warning   string
+	}{
+		"cached good":            {[]uint32{900}, pool, 900, "", ""},
+		"cached too small":       {[]uint32{300, 950}, pool, 950, "names 300 pages, the buffer pool holds 960 clean", ""},
+		"refresh fails":          {[]uint32{300, 0}, pool, 300, "", "a fresh layout failed"},
+		"fresh still small":      {[]uint32{300, 310}, pool, 310, "names 300 pages", "fresh layout: the layout names 310 pages"},
+		"before the load":        {[]uint32{900, 960}, layout.Info{PoolPages: 1000, LoadAge: time.Microsecond}, 960, "before the buffer pool's last load", ""},
+		"agent gives no figures": {[]uint32{300}, layout.Info{}, 300, "", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var n atomic.Int32
+			get := func(context.Context) (*layout.Layout, error) {
+				k := min(int(n.Add(1))-1, len(c.takes)-1)
+				if c.takes[k] == 0 {
+					return nil, errors.New("mysqld went away")
+				}
+				return lay(c.takes[k]), nil
+			}
+			addr := serveAgent(t, get, c.pool)
+			r := newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: addr}), blocks, nil)
+			r.prepare(context.Background(), 1, 1024)
+			f := r.first
+			if r.lay == nil || f.LayoutPages != c.pages || !contains(f.Refreshed, c.refreshed) || !contains(f.Warning, c.warning) {
+				t.Fatalf("first pass layout %+v, want %d pages, refreshed %q, warning %q", f, c.pages, c.refreshed, c.warning)
+			}
+			if c.pool.PoolPages > 0 && f.PoolCleanPages != c.pool.CleanPages() {
+				t.Fatalf("pool clean pages %d, want %d", f.PoolCleanPages, c.pool.CleanPages())
+			}
+		})
+	}
+}
+
+// contains is strings.Contains, with "" wanting "".
+func contains(s, sub string) bool {
+	if sub == "" {
+		return s == ""
+	}
+	return strings.Contains(s, sub)
 }

@@ -29,6 +29,9 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	s := &source{cfg: cfg, g: g, log: cfg.Logger.With("guest", g.Name()), start: time.Now()}
 	s.rep = report.Report{Mode: string(cfg.Mode), Guest: g.Name(), Compressed: cfg.Compress}
 	err := s.run(ctx)
+	if err != nil {
+		s.reportRefs() // what the passes that ran did
+	}
 	s.rep.TotalMS = report.MS(time.Since(s.start))
 	s.rep.BytesSent = s.bytesSent()
 	if err != nil {
@@ -56,6 +59,8 @@ type source struct {
 	sess    *wire.Session
 
 	dataPages, zeroPages atomic.Uint64
+	// firstPass counts the first pass's pages by route (hybrid mode).
+	firstPass routes
 	// resent counts pages the destination handed back (wire.Resend) that
 	// went again as data or zero in a later pre-copy pass.
 	resent atomic.Uint64
@@ -781,19 +786,29 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	if b.resend.Remove(p) && batch.Iteration != wire.IterationPostcopy {
 		s.resent.Add(1)
 	}
+	first := &s.firstPass
+	if batch.Iteration != 1 {
+		first = nil
+	}
 	if b.data != nil && !b.data.Has(p) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
+		first.count(routeZero)
 		return
 	}
 	page := b.Page(p)
 	if isZero(page) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
+		first.count(routeZero)
 		return
 	}
 	if !s.dataOnly && !b.noref.Has(p) && s.refs.add(batch, b, p, page) {
+		first.count(routeReference)
 		return
+	}
+	if first != nil {
+		first.count(s.refs.why(b, p))
 	}
 	batch.AddData(p, page)
 	s.dataPages.Add(1)
@@ -876,6 +891,20 @@ func (s *source) servePages(ctx context.Context) {
 	}
 }
 
+// reportRefs fills the report's storage-reference figures (hybrid).
+func (s *source) reportRefs() {
+	if s.cfg.Mode != ModeHybrid {
+		return
+	}
+	var r report.Refs
+	if s.refs != nil {
+		r = s.refs.first
+	}
+	r.Layout = s.cfg.LayoutAddr
+	r.FirstPass = s.firstPass.report()
+	s.rep.Refs = &r
+}
+
 func (s *source) mergeDest(c *wire.Complete) {
 	s.rep.Pages.Data = s.dataPages.Load()
 	s.rep.Pages.Zero = s.zeroPages.Load()
@@ -886,6 +915,7 @@ func (s *source) mergeDest(c *wire.Complete) {
 	if s.refs != nil {
 		s.rep.LayoutMS = report.MS(s.refs.spent)
 	}
+	s.reportRefs()
 	if c == nil || len(c.Figures) == 0 {
 		return
 	}

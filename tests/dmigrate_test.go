@@ -51,6 +51,20 @@ func TestDMigrateHybrid(t *testing.T) {
 	if rep.Storage.BytesRead < rep.Pages.StorageVerified*4096 || rep.Storage.MBps <= 0 {
 		t.Errorf("storage figures %+v for %d verified pages", rep.Storage, rep.Pages.StorageVerified)
 	}
+	// The report says how the first pass sent every page, and why those
+	// not by reference went otherwise.
+	f := rep.Refs
+	if f == nil {
+		t.Fatal("hybrid report without its storage-reference figures")
+	}
+	fp := f.FirstPass
+	t.Logf("first pass: %+v; layout %d pages, %.0f ms old, cached %v", fp, f.LayoutPages, f.LayoutAgeMS, f.Cached)
+	if n := fp.Reference + fp.Zero + fp.NotInLayout + fp.NoLayout + fp.Refused; n != rep.GuestPages {
+		t.Errorf("the first pass's routes add up to %d pages, the guest has %d", n, rep.GuestPages)
+	}
+	if fp.NoLayout != 0 || fp.Refused != 0 || fp.Reference < poolPages*8/10 || f.LayoutPages < fp.Reference || f.Layout != g.layout || f.Warning != "" {
+		t.Errorf("first pass %+v with a layout of %d pages from %s (warning %q): want most of the %d pool pages by reference", fp, f.LayoutPages, f.Layout, f.Warning, poolPages)
+	}
 	checkDestGuest(t, d, destStats)
 }
 

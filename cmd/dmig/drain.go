@@ -9,7 +9,6 @@ import (
 	"github.com/dmig/dmig/internal/drain"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -51,24 +50,23 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 		// A destination sets up one session at a time and turns away a
 		// second one meanwhile: parallel guests to one host retry.
 		Retryable: func(err error) bool { return errors.Is(err, wire.ErrBusy) },
+		Expand:    expandQEMU,
 		Migrate: func(ctx context.Context, vm drain.VM, pid int) (*report.Report, error) {
 			mode, err := precopy.ParseMode(firstNonEmpty(vm.Mode, "hybrid"))
 			if err != nil {
 				return nil, err
 			}
-			guest, err := proc.NewSource(pid, vm.RAM, vm.DestCmd)
-			if err != nil {
-				return nil, err
-			}
-			h, err := proc.Open(pid)
-			if err != nil {
-				return nil, err
-			}
-			defer h.Close()
 			vlog := log.Named(vm.Name)
-			rep, err := guarded(ctx, g, vlog, guardedGuest{Guest: guest, ref: guestRef{pid: pid}, running: h.Running}, precopy.Config{
-				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress,
-				Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
+			guest, lay, closeGuest, err := drainGuest(ctx, vlog, vm, pid, mode)
+			if err != nil {
+				return nil, err
+			}
+			defer closeGuest()
+			rep, err := guarded(ctx, g, vlog, guest, precopy.Config{
+				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress || vm.Compress,
+				LayoutAddr: lay, LayoutTimeout: vm.LayoutTimeout, Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
+				// The bandwidth cap (--max-bandwidth, a destination's
+				// max_bandwidth) goes here.
 			})
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)
@@ -93,12 +91,13 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			log.Error("write metrics", "error", werr)
 		}
 	}
-	log.Info("drain done", "moved", sum.Moved, "failed", sum.Failed, "already_moved", sum.AlreadyMoved, "busy", sum.Busy)
+	log.Info("drain done", "moved", sum.Moved, "failed", sum.Failed, "already_moved", sum.AlreadyMoved, "busy", sum.Busy, "skipped", sum.Skipped)
+	printDrainSummary(g, sum)
 	return drainStatus(sum)
 }
 
 // drainStatus is the drain's exit status: the worst of its guests'
-// (failed after resume, then aborted, then busy).
+// (failed after resume, then aborted or skipped, then busy).
 func drainStatus(sum *drain.Summary) error {
 	code := 0
 	for _, r := range sum.VMs {
@@ -107,6 +106,9 @@ func drainStatus(sum *drain.Summary) error {
 			code = exitAfterResume
 		case r.Status == drain.StatusFailed && code != exitAfterResume:
 			code = exitAborted
+		case r.Status == drain.StatusSkipped && code != exitAfterResume:
+			// It runs on here, untouched, as an aborted one does.
+			code = exitAborted
 		case r.Status == drain.StatusBusy && code == 0:
 			code = exitBusy
 		}
@@ -114,7 +116,7 @@ func drainStatus(sum *drain.Summary) error {
 	if code == 0 {
 		return nil
 	}
-	return &statusError{code, fmt.Errorf("drain: %d moved, %d failed, %d busy, %d moved earlier", sum.Moved, sum.Failed, sum.Busy, sum.AlreadyMoved)}
+	return &statusError{code, fmt.Errorf("drain: %d moved, %d failed, %d skipped, %d busy, %d moved earlier", sum.Moved, sum.Failed, sum.Skipped, sum.Busy, sum.AlreadyMoved)}
 }
 
 func firstNonEmpty(s ...string) string {

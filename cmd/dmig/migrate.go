@@ -10,7 +10,6 @@ import (
 
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
-	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
 	"github.com/dmig/dmig/wire"
 )
@@ -56,7 +55,7 @@ type migrateCmd struct {
 	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
 	Compress   bool          `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
 	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
-	Layout     string        `placeholder:"ADDR" help:"Guest agent's layout endpoint, HOST:PORT or unix:SOCKET (for a QEMU VM, the host end of its org.dmig.agent virtio-serial port): in hybrid mode the clean database pages it names go as storage references, which the destination reads from its shared disks (serve --disk for process guests, the VM's own drives for QEMU)."`
+	Layout     string        `placeholder:"ADDR" help:"Guest agent's layout endpoint (HOST:PORT or unix:SOCKET): in hybrid mode the clean database pages it names go as storage references, which the destination reads from its shared disks (serve --disk for process guests, the VM's own drives for QEMU). With --qmp, default: the VM's org.dmig.agent virtio-serial socket on its command line."`
 	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
 	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
 	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
@@ -83,29 +82,25 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 		return &statusError{exitUsage, err}
 	}
 	var guest guardedGuest
+	lay := c.Layout
 	switch {
 	case c.QMP != "":
-		src, err := qemu.NewSource(ctx, c.QMP)
+		var src *qemu.Source
+		guest, src, err = qemuGuest(ctx, c.QMP)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
 		defer src.Close()
-		guest = guardedGuest{Guest: src, ref: guestRef{qmp: c.QMP}, release: func() { src.Close() }}
-		guest.running = func(ctx context.Context) (bool, error) {
-			st, err := src.Monitor().QueryStatus(ctx)
-			return st.Running, err
+		if lay == "" {
+			lay = agentLayout(log, mode, src)
 		}
 	case c.Pid != 0 && len(c.RAM) > 0:
-		src, err := proc.NewSource(c.Pid, c.RAM, c.DestCmd)
+		var closeGuest func()
+		guest, closeGuest, err = procGuest(c.Pid, c.RAM, c.DestCmd)
 		if err != nil {
 			return &statusError{exitUsage, err}
 		}
-		h, err := proc.Open(c.Pid)
-		if err != nil {
-			return &statusError{exitUsage, err}
-		}
-		defer h.Close()
-		guest = guardedGuest{Guest: src, ref: guestRef{pid: c.Pid}, running: h.Running}
+		defer closeGuest()
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
@@ -116,7 +111,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	rep, err := guarded(ctx, g, log, guest, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
 		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
-		LayoutAddr: c.Layout, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
+		LayoutAddr: lay, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 	})
 	view.finish()
@@ -174,7 +169,53 @@ func printSummary(r *report.Report) {
 	fmt.Fprintf(os.Stderr, "  pages: data %d, zero %d, storage %d (+%d mismatched), post-copy faults %d, prefetched %d; fault latency p50 %.0f µs p99 %.0f µs\n",
 		r.Pages.Data, r.Pages.Zero, r.Pages.StorageVerified, r.Pages.StorageMismatch, r.Pages.PostcopyFault, r.Pages.Prefetch,
 		r.FaultLatencyUS.P50, r.FaultLatencyUS.P99)
+	if line := refsLine(r); line != "" {
+		fmt.Fprintf(os.Stderr, "  %s\n", line)
+	}
+	if r.Refs != nil && r.Refs.Refreshed != "" {
+		fmt.Fprintf(os.Stderr, "  layout: the agent's cached one was replaced by a fresh one: %s\n", r.Refs.Refreshed)
+	}
+	if r.Refs != nil && r.Refs.Warning != "" {
+		fmt.Fprintf(os.Stderr, "  layout warning: %s\n", r.Refs.Warning)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(os.Stderr, "  error: %s\n", r.Error)
 	}
+}
+
+// refsLine says how much of a hybrid migration's RAM went by reference and
+// why the rest did not, "" for other modes.
+func refsLine(r *report.Report) string {
+	f := r.Refs
+	if f == nil {
+		return ""
+	}
+	fp := f.FirstPass
+	total := fp.Reference + fp.Zero + fp.NotInLayout + fp.NoLayout + fp.Refused
+	if total == 0 {
+		return ""
+	}
+	pct := func(n uint64) string { return fmt.Sprintf("%.0f%%", 100*float64(n)/float64(total)) }
+	line := fmt.Sprintf("by reference: %s of the RAM in the first pass (%d of %d pages); the rest: zero %s", pct(fp.Reference), fp.Reference, total, pct(fp.Zero))
+	if fp.NoLayout > 0 {
+		why := "no layout"
+		if f.Layout == "" {
+			why = "no layout endpoint"
+		}
+		line += fmt.Sprintf(", %s %s", why, pct(fp.NoLayout))
+	}
+	if fp.NotInLayout > 0 {
+		line += fmt.Sprintf(", not in the layout %s (not clean pool pages", pct(fp.NotInLayout))
+		if f.PoolDirtyPages > 0 {
+			line += fmt.Sprintf("; the pool had %d dirty", f.PoolDirtyPages)
+		}
+		line += ")"
+	}
+	if fp.Refused > 0 {
+		line += fmt.Sprintf(", disk refused %s", pct(fp.Refused))
+	}
+	if r.Pages.StorageMismatch > 0 {
+		line += fmt.Sprintf("; %d references failed the destination's check and went again", r.Pages.StorageMismatch)
+	}
+	return line
 }

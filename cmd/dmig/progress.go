@@ -29,6 +29,15 @@ func logSummary(log hclog.Logger, r *report.Report) {
 		"pages_storage_verified", r.Pages.StorageVerified, "pages_storage_mismatch", r.Pages.StorageMismatch,
 		"pages_postcopy_fault", r.Pages.PostcopyFault, "pages_prefetch", r.Pages.Prefetch,
 		"fault_latency_p50_us", r.FaultLatencyUS.P50, "fault_latency_p99_us", r.FaultLatencyUS.P99}
+	if line := refsLine(r); line != "" {
+		args = append(args, "refs", line)
+	}
+	if r.Refs != nil && r.Refs.Refreshed != "" {
+		args = append(args, "layout_refreshed", r.Refs.Refreshed)
+	}
+	if r.Refs != nil && r.Refs.Warning != "" {
+		args = append(args, "layout_warning", r.Refs.Warning)
+	}
 	if r.Error != "" {
 		args = append(args, "error", r.Error)
 	}

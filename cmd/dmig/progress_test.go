@@ -53,3 +53,21 @@ func TestProgressETA(t *testing.T) {
 		t.Fatal("ETA without a rate")
 	}
 }
+
+func TestRefsLine(t *testing.T) {
+	r := &report.Report{Refs: &report.Refs{Layout: "unix:/run/a.sock", PoolDirtyPages: 900,
+		FirstPass: report.Routes{Reference: 500, Zero: 100, NotInLayout: 400}}}
+	got := refsLine(r)
+	for _, want := range []string{"50% of the RAM in the first pass (500 of 1000 pages)", "zero 10%", "not in the layout 40%", "900 dirty"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("refsLine = %q, want %q in it", got, want)
+		}
+	}
+	r.Refs = &report.Refs{FirstPass: report.Routes{NoLayout: 90, Zero: 10}}
+	if got := refsLine(r); !strings.Contains(got, "no layout endpoint 90%") {
+		t.Errorf("without endpoint: %q", got)
+	}
+	if got := refsLine(&report.Report{}); got != "" {
+		t.Errorf("precopy: %q", got)
+	}
+}

@@ -6,8 +6,57 @@ import (
 	"os"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
 )
+
+// qemuGuest connects to the QEMU VM behind the QMP socket qmp and finds
+// its RAM: the source of 'dmig migrate --qmp' and of a drain's QEMU VMs.
+// The caller closes the Source.
+func qemuGuest(ctx context.Context, qmp string) (guardedGuest, *qemu.Source, error) {
+	src, err := qemu.NewSource(ctx, qmp)
+	if err != nil {
+		return guardedGuest{}, nil, err
+	}
+	guest := guardedGuest{Guest: src, ref: guestRef{qmp: qmp}, release: func() { src.Close() }}
+	guest.running = func(ctx context.Context) (bool, error) {
+		st, err := src.Monitor().QueryStatus(ctx)
+		return st.Running, err
+	}
+	return guest, src, nil
+}
+
+// procGuest is the source of a process guest; call the func returned when
+// the migration is over.
+func procGuest(pid int, ram, destCmd []string) (guardedGuest, func(), error) {
+	src, err := proc.NewSource(pid, ram, destCmd)
+	if err != nil {
+		return guardedGuest{}, nil, err
+	}
+	h, err := proc.Open(pid)
+	if err != nil {
+		return guardedGuest{}, nil, err
+	}
+	return guardedGuest{Guest: src, ref: guestRef{pid: pid}, running: h.Running}, func() { h.Close() }, nil
+}
+
+// agentLayout is the layout endpoint of a QEMU VM named without one: in
+// hybrid mode, its guest agent's virtio-serial socket from its command
+// line, as 'dmig compare' finds it.
+func agentLayout(log hclog.Logger, mode precopy.Mode, src *qemu.Source) string {
+	if mode != precopy.ModeHybrid {
+		return ""
+	}
+	if a, ok := src.AgentAddr(); ok {
+		log.Info("layout endpoint from the VM's command line", "layout", a)
+		return a
+	}
+	log.Warn("the VM has no " + qemu.AgentChannel + " virtio-serial port and no layout endpoint was given: every page goes as data")
+	return ""
+}
 
 // qemuCmd is `dmig qemu`: operator tools for QEMU guests.
 type qemuCmd struct {

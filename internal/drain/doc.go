@@ -13,7 +13,13 @@
 //     rename, so a crash leaves the old or the new state, never half.
 //   - A failed migration never stops the others; the summary lists every
 //     guest with what happened to it.
-//   - The package does not migrate by itself: Options.Migrate does (the CLI
-//     passes the engine), so the schedule, locks and state are testable
-//     alone.
+//   - A guest Options.Migrate finds it cannot migrate (ErrCannotMigrate),
+//     or an expansion marked so, is reported as skipped with the reason and
+//     never retried: nothing of it was touched.
+//   - At most Destination.MaxConcurrent guests migrate to one destination
+//     at once; a guest waiting for its destination never holds up one to
+//     another.
+//   - The package does not migrate or find VMs by itself: Options.Migrate
+//     and Options.Expand do (the CLI passes the engine and the QEMU
+//     discovery), so the schedule, locks and state are testable alone.
 package drain

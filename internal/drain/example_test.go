@@ -8,7 +8,8 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.VMs) != 2 || c.VMs[0].Downtime.Milliseconds() != 50 || c.VMs[1].PidFile == "" || c.LockDir != "/run/dmig" {
+	if len(c.VMs) != 3 || c.VMs[0].Downtime.Milliseconds() != 50 || c.VMs[0].QMP == "" || !c.VMs[1].Template() || c.VMs[2].PidFile == "" ||
+		c.LockDir != "/run/dmig" || c.Destinations["host-b.example:7070"].MaxConcurrent != 1 {
 		t.Fatalf("example config parsed as %+v", c)
 	}
 }

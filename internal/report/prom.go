@@ -61,6 +61,21 @@ func AppendProm(b []byte, now time.Time, reps ...*Report) []byte {
 			}
 			return s
 		})
+	metric("dmig_migration_first_pass_pages", "gauge", "Hybrid mode: the first pre-copy pass's pages (every guest page once) by route: as storage references, and why the others were not.",
+		func(r *Report) []sample {
+			if r.Refs == nil {
+				return nil
+			}
+			f := r.Refs.FirstPass
+			var s []sample
+			for _, kv := range []struct {
+				route string
+				n     uint64
+			}{{"reference", f.Reference}, {"zero", f.Zero}, {"not_in_layout", f.NotInLayout}, {"no_layout", f.NoLayout}, {"disk_refused", f.Refused}} {
+				s = append(s, sample{extra: `route="` + kv.route + `"`, v: float64(kv.n)})
+			}
+			return s
+		})
 	metric("dmig_migration_fault_latency_seconds", "gauge", "Post-copy fault latency at the destination (quantile 1 is the maximum).",
 		func(r *Report) []sample {
 			l := r.FaultLatencyUS

@@ -62,29 +62,36 @@ func parseProm(t *testing.T, text string) map[string]float64 {
 func TestAppendProm(t *testing.T) {
 	a := &Report{Mode: "hybrid", Guest: `db"1\`, Outcome: Completed, TotalMS: 1500, DowntimeMS: 12.5, BytesSent: 123456789,
 		Iterations: 3, GuestPages: 262144, Pages: Pages{Data: 1000, Zero: 2000, StorageVerified: 300, PostcopyFault: 7, Prefetch: 9, StorageResent: 40},
-		FaultLatencyUS: Latency{P50: 50, P99: 900, Max: 1200}}
+		FaultLatencyUS: Latency{P50: 50, P99: 900, Max: 1200},
+		Refs:           &Refs{FirstPass: Routes{Reference: 200000, Zero: 2000, NotInLayout: 60000, NoLayout: 0, Refused: 144}}}
 	b := &Report{Mode: "precopy", Guest: "db2", Outcome: Aborted}
 	now := time.Unix(1700000000, 500e6)
 	s := parseProm(t, string(AppendProm(nil, now, a, b)))
 	la := `guest="db\"1\\",mode="hybrid"`
 	lb := `guest="db2",mode="precopy"`
 	for k, want := range map[string]float64{
-		"dmig_migration_completed{" + la + "}":                             1,
-		"dmig_migration_completed{" + lb + "}":                             0,
-		"dmig_migration_outcome{" + lb + `,outcome="aborted"}`:             1,
-		"dmig_migration_duration_seconds{" + la + "}":                      1.5,
-		"dmig_migration_downtime_seconds{" + la + "}":                      0.0125,
-		"dmig_migration_sent_bytes{" + la + "}":                            123456789,
-		"dmig_migration_iterations{" + la + "}":                            3,
-		"dmig_migration_pages{" + la + `,route="zero"}`:                    2000,
-		"dmig_migration_pages{" + la + `,route="storage_verified"}`:        300,
-		"dmig_migration_pages{" + la + `,route="storage_resent"}`:          40,
-		"dmig_migration_fault_latency_seconds{" + la + `,quantile="0.99"}`: 0.0009,
-		"dmig_report_timestamp_seconds{}":                                  1700000000.5,
+		"dmig_migration_completed{" + la + "}":                              1,
+		"dmig_migration_completed{" + lb + "}":                              0,
+		"dmig_migration_outcome{" + lb + `,outcome="aborted"}`:              1,
+		"dmig_migration_duration_seconds{" + la + "}":                       1.5,
+		"dmig_migration_downtime_seconds{" + la + "}":                       0.0125,
+		"dmig_migration_sent_bytes{" + la + "}":                             123456789,
+		"dmig_migration_iterations{" + la + "}":                             3,
+		"dmig_migration_pages{" + la + `,route="zero"}`:                     2000,
+		"dmig_migration_pages{" + la + `,route="storage_verified"}`:         300,
+		"dmig_migration_pages{" + la + `,route="storage_resent"}`:           40,
+		"dmig_migration_fault_latency_seconds{" + la + `,quantile="0.99"}`:  0.0009,
+		"dmig_report_timestamp_seconds{}":                                   1700000000.5,
+		"dmig_migration_first_pass_pages{" + la + `,route="reference"}`:     200000,
+		"dmig_migration_first_pass_pages{" + la + `,route="not_in_layout"}`: 60000,
+		"dmig_migration_first_pass_pages{" + la + `,route="disk_refused"}`:  144,
 	} {
 		if got, ok := s[k]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, want)
 		}
+	}
+	if _, ok := s["dmig_migration_first_pass_pages{"+lb+`,route="reference"}`]; ok {
+		t.Error("first-pass routes of a precopy migration")
 	}
 	// Labels decode back to the guest's name.
 	for k := range s {

@@ -48,6 +48,56 @@ type Report struct {
 	// Compressed: page data went zstd-compressed (BytesSent counts the
 	// compressed bytes).
 	Compressed bool `json:"compressed,omitempty"`
+	// Refs (hybrid mode) says how much of the RAM went as storage
+	// references and why the rest did not.
+	Refs *Refs `json:"refs,omitempty"`
+}
+
+// Refs are a hybrid migration's storage-reference figures, from the
+// source: how the first pre-copy pass, which sends every guest page once,
+// sent each, and what the first pass's layout was. Pages the destination
+// verified from storage, and those whose check failed and went again as
+// data, are Pages.StorageVerified and Pages.StorageMismatch.
+type Refs struct {
+	// Layout is the layout endpoint ("" : none, so no page went by
+	// reference).
+	Layout string `json:"layout"`
+	// LayoutPages: guest pages the first pass's layout named.
+	LayoutPages uint64 `json:"layout_pages"`
+	// LayoutAgeMS: how old the layout was when the agent answered, and
+	// whether it came from the agent's cache (both as the agent said; 0
+	// and false from an agent that does not say).
+	LayoutAgeMS float64 `json:"layout_age_ms,omitempty"`
+	Cached      bool    `json:"layout_cached,omitempty"`
+	// PoolCleanPages and PoolDirtyPages: the buffer pool's clean and dirty
+	// pages (4 KiB) by the database's counters when the agent answered.
+	PoolCleanPages uint64 `json:"pool_clean_pages,omitempty"`
+	PoolDirtyPages uint64 `json:"pool_dirty_pages,omitempty"`
+	// Refreshed: why the agent's cached layout was replaced by a fresh one
+	// for the first pass (too old, or too small for the pool).
+	Refreshed string `json:"refreshed,omitempty"`
+	// Warning: what was wrong with the first pass's layout and could not
+	// be mended (a failed fetch, a fresh layout still far short of the
+	// pool).
+	Warning string `json:"warning,omitempty"`
+	// FirstPass: every guest page of the first pass by route.
+	FirstPass Routes `json:"first_pass"`
+}
+
+// Routes counts pages by how they went, and why not by reference.
+type Routes struct {
+	Reference uint64 `json:"reference"` // a storage reference
+	Zero      uint64 `json:"zero"`      // all zeros: a few bytes either way
+	// NotInLayout: data, the layout not naming the page: not a clean pool
+	// page (outside the buffer pool, in a dirty frame, loaded after the
+	// layout, or of a tablespace on no disk the layout knows).
+	NotInLayout uint64 `json:"not_in_layout"`
+	// NoLayout: data, the pass having no layout (no endpoint, or the
+	// fetch failed).
+	NoLayout uint64 `json:"no_layout"`
+	// Refused: data, named on a disk whose key another disk of the
+	// layout shares.
+	Refused uint64 `json:"disk_refused"`
 }
 
 // Pages counts pages by the route they took.

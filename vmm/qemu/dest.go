@@ -476,3 +476,79 @@ func HostForwardPorts(args []string) []int {
 	}
 	return out
 }
+
+// sharedFS are the file systems (statfs magic numbers) another host may
+// mount as the same files: network and cluster file systems. Local ones
+// (ext4, xfs, btrfs, tmpfs, overlay) are not, whatever their name.
+var sharedFS = map[int64]string{
+	0x6969:     "nfs",
+	0x00c36400: "ceph",
+	0x65735546: "fuse (glusterfs, ...)",
+	0x01161970: "gfs2",
+	0x7461636f: "ocfs2",
+	0xfe534d42: "smb2",
+	0xff534d42: "cifs",
+	0x0bd00bd0: "lustre",
+	0x47504653: "gpfs",
+	0x19830326: "beegfs",
+}
+
+// CheckSharedDisks refuses a VM (its pid and arguments) whose disks a
+// destination on another host would not open as the same files, before a
+// migration starts: the destination checks its disks only when it starts
+// its QEMU, after the pre-copy passes (CheckDiskMarks). With shared, each
+// disk must lie under one of those directories (or be one of those
+// devices), as the operator declares; without, on a network or cluster
+// file system, be a block device, or be a protocol URL (rbd:, iscsi://,
+// nbd:, gluster://), which names storage off this host. Errors wrap
+// ErrDiskNotShared.
+func CheckSharedDisks(pid int, args []string, shared []string) error {
+	for _, d := range Disks(args) {
+		if proto, _, ok := strings.Cut(d, ":"); ok && !strings.ContainsRune(proto, '/') && proto != "" && !filepath.IsAbs(d) {
+			continue // a protocol, not a file of this host
+		}
+		p := d
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(fmt.Sprintf("/proc/%d/cwd", pid), p)
+		}
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return fmt.Errorf("%w: disk %s: %v", ErrDiskNotShared, d, err)
+		}
+		if len(shared) > 0 {
+			if !under(real, shared) {
+				return fmt.Errorf("%w: disk %s is not under shared_storage %v", ErrDiskNotShared, real, shared)
+			}
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(real, &st); err != nil {
+			return fmt.Errorf("%w: stat disk %s: %v", ErrDiskNotShared, real, err)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			continue
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(real, &fs); err != nil {
+			return fmt.Errorf("%w: statfs of disk %s: %v", ErrDiskNotShared, real, err)
+		}
+		if _, ok := sharedFS[int64(fs.Type)]; !ok {
+			return fmt.Errorf("%w: disk %s is on a local file system (type %#x); if the destination opens the same file, list its directory in shared_storage", ErrDiskNotShared, real, fs.Type)
+		}
+	}
+	return nil
+}
+
+// under reports whether path is one of dirs or inside one.
+func under(path string, dirs []string) bool {
+	for _, d := range dirs {
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			d = r
+		}
+		d = filepath.Clean(d)
+		if path == d || strings.HasPrefix(path, strings.TrimSuffix(d, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}

@@ -15,6 +15,9 @@
 //   - A destination opens the source's disks, the same files by device and
 //     inode (CheckDisks): QEMU checks neither that nor share=on, and a
 //     destination on another image corrupts it.
+//   - CheckSharedDisks refuses, before a migration starts, a disk on a
+//     local file system (unless the operator names its directory as
+//     shared): the destination's own check comes only at switchover.
 //   - Every capability a migration relies on is set explicitly on both
 //     sides: a QEMU that was itself a destination keeps the ones it had.
 //   - QEMU runs in the background with stderr in a file, never

@@ -37,3 +37,7 @@ var (
 	// ErrNotPaused: the VM is not in a state a migration leaves it in.
 	ErrNotPaused = errors.New("vm not paused by a migration")
 )
+
+// ErrDiskNotShared: a VM's disk is not on storage a destination on another
+// host opens as the same file (see CheckSharedDisks).
+var ErrDiskNotShared = errors.New("disk not on shared storage")

@@ -704,9 +704,38 @@ func testQEMU(t *testing.T, bin string) {
 			base, acked := startCommits(ctx, t, cur.port)
 			time.Sleep(time.Second)
 
-			r, err := precopy.Run(ctx, precopy.Config{To: addr, Mode: mode, Logger: testLog()}, src)
+			// Hybrid finds the guest agent on the VM's command line, as
+			// dmig migrate --qmp does, and sends the clean pool pages as
+			// references the destination reads from the VM's disk. A TCG
+			// guest's walk of its pool takes seconds.
+			pc := precopy.Config{To: addr, Mode: mode, Logger: testLog()}
+			if mode == precopy.ModeHybrid {
+				var found bool
+				if pc.LayoutAddr, found = src.AgentAddr(); !found || pc.LayoutAddr != "unix:"+cfg.AgentSocket {
+					t.Fatalf("agent socket %q on the command line, want unix:%s", pc.LayoutAddr, cfg.AgentSocket)
+				}
+				pc.LayoutTimeout = 60 * time.Second
+			}
+			r, err := precopy.Run(ctx, pc, src)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if f := r.Refs; mode == precopy.ModeHybrid {
+				if f == nil {
+					t.Fatal("hybrid report without its storage-reference figures")
+				}
+				fp := f.FirstPass
+				t.Logf("by reference: %+v; layout %d pages, %.0f ms old, cached %v, pool %d clean %d dirty, refreshed %q, warning %q; verified %d, mismatched %d",
+					fp, f.LayoutPages, f.LayoutAgeMS, f.Cached, f.PoolCleanPages, f.PoolDirtyPages, f.Refreshed, f.Warning, r.Pages.StorageVerified, r.Pages.StorageMismatch)
+				if n := fp.Reference + fp.Zero + fp.NotInLayout + fp.NoLayout + fp.Refused; n != r.GuestPages {
+					t.Errorf("the first pass's routes add up to %d pages, the guest has %d", n, r.GuestPages)
+				}
+				// The image's pool holds ~750 MB of tables: most go by
+				// reference, and the agent's figures say how much it holds.
+				if fp.Reference < 100_000 || fp.NoLayout != 0 || f.PoolCleanPages == 0 || f.Warning != "" || r.Pages.StorageVerified == 0 {
+					t.Errorf("first pass %+v, pool %d clean pages, warning %q, %d verified: want most of the pool by reference",
+						fp, f.PoolCleanPages, f.Warning, r.Pages.StorageVerified)
+				}
 			}
 			if err := <-served; err != nil {
 				t.Fatalf("destination: %v", err)
