@@ -2,10 +2,12 @@ package keeper
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,9 +57,17 @@ func keep(t *testing.T, dir string, j *Journal, timeout time.Duration) (io.Close
 	return pw, done
 }
 
+// gone reports whether pid has exited. A zombie has: the keeper kills
+// guests that are not its children and cannot reap them, and the test's
+// reaper may not have run yet when the keeper returns.
 func gone(pid int) bool {
-	_, err := StartTime(pid)
-	return err != nil
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z' || s[i+2] == 'X'
 }
 
 func waitDone(t *testing.T, done <-chan error, within time.Duration) {
