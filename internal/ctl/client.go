@@ -20,9 +20,19 @@ import (
 // entries of the others are returned all the same). A missing dir lists
 // nothing.
 func List(ctx context.Context, dir string) ([]Entry, error) {
-	paths, err := filepath.Glob(filepath.Join(dir, "*.sock"))
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("list control sockets in %s: %w", dir, err)
+		// Most likely not root: the directory is root's, mode 0700.
+		return nil, fmt.Errorf("list control sockets: %w", err)
+	}
+	var paths []string
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), ".sock") {
+			paths = append(paths, filepath.Join(dir, de.Name()))
+		}
 	}
 	sort.Strings(paths)
 	var out []Entry
