@@ -40,6 +40,8 @@ func (d *dest) snapshot() report.Live {
 		l.Phase, l.GoSent = report.PhasePostcopy, true
 	}
 	if !final {
+		// The pass on its way is the one after the last that ended.
+		l.Pass++
 		// What the source still has to send is the source's to know:
 		// here, at least the pages not yet received once.
 		refs := d.restore.received.Load()
