@@ -175,8 +175,12 @@ func printEntries(w io.Writer, entries []ctl.Entry) {
 		if e.ETASeconds != nil {
 			eta = fmt.Sprintf("%.1f s", *e.ETASeconds)
 		}
-		fmt.Fprintf(w, "  progress %.1f%%  sent %.1f MB  received %.1f MB  rate %.1f MB/s  ETA %s  elapsed %.1f s  downtime budget %g ms\n",
-			e.Progress*100, float64(e.BytesSent)/1e6, float64(e.BytesReceived)/1e6, e.RateBytes/1e6, eta, e.ElapsedS, e.DowntimeMS)
+		budget := ""
+		if e.DowntimeMS > 0 {
+			budget = fmt.Sprintf("  downtime budget %g ms", e.DowntimeMS)
+		}
+		fmt.Fprintf(w, "  progress %.1f%%  sent %.1f MB  received %.1f MB  rate %.1f MB/s  ETA %s  elapsed %.1f s%s\n",
+			e.Progress*100, float64(e.BytesSent)/1e6, float64(e.BytesReceived)/1e6, e.RateBytes/1e6, eta, e.ElapsedS, budget)
 		fmt.Fprintf(w, "  pages left: data %d, storage refs %d, post-copy missing %d  (done %d; guest %d pages)\n",
 			e.PagesLeft.Data, e.PagesLeft.StorageRefs, e.PagesLeft.PostcopyMissing, e.PagesDone, e.GuestPages)
 		if e.ETANote != "" {
