@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/ctl"
+	"github.com/dmig/dmig/internal/drain"
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -179,6 +180,12 @@ func TestStatus(t *testing.T) {
 	if !ok || dst.Session != first.Session || dst.Command != "serve" || first.Command != "migrate" {
 		t.Fatalf("status of %s: %+v; want the source and destination of session %s", first.Guest, es, first.Session)
 	}
+	// The text form names both ends.
+	txt, err := exec.Command(dmigBin, "status", "--ctl-dir", s.ctlDir).Output()
+	if err != nil || strings.Count(string(txt), first.Guest) != 2 || !strings.Contains(string(txt), "pages left: data ") {
+		t.Fatalf("dmig status: %v\n%s", err, txt)
+	}
+	t.Logf("dmig status:\n%s", txt)
 	// Samples until it ends: counters and progress only grow, the ETA
 	// only falls unless re-estimated.
 	samples := []ctl.Entry{first}
@@ -283,4 +290,52 @@ func TestCancelAfterGo(t *testing.T) {
 	if rep := readReport(t, s.rep); rep.Outcome != report.Completed {
 		t.Fatalf("report after a refused cancel: %+v", rep)
 	}
+}
+
+// TestDrainStatusCancel drains two guests at once over a 10 MB/s link:
+// status lists each under its drain entry's name, and cancelling one by
+// that name aborts it alone. The drain exits 3 with the cancelled guest
+// failed (aborted, running on the source with its RAM intact) and the
+// other moved and verified on the destination.
+func TestDrainStatusCancel(t *testing.T) {
+	dir := t.TempDir()
+	ctlDir := filepath.Join(dir, "ctl")
+	srv := startServe(t, "--insecure", "--ctl-dir", ctlDir)
+	px := startProxy(t, srv.addr, 10<<20)
+	var vms []drainVM
+	for _, name := range []string{"db-a", "db-b"} {
+		v := drainVM{name: name, g: startSource(t, guestOpts{size: 128 << 20, writeRate: 2000}), stats: filepath.Join(dir, name+".stats")}
+		killDestGuest(t, v.stats)
+		vms = append(vms, v)
+	}
+	conf, sumFile := filepath.Join(dir, "drain.json"), filepath.Join(dir, "summary.json")
+	writeDrainConfig(t, conf, px.addr(), vms, "")
+	d := startMigrate(t, "drain", "--config", conf, "--state", filepath.Join(dir, "state.json"), "--lock-dir", filepath.Join(dir, "locks"),
+		"--insecure", "--parallel", "2", "--ctl-dir", ctlDir, "--report", sumFile)
+	waitEntry(t, ctlDir, "db-b", d, func(e ctl.Entry) bool { return e.BytesSent > 1<<20 && e.Cancellable })
+	_, es, _ := statusOf(t, ctlDir, "")
+	var drains int
+	for _, e := range es {
+		if e.Command == "drain" && len(e.Names) == 2 && (e.Names[1] == "db-a" || e.Names[1] == "db-b") {
+			drains++
+		}
+	}
+	if drains != 2 {
+		t.Fatalf("status lists %d drain guests by name, want 2: %+v", drains, es)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code, out := dmigRun(t, ctx, "cancel", "--ctl-dir", ctlDir, "db-b"); code != 0 {
+		t.Fatalf("cancel db-b: exit %d\n%s", code, out)
+	}
+	if code := d.wait(t); code != 3 {
+		t.Fatalf("drain with one guest cancelled: exit %d, want 3\n%s", code, d.stderr.String())
+	}
+	sum := readSummary(t, sumFile)
+	if len(sum.VMs) != 2 || sum.VMs[0].Status != drain.StatusMoved || sum.VMs[1].Status != drain.StatusFailed ||
+		sum.VMs[1].Outcome != report.Aborted || !strings.Contains(sum.VMs[1].Error, "cancelled by dmig cancel") {
+		t.Fatalf("summary %+v", sum)
+	}
+	waitDestRunning(t, vms[0].stats)
+	checkSourceRuns(t, vms[1].g)
 }
