@@ -180,15 +180,10 @@ func TestStatus(t *testing.T) {
 	if !ok || dst.Session != first.Session || dst.Command != "serve" || first.Command != "migrate" {
 		t.Fatalf("status of %s: %+v; want the source and destination of session %s", first.Guest, es, first.Session)
 	}
-	// The text form names both ends.
-	txt, err := exec.Command(dmigBin, "status", "--ctl-dir", s.ctlDir).Output()
-	if err != nil || strings.Count(string(txt), first.Guest) != 2 || !strings.Contains(string(txt), "pages left: data ") {
-		t.Fatalf("dmig status: %v\n%s", err, txt)
-	}
-	t.Logf("dmig status:\n%s", txt)
 	// Samples until it ends: counters and progress only grow, the ETA
 	// only falls unless re-estimated.
 	samples := []ctl.Entry{first}
+	shown := false
 	for {
 		_, es, _ := statusOf(t, s.ctlDir, s.guest)
 		e, ok := roleEntry(es, report.RoleSource)
@@ -203,12 +198,24 @@ func TestStatus(t *testing.T) {
 			t.Fatalf("ETA rose with no re-estimate said: %v s then %v s", *prev.ETASeconds, *e.ETASeconds)
 		}
 		samples = append(samples, e)
+		if !shown && e.ETASeconds != nil && e.Progress > 0.3 && e.Phase == "precopy" {
+			// The text form, once there is an ETA: both ends.
+			txt, err := exec.Command(dmigBin, "status", "--ctl-dir", s.ctlDir).Output()
+			if err != nil || strings.Count(string(txt), first.Guest) != 2 || !strings.Contains(string(txt), "pages left: data ") {
+				t.Fatalf("dmig status: %v\n%s", err, txt)
+			}
+			t.Logf("dmig status:\n%s", txt)
+			shown = true
+		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	if code := m.wait(t); code != 0 {
 		t.Fatalf("migrate: exit %d\n%s", code, m.stderr.String())
 	}
 	waitDestRunning(t, s.stats)
+	if !shown {
+		t.Fatalf("no sample in pre-copy past 30%% with an ETA among %d: %+v", len(samples), samples)
+	}
 	var grew bool
 	for _, e := range samples[1:] {
 		grew = grew || e.BytesSent > first.BytesSent
