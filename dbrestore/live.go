@@ -26,7 +26,8 @@ func (d *dest) snapshot() report.Live {
 	verified := d.restore.verified.Load()
 	l.PagesDone = d.data.Load() + d.zero.Load() + verified
 	d.mu.Lock()
-	final := d.final
+	// An adopted session starts past switchover without a Switchover.
+	final := d.final || d.phase.Load() != phaseReceive
 	d.mu.Unlock()
 	switch d.phase.Load() {
 	case phaseReceive:
