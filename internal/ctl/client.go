@@ -54,6 +54,21 @@ func List(ctx context.Context, dir string) ([]Entry, error) {
 	return out, errors.Join(errs...)
 }
 
+// sweep removes the stale sockets in dir, bounded by ioTimeout.
+func sweep(dir string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	for _, p := range paths {
+		var d net.Dialer
+		if c, err := d.DialContext(ctx, "unix", p); err == nil {
+			c.Close()
+		} else if errors.Is(err, syscall.ECONNREFUSED) {
+			_ = os.Remove(p)
+		}
+	}
+}
+
 // errStale: the socket's process is gone (the socket was removed).
 var errStale = errors.New("stale control socket")
 

@@ -95,6 +95,9 @@ func Listen(dir, command string, o Options) (*Server, error) {
 	if err := ensureDir(dir); err != nil {
 		return nil, err
 	}
+	// Those of processes killed before they could remove theirs: a
+	// host's cron drains and fault tests would pile them up.
+	sweep(dir)
 	name := command + "-" + strconv.Itoa(os.Getpid())
 	path := filepath.Join(dir, name+".sock")
 	tmp := filepath.Join(dir, "."+name+".tmp")

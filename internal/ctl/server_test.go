@@ -88,6 +88,35 @@ func TestServerListCancel(t *testing.T) {
 	}
 }
 
+// TestListenSweeps: a starting process removes the sockets of dead ones
+// and leaves the live ones.
+func TestListenSweeps(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ctl")
+	live, err := Listen(dir, "serve", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	stale := filepath.Join(dir, "drain-999999.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	s, err := Listen(dir, "migrate", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale socket left: %v", err)
+	}
+	if _, err := os.Stat(live.Path()); err != nil {
+		t.Fatalf("a live socket was removed: %v", err)
+	}
+}
+
 // TestServerEnd: an ended entry is listed with its outcome for the
 // linger, then goes; without a linger it goes at once.
 func TestServerEnd(t *testing.T) {
