@@ -194,6 +194,9 @@ func (h *Handle) End(outcome report.Outcome, err error) {
 		if err != nil {
 			h.err = err.Error()
 		}
+		// What the migration's functions hold (a destination's page
+		// tables) must not outlive it for the linger.
+		h.reg.Live, h.reg.Cancel = nil, nil
 	}
 	h.mu.Unlock()
 	if h.s.linger <= 0 {
@@ -230,6 +233,14 @@ func (h *Handle) entry(now time.Time) Entry {
 	e.Outcome, e.Error = h.outcome, h.err
 	e.Cancellable = h.reg.Cancel != nil && h.ended.IsZero() && !e.GoSent
 	return e
+}
+
+// canceller is the migration's Cancel, nil once it ended or if it has
+// none.
+func (h *Handle) canceller() func(error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reg.Cancel
 }
 
 // list returns the entries, oldest first, dropping those past their
@@ -348,17 +359,18 @@ func (s *Server) answer(req request, p peer) response {
 			return response{Error: fmt.Sprintf("entry %d: %v", req.ID, ErrNotFound)}
 		}
 		e := h.entry(time.Now())
+		cancel := h.canceller()
 		switch {
 		case e.Outcome != "":
 			return response{Refused: true, Error: "it already ended: " + e.Outcome}
-		case h.reg.Cancel == nil:
+		case cancel == nil:
 			return response{Refused: true, Error: fmt.Sprintf("%v: this host is the %s", ErrNotCancellable, e.Role)}
 		}
 		reason := fmt.Errorf("%w (uid %d, pid %d)", ErrCancelled, p.UID, p.PID)
 		if req.Reason != "" {
 			reason = fmt.Errorf("%w (uid %d, pid %d): %s", ErrCancelled, p.UID, p.PID, req.Reason)
 		}
-		if err := h.reg.Cancel(reason); err != nil {
+		if err := cancel(reason); err != nil {
 			s.log.Warn("cancel refused", "guest", e.Guest, "uid", p.UID, "pid", p.PID, "error", err)
 			return response{Refused: true, Error: err.Error(), Entries: []Entry{e}}
 		}
