@@ -49,7 +49,10 @@ type watched struct {
 	budget time.Duration
 
 	mu   sync.Mutex
-	snap func() report.Live
+	snap func() report.Live // the running attempt's, nil between attempts
+	// base is what the attempts before the running one moved: the
+	// counters go on across a restart instead of starting again at zero.
+	base report.Live
 }
 
 // watch lists guest's migration with srv (nil: nowhere) and returns it
@@ -77,14 +80,36 @@ func watch(ctx context.Context, srv *ctl.Server, guest guardedGuest, cfg *precop
 
 func (w *watched) live() report.Live {
 	w.mu.Lock()
-	snap := w.snap
+	snap, base := w.snap, w.base
 	w.mu.Unlock()
-	if snap == nil {
-		return report.Live{Role: report.RoleSource, Guest: w.name, Mode: w.mode, Phase: report.PhaseConnecting, Downtime: w.budget, Started: w.start}
+	l := report.Live{Role: report.RoleSource, Guest: w.name, Mode: w.mode, Phase: report.PhaseConnecting, Downtime: w.budget}
+	if snap != nil {
+		l = snap()
 	}
-	l := snap()
 	l.Started = w.start // elapsed counts from the first attempt
+	l.BytesSent += base.BytesSent
+	l.BytesReceived += base.BytesReceived
+	l.PagesDone += base.PagesDone
+	if l.GuestPages == 0 {
+		l.GuestPages = base.GuestPages
+	}
 	return l
+}
+
+// restart folds the ended attempt's counters into the base before the
+// next attempt starts.
+func (w *watched) restart() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.snap == nil {
+		return
+	}
+	l := w.snap()
+	w.base.BytesSent += l.BytesSent
+	w.base.BytesReceived += l.BytesReceived
+	w.base.PagesDone += l.PagesDone
+	w.base.GuestPages = l.GuestPages
+	w.snap = nil
 }
 
 func (w *watched) cancelFor(reason error) error {

@@ -134,14 +134,17 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGue
 		h.End(outcome, err)
 		w.cancel(nil)
 	}()
-	return guardedAttempts(ctx, g, log, guest, cfg, &w.gate)
+	return guardedAttempts(ctx, g, log, guest, cfg, w)
 }
 
 // guardedAttempts is guarded's loop of attempts.
-func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config, gate *ctl.Gate) (*report.Report, error) {
+func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config, w *watched) (*report.Report, error) {
 	var deadline time.Time
 	for restarts := 0; ; restarts++ {
-		rep, err := guardedOnce(ctx, g, log, guest, cfg, gate)
+		if restarts > 0 {
+			w.restart()
+		}
+		rep, err := guardedOnce(ctx, g, log, guest, cfg, &w.gate)
 		if rep != nil {
 			rep.Restarts = restarts
 		}
