@@ -174,11 +174,23 @@ func TestStatus(t *testing.T) {
 	if !first.Cancellable || first.GoSent || first.Mode != "hybrid" || first.GuestPages != 128<<20/4096 || first.DowntimeMS != 50 || first.Session == "" {
 		t.Fatalf("source entry %+v", first)
 	}
-	// Both ends, by the guest's own name too.
-	_, es, _ := statusOf(t, s.ctlDir, first.Guest)
-	dst, ok := roleEntry(es, report.RoleDestination)
-	if !ok || dst.Session != first.Session || dst.Command != "serve" || first.Command != "migrate" {
-		t.Fatalf("status of %s: %+v; want the source and destination of session %s", first.Guest, es, first.Session)
+	// Both ends, by the guest's own name too, once the destination has
+	// its guest started (the source's first megabytes may be in the
+	// sockets' buffers before).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, es, _ := statusOf(t, s.ctlDir, first.Guest)
+		dst, ok := roleEntry(es, report.RoleDestination)
+		if ok && len(es) == 2 {
+			if dst.Session != first.Session || dst.Command != "serve" || first.Command != "migrate" {
+				t.Fatalf("status of %s: %+v; want the source and destination of session %s", first.Guest, es, first.Session)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status of %s: %+v; want the source and destination of session %s", first.Guest, es, first.Session)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	// Samples until it ends: counters and progress only grow, the ETA
 	// only falls unless re-estimated.
@@ -229,7 +241,7 @@ func TestStatus(t *testing.T) {
 	// The source is gone from status with its process; the destination
 	// lists the session with its outcome.
 	code, es, _ := statusOf(t, s.ctlDir, first.Guest)
-	dst, ok = roleEntry(es, report.RoleDestination)
+	dst, ok := roleEntry(es, report.RoleDestination)
 	if code != 0 || len(es) != 1 || !ok || dst.Outcome != string(report.Completed) || dst.Progress != 1 {
 		t.Fatalf("status after the migration: exit %d, %+v; want only the destination's entry, completed", code, es)
 	}
@@ -274,11 +286,13 @@ func TestCancelBeforeGo(t *testing.T) {
 	}
 }
 
-// TestCancelAfterGo asks to cancel a post-copy migration once Go was sent:
+// TestCancelAfterGo asks to cancel a post-copy migration over a 5 MiB/s
+// link once Go was sent:
 // refused (exit 7) with the reason, the migration completes and the
 // destination guest verifies its RAM.
 func TestCancelAfterGo(t *testing.T) {
-	s := newStatusSetup(t, 10<<20)
+	// Slower: post-copy must outlast a status and a cancel.
+	s := newStatusSetup(t, 5<<20)
 	m := s.migrate(t, "postcopy")
 	e := waitEntry(t, s.ctlDir, s.guest, m, func(e ctl.Entry) bool { return e.GoSent && e.PagesLeft.PostcopyMissing > 0 })
 	if e.Cancellable || e.Phase != "postcopy" {
