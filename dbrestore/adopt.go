@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/internal/report"
@@ -85,6 +86,11 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	}
 	d.restore = d.newRestorer()
 	defer d.restore.close()
+	d.started = time.Now()
+	if cfg.Watch != nil {
+		end := cfg.Watch(d.snapshot)
+		defer func() { end(err) }()
+	}
 	close(d.switched)
 	d.restore.carriedMissing()
 	if !atReady {

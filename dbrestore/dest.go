@@ -82,6 +82,11 @@ type Config struct {
 	// guest runs (keeper.Spawn); closing what it returns tells the keeper
 	// that this process no longer runs the session.
 	Keeper func(keeper.Config) (io.Closer, error)
+	// Watch, if set, is called as a session starts receiving, with a
+	// function returning its figures at that instant (dmig status; safe
+	// from any goroutine, also after the session ended); the function it
+	// returns is called when the session ends, with its error.
+	Watch  func(snapshot func() report.Live) (end func(error))
 	Logger hclog.Logger
 }
 
@@ -140,6 +145,8 @@ type dest struct {
 	devState deviceState // control goroutine only, until switchover
 
 	phase     atomic.Int32 // phaseReceive, phaseReady, phaseResumed
+	pass      atomic.Int32 // the last pass the source ended (IterationEnd)
+	started   time.Time
 	linkMu    sync.Mutex
 	ln        *link                // the current connections to the source
 	recovered <-chan *wire.Session // the source's reconnections (Serve)

@@ -37,6 +37,7 @@ func (d *dest) init() {
 
 // run is one migration, phase by phase.
 func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
+	d.started = time.Now()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	d.init()
@@ -49,6 +50,10 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	d.watchGuest(ctx, cancel)
 	d.restore = d.newRestorer()
 	defer d.restore.close()
+	if d.cfg.Watch != nil {
+		end := d.cfg.Watch(d.snapshot)
+		defer func() { end(err) }()
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(errors.New("migration ended"))
@@ -176,6 +181,7 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 		}
 		switch m := m.(type) {
 		case *wire.IterationEnd:
+			d.pass.Store(int32(m.Iteration))
 			if len(m.Batches) != n {
 				return nil, classed(wire.ErrorProtocol, fmt.Errorf("iteration %d end counts %d bulk connections, session has %d", m.Iteration, len(m.Batches), n))
 			}

@@ -79,6 +79,11 @@ type Config struct {
 	// during post-copy, and at completion, from the engine's goroutines: it
 	// must return quickly.
 	Progress func(report.Progress)
+	// Live, if set, is called once the session to the destination is
+	// open, with a function returning the migration's figures at that
+	// instant (dmig status): that function may be called from any
+	// goroutine, at any time, also after Run returned.
+	Live func(snapshot func() report.Live)
 	// Guard, if set, is told just before the source guest is paused and
 	// just before Go is sent (see Guard); nil: no guard.
 	Guard Guard

@@ -86,6 +86,8 @@ func (s *source) noteResumed(tPause time.Time) {
 func (s *source) reconnect(base context.Context, lostBy error, iter int) (*postcopyLink, error) {
 	s.log.Warn("link to the destination lost after go; reconnecting", "error", lostBy, "recover_timeout", s.cfg.RecoverTimeout)
 	s.sentBefore = s.bytesSent()
+	s.live.sess.Store(nil)
+	s.live.before.Store(s.sentBefore)
 	s.sess.Close()
 	deadline := time.Now().Add(s.cfg.RecoverTimeout)
 	h := s.sess.Hello
@@ -141,6 +143,7 @@ func (s *source) redial(base context.Context, h wire.Hello, deadline time.Time) 
 // control connection is read for Complete.
 func (s *source) resumeLink(base context.Context, sess *wire.Session, missing []wire.Run, iter int) *postcopyLink {
 	s.sess = sess
+	s.live.sess.Store(sess)
 	s.dataOnly = true
 	for _, b := range s.blocks {
 		b.pending.Clear()

@@ -64,6 +64,8 @@ type source struct {
 	// resent counts pages the destination handed back (wire.Resend) that
 	// went again as data or zero in a later pre-copy pass.
 	resent atomic.Uint64
+	// live is what Config.Live's snapshot reads.
+	live liveState
 	// pausing is set just before the guest is paused: a Resend arriving
 	// later no longer makes pages pending (the destination owes them after
 	// switchover instead).
@@ -132,9 +134,11 @@ func (s *source) run(ctx context.Context) (err error) {
 		return err
 	}
 	s.refs = newRefSource(s.cfg, s.blocks, s.g)
+	s.live.setPhase(report.PhaseConnecting)
 	if err := s.dial(ctx); err != nil {
 		return err
 	}
+	s.publish()
 	base := ctx
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer func() { cancelCause(nil) }()
@@ -193,6 +197,7 @@ func (s *source) iterate(ctx context.Context) (int, decision, error) {
 	for dec == iterate {
 		iter++
 		s.prepareRefs(ctx, uint32(iter))
+		s.countNamed(uint32(iter))
 		t0 := time.Now()
 		sent0 := s.bytesSent()
 		n, err := s.pass(ctx, uint32(iter))
@@ -239,6 +244,7 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 		return nil, fmt.Errorf("arm the guard before pausing: %w", err)
 	}
 	s.pausing.Store(true)
+	s.live.setPhase(report.PhaseSwitchover)
 	tPause := time.Now()
 	// Paused from the attempt on: a Pause that fails half-way (its wait
 	// for the threads to stop cancelled) may have stopped the guest.
@@ -356,6 +362,10 @@ func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCau
 		return fmt.Errorf("tell the guard before go: %w", err)
 	}
 	s.goSent = true
+	s.live.goSent.Store(true)
+	if s.cfg.Mode != ModePrecopy {
+		s.live.setPhase(report.PhasePostcopy)
+	}
 	if err := s.sess.Control.WriteFrame(ctx, &wire.Go{}); err != nil {
 		fail(fmt.Errorf("send go: %w", err))
 	} else {
@@ -366,6 +376,7 @@ func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCau
 	if errors.As(err, &notResumed) {
 		// The abort path resumes the guest: the destination's never ran.
 		s.goSent = false
+		s.live.goSent.Store(false)
 		return err
 	}
 	if err != nil {
@@ -373,6 +384,7 @@ func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCau
 		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
 	}
 	s.mergeDest(done)
+	s.live.setPhase(report.PhaseDone)
 	s.progress(report.PhaseDone, iter, 0, 0)
 	if err := s.g.Finish(ctx); err != nil {
 		s.log.Warn("finish source guest", "error", err)

@@ -36,6 +36,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	dmigBin = filepath.Join(dir, "dmig")
+	// Every dmig the tests start lists its migrations here, not in the
+	// host's /run/dmig/ctl: a killed one's stale socket stays with the
+	// run, and dmig status on the host shows no test.
+	os.Setenv("DMIG_CTL_DIR", filepath.Join(dir, "ctl"))
 	build := exec.Command("go", "build", "-o", dmigBin, "github.com/dmig/dmig/cmd/dmig")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {

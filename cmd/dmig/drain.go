@@ -26,6 +26,7 @@ type drainCmd struct {
 	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
+	ctlFlags
 }
 
 func (c *drainCmd) Run(g *globals, ctx context.Context) error {
@@ -45,6 +46,8 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	}
 	state := firstNonEmpty(c.State, cfg.State, "/var/lib/dmig/drain-state.json")
 	lockDir := firstNonEmpty(c.LockDir, cfg.LockDir, "/run/dmig")
+	srv := c.listen("drain", 0, log)
+	defer srv.Close()
 	sum, err := drain.Run(ctx, cfg, drain.Options{
 		Parallel: c.Parallel, LockDir: lockDir, State: state, Logger: log,
 		// A destination sets up one session at a time and turns away a
@@ -62,6 +65,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 				return nil, err
 			}
 			defer closeGuest()
+			guest.ctl, guest.names = srv, []string{vm.Name}
 			rep, err := guarded(ctx, g, vlog, guest, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress || vm.Compress,
 				LayoutAddr: lay, LayoutTimeout: vm.LayoutTimeout, Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,

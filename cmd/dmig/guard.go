@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/ctl"
 	"github.com/dmig/dmig/internal/guardian"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
@@ -107,17 +108,43 @@ type guardedGuest struct {
 	// release, if not nil, closes what the guardian needs free to resume
 	// the guest (the QMP connection).
 	release func()
+	// ctl, if not nil, lists the migration for dmig status and cancel,
+	// under names too (a drain entry's name) besides the guest's own and
+	// its ref.
+	ctl   *ctl.Server
+	names []string
 }
 
 // guarded migrates guest, each attempt behind a guardian (guardedOnce). An
 // attempt that aborted before Go for a reason another may not meet (the
 // link, the destination's serve or guest failed: precopy.Restartable) is
 // started over, the guest running on meanwhile, until cfg.RecoverTimeout
-// has passed since the first such abort.
-func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
+// has passed since the first such abort. The migration is listed on
+// guest.ctl; a cancel from there aborts it and ends the restarts.
+func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (rep *report.Report, err error) {
+	ctx, w, h := watch(ctx, guest.ctl, guest, &cfg)
+	defer func() {
+		err = cancelled(ctx, err)
+		outcome := report.Completed
+		if rep != nil {
+			outcome = rep.Outcome
+		} else if err != nil {
+			outcome = report.Aborted
+		}
+		h.End(outcome, err)
+		w.cancel(nil)
+	}()
+	return guardedAttempts(ctx, g, log, guest, cfg, w)
+}
+
+// guardedAttempts is guarded's loop of attempts.
+func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config, w *watched) (*report.Report, error) {
 	var deadline time.Time
 	for restarts := 0; ; restarts++ {
-		rep, err := guardedOnce(ctx, g, log, guest, cfg)
+		if restarts > 0 {
+			w.restart()
+		}
+		rep, err := guardedOnce(ctx, g, log, guest, cfg, &w.gate)
 		if rep != nil {
 			rep.Restarts = restarts
 		}
@@ -144,7 +171,7 @@ func guarded(ctx context.Context, g *globals, log hclog.Logger, guest guardedGue
 // instant before Go, this process leaves a guardian that resumes the guest.
 // An error of the migration gets the exit status and, if the guest stays
 // paused, the command that resumes it.
-func guardedOnce(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config) (*report.Report, error) {
+func guardedOnce(ctx context.Context, g *globals, log hclog.Logger, guest guardedGuest, cfg precopy.Config, gate *ctl.Gate) (*report.Report, error) {
 	ref := guest.ref
 	exe, err := os.Executable()
 	if err != nil {
@@ -163,7 +190,7 @@ func guardedOnce(ctx context.Context, g *globals, log hclog.Logger, guest guarde
 		return nil, &statusError{exitAborted, fmt.Errorf("%w; the guest was not touched", err)}
 	}
 	log.Debug("guardian started", "guardian_pid", guard.Pid())
-	cfg.Guard = guard
+	cfg.Guard = gatedGuard{Guard: guard, gate: gate}
 	rep, err := precopy.Run(ctx, cfg, guest.Guest)
 	if !errors.Is(err, precopy.ErrSourcePaused) {
 		if derr := guard.Done(); derr != nil {

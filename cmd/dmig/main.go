@@ -38,6 +38,8 @@ type cli struct {
 	Migrate    migrateCmd    `cmd:"" help:"Migrate a guest to a destination running 'dmig serve' (source side)."`
 	Serve      serveCmd      `cmd:"" help:"Accept migrations (destination side)."`
 	Drain      drainCmd      `cmd:"" help:"Migrate every guest listed in a config off this host (for cron)."`
+	Status     statusCmd     `cmd:"" help:"Show the migrations this host runs, as source or destination: phase, pass, bytes, pages left, rate, ETA."`
+	Cancel     cancelCmd     `cmd:"" help:"Abort a migration this host runs as source, before Go: the source guest runs on (refused after Go)."`
 	Resume     resumeCmd     `cmd:"" help:"Resume a source guest a failed migration left paused (once its destination is known dead)."`
 	Guardian   guardianCmd   `cmd:"" hidden:"" help:"Resume a source guest if the migration that started this dies before Go (started by migrate and drain)."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`

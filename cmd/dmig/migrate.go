@@ -65,6 +65,7 @@ type migrateCmd struct {
 	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Abort (source intact) if the destination has not accepted the session within this time (0: wait forever)."`
 	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile; before Go, how long to keep starting over a migration that aborted because the link or the destination failed, the guest running on meanwhile (0: neither)."`
 	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
+	ctlFlags
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
@@ -104,6 +105,8 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	default:
 		return &statusError{exitUsage, errors.New("name the guest: --qmp SOCKET, or --pid and --ram")}
 	}
+	guest.ctl = c.listen("migrate", 0, log)
+	defer guest.ctl.Close()
 	var view *progressView
 	if !c.NoProgress {
 		view = newProgressView(os.Stderr)

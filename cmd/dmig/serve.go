@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/internal/ctl"
 	"github.com/dmig/dmig/internal/keeper"
+	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
@@ -27,7 +29,12 @@ type serveCmd struct {
 	tlsFlags
 	VMM      string `default:"auto" enum:"auto,process,qemu" help:"How to start arriving guests: qemu (a QEMU with the source's command line rewritten, -incoming defer), process, or auto (qemu when the source's command is qemu-system-*)."`
 	Insecure bool   `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
+	ctlFlags
 }
+
+// serveLinger is how long dmig status lists a finished session with its
+// outcome.
+const serveLinger = 10 * time.Minute
 
 func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	log := g.logger("serve")
@@ -62,8 +69,23 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return &statusError{exitUsage, fmt.Errorf("session directory: %w", err)}
 	}
+	srv := c.listen("serve", serveLinger, log)
+	defer srv.Close()
 	log.Info("listening", "addr", l.Addr().String())
 	cfg := dbrestore.Config{
+		Watch: func(snap func() report.Live) func(error) {
+			h := srv.Add(ctl.Registration{Live: snap})
+			return func(err error) {
+				outcome := report.Completed
+				switch {
+				case err != nil && snap().GoSent:
+					outcome = report.FailedAfterResume
+				case err != nil:
+					outcome = report.Aborted
+				}
+				h.End(outcome, err)
+			}
+		},
 		FaultWorkers:   c.FaultWorkers,
 		Disks:          disks,
 		Logger:         log,

@@ -39,11 +39,12 @@ var allowed = map[string]string{
 	"internal/testguest": "it is a guest: maps its RAM, stops itself, preadv/pwritev",
 	// Single calls elsewhere, where a wrapper package would add a layer and
 	// no clarity.
-	"wire/readv_linux.go":     "readv into a batch of page buffers: the socket read path",
-	"wire/sockopt_linux.go":   "TCP_USER_TIMEOUT: a link that went down without a reset fails in seconds",
-	"internal/drain/state.go": "flock of the drain state file, with EINTR and EWOULDBLOCK",
-	"vmm/qemu/discover.go":    "SO_PEERCRED of the QMP socket; dev/inode of QEMU's memfds",
-	"vmm/qemu/dest.go":        "dev/inode and user xattrs of disk files (shared-storage check)",
+	"wire/readv_linux.go":            "readv into a batch of page buffers: the socket read path",
+	"wire/sockopt_linux.go":          "TCP_USER_TIMEOUT: a link that went down without a reset fails in seconds",
+	"internal/drain/state.go":        "flock of the drain state file, with EINTR and EWOULDBLOCK",
+	"internal/ctl/peercred_linux.go": "SO_PEERCRED of a control connection: only root or the migration's own user is answered",
+	"vmm/qemu/discover.go":           "SO_PEERCRED of the QMP socket; dev/inode of QEMU's memfds",
+	"vmm/qemu/dest.go":               "dev/inode and user xattrs of disk files (shared-storage check)",
 }
 
 type pkg struct {
