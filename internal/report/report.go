@@ -3,6 +3,7 @@
 package report
 
 import (
+	"math/bits"
 	"slices"
 	"time"
 )
@@ -85,6 +86,24 @@ type Latency struct {
 	P99   float64 `json:"p99"`
 	Max   float64 `json:"max"`
 	Count int     `json:"count"`
+	// Dist is the histogram as QEMU's postcopy-latency-dist (QEMU 10.1):
+	// element N counts the samples in [2^N, 2^(N+1)) µs, element 0 also
+	// those under 1 µs, the last also everything longer. Its elements sum
+	// to Count. Absent with no samples.
+	Dist []uint64 `json:"dist,omitempty"`
+}
+
+// DistBuckets is the number of histogram buckets, QEMU's: the last starts
+// at 2^23 µs (8.4 s).
+const DistBuckets = 24
+
+// Bucket is the histogram bucket of a latency (see Latency.Dist).
+func Bucket(d time.Duration) int {
+	us := d.Microseconds()
+	if us <= 0 {
+		return 0
+	}
+	return min(bits.Len64(uint64(us))-1, DistBuckets-1)
 }
 
 // Iteration describes one pre-copy pass.
@@ -114,11 +133,16 @@ func Summarize(samples []time.Duration) Latency {
 	s := slices.Clone(samples)
 	slices.Sort(s)
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	dist := make([]uint64, DistBuckets)
+	for _, d := range s {
+		dist[Bucket(d)]++
+	}
 	return Latency{
 		P50:   us(s[len(s)/2]),
 		P99:   us(s[min(len(s)-1, len(s)*99/100)]),
 		Max:   us(s[len(s)-1]),
 		Count: len(s),
+		Dist:  dist,
 	}
 }
 
