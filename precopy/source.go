@@ -31,6 +31,7 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	err := s.run(ctx)
 	s.rep.TotalMS = report.MS(time.Since(s.start))
 	s.rep.BytesSent = s.bytesSent()
+	s.rep.Bandwidth = bandwidthFigures(cfg.Bandwidth.Stats())
 	if err != nil {
 		s.rep.Error = err.Error()
 		if s.rep.Outcome == "" {
@@ -59,6 +60,8 @@ type source struct {
 	// resent counts pages the destination handed back (wire.Resend) that
 	// went again as data or zero in a later pre-copy pass.
 	resent atomic.Uint64
+	// sentAgain counts sends of a page beyond its first (srcBlock.sent).
+	sentAgain atomic.Uint64
 	// pausing is set just before the guest is paused: a Resend arriving
 	// later no longer makes pages pending (the destination owes them after
 	// switchover instead).
@@ -100,6 +103,15 @@ type srcBlock struct {
 	noref *pages.Set
 	// resend: pages handed back by the destination and not sent again yet.
 	resend *pages.Set
+	// sent: pages sent at least once, on any connection, as anything.
+	sent *pages.Set
+}
+
+// noteSent counts a send of page p of b, and whether it is a repeat.
+func (s *source) noteSent(b *srcBlock, p uint64) {
+	if !b.sent.Add(p) {
+		s.sentAgain.Add(1)
+	}
 }
 
 func (s *source) bytesSent() uint64 {
@@ -374,6 +386,7 @@ func (s *source) open() error {
 		blk.hot = pages.NewSet(blk.npages)
 		blk.noref = pages.NewSet(blk.npages)
 		blk.resend = pages.NewSet(blk.npages)
+		blk.sent = pages.NewSet(blk.npages)
 	}
 	if len(s.blocks) == 0 {
 		return errors.New("guest has no RAM blocks")
@@ -540,6 +553,7 @@ func (s *source) dial(ctx context.Context) error {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}
 	s.sess = sess
+	pace(sess, s.cfg.Bandwidth)
 	s.ready = make(chan struct{})
 	s.verdictCh = make(chan struct{}, 1)
 	s.resumed = make(chan struct{})
@@ -782,6 +796,7 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	if b.resend.Remove(p) && batch.Iteration != wire.IterationPostcopy {
 		s.resent.Add(1)
 	}
+	s.noteSent(b, p)
 	if b.data != nil && !b.data.Has(p) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
@@ -859,6 +874,7 @@ func (s *source) servePages(ctx context.Context) {
 		b := s.blocks[req.Block]
 		for p := req.Page; p < req.Page+uint64(req.Count) && p < b.npages; p++ {
 			b.pending.Remove(p)
+			s.noteSent(b, p)
 			reply := &wire.PageReply{Block: req.Block, Page: p, Kind: wire.KindData, Data: b.mem[p*pageSize : (p+1)*pageSize]}
 			if isZero(reply.Data) {
 				reply.Kind, reply.Data = wire.KindZero, nil
@@ -877,6 +893,7 @@ func (s *source) mergeDest(c *wire.Complete) {
 	s.rep.Pages.Data = s.dataPages.Load()
 	s.rep.Pages.Zero = s.zeroPages.Load()
 	s.rep.Pages.StorageResent = s.resent.Load()
+	s.rep.Pages.SentAgain = s.sentAgain.Load()
 	for _, b := range s.blocks {
 		s.rep.GuestPages += b.npages
 	}

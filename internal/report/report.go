@@ -49,6 +49,27 @@ type Report struct {
 	// Compressed: page data went zstd-compressed (BytesSent counts the
 	// compressed bytes).
 	Compressed bool `json:"compressed,omitempty"`
+	// Bandwidth: the cap and the rate the page traffic took.
+	Bandwidth Bandwidth `json:"bandwidth"`
+}
+
+// Bandwidth is the source's cap and the rate its page traffic (bulk
+// batches and post-copy fault replies, the frames the cap paces) took.
+// The control connection (session set-up, pass ends, switchover, device
+// state) is not paced and not counted here; BytesSent counts it.
+type Bandwidth struct {
+	// MaxBytesPerS: the cap in bytes/s at the end of the migration (0: none).
+	MaxBytesPerS uint64 `json:"max_bytes_per_s"`
+	// MeanBytesPerS: Bytes over the time from the first paced write to the
+	// last.
+	MeanBytesPerS float64 `json:"mean_bytes_per_s"`
+	// PeakBytesPerS: the most bytes written in one second (1 s windows
+	// aligned on 50 ms).
+	PeakBytesPerS float64 `json:"peak_1s_bytes_per_s"`
+	// Bytes: page traffic written, frames whole; UrgentBytes: the part
+	// that answered post-copy faults (exempt from waiting up to a budget).
+	Bytes       uint64 `json:"bytes"`
+	UrgentBytes uint64 `json:"urgent_bytes"`
 }
 
 // Pages counts pages by the route they took.
@@ -63,6 +84,12 @@ type Pages struct {
 	// that the source sent again as data in a later pre-copy pass (also
 	// counted in Data or Zero).
 	StorageResent uint64 `json:"storage_resent"`
+	// SentAgain: sends of a page beyond its first, on any connection: a
+	// page the guest wrote after it was sent goes again in a later pass,
+	// a failed reference goes again as data, a page pushed or served after
+	// switchover may have gone before. Every route counts each page it
+	// carried, so Data + Zero + StorageVerified ≤ GuestPages + SentAgain.
+	SentAgain uint64 `json:"sent_again"`
 }
 
 // Storage are the destination's shared-storage figures.

@@ -1,0 +1,103 @@
+package tests
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dmig/dmig/internal/report"
+)
+
+// TestBandwidthCap migrates a test guest with 'dmig migrate --max-bandwidth
+// 8M' in hybrid mode (pre-copy passes on two bulk connections, then
+// post-copy push and fault replies): the destination guest verifies its
+// RAM and runs on, and the report carries the cap and the measured rate,
+// within 5 % of the cap on average and in its busiest second.
+func TestBandwidthCap(t *testing.T) {
+	const capBytes = 8_000_000
+	srv := startServe(t, "--insecure")
+	g := startSource(t, guestOpts{size: 48 << 20, writeRate: 2000})
+	dir := t.TempDir()
+	stats := filepath.Join(dir, "dst.stats")
+	killDestGuest(t, stats)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	repFile := filepath.Join(dir, "report.json")
+	args := append(migrateArgs(g, srv.addr, "hybrid", stats), "--max-bandwidth", "8M", "--report", repFile, "--no-progress")
+	code, out := dmigRun(t, ctx, args...)
+	if code != 0 {
+		t.Fatalf("capped migration: exit %d\n%s", code, out)
+	}
+	waitDestRunning(t, stats)
+	rep := readReport(t, repFile)
+	bw := rep.Bandwidth
+	t.Logf("cap %d bytes/s: mean %.0f, busiest second %.0f, %d bytes paced (%d urgent), %d sent in all over %.0f ms",
+		bw.MaxBytesPerS, bw.MeanBytesPerS, bw.PeakBytesPerS, bw.Bytes, bw.UrgentBytes, rep.BytesSent, rep.TotalMS)
+	if rep.Outcome != report.Completed || bw.MaxBytesPerS != capBytes {
+		t.Fatalf("report: outcome %s, cap %d; want completed, %d", rep.Outcome, bw.MaxBytesPerS, capBytes)
+	}
+	// At least 2 s of traffic at the cap, so the bucket's burst weighs
+	// little in the mean.
+	if bw.Bytes < 2*capBytes || bw.Bytes > rep.BytesSent || bw.MeanBytesPerS <= 0 || bw.PeakBytesPerS <= 0 {
+		t.Fatalf("bandwidth figures %+v with %d bytes sent", bw, rep.BytesSent)
+	}
+	if bw.MeanBytesPerS > capBytes*1.05 || bw.PeakBytesPerS > capBytes*1.05 {
+		t.Errorf("rate past the cap: mean %.0f, busiest second %.0f bytes/s, cap %d", bw.MeanBytesPerS, bw.PeakBytesPerS, capBytes)
+	}
+	// The whole migration, set-up and the wait for completion included,
+	// cannot have gone faster than the cap either.
+	if float64(bw.Bytes) > capBytes*1.05*rep.TotalMS/1e3 {
+		t.Errorf("%d paced bytes in %.0f ms: faster than the cap", bw.Bytes, rep.TotalMS)
+	}
+	checkFaultFigures(t, rep)
+}
+
+// TestFaultLatencyHistogram migrates a test guest in post-copy mode (it
+// resumes at once and verifies every page, faulting on what the push has
+// not brought yet): the report's fault latency histogram sums to its fault
+// count, which is the post-copy fault page count.
+func TestFaultLatencyHistogram(t *testing.T) {
+	srv := startServe(t, "--insecure")
+	g := startSource(t, guestOpts{size: 64 << 20, writeRate: 2000})
+	dir := t.TempDir()
+	stats := filepath.Join(dir, "dst.stats")
+	killDestGuest(t, stats)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	repFile := filepath.Join(dir, "report.json")
+	code, out := dmigRun(t, ctx, append(migrateArgs(g, srv.addr, "postcopy", stats), "--report", repFile)...)
+	if code != 0 {
+		t.Fatalf("post-copy migration: exit %d\n%s", code, out)
+	}
+	waitDestRunning(t, stats)
+	rep := readReport(t, repFile)
+	if rep.Outcome != report.Completed || rep.Pages.PostcopyFault == 0 {
+		t.Fatalf("report: outcome %s, %d fault pages; want completed with faults", rep.Outcome, rep.Pages.PostcopyFault)
+	}
+	t.Logf("faults %d, prefetch %d, latency %+v", rep.Pages.PostcopyFault, rep.Pages.Prefetch, rep.FaultLatencyUS)
+	checkFaultFigures(t, rep)
+}
+
+// checkFaultFigures checks what every report must hold of its fault and
+// page figures.
+func checkFaultFigures(t *testing.T, rep report.Report) {
+	t.Helper()
+	for name, l := range map[string]report.Latency{"source": rep.FaultLatencyUS, "storage": rep.Storage.FaultLatencyUS} {
+		var sum uint64
+		for _, n := range l.Dist {
+			sum += n
+		}
+		if sum != uint64(l.Count) || (l.Count > 0 && len(l.Dist) != report.DistBuckets) {
+			t.Errorf("%s fault latency: %d buckets summing to %d, count %d", name, len(l.Dist), sum, l.Count)
+		}
+	}
+	if uint64(rep.FaultLatencyUS.Count) != rep.Pages.PostcopyFault {
+		t.Errorf("fault_latency_us.count %d, pages.postcopy_fault %d", rep.FaultLatencyUS.Count, rep.Pages.PostcopyFault)
+	}
+	p := rep.Pages
+	if p.Data+p.Zero+p.StorageVerified > rep.GuestPages+p.SentAgain {
+		t.Errorf("pages: data %d + zero %d + storage_verified %d > guest_pages %d + sent_again %d",
+			p.Data, p.Zero, p.StorageVerified, rep.GuestPages, p.SentAgain)
+	}
+}
