@@ -2,7 +2,6 @@ package precopy
 
 import (
 	"github.com/dmig/dmig/internal/bandwidth"
-	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -17,12 +16,5 @@ func pace(sess *wire.Session, l *bandwidth.Limiter) {
 	}
 	if sess.Urgent != nil {
 		sess.Urgent.SetPacer(l.Urgent())
-	}
-}
-
-func bandwidthFigures(st bandwidth.Stats) report.Bandwidth {
-	return report.Bandwidth{
-		MaxBytesPerS: st.Rate, MeanBytesPerS: st.Mean, PeakBytesPerS: st.Peak,
-		Bytes: st.Bytes, UrgentBytes: st.Urgent,
 	}
 }

@@ -31,7 +31,7 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	err := s.run(ctx)
 	s.rep.TotalMS = report.MS(time.Since(s.start))
 	s.rep.BytesSent = s.bytesSent()
-	s.rep.Bandwidth = bandwidthFigures(cfg.Bandwidth.Stats())
+	s.rep.Bandwidth = cfg.Bandwidth.Stats().Report()
 	if err != nil {
 		s.rep.Error = err.Error()
 		if s.rep.Outcome == "" {

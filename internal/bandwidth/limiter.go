@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/clock"
+	"github.com/dmig/dmig/internal/report"
 )
 
 // The bucket's shape, as fractions of a second at the rate. Over any
@@ -205,6 +206,14 @@ type Stats struct {
 	Peak float64
 	// Recent: bytes granted in the last second, for a progress display.
 	Recent float64
+}
+
+// Report is the figures as a report carries them.
+func (s Stats) Report() report.Bandwidth {
+	return report.Bandwidth{
+		MaxBytesPerS: s.Rate, MeanBytesPerS: s.Mean, PeakBytesPerS: s.Peak,
+		Bytes: s.Bytes, UrgentBytes: s.Urgent,
+	}
 }
 
 // Stats returns the figures so far.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/dmig/dmig/internal/bandwidth"
 )
 
 // VM is one guest to move.
@@ -30,6 +32,9 @@ type VM struct {
 	Mode string `yaml:"mode,omitempty" json:"mode,omitempty"`
 	// Downtime budget (default the engine's).
 	Downtime time.Duration `yaml:"downtime,omitempty" json:"downtime,omitempty"`
+	// MaxBandwidth caps this guest's migration, bytes/s ("125M", "1Gi";
+	// bandwidth.Parse), within the drain's total; 0: only the total.
+	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
 }
 
 // Config is a drain config file (YAML, or JSON which is YAML too).
@@ -38,7 +43,11 @@ type Config struct {
 	State string `yaml:"state,omitempty" json:"state,omitempty"`
 	// LockDir holds the per-guest locks; a flag may override it.
 	LockDir string `yaml:"lock_dir,omitempty" json:"lock_dir,omitempty"`
-	VMs     []VM   `yaml:"vms" json:"vms"`
+	// MaxBandwidth caps the drain's guests together, bytes/s: the
+	// migrations running at once share it (0: no total); a flag may
+	// override it.
+	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
+	VMs          []VM           `yaml:"vms" json:"vms"`
 }
 
 // LoadConfig reads and checks a drain config. Unknown keys are errors: a

@@ -67,6 +67,9 @@ type Summary struct {
 	AlreadyMoved int       `json:"already_moved"`
 	Busy         int       `json:"busy"`
 	VMs          []Result  `json:"vms"` // in config order
+	// Bandwidth: the drain's total cap and the rate its guests took
+	// together (each guest's own is in its report).
+	Bandwidth *report.Bandwidth `json:"bandwidth,omitempty"`
 }
 
 // Run drains every guest of cfg. It returns an error only when it cannot
