@@ -2,10 +2,14 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/internal/drain"
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -99,5 +103,71 @@ func checkFaultFigures(t *testing.T, rep report.Report) {
 	if p.Data+p.Zero+p.StorageVerified > rep.GuestPages+p.SentAgain {
 		t.Errorf("pages: data %d + zero %d + storage_verified %d > guest_pages %d + sent_again %d",
 			p.Data, p.Zero, p.StorageVerified, rep.GuestPages, p.SentAgain)
+	}
+}
+
+// TestDrainBandwidth drains two test guests at once, each to its own
+// destination, with a cap per guest (6M) under a total for the drain
+// (8M): both move and verify their RAM, each guest's report holds its cap
+// and the summary's the total, each within 5 %.
+func TestDrainBandwidth(t *testing.T) {
+	const guestCap, totalCap = 6_000_000, 8_000_000
+	dir := t.TempDir()
+	var cfg drain.Config
+	cfg.MaxBandwidth = totalCap
+	var stats []string
+	for i := range 2 {
+		srv := startServe(t, "--insecure")
+		g := startSource(t, guestOpts{size: 32 << 20, writeRate: 2000})
+		st := filepath.Join(dir, fmt.Sprintf("vm%d.stats", i))
+		killDestGuest(t, st)
+		stats = append(stats, st)
+		cfg.VMs = append(cfg.VMs, drain.VM{Name: fmt.Sprintf("vm%d", i), Pid: g.pid(), RAM: []string{g.ram},
+			DestCmd: destCommand(st), To: srv.addr, Mode: "hybrid", MaxBandwidth: guestCap})
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "drain.json")
+	if err := os.WriteFile(conf, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sumFile := filepath.Join(dir, "summary.json")
+	code, out := dmigRun(t, ctx, "drain", "--config", conf, "--parallel", "2", "--state", filepath.Join(dir, "state.json"),
+		"--lock-dir", filepath.Join(dir, "locks"), "--insecure", "--report", sumFile)
+	if code != 0 {
+		t.Fatalf("capped drain: exit %d\n%s", code, out)
+	}
+	for _, st := range stats {
+		waitDestRunning(t, st)
+	}
+	sum := readSummary(t, sumFile)
+	if sum.Moved != 2 || sum.Bandwidth == nil {
+		t.Fatalf("summary %+v", sum)
+	}
+	within := func(what string, bw report.Bandwidth, limit uint64) {
+		t.Helper()
+		t.Logf("%s: cap %d, mean %.0f, busiest second %.0f, %d bytes", what, bw.MaxBytesPerS, bw.MeanBytesPerS, bw.PeakBytesPerS, bw.Bytes)
+		if bw.MaxBytesPerS != limit || bw.Bytes == 0 {
+			t.Errorf("%s: cap %d, %d bytes; want cap %d", what, bw.MaxBytesPerS, bw.Bytes, limit)
+		}
+		if bw.MeanBytesPerS > float64(limit)*1.05 || bw.PeakBytesPerS > float64(limit)*1.05 {
+			t.Errorf("%s: past the cap %d: mean %.0f, busiest second %.0f", what, limit, bw.MeanBytesPerS, bw.PeakBytesPerS)
+		}
+	}
+	var guests uint64
+	for _, r := range sum.VMs {
+		if r.Report == nil || r.Report.Outcome != report.Completed {
+			t.Fatalf("%s: %+v", r.Name, r)
+		}
+		within(r.Name, r.Report.Bandwidth, guestCap)
+		guests += r.Report.Bandwidth.Bytes
+	}
+	within("drain", *sum.Bandwidth, totalCap)
+	if sum.Bandwidth.Bytes != guests {
+		t.Errorf("drain total %d bytes, the guests' %d", sum.Bandwidth.Bytes, guests)
 	}
 }
