@@ -508,6 +508,11 @@ func (c *Conn) writePaced(ctx context.Context, p Pacer) (int64, error) {
 		if err != nil {
 			return n, err
 		}
+		if k == left && n == 0 {
+			// Granted whole (no cap, or a small frame): one writev.
+			c.iovw = c.iov
+			return c.iovw.WriteTo(c.nc)
+		}
 		// The next k bytes of iov, splitting a buffer if need be.
 		c.piece = c.piece[:0]
 		for want := k; want > 0; {

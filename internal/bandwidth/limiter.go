@@ -133,9 +133,8 @@ func (p *Pacer) Pace(ctx context.Context, n int) (int, error) {
 	}
 }
 
-// chain is l and its parents, child first: the lock order.
-func (l *Limiter) chain() []*Limiter {
-	var c []*Limiter
+// chain appends l and its parents to c, child first: the lock order.
+func (l *Limiter) chain(c []*Limiter) []*Limiter {
 	for x := l; x != nil; x = x.parent {
 		c = append(c, x)
 	}
@@ -146,7 +145,8 @@ func (l *Limiter) chain() []*Limiter {
 // chain, or none: it returns the bytes granted, or 0 and how long until
 // the emptiest bucket will hold them.
 func (l *Limiter) try(n int, urgent bool) (int, time.Duration) {
-	c := l.chain()
+	var buf [2]*Limiter // a migration's and a drain's: no allocation
+	c := l.chain(buf[:0])
 	for _, x := range c {
 		x.mu.Lock()
 	}

@@ -263,3 +263,19 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPaceUncapped is what every frame pays with no cap: the meter.
+// (Batches are up to a megabyte, fault replies 4 KiB: against the write's
+// system call this is noise.)
+func BenchmarkPaceUncapped(b *testing.B) {
+	l := New(0, nil, New(0, nil, nil))
+	p := l.Bulk()
+	ctx := context.Background()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := p.Pace(ctx, 1<<20); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
