@@ -5,7 +5,7 @@
 //
 // Invariants:
 //   - Over any interval of length T, the bytes a Limiter grants are at most
-//     rate×T + burst + urgent budget, and burst + budget is 3 % of a second
+//     rate×T + burst + urgent budget, and burst + budget is 4 % of a second
 //     at the rate (Limiter's doc comment has the argument): a 1 s window
 //     stays within 5 % of the cap.
 //   - Bulk writes take tokens only when the bucket holds them; urgent

@@ -16,13 +16,16 @@ import (
 // below zero on their account), urgent writes may drive it down to
 // -budget, and it holds at most burst. So, with L the level, the grants
 // in [a, b] are L(a) - L(b) + rate×(b-a) ≤ burst + budget + rate×(b-a).
-// At 1 % and 2 % a 1 s window stays within 3 % of the rate, leaving room
-// for the meter's own alignment.
+// At 2 % and 2 % a 1 s window stays within 4 % of the rate. The burst is
+// two bulk quanta (1 % each), so that a writer woken late by its timer
+// finds the tokens it earned meanwhile instead of losing them to the
+// bucket's brim.
 const (
-	burstShare  = 100 // burst = rate/100: the bulk write quantum too
-	budgetShare = 50  // urgent budget = rate/50
-	minQuantum  = 4096
-	maxQuantum  = 1 << 20
+	quantumShare = 100 // bulk write quantum = rate/100
+	burstQuanta  = 2   // burst = 2 quanta
+	budgetShare  = 50  // urgent budget = rate/50
+	minQuantum   = 4096
+	maxQuantum   = 1 << 20
 	// maxSleep bounds one wait, so that a new rate (SetRate) or a lifted
 	// cap takes effect within it.
 	maxSleep = 100 * time.Millisecond
@@ -78,14 +81,14 @@ func (l *Limiter) Rate() uint64 {
 }
 
 func (l *Limiter) quantum() float64 {
-	return min(max(l.rate/burstShare, minQuantum), maxQuantum)
+	return min(max(l.rate/quantumShare, minQuantum), maxQuantum)
 }
 
 func (l *Limiter) burst() float64 {
 	if l.rate == 0 {
 		return 0
 	}
-	return l.quantum()
+	return burstQuanta * l.quantum()
 }
 
 func (l *Limiter) budget() float64 { return max(l.rate/budgetShare, minQuantum) }
