@@ -171,3 +171,51 @@ func TestDrainBandwidth(t *testing.T) {
 		t.Errorf("drain total %d bytes, the guests' %d", sum.Bandwidth.Bytes, guests)
 	}
 }
+
+// BenchmarkBandwidthCap migrates a 256 MiB test guest (90 % filled) in
+// hybrid mode on loopback under caps of 25M, 50M and 100M through real
+// dmig processes, and reports how close to each cap the rate came: mean
+// and busiest second over the cap (goal ≤ 1.05), and the time.
+func BenchmarkBandwidthCap(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		rate float64
+	}{{"25M", 25e6}, {"50M", 50e6}, {"100M", 100e6}} {
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				srv := startServe(b, "--insecure")
+				g := startSource(b, guestOpts{size: 256 << 20, writeRate: 2000, fill: 0.9})
+				dir := b.TempDir()
+				stats := filepath.Join(dir, "dst.stats")
+				killDestGuest(b, stats)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				repFile := filepath.Join(dir, "report.json")
+				code, out := dmigRun(b, ctx, append(migrateArgs(g, srv.addr, "hybrid", stats), "--max-bandwidth", c.name, "--report", repFile, "--no-progress")...)
+				cancel()
+				if code != 0 {
+					b.Fatalf("exit %d\n%s", code, out)
+				}
+				waitDestRunning(b, stats)
+				rep := readReportTB(b, repFile)
+				bw := rep.Bandwidth
+				b.ReportMetric(bw.MeanBytesPerS/c.rate, "mean/cap")
+				b.ReportMetric(bw.PeakBytesPerS/c.rate, "peak1s/cap")
+				b.ReportMetric(rep.TotalMS/1e3, "total_s")
+				b.ReportMetric(float64(bw.Bytes)/1e6, "paced_MB")
+			}
+		})
+	}
+}
+
+func readReportTB(tb testing.TB, path string) report.Report {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var r report.Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		tb.Fatalf("report %s: %v\n%s", path, err, b)
+	}
+	return r
+}
