@@ -291,8 +291,10 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 		case <-setupC:
 			l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w: its connections did not all arrive within %v",
 				s.ID(), os.ErrDeadlineExceeded, timeout))
-			s.Close()
+			// Dropped before Close: a source that sees its connection
+			// close may already retry, and must find the session released.
 			l.dropped(&s.Hello)
+			s.Close()
 			s, setupC = nil, nil
 			continue
 		case <-ctx.Done():
