@@ -1,6 +1,7 @@
 package compare
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,10 +60,12 @@ type Config struct {
 	// Downtime is dmig's downtime budget and QEMU's downtime-limit
 	// (default 50 ms).
 	Downtime time.Duration
-	// Bandwidth caps QEMU's migration in bytes/s (its max-bandwidth;
-	// QEMU's own default is 128 MiB/s). dmig's modes have no cap, so the
-	// default is a cap no link here reaches: 10 GiB/s.
-	Bandwidth uint64
+	// MaxBandwidth caps every mode's migration traffic in bytes/s: dmig's
+	// (precopy.Config.MaxBandwidth) and QEMU's (its max-bandwidth, and
+	// max-postcopy-bandwidth for the post-copy phase) alike. 0: no cap;
+	// QEMU then gets max-bandwidth 10 GiB/s, a cap no link here reaches,
+	// since its own default is 128 MiB/s.
+	MaxBandwidth uint64
 	// Rate, if set, shapes the migration traffic on this host's loopback to
 	// a link of that rate (tc syntax: 1gbit), both dmig's and QEMU's: see
 	// shaper. It replaces lo's root qdisc for the run. Empty: unshaped.
@@ -108,9 +111,6 @@ func (c *Config) defaults() {
 	}
 	if c.Downtime <= 0 {
 		c.Downtime = 50 * time.Millisecond
-	}
-	if c.Bandwidth == 0 {
-		c.Bandwidth = 10 << 30
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 15 * time.Minute
@@ -484,7 +484,8 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		}
 	}
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
-		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source")}, src)
+		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source"),
+		MaxBandwidth: r.cfg.MaxBandwidth}, src)
 	serr := <-served
 	ot.finish()
 	if o := r.oracle; o != nil && rep != nil {
@@ -524,7 +525,7 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		return nil, err
 	}
 	res, err := qemu.MigrateNative(ctx, src.Monitor(), tg.VM().Mon, qemu.NativeConfig{Mode: mode,
-		URI: fmt.Sprintf("tcp:127.0.0.1:%d", port), MaxBandwidth: r.cfg.Bandwidth,
+		URI: fmt.Sprintf("tcp:127.0.0.1:%d", port), MaxBandwidth: cmp.Or(r.cfg.MaxBandwidth, 10<<30), MaxPostcopyBandwidth: r.cfg.MaxBandwidth,
 		DowntimeLimit: uint64(r.cfg.Downtime.Milliseconds()), Channels: r.cfg.Channels})
 	if err != nil {
 		rep := &report.Report{Mode: mode, Guest: src.Name(), Outcome: report.Aborted, Error: err.Error()}

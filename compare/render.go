@@ -243,7 +243,7 @@ func WriteCSV(w io.Writer, r *Result) error {
 	header := []string{"mode", "round", "outcome", "start_s", "end_s", "total_ms", "downtime_ms", "bytes_sent",
 		"pages_data", "pages_zero", "pages_storage_verified", "pages_postcopy_fault", "tps_before", "tps_during",
 		"tps_after", "workload_errors", "check", "error", "baseline", "total_x", "bytes_x", "downtime_x",
-		"tps_during_min", "pages_checked", "pages_differ", "pages_unchecked"}
+		"tps_during_min", "pages_checked", "pages_differ", "pages_unchecked", "max_bytes_per_s", "mean_bytes_per_s"}
 	sums := map[string]ModeSummary{}
 	for _, s := range Summarize(r) {
 		sums[s.Mode] = s
@@ -271,6 +271,11 @@ func WriteCSV(w io.Writer, r *Result) error {
 			rec = append(rec, u(o.PagesChecked), u(o.PagesDiffer), u(o.PagesUnchecked))
 		} else {
 			rec = append(rec, "", "", "")
+		}
+		if rep := m.Report; rep != nil {
+			rec = append(rec, strconv.FormatUint(rep.Bandwidth.MaxBytesPerS, 10), num(rep.Bandwidth.MeanBytesPerS))
+		} else {
+			rec = append(rec, "", "")
 		}
 		if err := cw.Write(rec); err != nil {
 			return fmt.Errorf("write comparison csv: %w", err)

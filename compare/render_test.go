@@ -31,7 +31,8 @@ func testResult() *Result {
 			TPSBefore: 490, TPSDuring: 430, TPSAfter: 500, Check: "same"},
 		{Mode: "qemu-precopy", Round: 2, StartS: 107.5, EndS: 118, Report: completedReport(10000, 100, 1500e6, 340000, 20000, 0, 0),
 			TPSBefore: 470, TPSDuring: 300, TPSAfter: 460, Check: "differs"},
-		{Mode: "postcopy", Round: 1, StartS: 138, EndS: 139, Report: &report.Report{Outcome: report.Aborted, TotalMS: 900, BytesSent: 5e6},
+		{Mode: "postcopy", Round: 1, StartS: 138, EndS: 139, Report: &report.Report{Outcome: report.Aborted, TotalMS: 900, BytesSent: 5e6,
+			Bandwidth: report.Bandwidth{MaxBytesPerS: 8e6, MeanBytesPerS: 5.5e6}},
 			Error: "destination: lost"},
 	}}
 }
@@ -209,6 +210,8 @@ func TestWriteCSV(t *testing.T) {
 			num("pages_zero", float64(rep.Pages.Zero))
 			num("pages_storage_verified", float64(rep.Pages.StorageVerified))
 			num("pages_postcopy_fault", float64(rep.Pages.PostcopyFault))
+			num("max_bytes_per_s", float64(rep.Bandwidth.MaxBytesPerS))
+			num("mean_bytes_per_s", rep.Bandwidth.MeanBytesPerS)
 		} else {
 			for _, c := range []string{"outcome", "total_ms", "downtime_ms", "bytes_sent", "pages_data"} {
 				if cell(c) != "" {

@@ -361,7 +361,7 @@ func (d *dest) dataRun(b *dstBlock, first uint64, iter uint32, buf []byte) error
 			if err := d.place(b, p, buf[k*pageSize:(k+1)*pageSize]); err != nil {
 				return err
 			}
-			d.resolved(b, p, &d.prefetch)
+			d.fromSource(b, p)
 		}
 		return nil
 	}
@@ -389,7 +389,7 @@ func (d *dest) zeroPage(b *dstBlock, p uint64, iter uint32) error {
 		if err := d.place(b, p, nil); err != nil {
 			return err
 		}
-		d.resolved(b, p, &d.prefetch)
+		d.fromSource(b, p)
 		return nil
 	}
 	d.restore.supersede(b.idx, p, iter)
@@ -423,10 +423,10 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 		// may read.
 		return d.place(b, p, nil)
 	}
-	ch, asked := d.waiters[key]
+	w, asked := d.waiters[key]
 	if !asked {
-		ch = make(chan struct{})
-		d.waiters[key] = ch
+		w = &waiter{ch: make(chan struct{}), since: t0}
+		d.waiters[key] = w
 	}
 	d.waitMu.Unlock()
 	if !asked {
@@ -440,16 +440,27 @@ func (d *dest) fault(ctx context.Context, m uffd.Msg) error {
 			}
 		}
 	}
+	// The latency is taken where the page is placed (fromSource), once
+	// per page, so that the samples are exactly the fault pages.
 	select {
-	case <-ch:
+	case <-w.ch:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	lat := time.Since(t0)
-	d.latMu.Lock()
-	d.lat = append(d.lat, lat)
-	d.latMu.Unlock()
 	return nil
+}
+
+// fromSource records page p of b, which came from the source after
+// switchover (a reply or a push), as in place: a fault page, with its
+// latency from the first fault on it, if a fault waited for it, else a
+// prefetched one.
+func (d *dest) fromSource(b *dstBlock, p uint64) {
+	first, waited, asked := d.resolvedAsked(b, p, &d.faulted, &d.prefetch)
+	if first && asked {
+		d.latMu.Lock()
+		d.lat = append(d.lat, waited)
+		d.latMu.Unlock()
+	}
 }
 
 // readReplies places the pages the source sends on the urgent connection
@@ -481,7 +492,7 @@ func (d *dest) readReplies(ctx context.Context, s *wire.Session) error {
 				return err
 			}
 		}
-		d.resolved(b, r.Page, &d.faulted)
+		d.fromSource(b, r.Page)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/ramfile"
@@ -33,13 +34,20 @@ type placer struct {
 	doneOnce sync.Once
 
 	waitMu  sync.Mutex
-	waiters map[pageKey]chan struct{}
+	waiters map[pageKey]*waiter
 
 	watch PlaceWatcher // nil: none (the guest's, if it is one)
 }
 
 func newPlacer() *placer {
-	return &placer{done: make(chan struct{}), waiters: make(map[pageKey]chan struct{})}
+	return &placer{done: make(chan struct{}), waiters: make(map[pageKey]*waiter)}
+}
+
+// waiter is the guest's faults waiting for a page from the source: the
+// first made it, the others joined.
+type waiter struct {
+	ch    chan struct{} // closed when the page is in place
+	since time.Time     // the first fault
 }
 
 type pageKey struct {
@@ -107,21 +115,35 @@ func (d *placer) locate(addr uintptr) (*dstBlock, uint64, bool) {
 // any fault handler waiting for it, whichever route placed it. It reports
 // whether this call was the first for p (and so counted it).
 func (d *placer) resolved(b *dstBlock, p uint64, counter *atomic.Uint64) bool {
+	first, _, _ := d.resolvedAsked(b, p, counter, counter)
+	return first
+}
+
+// resolvedAsked is resolved for a page that came from the source: it is
+// counted in asked if a guest fault was waiting for it, and then waited is
+// how long since that fault, else in unasked.
+func (d *placer) resolvedAsked(b *dstBlock, p uint64, asked, unasked *atomic.Uint64) (first bool, waited time.Duration, wasAsked bool) {
 	key := pageKey{b.idx, p}
 	d.waitMu.Lock()
-	if ch, ok := d.waiters[key]; ok {
-		close(ch)
+	w, wasAsked := d.waiters[key]
+	if wasAsked {
+		close(w.ch)
 		delete(d.waiters, key)
+		waited = time.Since(w.since)
 	}
 	d.waitMu.Unlock()
 	if !b.missing.Remove(p) {
-		return false
+		return false, 0, false
+	}
+	counter := unasked
+	if wasAsked {
+		counter = asked
 	}
 	counter.Add(1)
 	if d.missing.Add(-1) == 0 {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
-	return true
+	return true, waited, wasAsked
 }
 
 // place puts data (nil: a zero page) at page p of b after resume, atomically

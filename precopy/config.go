@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
 )
@@ -87,6 +88,16 @@ type Config struct {
 	// Guard, if set, is told just before the source guest is paused and
 	// just before Go is sent (see Guard); nil: no guard.
 	Guard Guard
+	// MaxBandwidth caps the page traffic to the destination, in bytes/s
+	// (0: none): every bulk connection and the fault replies together draw
+	// from one token bucket, fault replies without waiting up to a small
+	// budget (internal/bandwidth). Ignored when Bandwidth is set.
+	MaxBandwidth uint64
+	// Bandwidth, if set, is the bucket the migration draws from instead: a
+	// caller that keeps it may change the cap while the migration runs
+	// (SetRate, e.g. from a control socket), or share a parent bucket
+	// among migrations (a drain's total).
+	Bandwidth *bandwidth.Limiter
 }
 
 // Guard watches over a migration from outside the migrating process, so
@@ -133,5 +144,8 @@ func (c *Config) defaults() {
 	}
 	if c.Guard == nil {
 		c.Guard = noGuard{}
+	}
+	if c.Bandwidth == nil {
+		c.Bandwidth = bandwidth.New(c.MaxBandwidth, nil, nil)
 	}
 }

@@ -24,7 +24,7 @@ func (s *source) progress(phase report.Phase, iter int, remaining uint64, rate f
 		Phase: phase, Iteration: iter, Elapsed: time.Since(s.start),
 		GuestPages: total, Remaining: remaining,
 		DataPages: s.dataPages.Load(), ZeroPages: s.zeroPages.Load(),
-		BytesSent: s.bytesSent(), Rate: rate,
+		BytesSent: s.bytesSent(), Rate: rate, MaxBandwidth: s.cfg.Bandwidth.Rate(),
 	})
 }
 

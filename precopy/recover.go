@@ -144,6 +144,7 @@ func (s *source) redial(base context.Context, h wire.Hello, deadline time.Time) 
 func (s *source) resumeLink(base context.Context, sess *wire.Session, missing []wire.Run, iter int) *postcopyLink {
 	s.sess = sess
 	s.live.sess.Store(sess)
+	pace(sess, s.cfg.Bandwidth)
 	s.dataOnly = true
 	for _, b := range s.blocks {
 		b.pending.Clear()

@@ -201,7 +201,7 @@ func TestResendGoesAsData(t *testing.T) {
 		Runs:  []layout.Run{{GuestPage: 0, Pages: 4, Disk: 0, Offset: 0}},
 	}
 	blk := &srcBlock{idx: 0, npages: 4, Block: &ramfile.Block{Mem: bytes.Repeat([]byte{9}, 4*pageSize)}}
-	blk.pending, blk.hot, blk.noref, blk.resend = pages.NewSet(4), pages.NewSet(4), pages.NewSet(4), pages.NewSet(4)
+	blk.pending, blk.hot, blk.noref, blk.resend, blk.sent = pages.NewSet(4), pages.NewSet(4), pages.NewSet(4), pages.NewSet(4), pages.NewSet(4)
 	s := &source{log: hclog.NewNullLogger(), blocks: []*srcBlock{blk}}
 	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
 	s.refs.prepare(context.Background(), 2, 4)

@@ -34,6 +34,7 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	}
 	s.rep.TotalMS = report.MS(time.Since(s.start))
 	s.rep.BytesSent = s.bytesSent()
+	s.rep.Bandwidth = cfg.Bandwidth.Stats().Report()
 	if err != nil {
 		s.rep.Error = err.Error()
 		if s.rep.Outcome == "" {
@@ -66,6 +67,8 @@ type source struct {
 	resent atomic.Uint64
 	// live is what Config.Live's snapshot reads.
 	live liveState
+	// sentAgain counts sends of a page beyond its first (srcBlock.sent).
+	sentAgain atomic.Uint64
 	// pausing is set just before the guest is paused: a Resend arriving
 	// later no longer makes pages pending (the destination owes them after
 	// switchover instead).
@@ -106,6 +109,15 @@ type srcBlock struct {
 	noref *pages.Set
 	// resend: pages handed back by the destination and not sent again yet.
 	resend *pages.Set
+	// sent: pages sent at least once, on any connection, as anything.
+	sent *pages.Set
+}
+
+// noteSent counts a send of page p of b, and whether it is a repeat.
+func (s *source) noteSent(b *srcBlock, p uint64) {
+	if !b.sent.Add(p) {
+		s.sentAgain.Add(1)
+	}
 }
 
 func (s *source) bytesSent() uint64 {
@@ -412,7 +424,7 @@ func (s *source) open() error {
 		}
 		n := rf.Pages()
 		s.blocks = append(s.blocks, &srcBlock{Block: rf, idx: uint32(i), npages: n,
-			pending: pages.NewSet(n), hot: pages.NewSet(n), noref: pages.NewSet(n), resend: pages.NewSet(n)})
+			pending: pages.NewSet(n), hot: pages.NewSet(n), noref: pages.NewSet(n), resend: pages.NewSet(n), sent: pages.NewSet(n)})
 	}
 	if len(s.blocks) == 0 {
 		return errors.New("guest has no RAM blocks")
@@ -556,6 +568,7 @@ func (s *source) dial(ctx context.Context) error {
 		return fmt.Errorf("connect to destination %s: %w", s.cfg.To, err)
 	}
 	s.sess = sess
+	pace(sess, s.cfg.Bandwidth)
 	s.ready = make(chan struct{})
 	s.verdictCh = make(chan struct{}, 1)
 	s.resumed = make(chan struct{})
@@ -802,6 +815,7 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	if batch.Iteration != 1 {
 		first = nil
 	}
+	s.noteSent(b, p)
 	if b.data != nil && !b.data.Has(p) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)
@@ -889,6 +903,7 @@ func (s *source) servePages(ctx context.Context) {
 		b := s.blocks[req.Block]
 		for p := req.Page; p < req.Page+uint64(req.Count) && p < b.npages; p++ {
 			b.pending.Remove(p)
+			s.noteSent(b, p)
 			reply := &wire.PageReply{Block: req.Block, Page: p, Kind: wire.KindData, Data: b.Page(p)}
 			if isZero(reply.Data) {
 				reply.Kind, reply.Data = wire.KindZero, nil
@@ -921,6 +936,7 @@ func (s *source) mergeDest(c *wire.Complete) {
 	s.rep.Pages.Data = s.dataPages.Load()
 	s.rep.Pages.Zero = s.zeroPages.Load()
 	s.rep.Pages.StorageResent = s.resent.Load()
+	s.rep.Pages.SentAgain = s.sentAgain.Load()
 	for _, b := range s.blocks {
 		s.rep.GuestPages += b.npages
 	}

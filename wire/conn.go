@@ -70,6 +70,27 @@ type Conn struct {
 	written atomic.Uint64
 	wwatch  watch
 	wdl     time.Time
+	pacer   atomic.Pointer[pacerBox]
+	piece   net.Buffers // the part of a paced frame being written
+}
+
+// Pacer paces a connection's writes (a bandwidth cap): Pace waits until n
+// bytes, or the first part of them, may go, and returns how many (1..n);
+// it fails only when ctx ends.
+type Pacer interface {
+	Pace(ctx context.Context, n int) (int, error)
+}
+
+type pacerBox struct{ p Pacer }
+
+// SetPacer makes every later frame written on c wait for p, piece by piece
+// (nil: no pacing). Safe to call at any time.
+func (c *Conn) SetPacer(p Pacer) {
+	if p == nil {
+		c.pacer.Store(nil)
+		return
+	}
+	c.pacer.Store(&pacerBox{p})
 }
 
 // NewConn wraps an established connection whose handshake is done (Dial and
@@ -451,7 +472,11 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 	}
 	var n int64
 	var err error
-	if len(c.iov) == 1 {
+	if pb := c.pacer.Load(); pb != nil {
+		c.iov[0] = b
+		n, err = c.writePaced(ctx, pb.p)
+		clear(c.iov)
+	} else if len(c.iov) == 1 {
 		var k int
 		k, err = c.nc.Write(b)
 		n = int64(k)
@@ -472,6 +497,50 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 		return err
 	}
 	return nil
+}
+
+// writePaced writes the frame in c.iov in the pieces p grants, so that a
+// batch of a megabyte does not go out in one burst past a cap.
+func (c *Conn) writePaced(ctx context.Context, p Pacer) (int64, error) {
+	left := 0
+	for _, d := range c.iov {
+		left += len(d)
+	}
+	var n int64
+	iov := c.iov
+	for left > 0 {
+		k, err := p.Pace(ctx, left)
+		if err != nil {
+			return n, err
+		}
+		if k == left && n == 0 {
+			// Granted whole (no cap, or a small frame): one writev.
+			c.iovw = c.iov
+			return c.iovw.WriteTo(c.nc)
+		}
+		// The next k bytes of iov, splitting a buffer if need be.
+		c.piece = c.piece[:0]
+		for want := k; want > 0; {
+			d := iov[0]
+			if len(d) > want {
+				c.piece = append(c.piece, d[:want])
+				iov[0] = d[want:]
+				break
+			}
+			c.piece = append(c.piece, d)
+			want -= len(d)
+			iov = iov[1:]
+		}
+		c.iovw = c.piece // WriteTo consumes its slice: keep piece's array
+		w, err := c.iovw.WriteTo(c.nc)
+		clear(c.piece)
+		n += w
+		if err != nil {
+			return n, err
+		}
+		left -= k
+	}
+	return n, nil
 }
 
 // geometry is what a session's Hello says about valid page addresses.

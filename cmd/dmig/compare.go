@@ -8,35 +8,36 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/compare"
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/vmm/qemu"
 )
 
 type compareCmd struct {
-	QMP        string        `name:"qmp" xor:"vm" required:"" placeholder:"SOCKET" help:"QMP socket of the running QEMU VM."`
-	Pid        int           `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
-	Modes      []string      `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-multifd,qemu-multifd-zstd,qemu-postcopy,qemu-postcopy-preempt" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's); qemu-precopy, qemu-multifd, qemu-multifd-zstd, qemu-postcopy, qemu-postcopy-preempt (QEMU's own)."`
-	Rounds     int           `default:"1" help:"Run every mode this many times, in turn."`
-	Dir        string        `default:"/var/tmp/dmig-compare" help:"Directory for the destinations' sockets and logs (one subdirectory per migration)."`
-	RAMDir     string        `name:"ram-dir" default:"/dev/shm" help:"tmpfs directory for the destinations' RAM files."`
-	Workload   string        `placeholder:"CMD" help:"Shell command loading the guest for the whole run: sysbench ... --report-interval=1 --time=0 run (its interval lines give the throughput)."`
-	Warmup     time.Duration `default:"10s" help:"Workload time before each migration (the 'before' throughput)."`
-	Cooldown   time.Duration `default:"10s" help:"Workload time after each migration (the 'after' throughput)."`
-	Check      string        `placeholder:"CMD" help:"Shell command whose output must not change across migrations (e.g. mariadb -e 'CHECKSUM TABLE ...' on tables the workload only reads)."`
-	Layout     string        `placeholder:"ADDR" help:"Guest agent layout endpoint for hybrid (default: the VM's org.dmig.agent virtio-serial socket)."`
-	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (a TCG guest needs longer)."`
-	Downtime   time.Duration `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
-	Bandwidth  uint64        `default:"10240" help:"QEMU's max-bandwidth in MiB/s (QEMU's own default is 128; dmig's modes are not capped)."`
-	MaxIter    int           `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
-	Compress   bool          `help:"Compress dmig's page data (zstd); of QEMU's modes only qemu-multifd-zstd compresses."`
-	Channels   int           `default:"2" help:"multifd-channels of QEMU's multifd modes (dmig's modes use 2 bulk connections)."`
-	QEMUBinary string        `name:"qemu-binary" placeholder:"PATH" help:"Start the destination QEMUs with this binary (default: the source's own). It must be the VM's QEMU version: start the VM with it too (make qemu10 installs QEMU 10 as /opt/dmig/qemu10/bin/qemu-system-x86_64)."`
-	AllowBuggy bool          `name:"allow-buggy-qemu" help:"Run QEMU's own modes on a TCG VM of a QEMU older than 9.0, whose migration loses pages (fixed by QEMU commit 03bfc2188f)."`
-	Rate       string        `placeholder:"RATE" help:"Shape the migration traffic on the loopback to a link of this rate (tc syntax, e.g. 1gbit), dmig's and QEMU's alike; replaces lo's root qdisc during the run."`
-	Timeout    time.Duration `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
-	JSON       string        `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
-	CSV        string        `name:"csv" placeholder:"FILE" help:"Write one CSV row per migration ('-': stdout, instead of the table)."`
-	Plot       string        `placeholder:"FILE" help:"Draw the comparison into FILE.png or FILE.svg."`
+	QMP        string         `name:"qmp" xor:"vm" required:"" placeholder:"SOCKET" help:"QMP socket of the running QEMU VM."`
+	Pid        int            `name:"pid" xor:"vm" required:"" help:"pid of the running QEMU (its QMP socket is read from its command line)."`
+	Modes      []string       `default:"hybrid,precopy,postcopy,qemu-precopy,qemu-multifd,qemu-multifd-zstd,qemu-postcopy,qemu-postcopy-preempt" help:"Modes to run, in order (comma-separated): hybrid, precopy, postcopy (dmig's); qemu-precopy, qemu-multifd, qemu-multifd-zstd, qemu-postcopy, qemu-postcopy-preempt (QEMU's own)."`
+	Rounds     int            `default:"1" help:"Run every mode this many times, in turn."`
+	Dir        string         `default:"/var/tmp/dmig-compare" help:"Directory for the destinations' sockets and logs (one subdirectory per migration)."`
+	RAMDir     string         `name:"ram-dir" default:"/dev/shm" help:"tmpfs directory for the destinations' RAM files."`
+	Workload   string         `placeholder:"CMD" help:"Shell command loading the guest for the whole run: sysbench ... --report-interval=1 --time=0 run (its interval lines give the throughput)."`
+	Warmup     time.Duration  `default:"10s" help:"Workload time before each migration (the 'before' throughput)."`
+	Cooldown   time.Duration  `default:"10s" help:"Workload time after each migration (the 'after' throughput)."`
+	Check      string         `placeholder:"CMD" help:"Shell command whose output must not change across migrations (e.g. mariadb -e 'CHECKSUM TABLE ...' on tables the workload only reads)."`
+	Layout     string         `placeholder:"ADDR" help:"Guest agent layout endpoint for hybrid (default: the VM's org.dmig.agent virtio-serial socket)."`
+	LayoutWait time.Duration  `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (a TCG guest needs longer)."`
+	Downtime   time.Duration  `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
+	MaxBW      bandwidth.Rate `name:"max-bandwidth" placeholder:"RATE" help:"Cap every mode's migration traffic at RATE bytes/s (125M, 1Gi, 125MB/s), dmig's and QEMU's alike (QEMU's max-bandwidth and max-postcopy-bandwidth). Default none: QEMU then gets max-bandwidth 10 GiB/s, since its own default is 128 MiB/s."`
+	MaxIter    int            `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
+	Compress   bool           `help:"Compress dmig's page data (zstd); of QEMU's modes only qemu-multifd-zstd compresses."`
+	Channels   int            `default:"2" help:"multifd-channels of QEMU's multifd modes (dmig's modes use 2 bulk connections)."`
+	QEMUBinary string         `name:"qemu-binary" placeholder:"PATH" help:"Start the destination QEMUs with this binary (default: the source's own). It must be the VM's QEMU version: start the VM with it too (make qemu10 installs QEMU 10 as /opt/dmig/qemu10/bin/qemu-system-x86_64)."`
+	AllowBuggy bool           `name:"allow-buggy-qemu" help:"Run QEMU's own modes on a TCG VM of a QEMU older than 9.0, whose migration loses pages (fixed by QEMU commit 03bfc2188f)."`
+	Rate       string         `placeholder:"RATE" help:"Shape the migration traffic on the loopback to a link of this rate (tc syntax, e.g. 1gbit), dmig's and QEMU's alike; replaces lo's root qdisc during the run."`
+	Timeout    time.Duration  `default:"15m" help:"Give up a migration after this long (QEMU's pre-copy never does)."`
+	JSON       string         `name:"json" placeholder:"FILE" help:"Write the result as JSON ('-': stdout, instead of the table)."`
+	CSV        string         `name:"csv" placeholder:"FILE" help:"Write one CSV row per migration ('-': stdout, instead of the table)."`
+	Plot       string         `placeholder:"FILE" help:"Draw the comparison into FILE.png or FILE.svg."`
 }
 
 func (c *compareCmd) Run(g *globals, ctx context.Context) error {
@@ -51,7 +52,7 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 	res, err := compare.Run(ctx, compare.Config{
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
-		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, Bandwidth: c.Bandwidth << 20, MaxIterations: c.MaxIter, Compress: c.Compress,
+		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, MaxBandwidth: uint64(c.MaxBW), MaxIterations: c.MaxIter, Compress: c.Compress,
 		Channels: c.Channels, QEMUBinary: c.QEMUBinary, AllowBuggyQEMU: c.AllowBuggy,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/drain"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
@@ -13,17 +14,18 @@ import (
 )
 
 type drainCmd struct {
-	Config         string        `required:"" type:"existingfile" help:"Drain config (YAML or JSON): the guests to move and where."`
-	Parallel       int           `default:"1" help:"Guests migrated at once."`
-	State          string        `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
-	LockDir        string        `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
-	Report         string        `help:"Write the JSON summary to this file ('-' for stdout)."`
-	Metrics        string        `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
-	MaxIter        int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
-	Compress       bool          `help:"Compress page data (zstd): for links of about 1 Gbit/s and below."`
-	ConnectTimeout time.Duration `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
-	RecoverTimeout time.Duration `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile; before Go, how long to keep starting over a migration that aborted because the link or the destination failed, the guest running on meanwhile (0: neither)."`
-	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
+	Config         string          `required:"" type:"existingfile" help:"Drain config (YAML or JSON): the guests to move and where."`
+	Parallel       int             `default:"1" help:"Guests migrated at once."`
+	State          string          `help:"State file recording moved guests, so reruns skip them (default: the config's 'state', else /var/lib/dmig/drain-state.json)."`
+	LockDir        string          `name:"lock-dir" help:"Directory of the per-guest locks (default: the config's 'lock_dir', else /run/dmig)."`
+	Report         string          `help:"Write the JSON summary to this file ('-' for stdout)."`
+	Metrics        string          `name:"metrics-file" help:"Write every migrated guest's figures as Prometheus text to this file (atomically)."`
+	MaxIter        int             `default:"30" name:"max-iterations" help:"Pre-copy passes at most, per guest."`
+	Compress       bool            `help:"Compress page data (zstd): for links of about 1 Gbit/s and below."`
+	MaxBW          *bandwidth.Rate `name:"max-bandwidth" placeholder:"RATE" help:"Cap the guests' migrations together at RATE bytes/s, shared by those running at once (default: the config's 'max_bandwidth'; 0: none); each guest's own 'max_bandwidth' applies within it. Units as for migrate: 125M, 1Gi, 125MB/s."`
+	ConnectTimeout time.Duration   `name:"connect-timeout" default:"30s" help:"Give up on a guest (source intact) whose destination has not accepted the session within this time."`
+	RecoverTimeout time.Duration   `name:"recover-timeout" default:"30s" help:"After Go, how long to keep reconnecting to a destination whose link failed, the guest paused here meanwhile; before Go, how long to keep starting over a migration that aborted because the link or the destination failed, the guest running on meanwhile (0: neither)."`
+	LinkTimeout    time.Duration   `name:"link-timeout" default:"15s" help:"How long a connection to the destination may go unanswered (unacknowledged data or keepalives) before it is taken for lost: a link down without a reset is noticed within about this time."`
 	tlsFlags
 	Insecure bool `help:"Migrate without TLS." group:"Security"`
 	ctlFlags
@@ -48,6 +50,20 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	lockDir := firstNonEmpty(c.LockDir, cfg.LockDir, "/run/dmig")
 	srv := c.listen("drain", 0, log)
 	defer srv.Close()
+	totalRate := cfg.MaxBandwidth
+	if c.MaxBW != nil {
+		totalRate = *c.MaxBW
+	}
+	// Every guest's bucket draws from its destination's (if that has a
+	// cap) and from the drain's: the totals hold across the migrations
+	// running at once. Built before any guest starts, then only read.
+	total := bandwidth.New(uint64(totalRate), nil, nil)
+	perDest := map[string]*bandwidth.Limiter{}
+	for addr, d := range cfg.Destinations {
+		if d.MaxBandwidth > 0 {
+			perDest[addr] = bandwidth.New(uint64(d.MaxBandwidth), nil, total)
+		}
+	}
 	sum, err := drain.Run(ctx, cfg, drain.Options{
 		Parallel: c.Parallel, LockDir: lockDir, State: state, Logger: log,
 		// A destination sets up one session at a time and turns away a
@@ -66,11 +82,14 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 			}
 			defer closeGuest()
 			guest.ctl, guest.names = srv, []string{vm.Name}
+			parent := total
+			if l, ok := perDest[vm.To]; ok {
+				parent = l
+			}
 			rep, err := guarded(ctx, g, vlog, guest, precopy.Config{
 				To: vm.To, Mode: mode, Downtime: vm.Downtime, MaxIterations: c.MaxIter, Compress: c.Compress || vm.Compress,
 				LayoutAddr: lay, LayoutTimeout: vm.LayoutTimeout, Logger: vlog, TLS: tc, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
-				// The bandwidth cap (--max-bandwidth, a destination's
-				// max_bandwidth) goes here.
+				Bandwidth: bandwidth.New(uint64(vm.MaxBandwidth), nil, parent),
 			})
 			if errors.Is(err, precopy.ErrBusy) {
 				err = fmt.Errorf("%w: %w", drain.ErrLocked, err)
@@ -80,6 +99,10 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	})
 	if err != nil {
 		return &statusError{exitError, err}
+	}
+	if totalRate > 0 {
+		bw := total.Stats().Report()
+		sum.Bandwidth = &bw
 	}
 	if werr := writeJSON(c.Report, sum); werr != nil {
 		log.Error("write summary", "error", werr)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/qemu"
@@ -44,21 +45,22 @@ func (e *statusError) Unwrap() error { return e.err }
 func (e *statusError) ExitCode() int { return e.code }
 
 type migrateCmd struct {
-	To         string        `required:"" help:"Destination address (host:port of 'dmig serve')."`
-	Mode       string        `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
-	Pid        int           `help:"Pid of the guest process (the process that maps the RAM files); with --ram."`
-	RAM        []string      `name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
-	QMP        string        `name:"qmp" placeholder:"SOCKET" help:"QMP socket of a QEMU guest (instead of --pid and --ram): its RAM, command line and device state are found through it."`
-	DestCmd    []string      `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
-	Downtime   time.Duration `default:"50ms" help:"Downtime budget."`
-	MaxIter    int           `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
-	BulkConns  int           `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
-	Compress   bool          `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
-	Report     string        `help:"Write the JSON report to this file ('-' for stdout)."`
-	Layout     string        `placeholder:"ADDR" help:"Guest agent's layout endpoint (HOST:PORT or unix:SOCKET): in hybrid mode the clean database pages it names go as storage references, which the destination reads from its shared disks (serve --disk for process guests, the VM's own drives for QEMU). With --qmp, default: the VM's org.dmig.agent virtio-serial socket on its command line."`
-	LayoutOnce bool          `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
-	LayoutWait time.Duration `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
-	Metrics    string        `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
+	To         string         `required:"" help:"Destination address (host:port of 'dmig serve')."`
+	Mode       string         `default:"hybrid" enum:"precopy,postcopy,hybrid" help:"precopy, postcopy or hybrid."`
+	Pid        int            `help:"Pid of the guest process (the process that maps the RAM files); with --ram."`
+	RAM        []string       `name:"ram" help:"RAM file(s) of the guest, mapped MAP_SHARED by it (repeatable)."`
+	QMP        string         `name:"qmp" placeholder:"SOCKET" help:"QMP socket of a QEMU guest (instead of --pid and --ram): its RAM, command line and device state are found through it."`
+	DestCmd    []string       `name:"dest-cmd" sep:"none" help:"Command (argv, repeat the flag per word) that starts the guest on the destination."`
+	Downtime   time.Duration  `default:"50ms" help:"Downtime budget."`
+	MaxIter    int            `default:"30" name:"max-iterations" help:"Pre-copy passes at most."`
+	BulkConns  int            `default:"2" name:"bulk-conns" help:"Parallel bulk connections."`
+	Compress   bool           `help:"Compress page data (zstd, fastest level): for links slower than the cores compress, about 1 Gbit/s and below."`
+	MaxBW      bandwidth.Rate `name:"max-bandwidth" placeholder:"RATE" help:"Cap the page traffic to the destination at RATE bytes/s, all bulk connections together: 125M (SI, 125,000,000), 1Gi (IEC, 2^30), 125MB/s; at least 1M; 0: no cap. Post-copy fault replies go ahead of it up to a small budget."`
+	Report     string         `help:"Write the JSON report to this file ('-' for stdout)."`
+	Layout     string         `placeholder:"ADDR" help:"Guest agent's layout endpoint (HOST:PORT or unix:SOCKET): in hybrid mode the clean database pages it names go as storage references, which the destination reads from its shared disks (serve --disk for process guests, the VM's own drives for QEMU). With --qmp, default: the VM's org.dmig.agent virtio-serial socket on its command line."`
+	LayoutOnce bool           `name:"layout-once" help:"Fetch the layout before the first pass only, not before every pass."`
+	LayoutWait time.Duration  `name:"layout-timeout" default:"5s" help:"Give up a layout fetch after this long (that pass then sends data): the guest agent walks the whole buffer pool."`
+	Metrics    string         `name:"metrics-file" help:"Write the figures as Prometheus text to this file (atomically; for node_exporter's textfile collector, name it *.prom)."`
 	tlsFlags
 	TLSServerName  string        `name:"tls-server-name" help:"Name the destination's certificate must carry (default: the host of --to)." group:"Security"`
 	NoProgress     bool          `name:"no-progress" help:"Draw no progress bar (none is drawn when stderr is not a terminal)."`
@@ -111,9 +113,12 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 	if !c.NoProgress {
 		view = newProgressView(os.Stderr)
 	}
+	// The control socket (dmig status) may change the cap through this
+	// bucket while the migration runs.
+	bw := bandwidth.New(uint64(c.MaxBW), nil, nil)
 	rep, err := guarded(ctx, g, log, guest, precopy.Config{
 		To: c.To, Mode: mode, Downtime: c.Downtime, MaxIterations: c.MaxIter,
-		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc,
+		BulkConns: c.BulkConns, Compress: c.Compress, Logger: log, TLS: tc, Bandwidth: bw,
 		LayoutAddr: lay, LayoutOnce: c.LayoutOnce, LayoutTimeout: c.LayoutWait,
 		Progress: view.update, ConnectTimeout: c.ConnectTimeout, RecoverTimeout: c.RecoverTimeout, LinkTimeout: c.LinkTimeout,
 	})
@@ -180,6 +185,10 @@ func printSummary(r *report.Report) {
 	}
 	if r.Refs != nil && r.Refs.Warning != "" {
 		fmt.Fprintf(os.Stderr, "  layout warning: %s\n", r.Refs.Warning)
+	}
+	if bw := r.Bandwidth; bw.MaxBytesPerS > 0 {
+		fmt.Fprintf(os.Stderr, "  bandwidth: cap %s bytes/s, mean %.1f MB/s, busiest second %.1f MB/s\n",
+			bandwidth.Format(bw.MaxBytesPerS), bw.MeanBytesPerS/1e6, bw.PeakBytesPerS/1e6)
 	}
 	if r.Error != "" {
 		fmt.Fprintf(os.Stderr, "  error: %s\n", r.Error)

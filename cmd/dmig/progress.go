@@ -11,6 +11,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -28,7 +29,8 @@ func logSummary(log hclog.Logger, r *report.Report) {
 		"bytes_sent", r.BytesSent, "iterations", r.Iterations, "pages_data", r.Pages.Data, "pages_zero", r.Pages.Zero,
 		"pages_storage_verified", r.Pages.StorageVerified, "pages_storage_mismatch", r.Pages.StorageMismatch,
 		"pages_postcopy_fault", r.Pages.PostcopyFault, "pages_prefetch", r.Pages.Prefetch,
-		"fault_latency_p50_us", r.FaultLatencyUS.P50, "fault_latency_p99_us", r.FaultLatencyUS.P99}
+		"fault_latency_p50_us", r.FaultLatencyUS.P50, "fault_latency_p99_us", r.FaultLatencyUS.P99,
+		"max_bandwidth", r.Bandwidth.MaxBytesPerS, "mean_bytes_per_s", r.Bandwidth.MeanBytesPerS, "peak_1s_bytes_per_s", r.Bandwidth.PeakBytesPerS}
 	if line := refsLine(r); line != "" {
 		args = append(args, "refs", line)
 	}
@@ -110,6 +112,10 @@ func describe(p report.Progress) string {
 	if p.Phase == report.PhaseDone {
 		eta = "0s"
 	}
-	return fmt.Sprintf("%s pass %d | data %d zero %d | left %d | %.0f MB/s | ETA %s",
-		p.Phase, p.Iteration, p.DataPages, p.ZeroPages, p.Remaining, p.Rate/1e6, eta)
+	rate := fmt.Sprintf("%.0f MB/s", p.Rate/1e6)
+	if p.MaxBandwidth > 0 {
+		rate += " (cap " + bandwidth.Format(p.MaxBandwidth) + ")"
+	}
+	return fmt.Sprintf("%s pass %d | data %d zero %d | left %d | %s | ETA %s",
+		p.Phase, p.Iteration, p.DataPages, p.ZeroPages, p.Remaining, rate, eta)
 }

@@ -32,12 +32,12 @@ func TestProgressViewDraws(t *testing.T) {
 	v.update(report.Progress{Phase: report.PhasePrecopy, Iteration: 2, GuestPages: 1000, Remaining: 250,
 		DataPages: 700, ZeroPages: 300, Rate: 4096e3})
 	v.update(report.Progress{Phase: report.PhasePostcopy, Iteration: 3, GuestPages: 1000, Remaining: 100,
-		DataPages: 900, ZeroPages: 300, Rate: 4096e3})
+		DataPages: 900, ZeroPages: 300, Rate: 4096e3, MaxBandwidth: 5_000_000})
 	v.update(report.Progress{Phase: report.PhaseDone, Iteration: 3, GuestPages: 1000, DataPages: 1000, ZeroPages: 300})
 	v.finish()
 	out := buf.String()
 	for _, want := range []string{"precopy pass 2", "data 700 zero 300", "left 250", "ETA 250ms", "75%",
-		"postcopy pass 3", "left 100", "90%", "100% |", "done pass 3 | data 1000 zero 300 | left 0"} {
+		"postcopy pass 3", "left 100", "4 MB/s (cap 5M)", "90%", "100% |", "done pass 3 | data 1000 zero 300 | left 0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("progress output lacks %q:\n%q", want, out)
 		}

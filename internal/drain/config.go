@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/dmig/dmig/internal/bandwidth"
 )
 
 // VM is one guest to move: a process guest (Pid or PidFile, RAM, DestCmd),
@@ -47,6 +49,9 @@ type VM struct {
 	Downtime time.Duration `yaml:"downtime,omitempty" json:"downtime,omitempty"`
 	// Compress page data (zstd), as --compress does for every guest.
 	Compress bool `yaml:"compress,omitempty" json:"compress,omitempty"`
+	// MaxBandwidth caps this guest's migration, bytes/s ("125M", "1Gi";
+	// bandwidth.Parse), within its destination's and the drain's totals; 0: only the total.
+	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
 	// Layout is the guest agent's layout endpoint (HOST:PORT or
 	// unix:SOCKET). A QEMU VM's default is its org.dmig.agent
 	// virtio-serial socket, found on its command line.
@@ -77,8 +82,10 @@ type Destination struct {
 	// MaxConcurrent: at most this many migrations to the destination at
 	// once (default: no limit beyond --parallel).
 	MaxConcurrent int `yaml:"max_concurrent,omitempty" json:"max_concurrent,omitempty"`
-	// The bandwidth cap of the destination's link belongs here too
-	// (max_bandwidth, with --max-bandwidth).
+	// MaxBandwidth caps the guests sent to the destination together,
+	// bytes/s, within the drain's total (0: only the total): a limit of
+	// the destination's link.
+	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
 }
 
 // Config is a drain config file (YAML, or JSON which is YAML too).
@@ -89,7 +96,11 @@ type Config struct {
 	LockDir string `yaml:"lock_dir,omitempty" json:"lock_dir,omitempty"`
 	// Destinations are limits per destination address (a VM's To).
 	Destinations map[string]Destination `yaml:"destinations,omitempty" json:"destinations,omitempty"`
-	VMs          []VM                   `yaml:"vms" json:"vms"`
+	// MaxBandwidth caps the drain's guests together, bytes/s: the
+	// migrations running at once share it (0: no total); a flag may
+	// override it.
+	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
+	VMs          []VM           `yaml:"vms" json:"vms"`
 }
 
 // LoadConfig reads and checks a drain config. Unknown keys are errors: a

@@ -78,6 +78,9 @@ type Summary struct {
 	Busy         int       `json:"busy"`
 	Skipped      int       `json:"skipped"`
 	VMs          []Result  `json:"vms"` // in config order
+	// Bandwidth: the drain's total cap and the rate its guests took
+	// together (each guest's own is in its report).
+	Bandwidth *report.Bandwidth `json:"bandwidth,omitempty"`
 }
 
 // Run drains every guest of cfg. It returns an error only when it cannot

@@ -139,6 +139,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	good := `
 state: /var/lib/dmig/s.json
+max_bandwidth: 1Gi
 vms:
   - name: db1
     pid_file: /run/db1.pid
@@ -147,17 +148,20 @@ vms:
     to: 10.0.0.2:7000
     mode: hybrid
     downtime: 30ms
+    max_bandwidth: 125MB/s
 `
 	c, err := LoadConfig(write(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm := c.VMs[0]; vm.Name != "db1" || vm.Downtime != 30*time.Millisecond || vm.PidFile != "/run/db1.pid" || c.State != "/var/lib/dmig/s.json" {
+	if vm := c.VMs[0]; vm.Name != "db1" || vm.Downtime != 30*time.Millisecond || vm.PidFile != "/run/db1.pid" || c.State != "/var/lib/dmig/s.json" ||
+		vm.MaxBandwidth != 125_000_000 || c.MaxBandwidth != 1<<30 {
 		t.Fatalf("parsed %+v", c)
 	}
 	// JSON is accepted as it is.
-	if _, err := LoadConfig(write(`{"vms":[{"name":"x","pid":5,"ram":["/r"],"dest_cmd":["g"],"to":"h:1"}]}`)); err != nil {
-		t.Fatal(err)
+	if c, err := LoadConfig(write(`{"max_bandwidth":"2G","vms":[{"name":"x","pid":5,"ram":["/r"],"dest_cmd":["g"],"to":"h:1","max_bandwidth":50000000}]}`)); err != nil ||
+		c.MaxBandwidth != 2e9 || c.VMs[0].MaxBandwidth != 50e6 {
+		t.Fatalf("JSON config: %v %+v", err, c)
 	}
 	for name, c := range map[string]struct{ cfg, want string }{
 		"unknown key":  {strings.Replace(good, "mode:", "mdoe:", 1), "mdoe"},
@@ -165,8 +169,9 @@ vms:
 		"pid and file": {strings.Replace(good, "pid_file: /run/db1.pid", "pid_file: /run/db1.pid\n    pid: 4", 1), "exactly one of pid"},
 		"no to":        {strings.Replace(good, "to: 10.0.0.2:7000", "", 1), "no to address"},
 		"bad mode":     {strings.Replace(good, "mode: hybrid", "mode: fast", 1), "mode \"fast\""},
-		"twice":        {good + strings.Join(strings.Split(good, "\n")[3:], "\n"), "listed twice"},
+		"twice":        {good + strings.Join(strings.Split(good, "\n")[4:], "\n"), "listed twice"},
 		"empty":        {"vms: []", "no vms"},
+		"bits":         {strings.Replace(good, "125MB/s", "1Gbit", 1), "bits are not accepted"},
 	} {
 		_, err := LoadConfig(write(c.cfg))
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {

@@ -28,6 +28,8 @@ type Progress struct {
 	ZeroPages  uint64 // zero pages sent so far (as flags)
 	BytesSent  uint64
 	Rate       float64 // bytes/s over the last interval
+	// MaxBandwidth is the bandwidth cap at the time, bytes/s (0: none).
+	MaxBandwidth uint64
 }
 
 // ETA estimates the time to send what remains at the current rate; zero

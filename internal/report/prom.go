@@ -83,6 +83,11 @@ func AppendProm(b []byte, now time.Time, reps ...*Report) []byte {
 		})
 	metric("dmig_migration_storage_read_bytes", "gauge", "Bytes the destination read from shared storage.",
 		func(r *Report) []sample { return one(float64(r.Storage.BytesRead)) })
+	metric("dmig_migration_bandwidth_bytes_per_second", "gauge", "Page traffic: the cap (0: none), the mean rate, the busiest second.",
+		func(r *Report) []sample {
+			bw := r.Bandwidth
+			return []sample{{`kind="cap"`, float64(bw.MaxBytesPerS)}, {`kind="mean"`, bw.MeanBytesPerS}, {`kind="peak_1s"`, bw.PeakBytesPerS}}
+		})
 	b = fmt.Appendf(b, "# HELP dmig_report_timestamp_seconds When this file was written.\n# TYPE dmig_report_timestamp_seconds gauge\ndmig_report_timestamp_seconds %s\n",
 		strconv.FormatFloat(float64(now.UnixMilli())/1e3, 'f', 3, 64))
 	return b

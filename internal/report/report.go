@@ -3,6 +3,7 @@
 package report
 
 import (
+	"math/bits"
 	"slices"
 	"time"
 )
@@ -51,6 +52,8 @@ type Report struct {
 	// Refs (hybrid mode) says how much of the RAM went as storage
 	// references and why the rest did not.
 	Refs *Refs `json:"refs,omitempty"`
+	// Bandwidth: the cap and the rate the page traffic took.
+	Bandwidth Bandwidth `json:"bandwidth"`
 }
 
 // Refs are a hybrid migration's storage-reference figures, from the
@@ -100,6 +103,25 @@ type Routes struct {
 	Refused uint64 `json:"disk_refused"`
 }
 
+// Bandwidth is the source's cap and the rate its page traffic (bulk
+// batches and post-copy fault replies, the frames the cap paces) took.
+// The control connection (session set-up, pass ends, switchover, device
+// state) is not paced and not counted here; BytesSent counts it.
+type Bandwidth struct {
+	// MaxBytesPerS: the cap in bytes/s at the end of the migration (0: none).
+	MaxBytesPerS uint64 `json:"max_bytes_per_s"`
+	// MeanBytesPerS: Bytes over the time from the first paced write to the
+	// last.
+	MeanBytesPerS float64 `json:"mean_bytes_per_s"`
+	// PeakBytesPerS: the most bytes written in one second (1 s windows
+	// aligned on 50 ms).
+	PeakBytesPerS float64 `json:"peak_1s_bytes_per_s"`
+	// Bytes: page traffic written, frames whole; UrgentBytes: the part
+	// that answered post-copy faults (exempt from waiting up to a budget).
+	Bytes       uint64 `json:"bytes"`
+	UrgentBytes uint64 `json:"urgent_bytes"`
+}
+
 // Pages counts pages by the route they took.
 type Pages struct {
 	Data            uint64 `json:"data"`
@@ -112,6 +134,12 @@ type Pages struct {
 	// that the source sent again as data in a later pre-copy pass (also
 	// counted in Data or Zero).
 	StorageResent uint64 `json:"storage_resent"`
+	// SentAgain: sends of a page beyond its first, on any connection: a
+	// page the guest wrote after it was sent goes again in a later pass,
+	// a failed reference goes again as data, a page pushed or served after
+	// switchover may have gone before. Every route counts each page it
+	// carried, so Data + Zero + StorageVerified ≤ GuestPages + SentAgain.
+	SentAgain uint64 `json:"sent_again"`
 }
 
 // Storage are the destination's shared-storage figures.
@@ -135,6 +163,24 @@ type Latency struct {
 	P99   float64 `json:"p99"`
 	Max   float64 `json:"max"`
 	Count int     `json:"count"`
+	// Dist is the histogram as QEMU's postcopy-latency-dist (QEMU 10.1):
+	// element N counts the samples in [2^N, 2^(N+1)) µs, element 0 also
+	// those under 1 µs, the last also everything longer. Its elements sum
+	// to Count. Absent with no samples.
+	Dist []uint64 `json:"dist,omitempty"`
+}
+
+// DistBuckets is the number of histogram buckets, QEMU's: the last starts
+// at 2^23 µs (8.4 s).
+const DistBuckets = 24
+
+// Bucket is the histogram bucket of a latency (see Latency.Dist).
+func Bucket(d time.Duration) int {
+	us := d.Microseconds()
+	if us <= 0 {
+		return 0
+	}
+	return min(bits.Len64(uint64(us))-1, DistBuckets-1)
 }
 
 // Iteration describes one pre-copy pass.
@@ -164,11 +210,16 @@ func Summarize(samples []time.Duration) Latency {
 	s := slices.Clone(samples)
 	slices.Sort(s)
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	dist := make([]uint64, DistBuckets)
+	for _, d := range s {
+		dist[Bucket(d)]++
+	}
 	return Latency{
 		P50:   us(s[len(s)/2]),
 		P99:   us(s[min(len(s)-1, len(s)*99/100)]),
 		Max:   us(s[len(s)-1]),
 		Count: len(s),
+		Dist:  dist,
 	}
 }
 

@@ -52,8 +52,12 @@ func (m *Monitor) SetCapabilities(ctx context.Context, caps map[string]bool) err
 // Parameters are the migration parameters dmig sets; zero fields are left
 // as they are.
 type Parameters struct {
-	MaxBandwidth  uint64 `json:"max-bandwidth,omitempty"`  // bytes/s
-	DowntimeLimit uint64 `json:"downtime-limit,omitempty"` // ms
+	MaxBandwidth uint64 `json:"max-bandwidth,omitempty"` // bytes/s
+	// MaxPostcopyBandwidth caps the background transfer after the switch
+	// to post-copy, where QEMU ignores max-bandwidth (bytes/s; QEMU's
+	// default 0 is none).
+	MaxPostcopyBandwidth uint64 `json:"max-postcopy-bandwidth,omitempty"`
+	DowntimeLimit        uint64 `json:"downtime-limit,omitempty"` // ms
 	// MultifdChannels is the number of multifd connections.
 	MultifdChannels int `json:"multifd-channels,omitempty"`
 	// MultifdCompression is none, zlib, zstd (or qpl, uadk, qatzip where

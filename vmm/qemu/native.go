@@ -73,6 +73,9 @@ type NativeConfig struct {
 	// MaxBandwidth in bytes/s: QEMU's default caps it at 128 MiB/s, so it
 	// is always set (default 1 GiB/s, like dmig's own modes on loopback).
 	MaxBandwidth uint64
+	// MaxPostcopyBandwidth in bytes/s caps the post-copy phase, which
+	// max-bandwidth does not (0: QEMU's default, none).
+	MaxPostcopyBandwidth uint64
 	// DowntimeLimit in ms (default 300).
 	DowntimeLimit uint64
 	// PostcopyAfter, if set, switches to post-copy this long after the
@@ -135,7 +138,7 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 			}
 		}
 	}
-	if err := src.SetParameters(ctx, Parameters{MaxBandwidth: cfg.MaxBandwidth, DowntimeLimit: cfg.DowntimeLimit}); err != nil {
+	if err := src.SetParameters(ctx, Parameters{MaxBandwidth: cfg.MaxBandwidth, MaxPostcopyBandwidth: cfg.MaxPostcopyBandwidth, DowntimeLimit: cfg.DowntimeLimit}); err != nil {
 		return nil, fmt.Errorf("set migration parameters: %w", err)
 	}
 	if err := dst.MigrateIncoming(ctx, cfg.URI); err != nil {
@@ -205,6 +208,12 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 	}
 	if info.TotalTime == 0 {
 		r.TotalMS = float64(time.Since(start).Microseconds()) / 1000
+	}
+	// QEMU meters no window: the rate is over its total time.
+	r.Bandwidth.MaxBytesPerS = cfg.MaxBandwidth
+	if info.RAM != nil && r.TotalMS > 0 {
+		r.Bandwidth.Bytes = info.RAM.Transferred
+		r.Bandwidth.MeanBytesPerS = float64(info.RAM.Transferred) / (r.TotalMS / 1e3)
 	}
 	if info.RAM != nil {
 		r.BytesSent = info.RAM.Transferred
