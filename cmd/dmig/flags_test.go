@@ -56,3 +56,30 @@ func TestFlagsDocumented(t *testing.T) {
 		t.Errorf("%d flags are in --help but not in docs/:\n  %s", len(missing), strings.Join(missing, "\n  "))
 	}
 }
+
+// TestRateFlags: the rate flags take the bandwidth units and refuse a
+// rate below the smallest cap with the reason.
+func TestRateFlags(t *testing.T) {
+	parse := func(args ...string) (*cli, error) {
+		var c cli
+		k, err := kong.New(&c, kong.Name("dmig"), kong.Exit(func(int) {}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = k.Parse(args)
+		return &c, err
+	}
+	c, err := parse("serve", "--listen", "127.0.0.1:0", "--restore-rate", "200M")
+	if err != nil || c.Serve.RestoreRate != 200_000_000 {
+		t.Fatalf("serve --restore-rate 200M: %v, rate %d", err, c.Serve.RestoreRate)
+	}
+	c, err = parse("migrate", "--to", "h:1", "--qmp", "/x", "--max-bandwidth", "1Gi")
+	if err != nil || c.Migrate.MaxBW != 1<<30 {
+		t.Fatalf("migrate --max-bandwidth 1Gi: %v, rate %d", err, c.Migrate.MaxBW)
+	}
+	for _, bad := range []string{"10k", "fast", "-5M"} {
+		if _, err := parse("serve", "--listen", "127.0.0.1:0", "--restore-rate", bad); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("serve --restore-rate %s: %v, want an error naming the value", bad, err)
+		}
+	}
+}

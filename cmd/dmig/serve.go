@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/dbrestore"
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/ctl"
 	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/internal/report"
@@ -19,13 +20,14 @@ import (
 )
 
 type serveCmd struct {
-	Listen         string        `required:"" help:"Address to accept migrations on (host:port)."`
-	Dir            string        `default:"/dev/shm/dmig" help:"Directory of session state, one subdirectory per session: its journal and lock, the RAM files of the arriving guest, and for QEMU guests also their QMP socket and logs. A restarted serve must be given the same --dir to adopt sessions in post-copy."`
-	Once           bool          `help:"Exit after the first migration, with its status."`
-	FaultWorkers   int           `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
-	RecoverTimeout time.Duration `default:"30s" name:"recover-timeout" help:"After Go, how long a migration whose link to the source failed waits for the source to reconnect, and how long a guest left in post-copy by a dead serve waits for a restarted serve (same --dir) before it is killed. 0: no recovery."`
-	LinkTimeout    time.Duration `name:"link-timeout" default:"15s" help:"How long a connection from a source may go unanswered before it is taken for lost."`
-	Disks          []string      `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
+	Listen         string         `required:"" help:"Address to accept migrations on (host:port)."`
+	Dir            string         `default:"/dev/shm/dmig" help:"Directory of session state, one subdirectory per session: its journal and lock, the RAM files of the arriving guest, and for QEMU guests also their QMP socket and logs. A restarted serve must be given the same --dir to adopt sessions in post-copy."`
+	Once           bool           `help:"Exit after the first migration, with its status."`
+	FaultWorkers   int            `default:"4" name:"fault-workers" help:"Post-copy faults resolved at once."`
+	RecoverTimeout time.Duration  `default:"30s" name:"recover-timeout" help:"After Go, how long a migration whose link to the source failed waits for the source to reconnect, and how long a guest left in post-copy by a dead serve waits for a restarted serve (same --dir) before it is killed. 0: no recovery."`
+	LinkTimeout    time.Duration  `name:"link-timeout" default:"15s" help:"How long a connection from a source may go unanswered before it is taken for lost."`
+	Disks          []string       `name:"disk" sep:"none" placeholder:"NAME=PATH" help:"Shared disk to restore storage-referenced pages from: the layout's disk name and its file or block device here (repeatable). Without it those pages come from the source."`
+	RestoreRate    bandwidth.Rate `name:"restore-rate" placeholder:"RATE" help:"Cap the background restore of storage references once the guest runs here at RATE bytes/s, leaving the shared disk and the CPU to the guest's own I/O (units as for migrate --max-bandwidth: 200M, 1Gi; 0: no cap). A fault on a page still to restore is read at once whatever the cap."`
 	tlsFlags
 	VMM      string `default:"auto" enum:"auto,process,qemu" help:"How to start arriving guests: qemu (a QEMU with the source's command line rewritten, -incoming defer), process, or auto (qemu when the source's command is qemu-system-*)."`
 	Insecure bool   `help:"Accept migrations without TLS. Anyone who can connect can then run commands and write guest memory on this host: test benches only." group:"Security"`
@@ -86,11 +88,12 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 				h.End(outcome, err)
 			}
 		},
-		FaultWorkers:   c.FaultWorkers,
-		Disks:          disks,
-		Logger:         log,
-		Dir:            c.Dir,
-		RecoverTimeout: c.RecoverTimeout,
+		FaultWorkers:        c.FaultWorkers,
+		Disks:               disks,
+		PostcopyRestoreRate: int64(c.RestoreRate),
+		Logger:              log,
+		Dir:                 c.Dir,
+		RecoverTimeout:      c.RecoverTimeout,
 		Keeper: func(k keeper.Config) (io.Closer, error) {
 			return keeper.Spawn(exe, k)
 		},
