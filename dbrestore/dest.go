@@ -212,6 +212,13 @@ func (d *dest) prepare(ctx context.Context) error {
 				return fmt.Errorf("register RAM block %s: %w", b.Name, err)
 			}
 		}
+		// What the guest's start wrote into its RAM (a hypervisor may
+		// write firmware at reset) counts as placed, so that placed covers
+		// every page the file holds: a zero page sent for it clears it,
+		// and markPending frees it if the source still owes it.
+		if err := b.DataPages(b.placed.AddRange); err != nil {
+			return classed(wire.ErrorResource, err)
+		}
 	}
 	return nil
 }

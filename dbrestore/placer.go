@@ -59,9 +59,11 @@ type pageKey struct {
 // (ramfile.Block), with what the destination knows of its pages.
 type dstBlock struct {
 	*ramfile.Block
-	idx     uint32
-	npages  uint64
-	placed  *pages.Set // written before resume (the file may hold data there)
+	idx    uint32
+	npages uint64
+	// placed: pages written before resume, by dmig or by the guest's
+	// start (prepare). The file holds data only there: the rest are holes.
+	placed  *pages.Set
 	missing *pages.Set // owed after switchover
 }
 
@@ -73,7 +75,16 @@ func (d *placer) markPending(runs []wire.Run) error {
 			return classed(wire.ErrorProtocol, fmt.Errorf("switchover names pages [%d, +%d) of block %d beyond the guest", r.Page, r.Count, r.Block))
 		}
 		b := d.blocks[r.Block]
-		if err := b.PunchHoles(r.Page, r.Count); err != nil {
+		// Only placed pages can hold data (see dstBlock.placed); the rest
+		// are holes already. Carried references are mostly of pages never
+		// written, and a punch each would cost the paused guest a
+		// syscall per page: about 1 µs for a hole, 3 µs for a page.
+		var err error
+		b.placed.Runs(r.Page, r.Page+r.Count, func(first, count uint64) bool {
+			err = b.PunchHoles(first, count)
+			return err == nil
+		})
+		if err != nil {
 			return classed(wire.ErrorResource, fmt.Errorf("make pending pages missing: %w", err))
 		}
 		for p := r.Page; p < r.Page+r.Count; p++ {
