@@ -77,7 +77,14 @@ type running struct {
 	vm   *VM
 	port int
 	args []string
+	// agent: the guest agent's socket, the first VM's from its Config,
+	// a destination's where DestArgs puts the agent0 chardev's socket.
+	agent string
 }
+
+// movedAgent is where a destination started with DestArgs in dir has the
+// guest agent's socket: in dir, named after its chardev (vm.go's agent0).
+func movedAgent(dir string) string { return filepath.Join(dir, "agent0.sock") }
 
 // destination starts a destination of src with -incoming defer and -S
 // (paused after the migration, for the RAM oracle), its RAM in memPath and
@@ -105,7 +112,7 @@ func destination(ctx context.Context, t, owner *testing.T, src *running, dir, me
 		t.Fatal(err)
 	}
 	owner.Cleanup(func() { vm.Kill() })
-	return &running{vm: vm, port: port, args: plan.Args}
+	return &running{vm: vm, port: port, args: plan.Args, agent: movedAgent(dir)}
 }
 
 // copyRAM copies the paused source's RAM file into the destination's,
@@ -242,7 +249,7 @@ func testQEMU(t *testing.T, bin string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { vm.Kill() })
-	cur := &running{vm: vm, port: port}
+	cur := &running{vm: vm, port: port, agent: cfg.AgentSocket}
 	db := waitSQL(ctx, t, port)
 	t.Logf("boot: mariadb answered %.1f s after qemu started", time.Since(start).Seconds())
 
@@ -605,7 +612,7 @@ func testQEMU(t *testing.T, bin string) {
 		}
 		<-cur.vm.Exited()
 		os.Remove(shm + "a")
-		cur = &running{vm: tg.VM(), port: port}
+		cur = &running{vm: tg.VM(), port: port, agent: movedAgent(tg.Dir)}
 		ddb := waitSQL(ctx, t, port)
 		if got := checksums(ctx, t, ddb); got != want {
 			t.Fatalf("checksums at the destination %s, source had %s", got, want)
@@ -711,8 +718,8 @@ func testQEMU(t *testing.T, bin string) {
 			pc := precopy.Config{To: addr, Mode: mode, Logger: testLog()}
 			if mode == precopy.ModeHybrid {
 				var found bool
-				if pc.LayoutAddr, found = src.AgentAddr(); !found || pc.LayoutAddr != "unix:"+cfg.AgentSocket {
-					t.Fatalf("agent socket %q on the command line, want unix:%s", pc.LayoutAddr, cfg.AgentSocket)
+				if pc.LayoutAddr, found = src.AgentAddr(); !found || pc.LayoutAddr != "unix:"+cur.agent {
+					t.Fatalf("agent socket %q on the command line, want unix:%s", pc.LayoutAddr, cur.agent)
 				}
 				pc.LayoutTimeout = 60 * time.Second
 			}
@@ -765,7 +772,7 @@ func testQEMU(t *testing.T, bin string) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("source qemu still runs after the migration")
 			}
-			cur = &running{vm: tg.VM(), port: port}
+			cur = &running{vm: tg.VM(), port: port, agent: movedAgent(tg.Dir)}
 			checkDestination(ctx, t, port, want, "dmig "+string(mode), base, <-acked)
 		})
 		if !ok {
