@@ -159,8 +159,9 @@ func (s *source) resumeLink(base context.Context, sess *wire.Session, missing []
 	var wg sync.WaitGroup
 	wg.Add(4)
 	go func() { defer wg.Done(); s.readControlOf(ctx, sess, cancel) }()
-	go func() { defer wg.Done(); s.servePages(ctx) }()
-	go func() { defer wg.Done(); s.push(ctx) }()
+	gate := &faultGate{urgent: sess.Urgent}
+	go func() { defer wg.Done(); s.servePages(ctx, gate) }()
+	go func() { defer wg.Done(); s.push(ctx, gate) }()
 	go func() { defer wg.Done(); s.watchPostcopy(ctx, iter) }()
 	return &postcopyLink{ctx: ctx, stop: func() { cancel(errors.New("link closed")) }, wg: &wg}
 }

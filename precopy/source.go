@@ -349,7 +349,8 @@ func (s *source) startPostcopy(ctx context.Context, owed bool, goSent <-chan str
 	// disk copy failed its check, whatever Pending says.
 	if owed || s.refs != nil {
 		wg.Add(3)
-		go func() { defer wg.Done(); s.servePages(pctx) }()
+		gate := &faultGate{urgent: s.sess.Urgent}
+		go func() { defer wg.Done(); s.servePages(pctx, gate) }()
 		// Push only once Go is out: on a shaped link the pushed pages would
 		// queue ahead of Ready and Go and stretch the downtime (a 1 Gbit/s
 		// tbf queue held Go for ~50 ms behind 20 MB of pushes).
@@ -357,7 +358,7 @@ func (s *source) startPostcopy(ctx context.Context, owed bool, goSent <-chan str
 			defer wg.Done()
 			select {
 			case <-goSent:
-				s.push(pctx)
+				s.push(pctx, gate)
 			case <-pctx.Done():
 			}
 		}()
@@ -846,11 +847,15 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 // faults on any of them from its disk instead of over the network), then
 // the pages written last (the guest is likeliest to touch them again), then
 // the rest.
-func (s *source) push(ctx context.Context) {
+func (s *source) push(ctx context.Context, gate *faultGate) {
 	const iter = wire.IterationPostcopy
 	n := len(s.sess.Bulk)
 	var wg sync.WaitGroup
 	for i, c := range s.sess.Bulk {
+		c.SetPacer(gatedPacer{g: gate, inner: s.cfg.Bandwidth.Bulk()})
+		if err := c.SetNotSentLowat(pushLowat); err != nil {
+			s.log.Warn("post-copy push: fault replies may queue behind it", "conn", i, "error", err)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -881,7 +886,7 @@ func (s *source) push(ctx context.Context) {
 // the urgent connection when it completes, often before Complete reaches
 // the control connection, and a link really lost is the control path's to
 // report and recover.
-func (s *source) servePages(ctx context.Context) {
+func (s *source) servePages(ctx context.Context, gate *faultGate) {
 	c := s.sess.Urgent
 	for {
 		m, err := c.ReadFrame(ctx)
@@ -901,6 +906,7 @@ func (s *source) servePages(ctx context.Context) {
 			return
 		}
 		b := s.blocks[req.Block]
+		gate.served()
 		for p := req.Page; p < req.Page+uint64(req.Count) && p < b.npages; p++ {
 			b.pending.Remove(p)
 			s.noteSent(b, p)
@@ -914,6 +920,7 @@ func (s *source) servePages(ctx context.Context) {
 				}
 				return
 			}
+			gate.served()
 		}
 	}
 }

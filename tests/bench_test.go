@@ -66,7 +66,8 @@ func BenchmarkModes(b *testing.B) {
 }
 
 // migrateNetns runs one migration of a fresh guest from l.src to l.dst and
-// checks the destination guest verified its RAM and runs.
+// checks the destination guest verified its RAM and runs. DMIG_BENCH_MAXBW,
+// if set, is passed as --max-bandwidth.
 func migrateNetns(b *testing.B, l *link, size int64, mode precopy.Mode) *report.Report {
 	b.Helper()
 	b.StopTimer()
@@ -88,6 +89,9 @@ func migrateNetns(b *testing.B, l *link, size int64, mode precopy.Mode) *report.
 	stats := filepath.Join(dir, "dst.stats")
 	repPath := filepath.Join(dir, "report.json")
 	args := []string{"migrate", "--to", addr, "--mode", string(mode), "--pid", fmt.Sprint(g.pid()), "--ram", g.ram, "--report", repPath, "--log-format", "json"}
+	if v := os.Getenv("DMIG_BENCH_MAXBW"); v != "" {
+		args = append(args, "--max-bandwidth", v)
+	}
 	for _, w := range destCommand(stats) {
 		args = append(args, "--dest-cmd="+w)
 	}

@@ -27,7 +27,7 @@ import (
 var dmigBin string
 
 func TestMain(m *testing.M) {
-	if tcpHelper() {
+	if tcpHelper() || echoHelper() {
 		os.Exit(0)
 	}
 	dir, err := os.MkdirTemp("", "dmig-e2e-bin-")

@@ -118,6 +118,12 @@ func (c *Conn) BytesRead() uint64 { return c.rd.read.Load() }
 // other than TCP (or TLS over TCP), where it is always zero.
 func (c *Conn) Unacked() (int, error) { return unacked(c.nc) }
 
+// SetNotSentLowat caps what the kernel holds written on c but not yet
+// sent at about n bytes: a writer waits rather than queue more, so a
+// writer that holds back (to let urgent traffic ahead) is not followed by
+// megabytes it queued earlier.
+func (c *Conn) SetNotSentLowat(n int) error { return setNotSentLowat(c.nc, n) }
+
 // NetConn is the underlying connection, for addresses and socket options.
 func (c *Conn) NetConn() net.Conn { return c.nc }
 

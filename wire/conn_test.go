@@ -736,3 +736,17 @@ func TestConnPacedFailureSticks(t *testing.T) {
 		t.Fatalf("write after a cut frame: %v, want the first error again", err)
 	}
 }
+
+// SetNotSentLowat takes on a TCP connection, and is a no-op on others.
+func TestConnSetNotSentLowat(t *testing.T) {
+	a, _ := tcpPair(t)
+	if err := NewConn(a, RoleBulk, 0).SetNotSentLowat(128 << 10); err != nil {
+		t.Fatalf("TCP: %v", err)
+	}
+	p, q := net.Pipe()
+	defer p.Close()
+	defer q.Close()
+	if err := NewConn(p, RoleBulk, 0).SetNotSentLowat(128 << 10); err != nil {
+		t.Fatalf("pipe: %v", err)
+	}
+}

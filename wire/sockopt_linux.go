@@ -70,3 +70,29 @@ func unacked(nc net.Conn) (int, error) {
 	}
 	return n, nil
 }
+
+// setNotSentLowat caps the bytes written to the TCP connection under nc
+// that the kernel holds unsent (TCP_NOTSENT_LOWAT): past n, writes wait.
+func setNotSentLowat(nc net.Conn, n int) error {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
+	}); err != nil {
+		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", serr)
+	}
+	return nil
+}

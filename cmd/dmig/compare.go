@@ -41,6 +41,7 @@ type compareCmd struct {
 }
 
 func (c *compareCmd) Run(g *globals, ctx context.Context) error {
+	moreProcs()
 	log := g.logger("compare")
 	sock := c.QMP
 	if c.Pid != 0 {

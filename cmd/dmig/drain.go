@@ -32,6 +32,7 @@ type drainCmd struct {
 }
 
 func (c *drainCmd) Run(g *globals, ctx context.Context) error {
+	moreProcs()
 	log := g.logger("drain")
 	cfg, err := drain.LoadConfig(c.Config)
 	if err != nil {

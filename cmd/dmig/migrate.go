@@ -71,6 +71,7 @@ type migrateCmd struct {
 }
 
 func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
+	moreProcs()
 	log := g.logger("migrate")
 	mode, err := precopy.ParseMode(c.Mode)
 	if err != nil {

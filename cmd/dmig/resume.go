@@ -28,6 +28,7 @@ type resumeCmd struct {
 // resume, 2 bad usage, 5 a migration still holds the guest (--force), 6
 // not paused (nothing done).
 func (c *resumeCmd) Run(g *globals, ctx context.Context) error {
+	moreProcs()
 	log := g.logger("resume")
 	ctx, cancel := context.WithTimeout(ctx, c.Wait)
 	defer cancel()

@@ -39,6 +39,7 @@ type serveCmd struct {
 const serveLinger = 10 * time.Minute
 
 func (c *serveCmd) Run(g *globals, ctx context.Context) error {
+	moreProcs()
 	log := g.logger("serve")
 	tc, err := c.server()
 	switch {
