@@ -669,40 +669,41 @@ func (r *restorer) carry(pending []wire.Run) []wire.Run {
 	if !r.active {
 		return nil
 	}
-	isPending := func(k pageKey) bool {
-		_, ok := slices.BinarySearchFunc(pending, k, func(run wire.Run, k pageKey) int {
-			if c := cmp.Compare(run.Block, k.block); c != 0 {
-				return c
-			}
-			switch {
-			case run.Page+run.Count <= k.page:
-				return -1
-			case run.Page > k.page:
-				return 1
-			}
-			return 0
-		})
-		return ok
-	}
 	r.qMu.Lock()
 	r.carriedRefs, r.queued = r.queued, nil
 	r.qMu.Unlock()
-	todo := setRuns(r.unchecked)
-	for _, run := range todo {
-		for p := run.Page; p < run.Page+run.Count; p++ {
-			k := pageKey{run.Block, p}
-			mu := r.lock(k.block, k.page)
-			mu.Lock()
-			if r.unchecked[k.block].Has(p) {
-				if isPending(k) {
-					r.entries[k.block][p].state = entryDiscarded
-					r.unchecked[k.block].Remove(p)
-				} else {
-					r.entries[k.block][p].state = entryCarried
-				}
-			}
-			mu.Unlock()
+	// Every stripe at once, rather than one per page: the guest is
+	// paused, and tens of thousands of unchecked pages cost milliseconds
+	// of lock round trips. Everyone else holds one stripe at a time, and
+	// no enqueue runs any more (the batches are all in), so the unchecked
+	// sets and entries stand still meanwhile.
+	for i := range r.locks {
+		r.locks[i].Lock()
+	}
+	for _, run := range pending {
+		if int(run.Block) >= len(r.unchecked) {
+			continue // markPending refuses it
 		}
+		u, entries := r.unchecked[run.Block], r.entries[run.Block]
+		u.Runs(run.Page, run.Page+run.Count, func(first, count uint64) bool {
+			for p := first; p < first+count; p++ {
+				entries[p].state = entryDiscarded
+				u.Remove(p)
+			}
+			return true
+		})
+	}
+	for i, u := range r.unchecked {
+		entries := r.entries[i]
+		u.Runs(0, u.Len(), func(first, count uint64) bool {
+			for p := first; p < first+count; p++ {
+				entries[p].state = entryCarried
+			}
+			return true
+		})
+	}
+	for i := range r.locks {
+		r.locks[i].Unlock()
 	}
 	r.carriedSet = r.unchecked
 	runs := setRuns(r.carriedSet)
