@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -45,6 +46,12 @@ func TestMain(m *testing.M) {
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build dmig:", err)
 		os.Exit(1)
+	}
+	// The engines the tests run in this process get the Go processors
+	// dmig's engine commands take (cmd/dmig's moreProcs), so that what
+	// the benchmarks measure is what the tool does.
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 6 {
+		runtime.GOMAXPROCS(6)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
