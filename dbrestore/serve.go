@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/internal/report"
@@ -84,6 +85,9 @@ func Serve(ctx context.Context, l *wire.Listener, cfg Config, once bool, done fu
 			defer s.wg.Done()
 			fig, err := receive(ctx, sess, pending.guest, cfg, pending.recovered)
 			s.end(pending)
+			if err == nil {
+				s.completedAt(sess.ID(), time.Now())
+			}
 			if done != nil {
 				done(Result{Guest: sess.Hello.Guest, Session: sess.ID(), Figures: fig, Err: err})
 			}
@@ -104,6 +108,30 @@ type server struct {
 	mu      sync.Mutex
 	byGuest map[string]*session
 	byID    map[wire.SessionID]*session
+	// completed: sessions that completed here lately, by when, so that a
+	// source whose link failed as the Complete went out learns, when it
+	// reconnects, that the guest runs here (RefuseCompleted).
+	completed map[wire.SessionID]time.Time
+}
+
+// completedKeep is how long a completed session is remembered for its
+// source's reconnection: past any --recover-timeout an operator sets.
+const completedKeep = time.Hour
+
+// completedAt records that session id completed at t, and forgets those
+// completed more than completedKeep before.
+func (s *server) completedAt(id wire.SessionID, t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.completed == nil {
+		s.completed = map[wire.SessionID]time.Time{}
+	}
+	for k, at := range s.completed {
+		if t.Sub(at) > completedKeep {
+			delete(s.completed, k)
+		}
+	}
+	s.completed[id] = t
 }
 
 // session is one migration Serve runs.
@@ -125,6 +153,8 @@ func (s *server) decide(h *wire.Hello) (wire.HelloAck, *session) {
 	if h.Flags&wire.FlagRecover != 0 {
 		p := s.byID[h.Session]
 		switch {
+		case p == nil && !s.completed[h.Session].IsZero() && time.Since(s.completed[h.Session]) <= completedKeep:
+			return wire.HelloAck{Code: wire.RefuseCompleted, Message: fmt.Sprintf("session %s of guest %s completed on this host at %s", h.Session, h.Guest, s.completed[h.Session].UTC().Format(time.RFC3339Nano))}, nil
 		case p == nil:
 			return wire.HelloAck{Code: wire.RefuseOther, Message: fmt.Sprintf("no session %s of guest %s to reconnect on this host", h.Session, h.Guest)}, nil
 		case p.claimed || len(p.recovered) > 0:
@@ -208,6 +238,9 @@ func (s *server) adoptOrphan(ctx context.Context, o keeper.Orphan, done func(Res
 		defer s.wg.Done()
 		fig, err := adopt(ctx, o, s.cfg, p.recovered)
 		s.end(p)
+		if err == nil {
+			s.completedAt(j.Session, time.Now())
+		}
 		if done != nil {
 			done(Result{Guest: j.Guest, Session: j.Session, Figures: fig, Err: err})
 		}

@@ -88,3 +88,31 @@ func TestServeDroppedSessionNotBusy(t *testing.T) {
 	}
 	s.Close()
 }
+
+// A reconnection to a session that completed here is told so
+// (RefuseCompleted), for an hour; one to a session this host never ran is
+// refused as unknown; and a completed session is no longer busy.
+func TestServeRemembersCompletedSessions(t *testing.T) {
+	s := &server{byGuest: map[string]*session{}, byID: map[wire.SessionID]*session{}}
+	done, other := wire.NewSessionID(), wire.NewSessionID()
+	now := time.Now()
+	s.completedAt(done, now)
+	recover := func(id wire.SessionID) wire.HelloAck {
+		ack, p := s.decide(&wire.Hello{Guest: "g", Session: id, Flags: wire.FlagRecover})
+		if p != nil {
+			t.Fatalf("reconnection of %s accepted", id)
+		}
+		return ack
+	}
+	if ack := recover(done); ack.Code != wire.RefuseCompleted {
+		t.Errorf("reconnection to a completed session: %+v, want RefuseCompleted", ack)
+	}
+	if ack := recover(other); ack.Code != wire.RefuseOther {
+		t.Errorf("reconnection to an unknown session: %+v, want RefuseOther", ack)
+	}
+	// Past completedKeep it is forgotten, at the next completion.
+	s.completedAt(other, now.Add(completedKeep+time.Minute))
+	if _, ok := s.completed[done]; ok {
+		t.Error("a session completed over an hour before is still remembered")
+	}
+}

@@ -64,6 +64,13 @@ func (s *source) awaitComplete(base context.Context, post *postcopyLink, tPause 
 		}
 		post.close()
 		next, err := s.reconnect(base, lostBy, iter)
+		var refused *wire.RefusedError
+		if errors.As(err, &refused) && refused.Code == wire.RefuseCompleted {
+			// The destination placed every page and runs the guest; only
+			// its Complete, and the figures in it, were lost.
+			s.log.Warn("the destination had completed the migration when the link failed: its figures did not arrive", "destination", refused.Message)
+			return &wire.Complete{}, nil
+		}
 		if err != nil {
 			return nil, err
 		}

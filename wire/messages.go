@@ -219,7 +219,11 @@ const (
 	RefuseBusy        RefuseCode = 3 // already migrating this guest or another
 	RefuseUnsupported RefuseCode = 4 // mode or flags this destination cannot do
 	RefuseOther       RefuseCode = 5 // see the message
-	numRefuseCodes               = 6
+	// RefuseCompleted answers a reconnection (FlagRecover) to a session
+	// that completed on the destination: every page is in place and the
+	// guest runs there. Its Complete was lost with the link.
+	RefuseCompleted RefuseCode = 6
+	numRefuseCodes             = 7
 )
 
 func (c RefuseCode) String() string {
@@ -236,6 +240,8 @@ func (c RefuseCode) String() string {
 		return "unsupported"
 	case RefuseOther:
 		return "refused"
+	case RefuseCompleted:
+		return "session completed"
 	}
 	return fmt.Sprintf("refusal(%d)", uint8(c))
 }

@@ -54,6 +54,7 @@ func sampleMessages() []Message {
 		testHello(),
 		&HelloAck{Accepted: true},
 		&HelloAck{Code: RefuseGeometry, Message: "ram0 is 2147483648 bytes here"},
+		&HelloAck{Code: RefuseCompleted, Message: "session 00 of guest g completed on this host"},
 		&IterationEnd{Iteration: 3, Batches: []uint64{0, 1, 1 << 40}},
 		&Switchover{Iteration: 9},
 		&Switchover{Iteration: 9, Pending: []Run{{0, 0, 1}, {0, 2, 300}, {0, 1 << 20, 5}, {1, 0, 32}, {1, 40, 1}}},
