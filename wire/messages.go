@@ -223,7 +223,7 @@ const (
 	// that completed on the destination: every page is in place and the
 	// guest runs there. Its Complete was lost with the link.
 	RefuseCompleted RefuseCode = 6
-	numRefuseCodes             = 7
+	numRefuseCodes  RefuseCode = 7
 )
 
 func (c RefuseCode) String() string {
