@@ -47,7 +47,7 @@ func AttachKept(pid int, features Feature) (*FD, error) {
 }
 
 func attach(pid int, features Feature, keep bool) (*FD, error) {
-	var local, remote int
+	local, remote := -1, -1
 	err := inject(pid, func(call syscallFunc) error {
 		r, err := call(sysUserfaultfd, unix.O_CLOEXEC|unix.O_NONBLOCK)
 		if err != nil {
@@ -66,6 +66,7 @@ func attach(pid int, features Feature, keep bool) (*FD, error) {
 			}
 			if err != nil {
 				unix.Close(l)
+				local = -1
 				_, _ = call(unix.SYS_CLOSE, uint64(remote))
 			}
 			return err
@@ -89,6 +90,11 @@ func attach(pid int, features Feature, keep bool) (*FD, error) {
 		return nil
 	})
 	if err != nil {
+		// The uffd may be ours already when the injection fails after
+		// taking it (the target exiting as its registers are restored).
+		if local >= 0 {
+			unix.Close(local)
+		}
 		return nil, fmt.Errorf("attach userfaultfd to pid %d: %w", pid, err)
 	}
 	u := &FD{fd: local, pid: pid, target: remote}
