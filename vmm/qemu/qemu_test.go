@@ -863,7 +863,13 @@ func testQEMU(t *testing.T, bin string) {
 			// QEMU 7.2's own migrations lose pages of this TCG guest
 			// (docs/qemu.md): their figures stand, the guest may not, and
 			// nothing can run on it after.
-			if crash := answersOrCrashed(ctx, dst.port, filepath.Join(dir, mode, "serial.log")); crash != "" {
+			crash := answersOrCrashed(ctx, dst.port, filepath.Join(dir, mode, "serial.log"))
+			if crash == "" && d.Differ > 0 && !answers(ctx, dst.port) {
+				// Lost pages may break the guest without a kernel
+				// crash on its console (mariadbd hung or dead).
+				crash = fmt.Sprintf("the database did not answer within 3 minutes, %d pages lost", d.Differ)
+			}
+			if crash != "" {
 				qemuBroke = crash
 				t.Logf("%s: QEMU's own migration broke the guest: %s", mode, crash)
 				if version.AtLeast(TCGDirtyFix.Major, TCGDirtyFix.Minor) {
@@ -879,6 +885,18 @@ func testQEMU(t *testing.T, bin string) {
 	}
 }
 
+// answers reports whether the guest's database at port answers a ping now.
+func answers(ctx context.Context, port int) bool {
+	db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=3s&readTimeout=5s", port))
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return db.PingContext(pctx) == nil
+}
+
 // answersOrCrashed waits up to 3 minutes for the guest's database at port
 // to answer, and returns the kernel crash its console (the QEMU serial
 // file console) shows meanwhile, if any.
@@ -888,14 +906,7 @@ func answersOrCrashed(ctx context.Context, port int, console string) string {
 		if c := ConsoleCrash(console); c != "" {
 			return c
 		}
-		db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=3s&readTimeout=5s", port))
-		if err == nil {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = db.PingContext(pctx)
-			cancel()
-			db.Close()
-		}
-		if err == nil {
+		if answers(ctx, port) {
 			return ConsoleCrash(console)
 		}
 		time.Sleep(2 * time.Second)
