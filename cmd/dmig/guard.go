@@ -19,6 +19,7 @@ import (
 	"github.com/dmig/dmig/precopy"
 	"github.com/dmig/dmig/vmm/proc"
 	"github.com/dmig/dmig/vmm/qemu"
+	"github.com/dmig/dmig/wire"
 )
 
 // guardianCmd is the guardian a migration starts before it first pauses
@@ -148,7 +149,8 @@ func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest gu
 		if rep != nil {
 			rep.Restarts = restarts
 		}
-		if rep == nil || rep.Outcome != report.Aborted || !precopy.Restartable(err) || cfg.RecoverTimeout <= 0 || ctx.Err() != nil {
+		restartable := precopy.Restartable(err) || restarts > 0 && busyAtDestination(err)
+		if rep == nil || rep.Outcome != report.Aborted || !restartable || cfg.RecoverTimeout <= 0 || ctx.Err() != nil {
 			return rep, err
 		}
 		if deadline.IsZero() {
@@ -165,6 +167,15 @@ func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest gu
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// busyAtDestination reports whether the destination refused the session
+// as busy. After an aborted attempt that is mostly the attempt's own
+// session, which the destination holds until it notices the lost link, so
+// a restart tries again within the recover timeout.
+func busyAtDestination(err error) bool {
+	var r *wire.RefusedError
+	return errors.As(err, &r) && r.Code == wire.RefuseBusy
 }
 
 // guardedOnce runs one migration of guest behind a guardian: killed at any
