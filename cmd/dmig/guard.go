@@ -169,13 +169,14 @@ func guardedAttempts(ctx context.Context, g *globals, log hclog.Logger, guest gu
 	}
 }
 
-// busyAtDestination reports whether the destination refused the session
-// as busy. After an aborted attempt that is mostly the attempt's own
-// session, which the destination holds until it notices the lost link, so
-// a restart tries again within the recover timeout.
+// busyAtDestination reports whether the destination turned the session
+// away as busy: refused (the guest already migrating there) or setting up
+// another session. After an aborted attempt that is mostly the attempt's
+// own session, which the destination holds until it notices the lost
+// link, so a restart tries again within the recover timeout.
 func busyAtDestination(err error) bool {
 	var r *wire.RefusedError
-	return errors.As(err, &r) && r.Code == wire.RefuseBusy
+	return errors.As(err, &r) && r.Code == wire.RefuseBusy || errors.Is(err, wire.ErrBusy)
 }
 
 // guardedOnce runs one migration of guest behind a guardian: killed at any
