@@ -139,35 +139,8 @@ func echoHelper() bool {
 // TCP connection and returns the median in µs.
 func (l *link) pingPong(t testing.TB, n int) float64 {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := l.dstIP + ":7998"
-	echo := l.in(l.dst, exe, "-test.run=^$")
-	echo.Env = append(os.Environ(), envEcho+"=listen "+addr)
-	out, err := echo.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := echo.Start(); err != nil {
-		t.Fatal(err)
-	}
+	echo := l.startHelper(t, "echo helper", envEcho+"=listen "+addr)
 	defer func() { echo.Process.Kill(); echo.Wait() }()
-	var ready string
-	fmt.Fscan(out, &ready)
-	if ready != "ready" {
-		t.Fatalf("echo helper: %s", ready)
-	}
-	ping := l.in(l.src, exe, "-test.run=^$")
-	ping.Env = append(os.Environ(), fmt.Sprintf("%s=dial %s %d", envEcho, addr, n))
-	res, err := ping.Output()
-	if err != nil {
-		t.Fatalf("ping-pong: %v", err)
-	}
-	ns, err := strconv.ParseInt(strings.TrimSpace(string(res)), 10, 64)
-	if err != nil {
-		t.Fatalf("ping-pong said %q", res)
-	}
-	return float64(ns) / 1e3
+	return float64(l.runHelper(t, "ping-pong", fmt.Sprintf("%s=dial %s %d", envEcho, addr, n))) / 1e3
 }

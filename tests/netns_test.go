@@ -126,37 +126,56 @@ func tcpHelper() bool {
 // over one connection and returns how long it took.
 func (l *link) rawTCP(t testing.TB, n int64) time.Duration {
 	t.Helper()
+	addr := l.dstIP + ":7999"
+	sink := l.startHelper(t, "tcp sink", envSink+"="+addr)
+	defer sink.Wait()
+	return time.Duration(l.runHelper(t, "tcp sender", fmt.Sprintf("%s=%s %d", envSend, addr, n)))
+}
+
+// startHelper starts this test binary in the destination namespace as the
+// helper env selects, and returns once it says it is ready.
+func (l *link) startHelper(t testing.TB, what, env string) *exec.Cmd {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.dstIP + ":7999"
-	sink := l.in(l.dst, exe, "-test.run=^$")
-	sink.Env = append(os.Environ(), envSink+"="+addr)
-	out, err := sink.StdoutPipe()
+	cmd := l.in(l.dst, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), env)
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer sink.Wait()
 	var ready string
 	fmt.Fscan(out, &ready)
 	if ready != "ready" {
-		t.Fatalf("tcp sink: %s", ready)
+		t.Fatalf("%s: %s", what, ready)
 	}
-	send := l.in(l.src, exe, "-test.run=^$")
-	send.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d", envSend, addr, n))
-	b, err := send.Output()
+	return cmd
+}
+
+// runHelper runs this test binary in the source namespace as the helper
+// env selects and returns the number it prints.
+func (l *link) runHelper(t testing.TB, what, env string) int64 {
+	t.Helper()
+	exe, err := os.Executable()
 	if err != nil {
-		t.Fatalf("tcp sender: %v", err)
+		t.Fatal(err)
 	}
-	ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	cmd := l.in(l.src, exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), env)
+	b, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("tcp sender said %q", b)
+		t.Fatalf("%s: %v", what, err)
 	}
-	return time.Duration(ns)
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		t.Fatalf("%s said %q", what, b)
+	}
+	return n
 }
 
 // readJSON decodes a JSON file into v.
