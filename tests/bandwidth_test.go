@@ -202,6 +202,8 @@ func BenchmarkBandwidthCap(b *testing.B) {
 				b.ReportMetric(bw.PeakBytesPerS/c.rate, "peak1s/cap")
 				b.ReportMetric(rep.TotalMS/1e3, "total_s")
 				b.ReportMetric(float64(bw.Bytes)/1e6, "paced_MB")
+				// The cap is the link: bytes at it plus downtime.
+				migrationBound{linkRate: c.rate}.print(b, c.name, &rep)
 			}
 		})
 	}

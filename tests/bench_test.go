@@ -19,8 +19,10 @@ import (
 // two network namespaces, over an unshaped veth and over one shaped to
 // 1 Gbit/s, with dmig serve and dmig migrate as the processes an operator
 // runs. It reports total time, downtime, bytes and fault latency, each mode
-// against pre-copy in the same run, and pre-copy's first pass against raw
-// TCP carrying the same bytes over the same link.
+// against pre-copy in the same run and against its bound (network bytes at
+// the link's rate, plus downtime: the shaper's rate, or on the unshaped veth
+// what raw TCP carries in the same run), and pre-copy's first pass against
+// raw TCP carrying the same bytes over the same link.
 func BenchmarkModes(b *testing.B) {
 	size := int64(4 << 30)
 	if v, err := strconv.ParseInt(os.Getenv("DMIG_BENCH_GUEST"), 10, 64); err == nil && v > 0 {
@@ -33,6 +35,7 @@ func BenchmarkModes(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			l := newLink(b, rate)
+			bound := migrationBound{linkRate: linkRate(b, l, rate)}
 			var base *report.Report
 			for _, mode := range []precopy.Mode{precopy.ModePrecopy, precopy.ModePostcopy, precopy.ModeHybrid} {
 				b.Run(string(mode), func(b *testing.B) {
@@ -44,6 +47,7 @@ func BenchmarkModes(b *testing.B) {
 					b.ReportMetric(rep.TotalMS, "total_ms")
 					b.ReportMetric(rep.DowntimeMS, "downtime_ms")
 					b.ReportMetric(float64(rep.BytesSent)/1e6, "MB_sent")
+					bound.print(b, name+"/"+string(mode), rep)
 					if rep.FaultLatencyUS.Count > 0 {
 						b.ReportMetric(rep.FaultLatencyUS.P50, "fault_p50_µs")
 						b.ReportMetric(rep.FaultLatencyUS.P99, "fault_p99_µs")

@@ -116,3 +116,34 @@ func copyCeiling(b *testing.B, dataFile string, pages int64) float64 {
 	}
 	return float64(pages*4096) / time.Since(t0).Seconds()
 }
+
+// print writes r's bound next to its total to standard output (the
+// engines' debug logs would truncate b.Log) and reports both as metrics.
+func (m migrationBound) print(b *testing.B, what string, r *report.Report) {
+	b.Helper()
+	bound := m.ms(r)
+	terms := fmt.Sprintf("network %.1f MB at ", float64(r.BytesSent)/1e6)
+	if m.linkRate > 0 {
+		terms += fmt.Sprintf("%.0f MB/s", m.linkRate/1e6)
+	} else {
+		terms += "an unknown rate"
+	}
+	if m.ceiling > 0 || r.Storage.BytesRead > 0 {
+		terms += fmt.Sprintf(", storage %.1f MB at %.0f MB/s", float64(r.Storage.BytesRead)/1e6, m.ceiling/1e6)
+	}
+	fmt.Printf("%s: total %.0f ms, bound %.0f ms (%s, downtime %.1f ms): %.2f× its bound\n",
+		what, r.TotalMS, bound, terms, r.DowntimeMS, r.TotalMS/bound)
+	b.ReportMetric(bound, "bound_ms")
+	b.ReportMetric(r.TotalMS/bound, "total/bound")
+}
+
+// linkRate is l's rate in bytes/s: the shaper's where rate names one, else
+// what one TCP connection carries over it now (1 GiB, measured).
+func linkRate(b *testing.B, l *link, rate string) float64 {
+	b.Helper()
+	if r := tcRate(rate); r > 0 {
+		return r
+	}
+	const n = 1 << 30
+	return n / l.rawTCP(b, n).Seconds()
+}

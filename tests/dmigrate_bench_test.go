@@ -232,6 +232,10 @@ func BenchmarkDMigrateStorageFaults(b *testing.B) {
 		b.ReportMetric(src.P50, "source-p50-µs")
 		b.ReportMetric(src.P99, "source-p99-µs")
 		b.ReportMetric(float64(src.Count), "source-faults")
+		// The restore's ceiling on the same data file, still in the page
+		// cache (1 GiB at most), measured after the migration.
+		ceiling := copyCeiling(b, g.dataFile, max(min(int64(rep.Pages.StorageVerified+rep.Storage.PostcopyPages), 1<<18), 256))
+		migrationBound{linkRate: tcRate(rate), ceiling: ceiling}.print(b, fmt.Sprintf("%d GiB hybrid, link %s", size, rate), rep)
 		if st.Count == 0 {
 			b.Errorf("no fault was resolved from storage")
 		}

@@ -24,7 +24,8 @@ import (
 // 1 Gbit/s (tc tbf, whose queue the push and the replies share), and
 // reports the fault latency (p50, p99, max) against the round trip of a
 // small TCP ping-pong on the same link in the same run, measured just
-// before the migration. Run:
+// before the migration, and the migration's total against its bound
+// (network bytes at the link's rate plus downtime). Run:
 //
 //	go test -run '^$' -bench FaultLatency -benchtime 1x ./tests/
 func BenchmarkFaultLatency(b *testing.B) {
@@ -40,6 +41,7 @@ func BenchmarkFaultLatency(b *testing.B) {
 			} else {
 				l = newLink(b, rate)
 			}
+			bound := migrationBound{linkRate: linkRate(b, l, rate)}
 			for range b.N {
 				rtt := l.pingPong(b, 2000)
 				rep := migrateNetns(b, l, size, precopy.ModePostcopy)
@@ -48,6 +50,7 @@ func BenchmarkFaultLatency(b *testing.B) {
 				fmt.Printf("%s: rtt p50 %.1f µs; %d source faults: p50 %.0f µs, p99 %.0f µs, max %.0f µs; total %.0f ms; load %s",
 					rate, rtt, f.Count, f.P50, f.P99, f.Max, rep.TotalMS, load)
 				fmt.Printf("%s: fault latency histogram %+v\n", rate, f.Dist)
+				bound.print(b, rate, rep)
 				b.ReportMetric(rtt, "rtt_p50_µs")
 				b.ReportMetric(f.P50, "fault_p50_µs")
 				b.ReportMetric(f.P99, "fault_p99_µs")
