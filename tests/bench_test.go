@@ -83,16 +83,34 @@ func migrateNetns(b *testing.B, l *link, size int64, mode precopy.Mode) *report.
 	}
 	defer os.RemoveAll(shm)
 	addr := l.dstIP + ":7000"
-	serve := l.in(l.dst, dmigBin, append([]string{"serve", "--listen", addr, "--dir", shm, "--once", "--log-format", "json"}, insecureFlag()...)...)
+	serveArgs, args := []string{"serve"}, []string{"migrate"}
+	// DMIG_BENCH_PROFILE=DIR: CPU profiles of both engines, per mode.
+	prof := os.Getenv("DMIG_BENCH_PROFILE")
+	if prof != "" {
+		serveArgs = append(serveArgs, "--cpu-profile", filepath.Join(prof, "serve-"+string(mode)+".pprof"))
+		args = append(args, "--cpu-profile", filepath.Join(prof, "migrate-"+string(mode)+".pprof"))
+	}
+	serveArgs = append(serveArgs, "--listen", addr, "--dir", shm, "--once", "--log-format", "json")
+	serve := l.in(l.dst, dmigBin, append(serveArgs, insecureFlag()...)...)
 	serve.Stderr = prefixWriter(b, "dmig-serve: ")
 	if err := serve.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { serve.Process.Kill(); serve.Wait(); killGuestsUnder(shm) }()
+	defer func() {
+		if prof != "" {
+			// --once: serve exits by itself, and writes its profile then.
+			t := time.AfterFunc(20*time.Second, func() { serve.Process.Kill() })
+			defer t.Stop()
+		} else {
+			serve.Process.Kill()
+		}
+		serve.Wait()
+		killGuestsUnder(shm)
+	}()
 	time.Sleep(300 * time.Millisecond) // listening
 	stats := filepath.Join(dir, "dst.stats")
 	repPath := filepath.Join(dir, "report.json")
-	args := []string{"migrate", "--to", addr, "--mode", string(mode), "--pid", fmt.Sprint(g.pid()), "--ram", g.ram, "--report", repPath, "--log-format", "json"}
+	args = append(args, "--to", addr, "--mode", string(mode), "--pid", fmt.Sprint(g.pid()), "--ram", g.ram, "--report", repPath, "--log-format", "json")
 	if v := os.Getenv("DMIG_BENCH_MAXBW"); v != "" {
 		args = append(args, "--max-bandwidth", v)
 	}

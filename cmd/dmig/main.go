@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -19,6 +20,9 @@ import (
 type globals struct {
 	LogLevel  string `help:"Log level: trace, debug, info, warn, error." default:"info" enum:"trace,debug,info,warn,error"`
 	LogFormat string `help:"Log format: text, json, or auto (json when stderr is not a terminal)." default:"auto" enum:"auto,text,json"`
+	// A profile of the command itself, for finding where a migration's
+	// CPU goes on a host (go tool pprof FILE); written when it exits.
+	CPUProfile string `name:"cpu-profile" help:"Write a Go CPU profile of this command to FILE when it exits (diagnostics)." type:"path" placeholder:"FILE"`
 }
 
 // logger builds the process's logger from the global flags.
@@ -57,6 +61,29 @@ func (versionCmd) Run() error {
 	return nil
 }
 
+// startCPUProfile starts a CPU profile into path ("": none) and returns
+// what ends it and writes the file.
+func startCPUProfile(path string) (func() error, error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("cpu profile %s: %w", path, err)
+		}
+		return nil
+	}, nil
+}
+
 // version is set at link time (-ldflags "-X main.version=...").
 var version = "dev"
 
@@ -71,7 +98,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	kctx.BindTo(ctx, (*context.Context)(nil))
-	err := kctx.Run(&c.globals)
+	stopProfile, err := startCPUProfile(c.CPUProfile)
+	if err == nil {
+		err = kctx.Run(&c.globals)
+		err = errors.Join(err, stopProfile())
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dmig: %v\n", err)
 		os.Exit(exitCode(err))
