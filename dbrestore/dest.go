@@ -379,7 +379,10 @@ func (d *dest) dataRun(b *dstBlock, first uint64, iter uint32, buf []byte) error
 	// whole-page write to a hole of the shmem file allocates the page
 	// without faulting it in and zeroing it first, which dominated the
 	// receive path.
-	if _, err := b.File.WriteAt(buf, int64(first*pageSize)); err != nil {
+	b.writeMu.Lock()
+	_, err := b.File.WriteAt(buf, int64(first*pageSize))
+	b.writeMu.Unlock()
+	if err != nil {
 		return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", first, run, b.Name, err))
 	}
 	b.placed.AddRange(first, run)

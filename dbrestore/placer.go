@@ -65,6 +65,10 @@ type dstBlock struct {
 	// start (prepare). The file holds data only there: the rest are holes.
 	placed  *pages.Set
 	missing *pages.Set // owed after switchover
+	// writeMu serializes pwrites to the file: the kernel does too (the
+	// shmem inode's lock), but its waiters spin on the CPU the other
+	// connections' reads and the restore need.
+	writeMu sync.Mutex
 }
 
 // markPending makes the pages the source still owes missing: holes in the
