@@ -14,9 +14,9 @@ import (
 // TCP puts about a millisecond of each connection's pacing rate into it),
 // so every byte of push ahead of a reply delays the faulting guest thread;
 // on two shared cores the push's senders also take the CPU the page server
-// needs. Held for up to holdMax per piece, a push during a storm of faults
-// still moves about pushPiece per holdMax and connection; between faults it
-// runs at full speed.
+// needs. Held for at most as long as its last piece took to write, a push
+// during a storm of faults still moves at about half its speed; between
+// faults it runs at full speed.
 const (
 	// pushPiece is how much of a push frame goes to the socket at a time,
 	// between looks at the gate.
@@ -26,8 +26,8 @@ const (
 	// bytes back.
 	pushLowat = 128 << 10
 	// faultHold is how long after a request the push stays held, and
-	// holdMax how long one piece may be held however many requests come:
-	// the push still moves during a storm of faults.
+	// holdMax the longest one piece may be held however many requests
+	// come.
 	faultHold = 500 * time.Microsecond
 	holdMax   = 2 * time.Millisecond
 	holdPoll  = 100 * time.Microsecond
@@ -56,25 +56,44 @@ func (g *faultGate) busy() bool {
 }
 
 // gatedPacer is a push connection's pacer: it holds each piece while the
-// gate is busy (up to holdMax), then asks the bandwidth cap's pacer.
+// gate is busy, then asks the bandwidth cap's pacer. A piece is held no
+// longer than the previous one took to write (and never past holdMax), so
+// during a storm of faults the push still gets half of its connection's
+// time: a guest that faults without pause would otherwise keep the push
+// (and so itself, for every page the push has not reached) at a crawl.
 type gatedPacer struct {
 	g     *faultGate
 	inner wire.Pacer
+	// granted is when the last piece went to its writer (UnixNano; 0:
+	// none yet): the time from it to the next request is that piece's.
+	granted atomic.Int64
 }
 
-func (p gatedPacer) Pace(ctx context.Context, n int) (int, error) {
+func (p *gatedPacer) Pace(ctx context.Context, n int) (int, error) {
 	n = min(n, pushPiece)
 	if p.g.busy() {
-		t := time.NewTimer(holdPoll)
+		hold := p.hold(time.Now())
+		t := time.NewTimer(min(holdPoll, hold))
 		defer t.Stop()
-		for deadline := time.Now().Add(holdMax); p.g.busy() && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(hold); p.g.busy() && time.Now().Before(deadline); {
 			select {
 			case <-t.C:
-				t.Reset(holdPoll)
+				t.Reset(min(holdPoll, time.Until(deadline)))
 			case <-ctx.Done():
 				return 0, fmt.Errorf("push held for a fault reply: %w", ctx.Err())
 			}
 		}
 	}
-	return p.inner.Pace(ctx, n)
+	k, err := p.inner.Pace(ctx, n)
+	p.granted.Store(time.Now().UnixNano())
+	return k, err
+}
+
+// hold is the longest the piece asked for at now may be held.
+func (p *gatedPacer) hold(now time.Time) time.Duration {
+	g := p.granted.Load()
+	if g == 0 {
+		return holdMax
+	}
+	return max(0, min(holdMax, now.Sub(time.Unix(0, g))))
 }

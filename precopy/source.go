@@ -852,7 +852,7 @@ func (s *source) push(ctx context.Context, gate *faultGate) {
 	n := len(s.sess.Bulk)
 	var wg sync.WaitGroup
 	for i, c := range s.sess.Bulk {
-		c.SetPacer(gatedPacer{g: gate, inner: s.cfg.Bandwidth.Bulk()})
+		c.SetPacer(&gatedPacer{g: gate, inner: s.cfg.Bandwidth.Bulk()})
 		if err := c.SetNotSentLowat(pushLowat); err != nil {
 			s.log.Warn("post-copy push: fault replies may queue behind it", "conn", i, "error", err)
 		}
