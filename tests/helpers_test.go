@@ -133,8 +133,10 @@ func startSource(t testing.TB, o guestOpts) *srcGuest {
 		g.cmd.Process.Kill()
 		<-g.exit
 	})
-	// Running once its stats show writes.
-	deadline := time.Now().Add(60 * time.Second)
+	// Running once its stats show writes: filling its RAM (and writing a
+	// database guest's data file) takes about 5 s a GiB on loaded cores.
+	wait := 60*time.Second + time.Duration(o.size>>30)*10*time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		st, err := testguest.ReadStats(g.stats)
 		if err == nil && st.Writes > 0 {
@@ -146,7 +148,7 @@ func startSource(t testing.TB, o guestOpts) *srcGuest {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("source guest not running after 60s: %v", err)
+			t.Fatalf("source guest not running after %v: %v", wait, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
