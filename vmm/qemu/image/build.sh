@@ -8,6 +8,12 @@
 #
 #   build.sh [--dmig BIN] OUT
 #
+# A bigger pool, for a guest with more RAM: DMIG_POOL_SIZE sets
+# innodb_buffer_pool_size (default 1G), DMIG_POOL_TABLES and DMIG_POOL_ROWS
+# the `pool` database (default 10 tables of 300 000 rows, ~750 MB; 25
+# tables ~1.8 GB), DMIG_IMAGE_SIZE the disk (default 4G; 6G for 25 tables).
+# Each combination is a base image of its own in the cache.
+#
 # The base image (everything but the dmig binary) is cached as
 # $DMIG_IMAGE_CACHE/guest-<hash>.raw, the hash covering this directory's
 # files and the kernel the guest boots, so a machine builds it once. OUT is a
@@ -20,6 +26,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${DMIG_IMAGE_CACHE:-/var/cache/dmig}
 mirror=${DMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 size=${DMIG_IMAGE_SIZE:-4G}
+pool_size=${DMIG_POOL_SIZE:-1G}
+[[ $pool_size =~ ^[0-9]+[MG]$ ]] || { echo "build.sh: DMIG_POOL_SIZE=$pool_size: want a size like 1G or 2048M" >&2; exit 2; }
 dmig=
 while [ $# -gt 1 ]; do
 	case $1 in
@@ -39,7 +47,7 @@ initrd=/boot/initrd.img-$kver
 [ -r "$initrd" ] || { echo "build.sh: no $initrd" >&2; exit 1; }
 [ -d "/lib/modules/$kver" ] || { echo "build.sh: no /lib/modules/$kver" >&2; exit 1; }
 
-hash=$( (cd "$here" && cat $(ls -1 | sort); echo "$kver $size $mirror ${DMIG_POOL_TABLES:-10} ${DMIG_POOL_ROWS:-300000}") | sha256sum | cut -c1-16)
+hash=$( (cd "$here" && cat $(ls -1 | sort); echo "$kver $size $mirror ${DMIG_POOL_TABLES:-10} ${DMIG_POOL_ROWS:-300000} $pool_size") | sha256sum | cut -c1-16)
 base=$cache/guest-$hash.raw
 
 # preload fills the databases `pool` (the bulk of the buffer pool) and
@@ -90,6 +98,7 @@ build_base() {
 	printf '127.0.0.1 localhost\n127.0.1.1 dmig-guest\n' >"$root/etc/hosts"
 	install -D -m 0644 "$here/99-dhcp.network" "$root/etc/systemd/network/99-dhcp.network"
 	install -D -m 0644 "$here/99-dmig.cnf" "$root/etc/mysql/mariadb.conf.d/99-dmig.cnf"
+	sed -i "s/^innodb_buffer_pool_size = .*/innodb_buffer_pool_size = $pool_size/" "$root/etc/mysql/mariadb.conf.d/99-dmig.cnf"
 	install -D -m 0644 "$here/dmig-init.sql" "$root/etc/mysql/dmig-init.sql"
 	install -D -m 0644 "$here/dmig-agent.service" "$root/etc/systemd/system/dmig-agent.service"
 	# Serial console login as root without a password: a test guest.
