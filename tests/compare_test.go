@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/compare"
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/testvm"
 	"github.com/dmig/dmig/layout"
@@ -42,6 +43,7 @@ func sysbench(addr, test string, extra ...string) string {
 // bridge of its own, its buffer pool loaded.
 type compareGuest struct {
 	dir, ramDir string
+	image       string // its disk: the shared storage of hybrid's references
 	addr        string // the guest's address on the bridge
 	qmp         string // its first QEMU's QMP socket
 	db          *sql.DB
@@ -69,12 +71,12 @@ func compareQEMU(ctx context.Context, tb testing.TB) string {
 
 // bootCompareGuest boots the guest on the QEMU binary bin and waits for its
 // buffer pool. Its QEMUs and RAM files go when tb ends.
-func bootCompareGuest(ctx context.Context, tb testing.TB, bin string) *compareGuest {
+func bootCompareGuest(ctx context.Context, tb testing.TB, bin string, mem uint64) *compareGuest {
 	tb.Helper()
 	dir := tb.TempDir()
 	img := testvm.BuildImage(tb, dir)
 	br := testvm.NewBridge(tb, dir)
-	g := &compareGuest{dir: dir, ramDir: fmt.Sprintf("/dev/shm/dmig-compare-%d", os.Getpid()), addr: br.Addr(2)}
+	g := &compareGuest{dir: dir, ramDir: fmt.Sprintf("/dev/shm/dmig-compare-%d", os.Getpid()), image: img.Path, addr: br.Addr(2)}
 	if err := os.MkdirAll(g.ramDir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func bootCompareGuest(ctx context.Context, tb testing.TB, bin string) *compareGu
 	})
 	cfg := qemu.Config{Dir: filepath.Join(dir, "vm"), Image: img.Path, Kernel: img.Kernel, Initrd: img.Initrd,
 		MemPath: filepath.Join(g.ramDir, "source"), Tap: &qemu.Tap{Script: br.Script, Addr: br.CIDR(2)},
-		AgentSocket: filepath.Join(dir, "vm", "agent.sock"), Binary: bin, KillWithParent: true}
+		AgentSocket: filepath.Join(dir, "vm", "agent.sock"), Binary: bin, KillWithParent: true, MemSize: mem}
 	start := time.Now()
 	vm, err := qemu.StartConfig(ctx, cfg)
 	if err != nil {
@@ -122,7 +124,7 @@ func bootCompareGuest(ctx context.Context, tb testing.TB, bin string) *compareGu
 func TestCompare(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	g := bootCompareGuest(ctx, t, compareQEMU(ctx, t))
+	g := bootCompareGuest(ctx, t, compareQEMU(ctx, t), 0)
 	dir, ramDir, addr, poolSize := g.dir, g.ramDir, g.addr, g.poolSize
 
 	qmp := g.qmp
@@ -378,7 +380,10 @@ func checksumCmd(addr string) string {
 // ratios against QEMU's fastest mode of the same run.
 // DMIG_BENCH_COMPRESS=1 compresses dmig's page data (--compress);
 // DMIG_BENCH_MODES picks the modes (compare's --modes), DMIG_BENCH_QEMU
-// the QEMU binary. DMIG_TEST_KEEP=DIR keeps the JSON, the CSV and the plot.
+// the QEMU binary, DMIG_BENCH_MEM the guest's RAM (default 2Gi; give a
+// bigger one a bigger pool through the image's DMIG_POOL_* settings,
+// docs/testing.md). DMIG_TEST_KEEP=DIR keeps the JSON, the CSV and the
+// plot.
 //
 //	go test -run '^$' -bench Compare -benchtime 1x -timeout 40m ./tests/
 func BenchmarkCompare(b *testing.B) {
@@ -395,7 +400,15 @@ func BenchmarkCompare(b *testing.B) {
 	} else {
 		buggy = !v.AtLeast(qemu.TCGDirtyFix.Major, qemu.TCGDirtyFix.Minor)
 	}
-	g := bootCompareGuest(ctx, b, bin)
+	var mem uint64 // the image's 2 GiB
+	if v := os.Getenv("DMIG_BENCH_MEM"); v != "" {
+		n, err := bandwidth.Parse(v)
+		if err != nil || n%(2<<20) != 0 {
+			b.Fatalf("DMIG_BENCH_MEM=%q: want a RAM size in whole 2 MiB, e.g. 3Gi", v)
+		}
+		mem = n
+	}
+	g := bootCompareGuest(ctx, b, bin, mem)
 	rate := os.Getenv("DMIG_BENCH_RATE")
 	if rate == "" {
 		rate = "1gbit"
@@ -441,6 +454,27 @@ func BenchmarkCompare(b *testing.B) {
 		b.Logf("dmig compare, link %s:\n%s", rate, table)
 		if err != nil {
 			b.Errorf("dmig compare: %v\n%s", err, tail(stderr.String(), 20))
+		}
+		printCompareBounds(b, g, tcRate(rate), res.Migrations)
+	}
+}
+
+// printCompareBounds prints each migration's total against its bound. The
+// restore's ceiling is a plain copy from the guest's disk, measured now,
+// of as many pages as the first mode that read from it placed (1 GiB at
+// most).
+func printCompareBounds(b *testing.B, g *compareGuest, linkRate float64, ms []compare.Migration) {
+	b.Helper()
+	bound := migrationBound{linkRate: linkRate}
+	for _, m := range ms {
+		if r := m.Report; r != nil && r.Storage.BytesRead > 0 {
+			bound.ceiling = copyCeiling(b, g.image, max(min(int64(r.Pages.StorageVerified), 1<<18), 256))
+			break
+		}
+	}
+	for _, m := range ms {
+		if m.Report != nil && m.Report.TotalMS > 0 {
+			bound.print(b, fmt.Sprintf("%s (round %d)", m.Mode, m.Round), m.Report)
 		}
 	}
 }
