@@ -120,6 +120,18 @@ func (l *Limiter) Rate() uint64 {
 	return uint64(l.rate)
 }
 
+// SharedRate is the tightest cap above l (a drain's destination or total,
+// shared with other migrations), bytes/s; 0: none.
+func (l *Limiter) SharedRate() uint64 {
+	var r uint64
+	for x := l.parent; x != nil; x = x.parent {
+		if xr := x.Rate(); xr > 0 && (r == 0 || xr < r) {
+			r = xr
+		}
+	}
+	return r
+}
+
 func (l *Limiter) quantum() float64 {
 	return min(max(l.rate/quantumShare, minQuantum), maxQuantum)
 }
