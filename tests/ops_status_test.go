@@ -420,3 +420,61 @@ func TestSetBandwidth(t *testing.T) {
 		t.Errorf("after the change %.0f bytes/s: no faster than the old cap", after)
 	}
 }
+
+// TestDrainSetBandwidth drains one guest capped at 2M by its config entry,
+// within a drain total of 40M, and raises its cap to 30M by its entry's
+// name: status shows the guest's new cap within the shared 40M, the guest
+// moves with its RAM verified on the destination, and its report lists
+// the change.
+func TestDrainSetBandwidth(t *testing.T) {
+	dir := t.TempDir()
+	ctlDir := filepath.Join(dir, "ctl")
+	srv := startServe(t, "--insecure", "--ctl-dir", ctlDir)
+	px := startProxy(t, srv.addr, 40<<20)
+	v := drainVM{name: "db-a", g: startSource(t, guestOpts{size: 64 << 20, writeRate: 2000}), stats: filepath.Join(dir, "db-a.stats")}
+	killDestGuest(t, v.stats)
+	conf, sumFile := filepath.Join(dir, "drain.json"), filepath.Join(dir, "summary.json")
+	writeDrainConfig(t, conf, px.addr(), []drainVM{v}, "")
+	var cfg drain.Config
+	b, err := os.ReadFile(conf)
+	if err == nil {
+		err = json.Unmarshal(b, &cfg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.VMs[0].MaxBandwidth = 2_000_000
+	if b, err = json.Marshal(cfg); err != nil || os.WriteFile(conf, b, 0o600) != nil {
+		t.Fatalf("drain config: %v", err)
+	}
+	d := startMigrate(t, "drain", "--config", conf, "--state", filepath.Join(dir, "state.json"), "--lock-dir", filepath.Join(dir, "locks"),
+		"--insecure", "--ctl-dir", ctlDir, "--report", sumFile, "--max-bandwidth", "40M")
+	e := waitEntry(t, ctlDir, "db-a", d, func(e ctl.Entry) bool { return e.BytesSent > 1<<20 })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 2_000_000 || e.SharedMaxBandwidth != 40_000_000 {
+		t.Fatalf("drain guest's entry: %+v", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, "db-a", "30M"); code != 0 || !strings.Contains(out, "2M -> 30M") {
+		t.Fatalf("set-bandwidth db-a 30M: exit %d\n%s", code, out)
+	}
+	e = waitEntry(t, ctlDir, "db-a", d, func(ctl.Entry) bool { return true })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 30_000_000 || e.SharedMaxBandwidth != 40_000_000 || e.BandwidthChanges != 1 {
+		t.Fatalf("drain guest's entry after the change: %+v", e)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("drain: exit %d\n%s", code, d.stderr.String())
+	}
+	waitDestRunning(t, v.stats)
+	sum := readSummary(t, sumFile)
+	if len(sum.VMs) != 1 || sum.VMs[0].Status != drain.StatusMoved || sum.VMs[0].Report == nil {
+		t.Fatalf("summary %+v", sum)
+	}
+	bw := sum.VMs[0].Report.Bandwidth
+	if bw.MaxBytesPerS != 30_000_000 || len(bw.Changes) != 1 || bw.Changes[0].FromBytesPerS != 2_000_000 || bw.Changes[0].ToBytesPerS != 30_000_000 {
+		t.Fatalf("guest's report bandwidth %+v", bw)
+	}
+	if sum.Bandwidth == nil || sum.Bandwidth.MaxBytesPerS != 40_000_000 || len(sum.Bandwidth.Changes) != 0 {
+		t.Fatalf("drain total %+v: want 40M, unchanged", sum.Bandwidth)
+	}
+}
