@@ -422,10 +422,10 @@ func TestSetBandwidth(t *testing.T) {
 }
 
 // TestDrainSetBandwidth drains one guest capped at 2M by its config entry,
-// within a drain total of 40M, and raises its cap to 30M by its entry's
-// name: status shows the guest's new cap within the shared 40M, the guest
-// moves with its RAM verified on the destination, and its report lists
-// the change.
+// within a drain total of 40M, raises its cap to 30M by its entry's name
+// and the total to 60M by drain:PID: status shows the guest's new cap
+// within the shared 60M, the guest moves with its RAM verified on the
+// destination, and its report and the summary's total list the changes.
 func TestDrainSetBandwidth(t *testing.T) {
 	dir := t.TempDir()
 	ctlDir := filepath.Join(dir, "ctl")
@@ -458,8 +458,15 @@ func TestDrainSetBandwidth(t *testing.T) {
 	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, "db-a", "30M"); code != 0 || !strings.Contains(out, "2M -> 30M") {
 		t.Fatalf("set-bandwidth db-a 30M: exit %d\n%s", code, out)
 	}
+	total := "drain:" + strconv.Itoa(d.cmd.Process.Pid)
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, total, "60M"); code != 0 || !strings.Contains(out, "total bandwidth cap 40M -> 60M") {
+		t.Fatalf("set-bandwidth %s 60M: exit %d\n%s", total, code, out)
+	}
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, "drain:1", "60M"); code == 0 || !strings.Contains(out, "no such migration") {
+		t.Fatalf("set-bandwidth drain:1: exit %d, %q; want no such drain", code, out)
+	}
 	e = waitEntry(t, ctlDir, "db-a", d, func(ctl.Entry) bool { return true })
-	if e.MaxBandwidth == nil || *e.MaxBandwidth != 30_000_000 || e.SharedMaxBandwidth != 40_000_000 || e.BandwidthChanges != 1 {
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 30_000_000 || e.SharedMaxBandwidth != 60_000_000 || e.BandwidthChanges != 1 {
 		t.Fatalf("drain guest's entry after the change: %+v", e)
 	}
 	if code := d.wait(t); code != 0 {
@@ -474,7 +481,7 @@ func TestDrainSetBandwidth(t *testing.T) {
 	if bw.MaxBytesPerS != 30_000_000 || len(bw.Changes) != 1 || bw.Changes[0].FromBytesPerS != 2_000_000 || bw.Changes[0].ToBytesPerS != 30_000_000 {
 		t.Fatalf("guest's report bandwidth %+v", bw)
 	}
-	if sum.Bandwidth == nil || sum.Bandwidth.MaxBytesPerS != 40_000_000 || len(sum.Bandwidth.Changes) != 0 {
-		t.Fatalf("drain total %+v: want 40M, unchanged", sum.Bandwidth)
+	if tb := sum.Bandwidth; tb == nil || tb.MaxBytesPerS != 60_000_000 || len(tb.Changes) != 1 || tb.Changes[0].FromBytesPerS != 40_000_000 {
+		t.Fatalf("drain total %+v: want 60M, changed once from 40M", sum.Bandwidth)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -268,7 +269,7 @@ func sourceEntry(ctx context.Context, dir, name, op string) (ctl.Entry, error) {
 }
 
 type setBWCmd struct {
-	Guest string `arg:"" help:"The guest whose migration's cap to change (its name, pid:PID, qmp:SOCKET, drain entry name, or session ID)."`
+	Guest string `arg:"" help:"The guest whose migration's cap to change (its name, pid:PID, qmp:SOCKET, drain entry name, or session ID), or drain:PID for the total cap of the dmig drain of that pid."`
 	Rate  string `arg:"" help:"The new cap in bytes/s, as --max-bandwidth takes it (125M, 1Gi, 125MB/s; at least 1M); 0 or none lifts it."`
 	ctlFlags
 }
@@ -277,6 +278,18 @@ func (c *setBWCmd) Run(ctx context.Context) error {
 	rate, err := parseLiveRate(c.Rate)
 	if err != nil {
 		return &statusError{exitUsage, fmt.Errorf("set-bandwidth %s: %w", c.Guest, err)}
+	}
+	if p, ok := strings.CutPrefix(c.Guest, "drain:"); ok {
+		pid, err := strconv.Atoi(p)
+		if err != nil || pid <= 0 {
+			return &statusError{exitUsage, fmt.Errorf("set-bandwidth %s: want drain:PID, the pid of a running dmig drain", c.Guest)}
+		}
+		from, err := ctl.SetTotal(ctx, c.CtlDir, pid, rate)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "dmig: drain %d: total bandwidth cap %s -> %s bytes/s\n", pid, bandwidth.Format(from), bandwidth.Format(rate))
+		return nil
 	}
 	e, err := sourceEntry(ctx, c.CtlDir, c.Guest, "set the bandwidth of")
 	if err != nil {

@@ -192,6 +192,23 @@ func SetBandwidth(ctx context.Context, e Entry, rate uint64) (Entry, error) {
 	return e, nil
 }
 
+// SetTotal changes the total cap of the drain process pid listening in dir
+// to rate bytes/s (0: none) and returns the cap it had.
+func SetTotal(ctx context.Context, dir string, pid int, rate uint64) (uint64, error) {
+	path := filepath.Join(dir, fmt.Sprintf("drain-%d.sock", pid))
+	resp, err := ask(ctx, path, request{Op: "set-bandwidth", Total: true, Rate: rate})
+	if errors.Is(err, errStale) {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %w: no drain of that pid (in %s)", pid, ErrNotFound, dir)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %w", pid, err)
+	}
+	if resp.Error != "" {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %s", pid, resp.Error)
+	}
+	return resp.From, nil
+}
+
 // Wait polls entry e until its migration ended and returns its last
 // entry, or ok false if its process went away first (a migrate exits when
 // its migration ends).

@@ -65,6 +65,18 @@ type Server struct {
 	mu      sync.Mutex
 	next    int
 	entries map[int]*Handle
+	total   *bandwidth.Limiter // the drain's total cap, nil: none here
+}
+
+// SetTotal makes l the bucket dmig set-bandwidth drain:PID changes: a
+// drain's total, the parent of its guests' buckets.
+func (s *Server) SetTotal(l *bandwidth.Limiter) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total = l
 }
 
 // Handle is one registered migration; End it when the migration ends.
@@ -304,6 +316,9 @@ type request struct {
 	Reason string `json:"reason,omitempty"`
 	// Rate: set-bandwidth's new cap, bytes/s (0: none).
 	Rate uint64 `json:"rate,omitempty"`
+	// Total: set-bandwidth of the process's total cap (a drain's), not
+	// of entry ID.
+	Total bool `json:"total,omitempty"`
 }
 
 // response is the server's answer.
@@ -312,6 +327,8 @@ type response struct {
 	Error   string  `json:"error,omitempty"`
 	// Refused: a cancel the migration refused (Error says why).
 	Refused bool `json:"refused,omitempty"`
+	// From: a total's cap before set-bandwidth changed it.
+	From uint64 `json:"from,omitempty"`
 }
 
 func (s *Server) accept() {
@@ -401,14 +418,23 @@ func (s *Server) answer(req request, p peer) response {
 
 // setBandwidth changes the cap of entry req.ID to req.Rate.
 func (s *Server) setBandwidth(req request, p peer) response {
-	s.mu.Lock()
-	h := s.entries[req.ID]
-	s.mu.Unlock()
-	if h == nil {
-		return response{Error: fmt.Sprintf("entry %d: %v", req.ID, ErrNotFound)}
-	}
 	if req.Rate != 0 && req.Rate < bandwidth.MinRate {
 		return response{Error: fmt.Sprintf("bandwidth %d bytes/s: below the smallest cap, 1M; 0 means none", req.Rate)}
+	}
+	s.mu.Lock()
+	h, total := s.entries[req.ID], s.total
+	s.mu.Unlock()
+	if req.Total {
+		if total == nil {
+			return response{Refused: true, Error: fmt.Sprintf("%v: dmig %s has no total cap (only dmig drain has)", ErrNoCap, s.command)}
+		}
+		from := total.Rate()
+		total.SetRate(req.Rate)
+		s.log.Info("total bandwidth cap changed at the operator's request", "from", bandwidth.Format(from), "to", bandwidth.Format(req.Rate), "uid", p.UID, "pid", p.PID)
+		return response{From: from}
+	}
+	if h == nil {
+		return response{Error: fmt.Sprintf("entry %d: %v", req.ID, ErrNotFound)}
 	}
 	e := h.entry(time.Now())
 	l := h.limiter()

@@ -197,6 +197,16 @@ func TestServerSetBandwidth(t *testing.T) {
 	if _, err := SetBandwidth(ctx, dst, 20_000_000); !errors.As(err, &refused) || !strings.Contains(err.Error(), ErrNoCap.Error()) || dst.MaxBandwidth != nil {
 		t.Fatalf("set-bandwidth of an entry without a cap: %v (%+v)", err, dst)
 	}
+	if _, err := SetTotal(ctx, dir, os.Getpid(), 60_000_000); err == nil || !strings.Contains(err.Error(), "no total cap") {
+		t.Fatalf("set-bandwidth of a total before there is one: %v", err)
+	}
+	s.SetTotal(total)
+	if from, err := SetTotal(ctx, dir, os.Getpid(), 60_000_000); err != nil || from != 50_000_000 || total.Rate() != 60_000_000 || l.SharedRate() != 60_000_000 {
+		t.Fatalf("set-bandwidth of the total: %v, from %d, now %d", err, from, total.Rate())
+	}
+	if _, err := SetTotal(ctx, dir, 999999, 60_000_000); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("set-bandwidth of a drain that is not there: %v", err)
+	}
 	h.End(report.Completed, nil)
 	if _, err := SetBandwidth(ctx, e, 20_000_000); !errors.As(err, &refused) || !strings.Contains(err.Error(), "already ended") || l.Rate() != 0 {
 		t.Fatalf("set-bandwidth after the end: %v, cap %d", err, l.Rate())
