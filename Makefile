@@ -20,7 +20,7 @@ test: build test-race
 	$(MAKE) fault-test
 
 # The packages with concurrency, under the race detector.
-RACE_PKGS ?= ./wire ./precopy ./dbrestore ./uffd ./layout ./internal/keeper ./internal/pages ./internal/drain
+RACE_PKGS ?= ./wire ./precopy ./dbrestore ./uffd ./layout ./internal/keeper ./internal/pages ./internal/drain ./internal/bandwidth ./internal/ctl
 test-race:
 	$(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 

@@ -360,3 +360,128 @@ func TestDrainStatusCancel(t *testing.T) {
 	waitDestRunning(t, vms[0].stats)
 	checkSourceRuns(t, vms[1].g)
 }
+
+// TestSetBandwidth starts a hybrid migration capped at 3M over a 40 MiB/s
+// link and raises the cap to 30M with dmig set-bandwidth in its first
+// pass: status shows the new cap (JSON and text), bad input is refused
+// with the cap left as it was, the migration completes with the
+// destination guest's RAM verified, and the report lists the change with
+// the bytes before it, whose rate held the old cap.
+func TestSetBandwidth(t *testing.T) {
+	s := newStatusSetup(t, 40<<20)
+	args := append(migrateArgs(s.g, s.px.addr(), "hybrid", s.stats), "--ctl-dir", s.ctlDir, "--report", s.rep, "--max-bandwidth", "3M")
+	m := startMigrate(t, args...)
+	e := waitEntry(t, s.ctlDir, s.guest, m, func(e ctl.Entry) bool { return e.BytesSent > 1<<20 && e.Phase == "precopy" })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 3_000_000 || e.BandwidthChanges != 0 {
+		t.Fatalf("source entry before the change: %+v", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, bad := range [][]string{{s.guest, "fast"}, {s.guest, "500k"}, {"no-such-guest", "30M"}} {
+		code, out := dmigRun(t, ctx, append([]string{"set-bandwidth", "--ctl-dir", s.ctlDir}, bad...)...)
+		if code == 0 || !strings.Contains(out, "dmig: ") {
+			t.Fatalf("set-bandwidth %v: exit %d, %q; want an error", bad, code, out)
+		}
+		t.Logf("set-bandwidth %v: exit %d: %s", bad, code, strings.TrimSpace(out))
+	}
+	code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", s.ctlDir, s.guest, "30M")
+	if code != 0 || !strings.Contains(out, "3M -> 30M") {
+		t.Fatalf("set-bandwidth 30M: exit %d\n%s", code, out)
+	}
+	e = waitEntry(t, s.ctlDir, s.guest, m, func(ctl.Entry) bool { return true })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 30_000_000 || e.BandwidthChanges != 1 {
+		t.Fatalf("source entry after the change: %+v", e)
+	}
+	txt, err := exec.Command(dmigBin, "status", "--ctl-dir", s.ctlDir, s.guest).Output()
+	if err != nil || !strings.Contains(string(txt), "bandwidth cap 30M bytes/s, changed 1 times") {
+		t.Fatalf("dmig status: %v\n%s", err, txt)
+	}
+	if code := m.wait(t); code != 0 {
+		t.Fatalf("migrate: exit %d\n%s", code, m.stderr.String())
+	}
+	waitDestRunning(t, s.stats)
+	rep := readReport(t, s.rep)
+	bw := rep.Bandwidth
+	if rep.Outcome != report.Completed || bw.MaxBytesPerS != 30_000_000 || len(bw.Changes) != 1 {
+		t.Fatalf("report: outcome %s, bandwidth %+v; want completed, cap 30M, one change", rep.Outcome, bw)
+	}
+	c := bw.Changes[0]
+	t.Logf("change at %.1f s after %d bytes; %d bytes in all over %.0f ms", c.ElapsedS, c.BytesBefore, bw.Bytes, rep.TotalMS)
+	if c.FromBytesPerS != 3_000_000 || c.ToBytesPerS != 30_000_000 || c.BytesBefore < 1<<20 || c.BytesBefore >= bw.Bytes || c.At.IsZero() {
+		t.Fatalf("change %+v", c)
+	}
+	// Under the old cap the traffic held it (from the start, set-up
+	// included, so the bound is loose the right way), and the guest's
+	// 128 MiB could not have gone at 3M in the time the whole took.
+	if float64(c.BytesBefore) > 3e6*1.05*c.ElapsedS+150e3 {
+		t.Errorf("%d bytes in the %.1f s before the change: past the 3M cap", c.BytesBefore, c.ElapsedS)
+	}
+	if after := float64(bw.Bytes-c.BytesBefore) / (rep.TotalMS/1e3 - c.ElapsedS); after <= 3e6*1.05 {
+		t.Errorf("after the change %.0f bytes/s: no faster than the old cap", after)
+	}
+}
+
+// TestDrainSetBandwidth drains one guest capped at 2M by its config entry,
+// within a drain total of 40M, raises its cap to 30M by its entry's name
+// and the total to 60M by drain:PID: status shows the guest's new cap
+// within the shared 60M, the guest moves with its RAM verified on the
+// destination, and its report and the summary's total list the changes.
+func TestDrainSetBandwidth(t *testing.T) {
+	dir := t.TempDir()
+	ctlDir := filepath.Join(dir, "ctl")
+	srv := startServe(t, "--insecure", "--ctl-dir", ctlDir)
+	px := startProxy(t, srv.addr, 40<<20)
+	v := drainVM{name: "db-a", g: startSource(t, guestOpts{size: 64 << 20, writeRate: 2000}), stats: filepath.Join(dir, "db-a.stats")}
+	killDestGuest(t, v.stats)
+	conf, sumFile := filepath.Join(dir, "drain.json"), filepath.Join(dir, "summary.json")
+	writeDrainConfig(t, conf, px.addr(), []drainVM{v}, "")
+	var cfg drain.Config
+	b, err := os.ReadFile(conf)
+	if err == nil {
+		err = json.Unmarshal(b, &cfg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.VMs[0].MaxBandwidth = 2_000_000
+	if b, err = json.Marshal(cfg); err != nil || os.WriteFile(conf, b, 0o600) != nil {
+		t.Fatalf("drain config: %v", err)
+	}
+	d := startMigrate(t, "drain", "--config", conf, "--state", filepath.Join(dir, "state.json"), "--lock-dir", filepath.Join(dir, "locks"),
+		"--insecure", "--ctl-dir", ctlDir, "--report", sumFile, "--max-bandwidth", "40M")
+	e := waitEntry(t, ctlDir, "db-a", d, func(e ctl.Entry) bool { return e.BytesSent > 1<<20 })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 2_000_000 || e.SharedMaxBandwidth != 40_000_000 {
+		t.Fatalf("drain guest's entry: %+v", e)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, "db-a", "30M"); code != 0 || !strings.Contains(out, "2M -> 30M") {
+		t.Fatalf("set-bandwidth db-a 30M: exit %d\n%s", code, out)
+	}
+	total := "drain:" + strconv.Itoa(d.cmd.Process.Pid)
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, total, "60M"); code != 0 || !strings.Contains(out, "total bandwidth cap 40M -> 60M") {
+		t.Fatalf("set-bandwidth %s 60M: exit %d\n%s", total, code, out)
+	}
+	if code, out := dmigRun(t, ctx, "set-bandwidth", "--ctl-dir", ctlDir, "drain:1", "60M"); code == 0 || !strings.Contains(out, "no such migration") {
+		t.Fatalf("set-bandwidth drain:1: exit %d, %q; want no such drain", code, out)
+	}
+	e = waitEntry(t, ctlDir, "db-a", d, func(ctl.Entry) bool { return true })
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 30_000_000 || e.SharedMaxBandwidth != 60_000_000 || e.BandwidthChanges != 1 {
+		t.Fatalf("drain guest's entry after the change: %+v", e)
+	}
+	if code := d.wait(t); code != 0 {
+		t.Fatalf("drain: exit %d\n%s", code, d.stderr.String())
+	}
+	waitDestRunning(t, v.stats)
+	sum := readSummary(t, sumFile)
+	if len(sum.VMs) != 1 || sum.VMs[0].Status != drain.StatusMoved || sum.VMs[0].Report == nil {
+		t.Fatalf("summary %+v", sum)
+	}
+	bw := sum.VMs[0].Report.Bandwidth
+	if bw.MaxBytesPerS != 30_000_000 || len(bw.Changes) != 1 || bw.Changes[0].FromBytesPerS != 2_000_000 || bw.Changes[0].ToBytesPerS != 30_000_000 {
+		t.Fatalf("guest's report bandwidth %+v", bw)
+	}
+	if tb := sum.Bandwidth; tb == nil || tb.MaxBytesPerS != 60_000_000 || len(tb.Changes) != 1 || tb.Changes[0].FromBytesPerS != 40_000_000 {
+		t.Fatalf("drain total %+v: want 60M, changed once from 40M", sum.Bandwidth)
+	}
+}

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/ctl"
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/precopy"
@@ -74,7 +76,7 @@ func watch(ctx context.Context, srv *ctl.Server, guest guardedGuest, cfg *precop
 		w.mu.Unlock()
 	}
 	names := append([]string{guest.ref.String()}, guest.names...)
-	h := srv.Add(ctl.Registration{Names: names, Live: w.live, Cancel: w.cancelFor})
+	h := srv.Add(ctl.Registration{Names: names, Live: w.live, Cancel: w.cancelFor, Bandwidth: cfg.Bandwidth})
 	return ctx, w, h
 }
 
@@ -208,6 +210,16 @@ func printEntries(w io.Writer, entries []ctl.Entry) {
 			e.Progress*100, float64(e.BytesSent)/1e6, float64(e.BytesReceived)/1e6, e.RateBytes/1e6, eta, e.ElapsedS, budget)
 		fmt.Fprintf(w, "  pages left: data %d, storage refs %d, post-copy missing %d  (done %d; guest %d pages)\n",
 			e.PagesLeft.Data, e.PagesLeft.StorageRefs, e.PagesLeft.PostcopyMissing, e.PagesDone, e.GuestPages)
+		if e.MaxBandwidth != nil {
+			fmt.Fprintf(w, "  bandwidth cap %s bytes/s", bandwidth.Format(*e.MaxBandwidth))
+			if e.SharedMaxBandwidth > 0 {
+				fmt.Fprintf(w, " (within a shared cap of %s)", bandwidth.Format(e.SharedMaxBandwidth))
+			}
+			if e.BandwidthChanges > 0 {
+				fmt.Fprintf(w, ", changed %d times", e.BandwidthChanges)
+			}
+			fmt.Fprintln(w, "  (dmig set-bandwidth changes it)")
+		}
 		if e.ETANote != "" {
 			fmt.Fprintf(w, "  ETA %s (%d times)\n", e.ETANote, e.ETAReestimates)
 		}
@@ -226,6 +238,92 @@ func printEntries(w io.Writer, entries []ctl.Entry) {
 	}
 }
 
+// sourceEntry is the one source migration name designates on this host,
+// for op (cancel, set the bandwidth of).
+func sourceEntry(ctx context.Context, dir, name, op string) (ctl.Entry, error) {
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	entries, lerr := ctl.List(lctx, dir)
+	cancel()
+	var sources []ctl.Entry
+	matched := ctl.Match(entries, name)
+	for _, e := range matched {
+		if e.Role == report.RoleSource {
+			sources = append(sources, e)
+		}
+	}
+	switch {
+	case len(matched) == 0 && lerr != nil:
+		return ctl.Entry{}, fmt.Errorf("%s %s: %w (%w)", op, name, ctl.ErrNotFound, lerr)
+	case len(matched) == 0:
+		return ctl.Entry{}, fmt.Errorf("%s %s: %w (in %s)", op, name, ctl.ErrNotFound, dir)
+	case len(sources) == 0:
+		return ctl.Entry{}, &statusError{exitRefused, fmt.Errorf("%s %s: this host is its destination: do it on the source host", op, name)}
+	case len(sources) > 1:
+		var ids []string
+		for _, e := range sources {
+			ids = append(ids, e.Guest+" (session "+e.Session+")")
+		}
+		return ctl.Entry{}, &statusError{exitUsage, fmt.Errorf("%s %s: %d migrations match: %s; name one by its session ID", op, name, len(sources), strings.Join(ids, ", "))}
+	}
+	return sources[0], nil
+}
+
+type setBWCmd struct {
+	Guest string `arg:"" help:"The guest whose migration's cap to change (its name, pid:PID, qmp:SOCKET, drain entry name, or session ID), or drain:PID for the total cap of the dmig drain of that pid."`
+	Rate  string `arg:"" help:"The new cap in bytes/s, as --max-bandwidth takes it (125M, 1Gi, 125MB/s; at least 1M); 0 or none lifts it."`
+	ctlFlags
+}
+
+func (c *setBWCmd) Run(ctx context.Context) error {
+	rate, err := parseLiveRate(c.Rate)
+	if err != nil {
+		return &statusError{exitUsage, fmt.Errorf("set-bandwidth %s: %w", c.Guest, err)}
+	}
+	if p, ok := strings.CutPrefix(c.Guest, "drain:"); ok {
+		pid, err := strconv.Atoi(p)
+		if err != nil || pid <= 0 {
+			return &statusError{exitUsage, fmt.Errorf("set-bandwidth %s: want drain:PID, the pid of a running dmig drain", c.Guest)}
+		}
+		from, err := ctl.SetTotal(ctx, c.CtlDir, pid, rate)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "dmig: drain %d: total bandwidth cap %s -> %s bytes/s\n", pid, bandwidth.Format(from), bandwidth.Format(rate))
+		return nil
+	}
+	e, err := sourceEntry(ctx, c.CtlDir, c.Guest, "set the bandwidth of")
+	if err != nil {
+		return err
+	}
+	from := "none"
+	if e.MaxBandwidth != nil {
+		from = bandwidth.Format(*e.MaxBandwidth)
+	}
+	e, err = ctl.SetBandwidth(ctx, e, rate)
+	var refused *ctl.RefusedError
+	if errors.As(err, &refused) {
+		return &statusError{exitRefused, err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "dmig: %s (%s, pass %d): bandwidth cap %s -> %s bytes/s\n", e.Guest, e.Phase, e.Pass, from, bandwidth.Format(rate))
+	return nil
+}
+
+// parseLiveRate reads set-bandwidth's rate: --max-bandwidth's units, and
+// "none" for no cap, as dmig status prints it. An empty rate is refused:
+// lifting a cap is said, not implied.
+func parseLiveRate(s string) (uint64, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "none":
+		return 0, nil
+	case "":
+		return 0, errors.New("no rate given: write bytes/s (125M, 1Gi) or 0/none to lift the cap")
+	}
+	return bandwidth.Parse(s)
+}
+
 type cancelCmd struct {
 	Guest  string        `arg:"" help:"The guest whose migration to abort (its name, pid:PID, qmp:SOCKET, drain entry name, or session ID)."`
 	Reason string        `help:"Said in the migration's log and error."`
@@ -234,31 +332,11 @@ type cancelCmd struct {
 }
 
 func (c *cancelCmd) Run(ctx context.Context) error {
-	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	entries, lerr := ctl.List(lctx, c.CtlDir)
-	cancel()
-	var sources []ctl.Entry
-	matched := ctl.Match(entries, c.Guest)
-	for _, e := range matched {
-		if e.Role == report.RoleSource {
-			sources = append(sources, e)
-		}
+	src, err := sourceEntry(ctx, c.CtlDir, c.Guest, "cancel")
+	if err != nil {
+		return err
 	}
-	switch {
-	case len(matched) == 0 && lerr != nil:
-		return fmt.Errorf("cancel %s: %w (%w)", c.Guest, ctl.ErrNotFound, lerr)
-	case len(matched) == 0:
-		return fmt.Errorf("cancel %s: %w (in %s)", c.Guest, ctl.ErrNotFound, c.CtlDir)
-	case len(sources) == 0:
-		return &statusError{exitRefused, fmt.Errorf("cancel %s: this host is its destination: cancel it on the source host, whose guest then runs on", c.Guest)}
-	case len(sources) > 1:
-		var ids []string
-		for _, e := range sources {
-			ids = append(ids, e.Guest+" (session "+e.Session+")")
-		}
-		return &statusError{exitUsage, fmt.Errorf("cancel %s: %d migrations match: %s; name one by its session ID", c.Guest, len(sources), strings.Join(ids, ", "))}
-	}
-	e, err := ctl.Cancel(ctx, sources[0], c.Reason)
+	e, err := ctl.Cancel(ctx, src, c.Reason)
 	var refused *ctl.RefusedError
 	if errors.As(err, &refused) {
 		return &statusError{exitRefused, err}

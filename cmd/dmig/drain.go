@@ -59,6 +59,8 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	// cap) and from the drain's: the totals hold across the migrations
 	// running at once. Built before any guest starts, then only read.
 	total := bandwidth.New(uint64(totalRate), nil, nil)
+	// dmig set-bandwidth drain:PID changes it while guests run.
+	srv.SetTotal(total)
 	perDest := map[string]*bandwidth.Limiter{}
 	for addr, d := range cfg.Destinations {
 		if d.MaxBandwidth > 0 {
@@ -101,8 +103,7 @@ func (c *drainCmd) Run(g *globals, ctx context.Context) error {
 	if err != nil {
 		return &statusError{exitError, err}
 	}
-	if totalRate > 0 {
-		bw := total.Stats().Report()
+	if bw := total.Stats().Report(); totalRate > 0 || len(bw.Changes) > 0 {
 		sum.Bandwidth = &bw
 	}
 	if werr := writeJSON(c.Report, sum); werr != nil {

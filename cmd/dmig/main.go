@@ -44,6 +44,7 @@ type cli struct {
 	Drain      drainCmd      `cmd:"" help:"Migrate every guest listed in a config off this host (for cron)."`
 	Status     statusCmd     `cmd:"" help:"Show the migrations this host runs, as source or destination: phase, pass, bytes, pages left, rate, ETA."`
 	Cancel     cancelCmd     `cmd:"" help:"Abort a migration this host runs as source, before Go: the source guest runs on (refused after Go)."`
+	SetBW      setBWCmd      `cmd:"" name:"set-bandwidth" help:"Change (or lift) the bandwidth cap of a migration this host runs as source, while it runs."`
 	Resume     resumeCmd     `cmd:"" help:"Resume a source guest a failed migration left paused (once its destination is known dead)."`
 	Guardian   guardianCmd   `cmd:"" hidden:"" help:"Resume a source guest if the migration that started this dies before Go (started by migrate and drain)."`
 	Version    versionCmd    `cmd:"" help:"Print the version."`

@@ -187,9 +187,14 @@ func printSummary(r *report.Report) {
 	if r.Refs != nil && r.Refs.Warning != "" {
 		fmt.Fprintf(os.Stderr, "  layout warning: %s\n", r.Refs.Warning)
 	}
-	if bw := r.Bandwidth; bw.MaxBytesPerS > 0 {
-		fmt.Fprintf(os.Stderr, "  bandwidth: cap %s bytes/s, mean %.1f MB/s, busiest second %.1f MB/s\n",
+	if bw := r.Bandwidth; bw.MaxBytesPerS > 0 || len(bw.Changes) > 0 {
+		fmt.Fprintf(os.Stderr, "  bandwidth: cap %s bytes/s, mean %.1f MB/s, busiest second %.1f MB/s",
 			bandwidth.Format(bw.MaxBytesPerS), bw.MeanBytesPerS/1e6, bw.PeakBytesPerS/1e6)
+		if n := len(bw.Changes) + bw.ChangesDropped; n > 0 {
+			c := bw.Changes[0]
+			fmt.Fprintf(os.Stderr, "; the cap changed %d times, first from %s at %.1f s (the report lists each)", n, bandwidth.Format(c.FromBytesPerS), c.ElapsedS)
+		}
+		fmt.Fprintln(os.Stderr)
 	}
 	if r.Error != "" {
 		fmt.Fprintf(os.Stderr, "  error: %s\n", r.Error)

@@ -13,6 +13,8 @@
 //     the debt stays within the budget, and so never wait behind bulk.
 //   - A Limiter with a parent (a drain's total) grants only what both
 //     buckets hold, taken from both at once.
-//   - The rate may change at any time (SetRate); waiters see a new rate
-//     within maxSleep.
+//   - The rate may change at any time (SetRate, from dmig set-bandwidth);
+//     waiters see a new rate within maxSleep (100 ms), the bucket is
+//     clipped to the new burst and budget so the windows from the change
+//     on hold the new cap, and every change is kept for the report.
 package bandwidth

@@ -29,6 +29,9 @@ const (
 	// maxSleep bounds one wait, so that a new rate (SetRate) or a lifted
 	// cap takes effect within it.
 	maxSleep = 100 * time.Millisecond
+	// maxChanges bounds the changes a limiter remembers for its report: a
+	// script setting the cap in a loop must not grow it without end.
+	maxChanges = 256
 )
 
 // Limiter is a token bucket in bytes, shared by every connection of a
@@ -44,6 +47,24 @@ type Limiter struct {
 	tokens float64
 	last   time.Time // tokens were computed at last
 	meter  meter
+	born   time.Time // New's time, which changes are timed from
+	// changes are SetRate's, oldest first, the first maxChanges of them;
+	// dropped counts the rest.
+	changes []Change
+	dropped int
+}
+
+// Change is one change of a limiter's cap (SetRate), for the report: the
+// rate figures of a migration whose cap changed are read segment by
+// segment, between changes.
+type Change struct {
+	At      time.Time
+	Elapsed time.Duration // since the limiter was made
+	From    uint64        // the cap before, bytes/s (0: none)
+	To      uint64        // the cap after
+	// Bytes: granted before the change, so that Bytes of two changes and
+	// their times give the rate between them.
+	Bytes uint64
 }
 
 // New returns a limiter at rate bytes/s (0: no cap) reading time from clk
@@ -55,20 +76,39 @@ func New(rate uint64, clk clock.Clock, parent *Limiter) *Limiter {
 	}
 	l := &Limiter{clk: clk, parent: parent}
 	l.last = clk.Now()
+	l.born = l.last
 	l.setRate(rate)
 	l.tokens = l.burst()
 	return l
 }
 
-// SetRate changes the cap to rate bytes/s (0: none) from now on: the
-// bucket keeps its level, clipped to the new burst. Safe to call while
-// writes wait; they see the new rate within maxSleep.
+// SetRate changes the cap to rate bytes/s (0: none) from now on, and
+// remembers the change for Stats. The bucket keeps its level clipped to
+// the new shape: at most the new burst, and a debt of urgent writes at
+// most the new budget, so that a cap lowered after faults ran up the old
+// (larger) budget does not stall bulk for the seconds the old debt would
+// take to pay at the new rate. The 1 s windows that start at the change
+// then hold the new cap. Safe to call while writes wait; they see the new
+// rate within maxSleep.
 func (l *Limiter) SetRate(rate uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.refill(l.clk.Now())
+	now := l.clk.Now()
+	l.refill(now)
+	from := uint64(l.rate)
 	l.setRate(rate)
 	l.tokens = min(l.tokens, l.burst())
+	if l.rate > 0 {
+		l.tokens = max(l.tokens, -l.budget())
+	}
+	if from == rate {
+		return
+	}
+	if len(l.changes) == maxChanges {
+		l.dropped++
+		return
+	}
+	l.changes = append(l.changes, Change{At: now, Elapsed: now.Sub(l.born), From: from, To: rate, Bytes: l.meter.bytes})
 }
 
 func (l *Limiter) setRate(rate uint64) { l.rate = float64(rate) }
@@ -78,6 +118,18 @@ func (l *Limiter) Rate() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return uint64(l.rate)
+}
+
+// SharedRate is the tightest cap above l (a drain's destination or total,
+// shared with other migrations), bytes/s; 0: none.
+func (l *Limiter) SharedRate() uint64 {
+	var r uint64
+	for x := l.parent; x != nil; x = x.parent {
+		if xr := x.Rate(); xr > 0 && (r == 0 || xr < r) {
+			r = xr
+		}
+	}
+	return r
 }
 
 func (l *Limiter) quantum() float64 {
@@ -209,13 +261,24 @@ type Stats struct {
 	Peak float64
 	// Recent: bytes granted in the last second, for a progress display.
 	Recent float64
+	// Changes are the cap's changes (SetRate), oldest first; Dropped
+	// counts those past the first maxChanges, not kept.
+	Changes []Change
+	Dropped int
 }
 
 // Report is the figures as a report carries them.
 func (s Stats) Report() report.Bandwidth {
+	var changes []report.BandwidthChange
+	for _, c := range s.Changes {
+		changes = append(changes, report.BandwidthChange{
+			At: c.At.UTC(), ElapsedS: c.Elapsed.Seconds(), FromBytesPerS: c.From, ToBytesPerS: c.To, BytesBefore: c.Bytes,
+		})
+	}
 	return report.Bandwidth{
 		MaxBytesPerS: s.Rate, MeanBytesPerS: s.Mean, PeakBytesPerS: s.Peak,
 		Bytes: s.Bytes, UrgentBytes: s.Urgent,
+		Changes: changes, ChangesDropped: s.Dropped,
 	}
 }
 
@@ -225,7 +288,8 @@ func (l *Limiter) Stats() Stats {
 	defer l.mu.Unlock()
 	now := l.clk.Now()
 	l.meter.advance(now)
-	s := Stats{Rate: uint64(l.rate), Bytes: l.meter.bytes, Urgent: l.meter.urgent, Peak: float64(l.meter.peak), Recent: float64(l.meter.window)}
+	s := Stats{Rate: uint64(l.rate), Bytes: l.meter.bytes, Urgent: l.meter.urgent, Peak: float64(l.meter.peak), Recent: float64(l.meter.window),
+		Changes: append([]Change(nil), l.changes...), Dropped: l.dropped}
 	if span := l.meter.lastAt.Sub(l.meter.firstAt); span > 0 {
 		s.Mean = float64(l.meter.bytes) / span.Seconds()
 	}

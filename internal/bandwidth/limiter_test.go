@@ -279,3 +279,133 @@ func BenchmarkPaceUncapped(b *testing.B) {
 		}
 	})
 }
+
+// A cap lowered after fault replies ran the bucket into the old (large)
+// budget's debt: bulk goes on within a few quanta of the new rate, not
+// after the seconds the old debt would take to pay at the new rate, and
+// from the change on every window holds the new cap.
+func TestLimiterSetRateForgivesOldDebt(t *testing.T) {
+	clk := newFakeClock()
+	l := New(1_000_000_000, clk, nil)
+	var gs []grant
+	u := &writer{p: l.Urgent(), clk: clk, size: 1 << 20, grants: &gs}
+	for range 20 { // 20 MiB at once: the budget (20 MB) and the burst
+		u.step(t)
+	}
+	if l.tokens > -10e6 {
+		t.Fatalf("the fault replies left the bucket at %.0f, want deep in debt", l.tokens)
+	}
+	changed := clk.Now()
+	l.SetRate(2_000_000)
+	var after []grant
+	b := &writer{p: l.Bulk(), clk: clk, size: 1 << 20, grants: &after}
+	b.step(t)
+	if waited := clk.Now().Sub(changed); waited > 100*time.Millisecond {
+		t.Errorf("the first bulk write after lowering the cap waited %v", waited)
+	}
+	for clk.Now().Sub(changed) < 5*time.Second {
+		b.step(t)
+	}
+	within(t, "after lowering", maxWindow(after, changed), 2_000_000)
+	if st := l.Stats(); st.Mean <= 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// Every SetRate that changes the cap is remembered, with its time and the
+// bytes granted before it; one that sets the same cap is not. The rate
+// between two changes, from their figures, is the cap of that segment.
+func TestLimiterChangesRecorded(t *testing.T) {
+	clk := newFakeClock()
+	l := New(10_000_000, clk, nil)
+	var gs []grant
+	w := &writer{p: l.Bulk(), clk: clk, size: 1 << 20, grants: &gs}
+	run := func(d time.Duration) {
+		t0 := clk.Now()
+		for clk.Now().Sub(t0) < d {
+			w.step(t)
+		}
+	}
+	run(2 * time.Second)
+	l.SetRate(30_000_000)
+	l.SetRate(30_000_000)
+	run(4 * time.Second)
+	l.SetRate(0)
+	st := l.Stats()
+	if len(st.Changes) != 2 || st.Dropped != 0 {
+		t.Fatalf("changes %+v, dropped %d; want 2", st.Changes, st.Dropped)
+	}
+	c0, c1 := st.Changes[0], st.Changes[1]
+	if c0.From != 10_000_000 || c0.To != 30_000_000 || c1.From != 30_000_000 || c1.To != 0 {
+		t.Fatalf("changes %+v", st.Changes)
+	}
+	if c0.Elapsed < 2*time.Second || c0.Elapsed > 2100*time.Millisecond || !c0.At.Equal(c0.At.Add(0)) {
+		t.Errorf("first change at %v", c0.Elapsed)
+	}
+	seg := float64(c1.Bytes-c0.Bytes) / (c1.Elapsed - c0.Elapsed).Seconds()
+	if seg > 1.05*30_000_000 || seg < 0.9*30_000_000 {
+		t.Errorf("rate between the changes %.0f bytes/s, cap 30M", seg)
+	}
+	rep := st.Report()
+	if len(rep.Changes) != 2 || rep.Changes[1].ToBytesPerS != 0 || rep.Changes[0].BytesBefore != c0.Bytes || rep.MaxBytesPerS != 0 {
+		t.Errorf("report %+v", rep)
+	}
+	for range maxChanges {
+		l.SetRate(MinRate)
+		l.SetRate(2 * MinRate)
+	}
+	if st := l.Stats(); len(st.Changes) != maxChanges || st.Dropped != 2*maxChanges-(maxChanges-2) {
+		t.Errorf("after %d more changes: %d kept, %d dropped", 2*maxChanges, len(st.Changes), st.Dropped)
+	}
+}
+
+// SetRate from another goroutine while writers pace on the wall clock
+// (run with -race): after raising the cap from 2M to 40M, the writers get
+// far more than the old cap allows over the next second, and after
+// lowering it to 2M, no more than the new cap allows. The bounds are
+// generous (a loaded machine wakes writers late, so only the upper bound
+// is the cap's own); what they catch is a writer still sleeping for the
+// old rate, or a new rate not seen.
+func TestLimiterSetRateLive(t *testing.T) {
+	l := New(2_000_000, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	for range 3 {
+		p := l.Bulk()
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				if _, err := p.Pace(ctx, 1<<20); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	window := func() (uint64, time.Duration) {
+		b0, t0 := l.Stats().Bytes, time.Now()
+		time.Sleep(time.Second)
+		return l.Stats().Bytes - b0, time.Since(t0)
+	}
+	time.Sleep(300 * time.Millisecond)
+	l.SetRate(40_000_000)
+	up, d := window()
+	if float64(up) < 0.5*40e6 || float64(up) > 40e6*d.Seconds()*1.05+1e6 {
+		t.Errorf("after raising the cap to 40M: %d bytes in %v", up, d)
+	}
+	l.SetRate(2_000_000)
+	down, d := window()
+	// The new burst and budget (a few percent of a second), and the
+	// grant a writer was given just before the change (a quantum of the
+	// old rate, 400 kB), on top of the new cap.
+	if float64(down) > 2e6*d.Seconds()*1.05+3*400e3 {
+		t.Errorf("after lowering the cap to 2M: %d bytes in %v", down, d)
+	}
+	if float64(down) < 0.5*2e6 {
+		t.Errorf("after lowering the cap to 2M: only %d bytes in %v", down, d)
+	}
+	cancel()
+	for range 3 {
+		<-done
+	}
+}

@@ -128,14 +128,19 @@ func (e Entry) matches(name string) bool {
 	return false
 }
 
-// RefusedError is a cancel the migration refused.
+// RefusedError is a cancel or set-bandwidth the migration refused.
 type RefusedError struct {
+	Op     string // what was refused: "" for cancel
 	Entry  Entry
 	Reason string
 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("cancel %s (%s): refused: %s", e.Entry.Guest, e.Entry.Role, e.Reason)
+	op := e.Op
+	if op == "" {
+		op = "cancel"
+	}
+	return fmt.Sprintf("%s %s (%s): refused: %s", op, e.Entry.Guest, e.Entry.Role, e.Reason)
 }
 
 // Cancel asks the migration of entry e to abort, with reason (may be
@@ -162,6 +167,46 @@ func Cancel(ctx context.Context, e Entry, reason string) (Entry, error) {
 		e = resp.Entries[0]
 	}
 	return e, nil
+}
+
+// SetBandwidth changes the cap of entry e's migration to rate bytes/s
+// (0: none) and returns its entry after the change, or a *RefusedError
+// (it ended, or has no cap here).
+func SetBandwidth(ctx context.Context, e Entry, rate uint64) (Entry, error) {
+	resp, err := ask(ctx, e.Socket, request{Op: "set-bandwidth", ID: e.ID, Rate: rate})
+	if errors.Is(err, errStale) {
+		return e, fmt.Errorf("set the bandwidth of %s: %w: its process is gone", e.Guest, ErrNotFound)
+	}
+	if err != nil {
+		return e, fmt.Errorf("set the bandwidth of %s: %w", e.Guest, err)
+	}
+	if len(resp.Entries) == 1 {
+		e = resp.Entries[0]
+	}
+	if resp.Refused {
+		return e, &RefusedError{Op: "set the bandwidth of", Entry: e, Reason: resp.Error}
+	}
+	if resp.Error != "" {
+		return e, fmt.Errorf("set the bandwidth of %s: %s", e.Guest, resp.Error)
+	}
+	return e, nil
+}
+
+// SetTotal changes the total cap of the drain process pid listening in dir
+// to rate bytes/s (0: none) and returns the cap it had.
+func SetTotal(ctx context.Context, dir string, pid int, rate uint64) (uint64, error) {
+	path := filepath.Join(dir, fmt.Sprintf("drain-%d.sock", pid))
+	resp, err := ask(ctx, path, request{Op: "set-bandwidth", Total: true, Rate: rate})
+	if errors.Is(err, errStale) {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %w: no drain of that pid (in %s)", pid, ErrNotFound, dir)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %w", pid, err)
+	}
+	if resp.Error != "" {
+		return 0, fmt.Errorf("set the total bandwidth of drain %d: %s", pid, resp.Error)
+	}
+	return resp.From, nil
 }
 
 // Wait polls entry e until its migration ended and returns its last

@@ -15,3 +15,7 @@ var ErrNotCancellable = errors.New("not cancellable here")
 
 // ErrNotFound: no migration of that name or session on this host.
 var ErrNotFound = errors.New("no such migration on this host")
+
+// ErrNoCap: the entry has no bandwidth cap to change here (a
+// destination's session: the cap is the source's).
+var ErrNoCap = errors.New("no bandwidth cap to change here")

@@ -40,6 +40,14 @@ type Entry struct {
 	ETANote        string   `json:"eta_note,omitempty"`
 	DowntimeMS     float64  `json:"downtime_budget_ms"`
 	ElapsedS       float64  `json:"elapsed_s"`
+	// MaxBandwidth is the migration's own cap, bytes/s (0: none), which
+	// dmig set-bandwidth changes; nil: it has none to change here (a
+	// destination). SharedMaxBandwidth is the tightest cap above it,
+	// shared with other migrations (a drain's destination or total; 0:
+	// none); BandwidthChanges counts the changes so far.
+	MaxBandwidth       *uint64 `json:"max_bandwidth_bytes_per_s"`
+	SharedMaxBandwidth uint64  `json:"shared_max_bandwidth_bytes_per_s,omitempty"`
+	BandwidthChanges   int     `json:"bandwidth_changes,omitempty"`
 	// Outcome is set once the migration ended (completed, aborted,
 	// failed-after-resume), with its error.
 	Outcome string `json:"outcome,omitempty"`

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -46,6 +47,9 @@ type Registration struct {
 	// Cancel asks the migration to abort for reason: nil if it will,
 	// ErrPastGo (or another error) if it refuses. Nil: not cancellable.
 	Cancel func(reason error) error
+	// Bandwidth is the bucket the migration's page traffic draws from:
+	// dmig set-bandwidth changes its cap. Nil: no cap to change here.
+	Bandwidth *bandwidth.Limiter
 }
 
 // Server is a process's control socket.
@@ -61,6 +65,18 @@ type Server struct {
 	mu      sync.Mutex
 	next    int
 	entries map[int]*Handle
+	total   *bandwidth.Limiter // the drain's total cap, nil: none here
+}
+
+// SetTotal makes l the bucket dmig set-bandwidth drain:PID changes: a
+// drain's total, the parent of its guests' buckets.
+func (s *Server) SetTotal(l *bandwidth.Limiter) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total = l
 }
 
 // Handle is one registered migration; End it when the migration ends.
@@ -196,7 +212,7 @@ func (h *Handle) End(outcome report.Outcome, err error) {
 		}
 		// What the migration's functions hold (a destination's page
 		// tables) must not outlive it for the linger.
-		h.reg.Live, h.reg.Cancel = nil, nil
+		h.reg.Live, h.reg.Cancel, h.reg.Bandwidth = nil, nil, nil
 	}
 	h.mu.Unlock()
 	if h.s.linger <= 0 {
@@ -232,7 +248,18 @@ func (h *Handle) entry(now time.Time) Entry {
 	h.fig.entry(at, &e)
 	e.Outcome, e.Error = h.outcome, h.err
 	e.Cancellable = h.reg.Cancel != nil && h.ended.IsZero() && !e.GoSent
+	if l := h.reg.Bandwidth; l != nil {
+		st := l.Stats()
+		e.MaxBandwidth, e.SharedMaxBandwidth, e.BandwidthChanges = &st.Rate, l.SharedRate(), len(st.Changes)+st.Dropped
+	}
 	return e
+}
+
+// limiter is the migration's bucket, nil once it ended or if it has none.
+func (h *Handle) limiter() *bandwidth.Limiter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reg.Bandwidth
 }
 
 // canceller is the migration's Cancel, nil once it ended or if it has
@@ -284,9 +311,14 @@ func (s *Server) sample() {
 
 // request is what a client asks, one JSON object a connection.
 type request struct {
-	Op     string `json:"op"` // "status" or "cancel"
+	Op     string `json:"op"` // "status", "cancel" or "set-bandwidth"
 	ID     int    `json:"id,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Rate: set-bandwidth's new cap, bytes/s (0: none).
+	Rate uint64 `json:"rate,omitempty"`
+	// Total: set-bandwidth of the process's total cap (a drain's), not
+	// of entry ID.
+	Total bool `json:"total,omitempty"`
 }
 
 // response is the server's answer.
@@ -295,6 +327,8 @@ type response struct {
 	Error   string  `json:"error,omitempty"`
 	// Refused: a cancel the migration refused (Error says why).
 	Refused bool `json:"refused,omitempty"`
+	// From: a total's cap before set-bandwidth changed it.
+	From uint64 `json:"from,omitempty"`
 }
 
 func (s *Server) accept() {
@@ -351,6 +385,8 @@ func (s *Server) answer(req request, p peer) response {
 	switch req.Op {
 	case "status":
 		return response{Entries: s.list(time.Now())}
+	case "set-bandwidth":
+		return s.setBandwidth(req, p)
 	case "cancel":
 		s.mu.Lock()
 		h := s.entries[req.ID]
@@ -378,6 +414,40 @@ func (s *Server) answer(req request, p peer) response {
 		return response{Entries: []Entry{h.entry(time.Now())}}
 	}
 	return response{Error: fmt.Sprintf("unknown op %q", req.Op)}
+}
+
+// setBandwidth changes the cap of entry req.ID to req.Rate.
+func (s *Server) setBandwidth(req request, p peer) response {
+	if req.Rate != 0 && req.Rate < bandwidth.MinRate {
+		return response{Error: fmt.Sprintf("bandwidth %d bytes/s: below the smallest cap, 1M; 0 means none", req.Rate)}
+	}
+	s.mu.Lock()
+	h, total := s.entries[req.ID], s.total
+	s.mu.Unlock()
+	if req.Total {
+		if total == nil {
+			return response{Refused: true, Error: fmt.Sprintf("%v: dmig %s has no total cap (only dmig drain has)", ErrNoCap, s.command)}
+		}
+		from := total.Rate()
+		total.SetRate(req.Rate)
+		s.log.Info("total bandwidth cap changed at the operator's request", "from", bandwidth.Format(from), "to", bandwidth.Format(req.Rate), "uid", p.UID, "pid", p.PID)
+		return response{From: from}
+	}
+	if h == nil {
+		return response{Error: fmt.Sprintf("entry %d: %v", req.ID, ErrNotFound)}
+	}
+	e := h.entry(time.Now())
+	l := h.limiter()
+	switch {
+	case e.Outcome != "":
+		return response{Refused: true, Error: "it already ended: " + e.Outcome, Entries: []Entry{e}}
+	case l == nil:
+		return response{Refused: true, Error: fmt.Sprintf("%v: this host is the %s", ErrNoCap, e.Role), Entries: []Entry{e}}
+	}
+	from := l.Rate()
+	l.SetRate(req.Rate)
+	s.log.Info("bandwidth cap changed at the operator's request", "guest", e.Guest, "from", bandwidth.Format(from), "to", bandwidth.Format(req.Rate), "uid", p.UID, "pid", p.PID)
+	return response{Entries: []Entry{h.entry(time.Now())}}
 }
 
 // ownerOf is the uid owning the file st describes.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -154,5 +155,60 @@ func TestListenRefusesOpenDir(t *testing.T) {
 	if s, err := Listen(dir, "migrate", Options{}); err == nil || !strings.Contains(err.Error(), "chmod 0700") {
 		s.Close()
 		t.Fatalf("listen in a 0755 directory: %v", err)
+	}
+}
+
+// TestServerSetBandwidth: set-bandwidth changes the entry's bucket, which
+// status then shows with the change counted; an entry without a bucket,
+// a rate below the smallest cap and an ended migration are refused with
+// the reason, the cap left as it was.
+func TestServerSetBandwidth(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ctl")
+	s, err := Listen(dir, "drain", Options{Linger: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	total := bandwidth.New(50_000_000, nil, nil)
+	l := bandwidth.New(8_000_000, nil, total)
+	h := s.Add(Registration{Names: []string{"db-a"}, Live: live("ram0:1", false), Bandwidth: l})
+	s.Add(Registration{Live: live("dst", false)})
+	ctx := context.Background()
+	es, err := List(ctx, dir)
+	if err != nil || len(es) != 2 {
+		t.Fatalf("list: %v, %+v", err, es)
+	}
+	e := Match(es, "db-a")[0]
+	if e.MaxBandwidth == nil || *e.MaxBandwidth != 8_000_000 || e.SharedMaxBandwidth != 50_000_000 || e.BandwidthChanges != 0 {
+		t.Fatalf("entry %+v", e)
+	}
+	if _, err := SetBandwidth(ctx, e, 1000); err == nil || !strings.Contains(err.Error(), "smallest cap") || l.Rate() != 8_000_000 {
+		t.Fatalf("set-bandwidth 1000: %v, cap %d", err, l.Rate())
+	}
+	got, err := SetBandwidth(ctx, e, 20_000_000)
+	if err != nil || l.Rate() != 20_000_000 || got.MaxBandwidth == nil || *got.MaxBandwidth != 20_000_000 || got.BandwidthChanges != 1 {
+		t.Fatalf("set-bandwidth 20M: %v, cap %d, entry %+v", err, l.Rate(), got)
+	}
+	if got, err := SetBandwidth(ctx, e, 0); err != nil || l.Rate() != 0 || *got.MaxBandwidth != 0 {
+		t.Fatalf("set-bandwidth 0: %v, cap %d", err, l.Rate())
+	}
+	dst := Match(es, "dst")[0]
+	var refused *RefusedError
+	if _, err := SetBandwidth(ctx, dst, 20_000_000); !errors.As(err, &refused) || !strings.Contains(err.Error(), ErrNoCap.Error()) || dst.MaxBandwidth != nil {
+		t.Fatalf("set-bandwidth of an entry without a cap: %v (%+v)", err, dst)
+	}
+	if _, err := SetTotal(ctx, dir, os.Getpid(), 60_000_000); err == nil || !strings.Contains(err.Error(), "no total cap") {
+		t.Fatalf("set-bandwidth of a total before there is one: %v", err)
+	}
+	s.SetTotal(total)
+	if from, err := SetTotal(ctx, dir, os.Getpid(), 60_000_000); err != nil || from != 50_000_000 || total.Rate() != 60_000_000 || l.SharedRate() != 60_000_000 {
+		t.Fatalf("set-bandwidth of the total: %v, from %d, now %d", err, from, total.Rate())
+	}
+	if _, err := SetTotal(ctx, dir, 999999, 60_000_000); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("set-bandwidth of a drain that is not there: %v", err)
+	}
+	h.End(report.Completed, nil)
+	if _, err := SetBandwidth(ctx, e, 20_000_000); !errors.As(err, &refused) || !strings.Contains(err.Error(), "already ended") || l.Rate() != 0 {
+		t.Fatalf("set-bandwidth after the end: %v, cap %d", err, l.Rate())
 	}
 }

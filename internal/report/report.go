@@ -120,6 +120,23 @@ type Bandwidth struct {
 	// that answered post-copy faults (exempt from waiting up to a budget).
 	Bytes       uint64 `json:"bytes"`
 	UrgentBytes uint64 `json:"urgent_bytes"`
+	// Changes: the cap's changes while the migration ran (dmig
+	// set-bandwidth), oldest first; none if it kept its cap. With them,
+	// MeanBytesPerS and PeakBytesPerS span several caps: the rate under
+	// each is its changes' BytesBefore apart over their ElapsedS apart.
+	Changes []BandwidthChange `json:"changes,omitempty"`
+	// ChangesDropped: changes past the first 256, not listed.
+	ChangesDropped int `json:"changes_dropped,omitempty"`
+}
+
+// BandwidthChange is one change of a running migration's cap.
+type BandwidthChange struct {
+	At            time.Time `json:"at"`
+	ElapsedS      float64   `json:"elapsed_s"`        // since the migration's cap was set up, at its start
+	FromBytesPerS uint64    `json:"from_bytes_per_s"` // 0: none
+	ToBytesPerS   uint64    `json:"to_bytes_per_s"`   // 0: none
+	// BytesBefore: page traffic paced before the change.
+	BytesBefore uint64 `json:"bytes_before"`
 }
 
 // Pages counts pages by the route they took.
