@@ -382,8 +382,8 @@ func checksumCmd(addr string) string {
 // DMIG_BENCH_MODES picks the modes (compare's --modes), DMIG_BENCH_QEMU
 // the QEMU binary, DMIG_BENCH_MEM the guest's RAM (default 2Gi; give a
 // bigger one a bigger pool through the image's DMIG_POOL_* settings,
-// docs/testing.md). DMIG_TEST_KEEP=DIR keeps the JSON, the CSV and the
-// plot.
+// docs/testing.md), DMIG_BENCH_LOG_LEVEL compare's --log-level.
+// DMIG_TEST_KEEP=DIR keeps the JSON, the CSV, the plot and compare's log.
 //
 //	go test -run '^$' -bench Compare -benchtime 1x -timeout 40m ./tests/
 func BenchmarkCompare(b *testing.B) {
@@ -443,6 +443,9 @@ func BenchmarkCompare(b *testing.B) {
 		if m := os.Getenv("DMIG_BENCH_MODES"); m != "" {
 			args = append(args, "--modes", m)
 		}
+		if l := os.Getenv("DMIG_BENCH_LOG_LEVEL"); l != "" {
+			args = append(args, "--log-level", l)
+		}
 		cmd := exec.CommandContext(ctx, dmigBin, args...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -452,6 +455,9 @@ func BenchmarkCompare(b *testing.B) {
 			g.qmp = res.QMP
 		}
 		b.Logf("dmig compare, link %s:\n%s", rate, table)
+		if err := os.WriteFile(out+".log", stderr.Bytes(), 0o644); err != nil {
+			b.Errorf("keep dmig compare's log: %v", err)
+		}
 		if err != nil {
 			b.Errorf("dmig compare: %v\n%s", err, tail(stderr.String(), 20))
 		}
