@@ -224,6 +224,49 @@ func TestRestoreNewerEntryWins(t *testing.T) {
 	}
 }
 
+// Guest neighbours are placed together, each only if it is verified and
+// still its page's latest entry: a newer entry or a failed hash in the
+// middle of a run leaves that page alone and its neighbours placed. The
+// disk order (reversed) is not the guest order.
+func TestRestorePlacesRuns(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	for p := uint64(4); p < 12; p++ {
+		d := 15 - p
+		content := f.disk[d]
+		if p == 9 {
+			content = []byte("not what the disk holds")
+		}
+		f.r.enqueue(0, p, 1, f.ref("data", d, content))
+	}
+	f.r.supersede(0, 7, 2) // page 7 sent as data by pass 2
+	newer := bytes.Repeat([]byte{0xee}, pageSize)
+	if _, err := f.ram.WriteAt(newer, 7*pageSize); err != nil {
+		t.Fatal(err)
+	}
+	f.run(t)
+	for p := uint64(4); p < 12; p++ {
+		want := f.disk[15-p]
+		switch p {
+		case 7:
+			want = newer
+		case 9:
+			want = make([]byte, pageSize)
+		}
+		if got := f.ramPage(t, p); !bytes.Equal(got, want) {
+			t.Errorf("page %d holds %#x..., want %#x...", p, got[0], want[0])
+		}
+	}
+	if got, want := owedPages(f.r.owed()), []uint64{9}; !slices.Equal(got, want) {
+		t.Errorf("owed pages %v, want %v", got, want)
+	}
+	if v := f.r.n.verified.Load(); v != 6 {
+		t.Errorf("verified %d, want 6", v)
+	}
+	if f.pl.blocks[0].placed.Has(7) || f.pl.blocks[0].placed.Has(9) || !f.pl.blocks[0].placed.Has(8) {
+		t.Error("placed set wrong")
+	}
+}
+
 // Before switchover a failed reference is handed back to the source (a
 // later pass sends the page as data, which clears it); once Switchover
 // arrived it is only owed; one superseded before its read failed is
