@@ -220,10 +220,12 @@ func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []b
 	slices.SortFunc(sorted, func(a, b Ref) int {
 		return cmp.Or(cmp.Compare(a.Disk, b.Disk), cmp.Compare(a.Offset, b.Offset))
 	})
-
-	groups := make(chan group)
+	groups := r.groups(sorted, fn)
+	// The workers take groups by index rather than from a channel: a
+	// hand-off per read cost as much as the read of a page.
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range r.opts.Workers {
+	for range min(r.opts.Workers, len(groups)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -233,24 +235,26 @@ func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []b
 				buf = &b
 			}
 			defer r.bufs.Put(buf)
-			for g := range groups {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(groups) {
+					return
+				}
+				g := groups[i]
 				r.readGroup(sorted[g.i:g.j], g, *buf, fn)
 			}
 		}()
 	}
-	err := r.dispatch(ctx, sorted, groups, fn)
-	close(groups)
 	wg.Wait()
-	return err
+	return ctx.Err()
 }
 
-// dispatch cuts the sorted refs into groups and hands them to the workers.
-func (r *Reader) dispatch(ctx context.Context, refs []Ref, groups chan<- group, fn func(Ref, []byte, error)) error {
+// groups cuts the sorted refs into reads; refs of a disk this host lacks
+// fail here.
+func (r *Reader) groups(refs []Ref, fn func(Ref, []byte, error)) []group {
 	maxRead, maxGap := uint64(r.opts.MaxRead), uint64(r.opts.MaxGap)
+	var groups []group
 	for i := 0; i < len(refs); {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		if _, err := r.disk(refs[i].Disk); err != nil {
 			r.errs.Add(1)
 			fn(refs[i], nil, err)
@@ -265,14 +269,10 @@ func (r *Reader) dispatch(ctx context.Context, refs []Ref, groups chan<- group, 
 			}
 			g.end = max(g.end, next.Offset+PageSize)
 		}
-		select {
-		case groups <- g:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		groups = append(groups, g)
 		i = g.j
 	}
-	return nil
+	return groups
 }
 
 // readGroup reads one group and delivers its refs. Refs inside the bytes
