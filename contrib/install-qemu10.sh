@@ -30,7 +30,9 @@ if [ -x "$WRAPPER" ] && [ "$(cat "$PREFIX/.dmig-version" 2>/dev/null)" = "$STAMP
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-known() { apt-cache show "qemu-system-x86=$QEMU_VERSION" >/dev/null 2>&1; }
+# apt-cache show exits 0 for a version it does not know (it prints
+# nothing): ask for the version's own record instead.
+known() { apt-cache show "qemu-system-x86=$QEMU_VERSION" 2>/dev/null | grep -q '^Version: '; }
 if ! known; then
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         cat >/etc/apt/sources.list.d/dmig-bookworm-backports.sources <<'EOF'
