@@ -19,6 +19,9 @@
 //     figures are ages by the server's clock, never timestamps.
 //   - Storage opens disks read-only and owns their fds until Close. A Reader
 //     never aborts a batch for one bad disk: every ref gets its own result.
+//   - A Reader hints a batch's file ranges to the kernel before reading them
+//     (read ahead from storage outside the page cache), unless probes find
+//     the batch cached; a hint never changes what a Read delivers.
 //
 // This package imports nothing of the project.
 package layout

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pageData is the content of block i of a test disk: its number repeated,
@@ -418,4 +420,73 @@ func BenchmarkReader(b *testing.B) {
 	b.ReportMetric(total/readerTime.Seconds(), "GB/s")
 	b.ReportMetric(total/seqTime.Seconds(), "seq-GB/s")
 	b.ReportMetric(seqTime.Seconds()/readerTime.Seconds(), "x-seq")
+}
+
+// dropCache writes path back and drops its pages from the page cache, or
+// skips the test where they cannot leave it (a tmpfs TMPDIR).
+func dropCache(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	if cached(f, 0, make([]byte, PageSize)) {
+		t.Skipf("%s stays in the page cache (a tmpfs?): no cold read to hint", path)
+	}
+}
+
+// A Read of a file outside the page cache hints its groups' ranges, joined
+// across small gaps, before reading; one of cached pages hints nothing.
+// Either way every page arrives intact.
+func TestReaderPrefetch(t *testing.T) {
+	path := diskFile(t, 1024)
+	s := openOne(t, "vda", path)
+	// Every fourth block of 0..255 (3-page gaps: one hint), and 1000 (a
+	// gap past prefetchGap: a second).
+	var refs []Ref
+	for i := uint64(0); i < 256; i += 4 {
+		refs = append(refs, Ref{GuestPage: i, Offset: i * PageSize})
+	}
+	refs = append(refs, Ref{GuestPage: 1000, Offset: 1000 * PageSize})
+	want := uint64(253*PageSize + PageSize)
+	check := func(t *testing.T, r *Reader) {
+		t.Helper()
+		for _, ref := range refs {
+			if res := readAll(t, r, []Ref{ref})[ref.GuestPage]; res.err != nil || !bytes.Equal(res.data, pageData(ref.Offset/PageSize)) {
+				t.Fatalf("guest page %d: wrong page (err %v)", ref.GuestPage, res.err)
+			}
+		}
+	}
+	t.Run("cold", func(t *testing.T) {
+		dropCache(t, path)
+		r := s.NewReader(disks("vda"), ReaderOptions{})
+		readAll(t, r, refs)
+		if h := r.Stats().Hinted; h != want {
+			t.Errorf("hinted %d bytes, want %d", h, want)
+		}
+		check(t, r)
+	})
+	t.Run("cached", func(t *testing.T) {
+		r := s.NewReader(disks("vda"), ReaderOptions{})
+		readAll(t, r, refs) // the cold run left them cached
+		if h := r.Stats().Hinted; h != 0 {
+			t.Errorf("hinted %d bytes of a cached file, want none", h)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		dropCache(t, path)
+		r := s.NewReader(disks("vda"), ReaderOptions{NoPrefetch: true})
+		readAll(t, r, refs)
+		if h := r.Stats().Hinted; h != 0 {
+			t.Errorf("NoPrefetch hinted %d bytes", h)
+		}
+		check(t, r)
+	})
 }
