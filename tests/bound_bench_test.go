@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/dmig/dmig/internal/report"
 )
 
@@ -115,6 +117,29 @@ func copyCeiling(b *testing.B, dataFile string, pages int64) float64 {
 		b.Fatal(err)
 	}
 	return float64(pages*4096) / time.Since(t0).Seconds()
+}
+
+// dropPageCache writes path back and drops its pages from the page cache:
+// the shared storage as a destination that never read it finds it. It
+// fails where they stay (a tmpfs), since the cold figure would be a warm
+// one.
+func dropPageCache(b *testing.B, path string) {
+	b.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		b.Fatalf("write back %s: %v", path, err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		b.Fatalf("drop %s from the page cache: %v", path, err)
+	}
+	buf := make([]byte, 4096)
+	if _, err := unix.Preadv2(int(f.Fd()), [][]byte{buf}, 0, unix.RWF_NOWAIT); err == nil {
+		b.Fatalf("%s stays in the page cache after dropping it (a tmpfs?): put TMPDIR on a disk for a cold data file", path)
+	}
 }
 
 // print writes r's bound next to its total to standard output (the

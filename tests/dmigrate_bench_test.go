@@ -29,7 +29,11 @@ import (
 // a disk, not tmpfs, for large guests) holds DMIG_BENCH_DATA_RATIO times
 // the pool's pages (default 4/3: a quarter of the pool reads load a page);
 // 1 keeps its page cache within reach of the two RAM files of an 8 GiB
-// guest on a 24 GiB host. Run:
+// guest on a 24 GiB host. DMIG_BENCH_DATA_CACHE=cold drops the data file
+// from the page cache before each migration and before the ceiling's copy,
+// as on a destination host that never read the shared storage (default
+// warm: the file stays cached from its writing, as far as memory lets it;
+// at 8 GiB the RAM files push part of it out, an uncontrolled mix). Run:
 //
 //	go test -run '^$' -bench DMigrateModes -benchtime 1x -timeout 30m ./tests/
 func BenchmarkDMigrateModes(b *testing.B) {
@@ -49,6 +53,14 @@ func BenchmarkDMigrateModes(b *testing.B) {
 		}
 		ratio = f
 	}
+	cold := false
+	switch v := os.Getenv("DMIG_BENCH_DATA_CACHE"); v {
+	case "", "warm":
+	case "cold":
+		cold = true
+	default:
+		b.Fatalf("DMIG_BENCH_DATA_CACHE=%q: want warm or cold", v)
+	}
 	listen, rate := benchListener(b)
 	frames := int64(float64(size*gib/4096)*0.7) / 4
 	modes := []precopy.Mode{precopy.ModePrecopy, precopy.ModePostcopy, precopy.ModeHybrid}
@@ -63,6 +75,9 @@ func BenchmarkDMigrateModes(b *testing.B) {
 				g := startDBSource(b, dir, dbOpts{size: size * gib, poolPart: 0.7, dbPages: int64(float64(frames) * ratio), readRate: 3000, modifyRate: 1000, flushRate: 800})
 				d := startDBDestOn(b, listen(b), map[string]string{"data": g.dataFile})
 				destStats := filepath.Join(b.TempDir(), "dst.stats")
+				if cold {
+					dropPageCache(b, g.dataFile)
+				}
 				rep, err := migrateDB(b, g, d.addr, mode, g.layout, destStats)
 				if err != nil {
 					b.Fatalf("%s: migrate: %v", mode, err)
@@ -74,8 +89,12 @@ func BenchmarkDMigrateModes(b *testing.B) {
 				reps[mode] = rep
 				if mode == precopy.ModeHybrid {
 					// The restore's ceiling, on the same data file while it
-					// is still in the page cache (1 GiB at most: a rate,
-					// not a copy of the pool, next to both guests' RAM).
+					// is still in the page cache, or dropped from it again
+					// if cold (1 GiB at most: a rate, not a copy of the
+					// pool, next to both guests' RAM).
+					if cold {
+						dropPageCache(b, g.dataFile)
+					}
 					ceiling = copyCeiling(b, g.dataFile, min(int64(rep.Pages.StorageVerified), 1<<18))
 				}
 			}
@@ -85,8 +104,12 @@ func BenchmarkDMigrateModes(b *testing.B) {
 		pre := reps[precopy.ModePrecopy]
 		bound := migrationBound{linkRate: tcRate(rate), ceiling: ceiling}
 		var tab strings.Builder
-		fmt.Fprintf(&tab, "%d GiB guest, pool 70 %%, data file %.2f× the pool, link %s; restore ceiling (plain scattered copy) %.0f MB/s\n",
-			size, ratio, rate, ceiling/1e6)
+		where := "warm"
+		if cold {
+			where = "cold"
+		}
+		fmt.Fprintf(&tab, "%d GiB guest, pool 70 %%, data file %.2f× the pool in %s (%s), link %s; restore ceiling (plain scattered copy) %.0f MB/s\n",
+			size, ratio, os.TempDir(), where, rate, ceiling/1e6)
 		fmt.Fprintf(&tab, "%-9s %9s %8s %11s %9s %9s %9s %7s %7s %7s %9s %7s\n", "mode", "total ms", "down ms", "network MB", "data pg", "storage", "faults", "total×", "down×", "bytes×", "bound ms", "/bound")
 		for _, mode := range modes {
 			r := reps[mode]
