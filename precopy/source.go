@@ -113,11 +113,14 @@ type srcBlock struct {
 	sent *pages.Set
 }
 
-// noteSent counts a send of page p of b, and whether it is a repeat.
-func (s *source) noteSent(b *srcBlock, p uint64) {
+// noteSent counts a send of page p of b, and whether it is a repeat; it
+// reports whether it was the page's first.
+func (s *source) noteSent(b *srcBlock, p uint64) bool {
 	if !b.sent.Add(p) {
 		s.sentAgain.Add(1)
+		return false
 	}
+	return true
 }
 
 func (s *source) bytesSent() uint64 {
@@ -730,12 +733,23 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 	counts := make([]uint64, n)
 	sent := make([]uint64, n)
 	errs := make([]error, n)
+	var order []diskRun
+	if !s.dataOnly {
+		order = s.refs.passOrder(iter)
+	}
 	var wg sync.WaitGroup
 	for i, c := range s.sess.Bulk {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			counts[i], sent[i], errs[i] = s.sendStripes(ctx, c, i, n, iter, nil, nil)
+			if order != nil {
+				counts[i], sent[i], errs[i] = s.sendInDiskOrder(ctx, c, i, n, iter, order)
+				if errs[i] != nil {
+					return
+				}
+			}
+			b, p, err := s.sendStripes(ctx, c, i, n, iter, nil, nil)
+			counts[i], sent[i], errs[i] = counts[i]+b, sent[i]+p, err
 		}()
 	}
 	wg.Wait()
@@ -812,11 +826,13 @@ func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
 	if b.resend.Remove(p) && batch.Iteration != wire.IterationPostcopy {
 		s.resent.Add(1)
 	}
+	// The first pass's routes count each page once, as it first went: a
+	// page handed back during the pass (its reference failed) may go
+	// again, as data, before the pass ends.
 	first := &s.firstPass
-	if batch.Iteration != 1 {
+	if !s.noteSent(b, p) || batch.Iteration != 1 {
 		first = nil
 	}
-	s.noteSent(b, p)
 	if b.data != nil && !b.data.Has(p) {
 		batch.AddZero(p)
 		s.zeroPages.Add(1)

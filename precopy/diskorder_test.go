@@ -1,0 +1,142 @@
+package precopy
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/layout"
+	"github.com/dmig/dmig/wire"
+)
+
+// A hybrid pass sends every pending page once, on its own connection, in
+// batches whose pages ascend; the pages the layout names go first, in
+// chunks of disk order, so that each chunk's references name one stretch
+// of the disk; the others follow as data.
+func TestPassInDiskOrder(t *testing.T) {
+	const npages = 1 << 15 // per block: 128 stripes of 256 pages
+	// Block 0 guest pages 0..32767, block 1 32768..65535. The layout names
+	// the even guest pages of both blocks, at disk pages given by a
+	// shuffle, so page order and disk order differ everywhere.
+	named := 2 * npages / 2
+	disk := make([]uint64, named)
+	for i := range disk {
+		disk[i] = uint64(i)
+	}
+	for i := len(disk) - 1; i > 0; i-- {
+		j := int((uint64(i) * 0x9e3779b97f4a7c15 >> 33) % uint64(i+1))
+		disk[i], disk[j] = disk[j], disk[i]
+	}
+	var refs []layout.Ref
+	for i := range named {
+		refs = append(refs, layout.Ref{GuestPage: uint64(2 * i), Disk: 0, Offset: disk[i] * pageSize})
+	}
+	l, err := layout.Build(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Disks = []layout.Disk{{ID: 0, Name: "data"}}
+	var blocks []*srcBlock
+	for b := range 2 {
+		mem := make([]byte, npages*pageSize)
+		for p := range uint64(npages) {
+			binary.LittleEndian.PutUint64(mem[p*pageSize:], uint64(b)<<32|p|1<<40)
+		}
+		blk := &srcBlock{idx: uint32(b), npages: npages, Block: &ramfile.Block{Mem: mem}}
+		blk.pending, blk.hot, blk.noref, blk.resend, blk.sent = pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages)
+		blk.pending.Fill()
+		blocks = append(blocks, blk)
+	}
+	s := &source{log: hclog.NewNullLogger(), blocks: blocks}
+	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
+	s.refs.prepare(context.Background(), 1, 2*npages)
+	order := s.refs.passOrder(1)
+	if len(order) != named {
+		t.Fatalf("disk order of %d runs, want %d", len(order), named)
+	}
+
+	const conns = 2
+	ctx := context.Background()
+	type got struct {
+		kind wire.Kind
+		conn int
+		off  uint64
+	}
+	seen := map[[2]uint64]got{}
+	var chunkRefs [][]uint64 // disk pages of each batch of references
+	for i := range conns {
+		a, b := net.Pipe()
+		src, dst := wire.NewConn(a, wire.RoleBulk, i), wire.NewConn(b, wire.RoleBulk, i)
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := s.sendInDiskOrder(ctx, src, i, conns, 1, order)
+			if err == nil {
+				_, _, err = s.sendStripes(ctx, src, i, conns, 1, nil, nil)
+			}
+			a.Close()
+			errc <- err
+		}()
+		for {
+			m, err := dst.ReadFrame(ctx)
+			if err != nil {
+				break
+			}
+			batch := m.(*wire.PageBatch)
+			var offs []uint64
+			for k, e := range batch.Entries {
+				if k > 0 && e.Page <= batch.Entries[k-1].Page {
+					t.Fatalf("batch pages not ascending: %d after %d", e.Page, batch.Entries[k-1].Page)
+				}
+				if wire.BulkConn(batch.Block, e.Page, conns) != i {
+					t.Errorf("block %d page %d on connection %d", batch.Block, e.Page, i)
+				}
+				key := [2]uint64{uint64(batch.Block), e.Page}
+				if _, dup := seen[key]; dup {
+					t.Errorf("block %d page %d sent twice", batch.Block, e.Page)
+				}
+				seen[key] = got{e.Kind, i, e.Ref.Offset}
+				if e.Kind == wire.KindRef {
+					offs = append(offs, e.Ref.Offset/pageSize)
+				}
+			}
+			if len(offs) > 0 {
+				chunkRefs = append(chunkRefs, offs)
+			}
+			if err := dst.ReadData(make([]byte, dst.DataLeft())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) != 2*npages {
+		t.Fatalf("%d pages sent, want %d", len(seen), 2*npages)
+	}
+	for key, g := range seen {
+		gpage := key[0]*npages + key[1]
+		wantRef := gpage%2 == 0
+		if (g.kind == wire.KindRef) != wantRef {
+			t.Errorf("guest page %d sent as %v", gpage, g.kind)
+		}
+		if wantRef && g.off != disk[gpage/2]*pageSize {
+			t.Errorf("guest page %d referenced at %#x, want %#x", gpage, g.off, disk[gpage/2]*pageSize)
+		}
+	}
+	// Each batch of references is one chunk of the disk order: its disk
+	// pages span about diskChunk × conns pages, not the whole disk.
+	for _, offs := range chunkRefs {
+		lo, hi := offs[0], offs[0]
+		for _, o := range offs {
+			lo, hi = min(lo, o), max(hi, o)
+		}
+		if hi-lo > 2*diskChunk*conns {
+			t.Errorf("a batch of %d references spans disk pages %d..%d: not one stretch of the disk", len(offs), lo, hi)
+		}
+	}
+}
