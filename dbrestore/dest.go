@@ -375,15 +375,11 @@ func (d *dest) dataRun(b *dstBlock, first uint64, iter uint32, buf []byte) error
 	for k := range run {
 		d.restore.supersede(b.idx, first+k, iter)
 	}
-	// Through a buffer and pwrite rather than straight into the mapping: a
-	// whole-page write to a hole of the shmem file allocates the page
-	// without faulting it in and zeroing it first, which dominated the
-	// receive path.
-	b.writeMu.Lock()
-	_, err := b.File.WriteAt(buf, int64(first*pageSize))
-	b.writeMu.Unlock()
-	if err != nil {
-		return classed(wire.ErrorResource, fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", first, run, b.Name, err))
+	// Through a buffer, not a copy into the mapping: a whole-page write
+	// to a hole of the shmem file allocates the page without faulting it
+	// in and zeroing it first, which dominated the receive path.
+	if err := d.fill(b, first, buf, &b.writeMu); err != nil {
+		return classed(wire.ErrorResource, err)
 	}
 	b.placed.AddRange(first, run)
 	d.data.Add(run)

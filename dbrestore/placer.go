@@ -65,9 +65,10 @@ type dstBlock struct {
 	// start (prepare). The file holds data only there: the rest are holes.
 	placed  *pages.Set
 	missing *pages.Set // owed after switchover
-	// writeMu serializes pwrites to the file: the kernel does too (the
-	// shmem inode's lock), but its waiters spin on the CPU the other
-	// connections' reads and the restore need.
+	// writeMu serializes the receive path's pwrites to the file (fill's
+	// overwrites): the kernel does too (the shmem inode's lock), but its
+	// waiters spin on the CPU the other connections' reads and the
+	// restore need.
 	writeMu sync.Mutex
 }
 
@@ -187,6 +188,80 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 		if off := p * pageSize; off >= m.Offset && off < m.Offset+uint64(m.Len()) {
 			_ = d.u.Wake(uffd.Range{Start: m.Start + uintptr(off-m.Offset), Len: pageSize})
 		}
+	}
+	return nil
+}
+
+// fill writes data into pages first… of b before switchover: the pages
+// the file does not hold yet with UFFDIO_COPY through the guest's
+// mapping, the others (a later pass's copy of a page) with pwrite, under
+// mu if not nil. A pwrite into shmem holds the file's inode lock, so every
+// writer of the RAM file (each bulk connection, each restore collector)
+// queued behind it, spinning on the cores they all need; UFFDIO_COPY
+// allocates and fills the page under the guest's mmap lock, shared:
+// scattered 4 KiB pages from two writers went in at 1.8 GB/s against
+// pwrite's 1.2. It reports errors as the write's.
+func (d *placer) fill(b *dstBlock, first uint64, data []byte, mu *sync.Mutex) error {
+	n := uint64(len(data)) / pageSize
+	for k := uint64(0); k < n; {
+		// A stretch of pages all absent or all present.
+		absent := !b.placed.Has(first + k)
+		e := k + 1
+		for e < n && !b.placed.Has(first+e) == absent {
+			e++
+		}
+		if absent {
+			placed, err := d.copyAbsent(b, first+k, data[k*pageSize:e*pageSize], mu)
+			if err != nil {
+				return err
+			}
+			k += placed
+			if k < e {
+				continue // stopped at a page someone else placed meanwhile
+			}
+		} else if err := writeAt(b, data[k*pageSize:e*pageSize], first+k, mu); err != nil {
+			return err
+		}
+		k = e
+	}
+	return nil
+}
+
+// copyAbsent places data at pages first… of b with UFFDIO_COPY and returns
+// how many pages it placed; at a page already present it overwrites that
+// one with pwrite and stops after it.
+func (d *placer) copyAbsent(b *dstBlock, first uint64, data []byte, mu *sync.Mutex) (uint64, error) {
+	addr, ok := b.GuestAddr(first)
+	if !ok || d.u == nil {
+		return uint64(len(data)) / pageSize, writeAt(b, data, first, mu)
+	}
+	if last, ok := b.GuestAddr(first + uint64(len(data))/pageSize - 1); !ok || last-addr != uintptr(len(data)-pageSize) {
+		// Not one stretch of one mapping.
+		return uint64(len(data)) / pageSize, writeAt(b, data, first, mu)
+	}
+	n, err := d.u.Copy(addr, data, 0)
+	placed := uint64(n) / pageSize
+	switch {
+	case err == nil:
+		return placed, nil
+	case errors.Is(err, uffd.ErrExists):
+		if err := writeAt(b, data[placed*pageSize:(placed+1)*pageSize], first+placed, mu); err != nil {
+			return placed, err
+		}
+		return placed + 1, nil
+	default:
+		return placed, fmt.Errorf("place pages [%d, +%d) of RAM block %s: %w", first+placed, uint64(len(data))/pageSize-placed, b.Name, err)
+	}
+}
+
+// writeAt pwrites data at page first of b, under mu if not nil.
+func writeAt(b *dstBlock, data []byte, first uint64, mu *sync.Mutex) error {
+	if mu != nil {
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	if _, err := b.File.WriteAt(data, int64(first*pageSize)); err != nil {
+		return fmt.Errorf("write pages [%d, +%d) of RAM block %s: %w", first, len(data)/pageSize, b.Name, err)
 	}
 	return nil
 }

@@ -606,9 +606,9 @@ func (r *restorer) placeRun(run []refJob, data []byte) {
 		for k < len(run) && was[k].latest(run[k].iter) {
 			k++
 		}
-		if _, err := b.File.WriteAt(data[i*pageSize:k*pageSize], int64(run[i].page*pageSize)); err != nil {
+		if err := r.pl.fill(b, run[i].page, data[i*pageSize:k*pageSize], nil); err != nil {
 			for x := i; x < k; x++ {
-				failed[x] = fmt.Errorf("write page into RAM block %s: %w", b.Name, err)
+				failed[x] = err
 			}
 		} else {
 			for x := i; x < k; x++ {
