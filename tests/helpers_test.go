@@ -301,8 +301,20 @@ func (d *dest) resumedTarget(t testing.TB) *testTarget {
 	return tt
 }
 
+// testLogger logs an engine's debug log through t.Log, or appends it to
+// the file DMIG_TEST_LOG names: a benchmark's b.Log keeps only the start
+// of a long run's log.
 func testLogger(t testing.TB, name string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: prefixWriter(t, "")})
+	var out io.Writer = prefixWriter(t, "")
+	if path := os.Getenv("DMIG_TEST_LOG"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatalf("DMIG_TEST_LOG: %v", err)
+		}
+		t.Cleanup(func() { f.Close() })
+		out = f
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: out})
 }
 
 // destCommand is the command the destination starts the test guest with.
