@@ -3,6 +3,7 @@ package precopy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"testing"
 
@@ -55,7 +56,7 @@ func TestPassInDiskOrder(t *testing.T) {
 	s := &source{log: hclog.NewNullLogger(), blocks: blocks}
 	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
 	s.refs.prepare(context.Background(), 1, 2*npages)
-	order := s.refs.passOrder(1)
+	order := s.passOrder(1)
 	if len(order) != named {
 		t.Fatalf("disk order of %d runs, want %d", len(order), named)
 	}
@@ -138,5 +139,34 @@ func TestPassInDiskOrder(t *testing.T) {
 		if hi-lo > 2*diskChunk*conns {
 			t.Errorf("a batch of %d references spans disk pages %d..%d: not one stretch of the disk", len(offs), lo, hi)
 		}
+	}
+}
+
+// A later pass orders only its pending pages that the layout names.
+func TestPassOrderLaterPass(t *testing.T) {
+	l := &layout.Layout{
+		Disks: []layout.Disk{{ID: 0, Name: "data"}},
+		Runs: []layout.Run{
+			{GuestPage: 0, Pages: 4, Disk: 0, Offset: 40 * pageSize},
+			{GuestPage: 4, Pages: 4, Disk: 0, Offset: 8 * pageSize},
+		},
+	}
+	blk := &srcBlock{idx: 0, npages: 16, Block: &ramfile.Block{Mem: make([]byte, 16*pageSize)}}
+	blk.pending = pages.NewSet(16)
+	for _, p := range []uint64{1, 5, 6, 12} { // 12: not in the layout
+		blk.pending.Add(p)
+	}
+	s := &source{log: hclog.NewNullLogger(), blocks: []*srcBlock{blk}}
+	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
+	s.refs.prepare(context.Background(), 2, 16)
+	var got []uint64
+	for _, r := range s.passOrder(2) {
+		got = append(got, r.page)
+	}
+	if want := []uint64{5, 6, 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("pass 2 order %v, want %v (pages 5, 6 at disk pages 9, 10 before page 1 at 41)", got, want)
+	}
+	if s.passOrder(3) != nil {
+		t.Error("an order for a pass without its layout")
 	}
 }

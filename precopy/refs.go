@@ -36,7 +36,6 @@ type refSource struct {
 
 	lay     *layout.Layout
 	byBlock []*layout.Layout // lay in block page numbers (GuestPage = page of the block)
-	order   []diskRun        // byBlock's runs in disk order, for a pass (not the push)
 	pass    uint32           // the pass lay may be used in
 	keys    []uint16         // wire disk id by layout disk id
 	use     []bool           // layout disk id usable (its key is unique in the layout)
@@ -205,10 +204,7 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 		r.first.LayoutPages = l.Pages()
 	}
 	r.lay, r.byBlock, r.pass, r.fetchTook = l, byBlock, iter, time.Since(t0)
-	r.order = nil
-	if iter != wire.IterationPostcopy {
-		r.order = diskOrder(byBlock)
-	}
+
 	r.keys, r.use = make([]uint16, len(l.Disks)), make([]bool, len(l.Disks))
 	seen := map[uint16]bool{}
 	for _, d := range l.Disks {
@@ -337,15 +333,6 @@ func (r *refSource) add(batch *wire.PageBatch, b *srcBlock, p uint64, page []byt
 	batch.AddRef(p, wire.Ref{Disk: r.keys[ref.Disk], Offset: ref.Offset, Hash: storageref.Hash(page)})
 	r.sent.Add(1)
 	return true
-}
-
-// passOrder is the disk order of pass iter's layout, nil if the pass has
-// none (see sendInDiskOrder).
-func (r *refSource) passOrder(iter uint32) []diskRun {
-	if r == nil || r.lay == nil || r.pass != iter {
-		return nil
-	}
-	return r.order
 }
 
 // pushable reports whether the post-copy push has a layout to send

@@ -735,7 +735,7 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 	errs := make([]error, n)
 	var order []diskRun
 	if !s.dataOnly {
-		order = s.refs.passOrder(iter)
+		order = s.passOrder(iter)
 	}
 	var wg sync.WaitGroup
 	for i, c := range s.sess.Bulk {
