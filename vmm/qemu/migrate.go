@@ -133,12 +133,50 @@ func migrationDone(s string) bool {
 	return false
 }
 
+// A wait on QEMU's state polls every pollFast for its first pollFastFor,
+// then every pollSlow. The waits inside a switchover (device state
+// loaded, a migration's completion) end within milliseconds, with the
+// guest paused: a 10–20 ms tick there was downtime, up to a tick per wait.
+// Waits of a whole migration go on at the slow rate.
+const (
+	pollFast    = time.Millisecond
+	pollFastFor = 50 * time.Millisecond
+	pollSlow    = 20 * time.Millisecond
+)
+
+// poller paces one wait's polls (see pollFast).
+type poller struct {
+	start time.Time
+	t     *time.Timer
+}
+
+func newPoller() *poller { return &poller{start: time.Now()} }
+
+// wait sleeps until the next poll, or returns the context's cause.
+func (p *poller) wait(ctx context.Context) error {
+	d := pollSlow
+	if time.Since(p.start) < pollFastFor {
+		d = pollFast
+	}
+	if p.t == nil {
+		p.t = time.NewTimer(d)
+	} else {
+		p.t.Reset(d)
+	}
+	select {
+	case <-p.t.C:
+		return nil
+	case <-ctx.Done():
+		p.t.Stop()
+		return context.Cause(ctx)
+	}
+}
+
 // WaitMigration polls query-migrate until the migration ends or until
 // (when non-nil) until returns true for the current state. A failed or
 // cancelled migration returns ErrMigrationFailed with QEMU's reason.
 func (m *Monitor) WaitMigration(ctx context.Context, until func(MigrationInfo) bool) (MigrationInfo, error) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
+	p := newPoller()
 	for {
 		i, err := m.QueryMigrate(ctx)
 		if err != nil {
@@ -152,18 +190,15 @@ func (m *Monitor) WaitMigration(ctx context.Context, until func(MigrationInfo) b
 		case until != nil && until(i):
 			return i, nil
 		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return i, fmt.Errorf("wait for migration: %w", context.Cause(ctx))
+		if err := p.wait(ctx); err != nil {
+			return i, fmt.Errorf("wait for migration: %w", err)
 		}
 	}
 }
 
 // WaitStatus polls query-status until the VM's status is one of want.
 func (m *Monitor) WaitStatus(ctx context.Context, want ...string) error {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
+	p := newPoller()
 	for {
 		s, err := m.QueryStatus(ctx)
 		if err != nil {
@@ -172,10 +207,8 @@ func (m *Monitor) WaitStatus(ctx context.Context, want ...string) error {
 		if slices.Contains(want, s.Status) {
 			return nil
 		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return fmt.Errorf("wait for vm status %s (is %s): %w", strings.Join(want, " or "), s.Status, context.Cause(ctx))
+		if err := p.wait(ctx); err != nil {
+			return fmt.Errorf("wait for vm status %s (is %s): %w", strings.Join(want, " or "), s.Status, err)
 		}
 	}
 }
