@@ -188,6 +188,11 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.exited, err = keeper.Watch(d.pid); err != nil {
 		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
 	}
+	if p, ok := d.g.(DeviceStatePreparer); ok {
+		if err := p.PrepareDeviceState(ctx); err != nil {
+			return fmt.Errorf("prepare the guest for its device state: %w", err)
+		}
+	}
 	if err := d.openJournal(paths); err != nil {
 		return err
 	}

@@ -20,6 +20,14 @@ type DeviceStateLoader interface {
 	LoadDeviceState(ctx context.Context, r io.Reader) error
 }
 
+// DeviceStatePreparer is a DeviceStateLoader with setup to do before the
+// switchover (QEMU: listen for the stream). The engine calls it once, after
+// Start and before the first pass; a failure ends the session, the source
+// still running.
+type DeviceStatePreparer interface {
+	PrepareDeviceState(ctx context.Context) error
+}
+
 // deviceState collects DeviceState frames until the Last one. The whole
 // stream is kept in memory: it is small (QEMU's x-ignore-shared stream of a
 // 2 GiB guest is under 1 MB) and must be complete before the guest resumes.

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // ignoreShared are the capabilities of a device-state-only migration:
@@ -67,19 +66,27 @@ func SendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer)
 	return info, nil
 }
 
-// ReceiveDeviceState loads device state read from r into the destination
-// (started with -incoming defer), x-ignore-shared set, and returns once the
-// load is done. Guest RAM must already be in its shared files (or be
-// registered with userfaultfd): QEMU reads guest RAM while loading devices.
-// The destination is then paused if the source was, else running.
-func ReceiveDeviceState(ctx context.Context, dst *Monitor, dir string, r io.Reader) error {
+// ListenDeviceState has the destination (started with -incoming defer)
+// listen for device state on a unix socket in dir, x-ignore-shared set,
+// and returns the socket's path for LoadDeviceState. Done before the
+// switchover, its two commands are out of the downtime.
+func ListenDeviceState(ctx context.Context, dst *Monitor, dir string) (string, error) {
 	if err := dst.SetCapabilities(ctx, ignoreShared()); err != nil {
-		return fmt.Errorf("set destination capabilities: %w", err)
+		return "", fmt.Errorf("set destination capabilities: %w", err)
 	}
 	path := sockName(dir, "devstate-in")
 	if err := dst.MigrateIncoming(ctx, "unix:"+path); err != nil {
-		return fmt.Errorf("listen for device state: %w", err)
+		return "", fmt.Errorf("listen for device state: %w", err)
 	}
+	return path, nil
+}
+
+// LoadDeviceState sends the device state read from r to the destination
+// listening on path (ListenDeviceState) and returns once QEMU has loaded
+// it. Guest RAM must already be in its shared files (or be registered with
+// userfaultfd): QEMU reads guest RAM while loading devices. The
+// destination is then paused if the source was, else running.
+func LoadDeviceState(ctx context.Context, dst *Monitor, path string, r io.Reader) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -94,8 +101,7 @@ func ReceiveDeviceState(ctx context.Context, dst *Monitor, dir string, r io.Read
 	if uc, ok := c.(*net.UnixConn); ok {
 		_ = uc.CloseWrite()
 	}
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
+	p := newPoller()
 	for {
 		st, err := dst.QueryStatus(ctx)
 		if err != nil {
@@ -107,10 +113,8 @@ func ReceiveDeviceState(ctx context.Context, dst *Monitor, dir string, r io.Read
 			}
 			return nil
 		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return fmt.Errorf("wait for device state to load: %w", context.Cause(ctx))
+		if err := p.wait(ctx); err != nil {
+			return fmt.Errorf("wait for device state to load: %w", err)
 		}
 	}
 }

@@ -170,12 +170,16 @@ type Target struct {
 	mem    map[string]string
 	vm     *VM
 	loaded bool
+	// incoming is the socket QEMU listens on for device state, once
+	// PrepareDeviceState ran.
+	incoming string
 }
 
 var (
-	_ dbrestore.Guest             = (*Target)(nil)
-	_ dbrestore.DeviceStateLoader = (*Target)(nil)
-	_ dbrestore.SharedDisker      = (*Target)(nil)
+	_ dbrestore.Guest               = (*Target)(nil)
+	_ dbrestore.DeviceStateLoader   = (*Target)(nil)
+	_ dbrestore.DeviceStatePreparer = (*Target)(nil)
+	_ dbrestore.SharedDisker        = (*Target)(nil)
 )
 
 // SharedDisks names the source's virtio disks as its guest does (see
@@ -196,7 +200,12 @@ func (t *Target) LoadDeviceState(ctx context.Context, r io.Reader) error {
 	if t.vm == nil {
 		return errors.New("destination qemu not started")
 	}
-	if err := ReceiveDeviceState(ctx, t.vm.Mon, t.Dir, r); err != nil {
+	if t.incoming == "" {
+		if err := t.PrepareDeviceState(ctx); err != nil {
+			return err
+		}
+	}
+	if err := LoadDeviceState(ctx, t.vm.Mon, t.incoming, r); err != nil {
 		return err
 	}
 	st, err := t.vm.Mon.QueryStatus(ctx)
@@ -209,6 +218,21 @@ func (t *Target) LoadDeviceState(ctx context.Context, r io.Reader) error {
 		return fmt.Errorf("%w: destination runs before cont (the source was not paused)", ErrMigrationFailed)
 	}
 	t.loaded = true
+	return nil
+}
+
+// PrepareDeviceState has the started QEMU listen for the device state
+// (ListenDeviceState), so that LoadDeviceState, inside the downtime, only
+// sends it.
+func (t *Target) PrepareDeviceState(ctx context.Context) error {
+	if t.vm == nil {
+		return errors.New("destination qemu not started")
+	}
+	path, err := ListenDeviceState(ctx, t.vm.Mon, t.Dir)
+	if err != nil {
+		return err
+	}
+	t.incoming = path
 	return nil
 }
 
