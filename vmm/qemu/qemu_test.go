@@ -157,8 +157,12 @@ func cliMigrate(ctx context.Context, t *testing.T, bin string, src, dst *VM, nc 
 	t.Helper()
 	src.Mon.Close()
 	dst.Mon.Close()
-	out, err := exec.CommandContext(ctx, bin, "qemu", "migrate", "--mode", nc.Mode, "--from", src.QMP, "--to", dst.QMP,
-		"--uri", nc.URI, "--postcopy-after", nc.PostcopyAfter.String()).Output()
+	args := []string{"qemu", "migrate", "--mode", nc.Mode, "--from", src.QMP, "--to", dst.QMP,
+		"--uri", nc.URI, "--postcopy-after", nc.PostcopyAfter.String()}
+	if nc.MaxBandwidth > 0 {
+		args = append(args, "--bandwidth", fmt.Sprint(nc.MaxBandwidth>>20))
+	}
+	out, err := exec.CommandContext(ctx, bin, args...).Output()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		t.Fatalf("dmig qemu migrate: %v\n%s", err, ee.Stderr)
