@@ -2,6 +2,7 @@ package dbrestore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -533,7 +534,8 @@ func copyScattered(b *testing.B, diskPath string, shm *os.File, perm []uint64) {
 }
 
 // restoreOnce runs the restorer on refs (guest page p's reference is refs[p])
-// until every page is verified and placed.
+// until every page is verified and placed. The references arrive in the
+// order a hybrid pass sends them: by disk offset.
 func restoreOnce(b *testing.B, diskPath string, shm *os.File, refs []wire.Ref) {
 	n := uint64(len(refs))
 	// The source's end of the control connection reads the Verdicts.
@@ -551,7 +553,12 @@ func restoreOnce(b *testing.B, diskPath string, shm *os.File, refs []wire.Ref) {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = g() }()
 	})
-	for p := range n {
+	order := make([]uint64, n)
+	for p := range order {
+		order[p] = uint64(p)
+	}
+	slices.SortFunc(order, func(a, b uint64) int { return cmp.Compare(refs[a].Offset, refs[b].Offset) })
+	for _, p := range order {
 		r.enqueue(0, p, 1, refs[p])
 	}
 	if err := r.drain(ctx); err != nil {
