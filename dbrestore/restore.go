@@ -29,7 +29,7 @@ const (
 	restoreQueue      = 1 << 14
 	lockStripes       = 4096
 	refetchChunk      = 64 // pages per PageRequest for failed references
-	// maxPlaceRun caps the pages one pwrite places: their stripes are
+	// maxPlaceRun caps the pages one write places: their stripes are
 	// all held during it.
 	maxPlaceRun = 64
 	// verdictEvery spaces wire.Verdict reports while references are still
@@ -63,7 +63,7 @@ const (
 //     unchecked and ends its entry placed or failed, under the
 //     stripe lock, as a newer entry does. At switchover (carry) every
 //     unchecked page is either carried — its entry set to
-//     carried under the lock, so no pwrite can fill it once it is made
+//     carried under the lock, so no write can fill it once it is made
 //     missing, and its reference kept for faults — or, if the source lists
 //     it as pending (written since), discarded: the read in
 //     flight is then dropped whatever its result. So the guest resumes
@@ -420,7 +420,7 @@ func (r *restorer) collect(ctx context.Context) {
 	batch := make([]refJob, 0, maxRestoreBatch)
 	// buf holds the batch's verified pages in batch order, which is the
 	// order they were queued in (guest order within a pass), so that
-	// neighbours in the guest go into the RAM file with one pwrite.
+	// neighbours in the guest go into the RAM file with one write.
 	var buf []byte
 	for {
 		batch = batch[:0]
@@ -576,10 +576,10 @@ func (r *restorer) placeVerified(batch []refJob, verified []bool, buf []byte) {
 
 // placeRun writes verified pages, consecutive in one block, into the RAM
 // file: those whose reference is still the page's latest entry, a run of
-// them with one pwrite (pwrite, not a copy through the mapping: a
-// whole-page write to a hole of the shmem file allocates the page without
-// a fault or zeroing it first, 3x faster here). The run's stripes are held
-// meanwhile, taken in ascending order as carry takes them all.
+// them with one write (placer.fill: UFFDIO_COPY into holes, not a copy
+// through a mapping, which would fault each page in and zero it first).
+// The run's stripes are held meanwhile, taken in ascending order as carry
+// takes them all.
 func (r *restorer) placeRun(run []refJob, data []byte) {
 	b := r.pl.blocks[run[0].block]
 	var stripes [maxPlaceRun]int
