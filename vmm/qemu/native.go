@@ -178,7 +178,9 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 			if err := src.StartPostcopy(ctx); err != nil {
 				return fail(fmt.Errorf("switch to post-copy: %w", err))
 			}
-			i, err := src.WaitMigration(ctx, func(i MigrationInfo) bool { return i.Status != "active" })
+			// "device" is the switch itself (the source stopped, its
+			// device state on the way): polled fast, it is seen.
+			i, err := src.WaitMigration(ctx, func(i MigrationInfo) bool { return i.Status != "active" && i.Status != "device" })
 			if err != nil {
 				return nil, fmt.Errorf("post-copy migration: %w", err)
 			}
