@@ -121,16 +121,7 @@ type blockPage struct {
 // no longer pending, so the pass's sendStripes then sends the others.
 func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, iter uint32, order []diskRun) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
-	flush := func() error {
-		if len(batch.Entries) == 0 {
-			return nil
-		}
-		if err := c.WriteFrame(ctx, &batch); err != nil {
-			return err
-		}
-		batches++
-		return nil
-	}
+	flush := func() error { return flushBatch(ctx, c, &batch, &batches) }
 	chunk := make([]blockPage, 0, diskChunk)
 	sendChunk := func() error {
 		slices.SortFunc(chunk, func(a, b blockPage) int {

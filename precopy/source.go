@@ -773,16 +773,7 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 // is not nil. It returns batches and pages sent.
 func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter uint32, only func(b *srcBlock) *pages.Set, keep func(b *srcBlock, p uint64) bool) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
-	flush := func() error {
-		if len(batch.Entries) == 0 {
-			return nil
-		}
-		if err := c.WriteFrame(ctx, &batch); err != nil {
-			return err
-		}
-		batches++
-		return nil
-	}
+	flush := func() error { return flushBatch(ctx, c, &batch, &batches) }
 	for _, b := range s.blocks {
 		batch.Reset(b.idx, iter)
 		src := b.pending
@@ -820,6 +811,19 @@ func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter u
 		}
 	}
 	return batches, sent, nil
+}
+
+// flushBatch writes batch on c if it holds any entry, counting it in
+// batches.
+func flushBatch(ctx context.Context, c *wire.Conn, batch *wire.PageBatch, batches *uint64) error {
+	if len(batch.Entries) == 0 {
+		return nil
+	}
+	if err := c.WriteFrame(ctx, batch); err != nil {
+		return err
+	}
+	*batches++
+	return nil
 }
 
 func (s *source) addPage(batch *wire.PageBatch, b *srcBlock, p uint64) {
