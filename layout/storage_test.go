@@ -437,7 +437,7 @@ func dropCache(t *testing.T, path string) {
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		t.Fatal(err)
 	}
-	if cached(f, 0, make([]byte, PageSize)) {
+	if cached(f, 0, PageSize) {
 		t.Skipf("%s stays in the page cache (a tmpfs?): no cold read to hint", path)
 	}
 }
@@ -445,6 +445,58 @@ func dropCache(t *testing.T, path string) {
 // A Read of a file outside the page cache hints its groups' ranges, joined
 // across small gaps, before reading; one of cached pages hints nothing.
 // Either way every page arrives intact.
+// TestReaderDirect: a batch outside the page cache is read past it
+// (O_DIRECT), exactly, without hints and without filling the cache; a
+// cached batch, or one with an unaligned ref, is read through the cache.
+func TestReaderDirect(t *testing.T) {
+	path := diskFile(t, 1024)
+	s := openOne(t, "vda", path)
+	if s.disks["vda"].direct == nil {
+		t.Skipf("the file system of %s refuses O_DIRECT", path)
+	}
+	var refs []Ref
+	for i := uint64(0); i < 512; i += 3 {
+		refs = append(refs, Ref{GuestPage: i, Offset: i * PageSize})
+	}
+	dropCache(t, path)
+	r := s.NewReader(disks("vda"), ReaderOptions{MaxGap: 2 * PageSize})
+	got := readAll(t, r, refs)
+	for _, ref := range refs {
+		if res := got[ref.GuestPage]; res.err != nil || !bytes.Equal(res.data, pageData(ref.Offset/PageSize)) {
+			t.Fatalf("guest page %d: wrong page (err %v)", ref.GuestPage, res.err)
+		}
+	}
+	st := r.Stats()
+	if st.Direct == 0 || st.Direct != st.Bytes || st.Hinted != 0 {
+		t.Errorf("cold batch: %d of %d bytes direct, %d hinted; want all direct, none hinted", st.Direct, st.Bytes, st.Hinted)
+	}
+	if cached(s.disks["vda"].file, int64(refs[1].Offset), PageSize) {
+		t.Errorf("a direct read left page %d in the page cache", refs[1].GuestPage)
+	}
+
+	// Cached (by a read through the cache): through the cache.
+	r = s.NewReader(disks("vda"), ReaderOptions{NoDirect: true})
+	readAll(t, r, refs[:1])
+	r = s.NewReader(disks("vda"), ReaderOptions{})
+	readAll(t, r, refs[:1])
+	if d := r.Stats().Direct; d != 0 {
+		t.Errorf("cached page read past the cache (%d bytes)", d)
+	}
+
+	// Unaligned: through the cache, still exact.
+	dropCache(t, path)
+	odd := Ref{GuestPage: 7, Offset: 5*PageSize + 512}
+	r = s.NewReader(disks("vda"), ReaderOptions{})
+	res := readAll(t, r, []Ref{odd})[7]
+	want := append(pageData(5)[512:], pageData(6)[:512]...)
+	if res.err != nil || !bytes.Equal(res.data, want) {
+		t.Fatalf("unaligned ref: wrong page (err %v)", res.err)
+	}
+	if d := r.Stats().Direct; d != 0 {
+		t.Errorf("unaligned ref read past the cache (%d bytes)", d)
+	}
+}
+
 func TestReaderPrefetch(t *testing.T) {
 	path := diskFile(t, 1024)
 	s := openOne(t, "vda", path)
@@ -466,10 +518,13 @@ func TestReaderPrefetch(t *testing.T) {
 	}
 	t.Run("cold", func(t *testing.T) {
 		dropCache(t, path)
-		r := s.NewReader(disks("vda"), ReaderOptions{})
+		r := s.NewReader(disks("vda"), ReaderOptions{NoDirect: true})
 		readAll(t, r, refs)
 		if h := r.Stats().Hinted; h != want {
 			t.Errorf("hinted %d bytes, want %d", h, want)
+		}
+		if d := r.Stats().Direct; d != 0 {
+			t.Errorf("NoDirect read %d bytes past the page cache", d)
 		}
 		check(t, r)
 	})
@@ -482,7 +537,7 @@ func TestReaderPrefetch(t *testing.T) {
 	})
 	t.Run("off", func(t *testing.T) {
 		dropCache(t, path)
-		r := s.NewReader(disks("vda"), ReaderOptions{NoPrefetch: true})
+		r := s.NewReader(disks("vda"), ReaderOptions{NoPrefetch: true, NoDirect: true})
 		readAll(t, r, refs)
 		if h := r.Stats().Hinted; h != 0 {
 			t.Errorf("NoPrefetch hinted %d bytes", h)

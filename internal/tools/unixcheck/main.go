@@ -40,7 +40,7 @@ var allowed = map[string]string{
 	// Single calls elsewhere, where a wrapper package would add a layer and
 	// no clarity.
 	"wire/readv_linux.go":            "readv into a batch of page buffers: the socket read path",
-	"layout/prefetch_linux.go":       "posix_fadvise WILLNEED: a restore batch's reads of shared storage queued at once",
+	"layout/prefetch_linux.go":       "posix_fadvise WILLNEED, cachestat, O_DIRECT: a restore batch's reads of shared storage queued at once, or past the page cache",
 	"wire/sockopt_linux.go":          "TCP_USER_TIMEOUT: a link that went down without a reset fails in seconds",
 	"internal/drain/state.go":        "flock of the drain state file, with EINTR and EWOULDBLOCK",
 	"internal/ctl/peercred_linux.go": "SO_PEERCRED of a control connection: only root or the migration's own user is answered",
