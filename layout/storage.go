@@ -247,10 +247,13 @@ func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []b
 	slices.SortFunc(sorted, func(a, b Ref) int {
 		return cmp.Or(cmp.Compare(a.Disk, b.Disk), cmp.Compare(a.Offset, b.Offset))
 	})
-	groups := r.groups(sorted, fn)
+	groups := r.groups(sorted, uint64(r.opts.MaxGap), fn)
 	direct := false
 	if (!r.opts.NoPrefetch || !r.opts.NoDirect) && !r.allCached(sorted, groups) {
 		direct = !r.opts.NoDirect
+		if direct && r.opts.MaxGap < directGap {
+			groups = r.groups(sorted, directGap, nil)
+		}
 		if !r.opts.NoPrefetch {
 			r.prefetch(sorted, groups, direct)
 		}
@@ -283,15 +286,25 @@ func (r *Reader) Read(ctx context.Context, refs []Ref, fn func(ref Ref, page []b
 	return ctx.Err()
 }
 
-// groups cuts the sorted refs into reads; refs of a disk this host lacks
-// fail here.
-func (r *Reader) groups(refs []Ref, fn func(Ref, []byte, error)) []group {
-	maxRead, maxGap := uint64(r.opts.MaxRead), uint64(r.opts.MaxGap)
+// directGap is the most bytes nobody asked for that a read past the page
+// cache spans to join two refs: such a read is a device request of its
+// own, and a batch of pages scattered over a stretch of the disk (half of
+// it, where two connections share the stretch's pages) is read faster in
+// a few large requests, gaps and all, than in one request per page.
+const directGap = 64 << 10
+
+// groups cuts the sorted refs into reads joined across gaps of up to
+// maxGap bytes; refs of a disk this host lacks fail here (reported to fn,
+// unless fn is nil: a second cut of refs already reported).
+func (r *Reader) groups(refs []Ref, maxGap uint64, fn func(Ref, []byte, error)) []group {
+	maxRead := uint64(r.opts.MaxRead)
 	var groups []group
 	for i := 0; i < len(refs); {
 		if _, err := r.disk(refs[i].Disk); err != nil {
-			r.errs.Add(1)
-			fn(refs[i], nil, err)
+			if fn != nil {
+				r.errs.Add(1)
+				fn(refs[i], nil, err)
+			}
 			i++
 			continue
 		}
