@@ -459,7 +459,9 @@ func TestReaderDirect(t *testing.T) {
 		refs = append(refs, Ref{GuestPage: i, Offset: i * PageSize})
 	}
 	dropCache(t, path)
-	r := s.NewReader(disks("vda"), ReaderOptions{MaxGap: 2 * PageSize})
+	// Every third page (MaxGap 0): one read per ref through the page
+	// cache, but a read past it joins them across the gaps (directGap).
+	r := s.NewReader(disks("vda"), ReaderOptions{})
 	got := readAll(t, r, refs)
 	for _, ref := range refs {
 		if res := got[ref.GuestPage]; res.err != nil || !bytes.Equal(res.data, pageData(ref.Offset/PageSize)) {
@@ -469,6 +471,9 @@ func TestReaderDirect(t *testing.T) {
 	st := r.Stats()
 	if st.Direct == 0 || st.Direct != st.Bytes || st.Hinted != 0 {
 		t.Errorf("cold batch: %d of %d bytes direct, %d hinted; want all direct, none hinted", st.Direct, st.Bytes, st.Hinted)
+	}
+	if want := uint64(512*PageSize/(1<<20)) + 1; st.Reads > want {
+		t.Errorf("cold batch: %d reads, want at most %d (joined across gaps)", st.Reads, want)
 	}
 	if cached(s.disks["vda"].file, int64(refs[1].Offset), PageSize) {
 		t.Errorf("a direct read left page %d in the page cache", refs[1].GuestPage)
