@@ -30,7 +30,7 @@ type Monitor struct {
 	readErr error // set before closed is closed
 	nextID  atomic.Uint64
 
-	events chan qmp.Event
+	events eventRecord
 }
 
 var _ qmp.Monitor = (*Monitor)(nil)
@@ -65,7 +65,7 @@ func Dial(ctx context.Context, path string) (*Monitor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial qmp %s: %w", path, err)
 	}
-	m := &Monitor{conn: c, pending: map[string]chan reply{}, closed: make(chan struct{}), events: make(chan qmp.Event, 64)}
+	m := &Monitor{conn: c, pending: map[string]chan reply{}, closed: make(chan struct{})}
 	if err := m.handshake(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("qmp handshake on %s: %w", path, err)
@@ -97,15 +97,7 @@ func (m *Monitor) read(dec *json.Decoder) {
 			break
 		}
 		if msg.Event != "" {
-			ev := qmp.Event{Event: msg.Event}
-			_ = json.Unmarshal(msg.Data, &ev.Data)
-			ev.Timestamp.Seconds, ev.Timestamp.Microseconds = msg.Timestamp.Seconds, msg.Timestamp.Microseconds
-			// Events are hints (callers poll for state); a full buffer
-			// must never stall replies.
-			select {
-			case m.events <- ev:
-			default:
-			}
+			m.record(&msg)
 			continue
 		}
 		m.mu.Lock()
@@ -117,6 +109,7 @@ func (m *Monitor) read(dec *json.Decoder) {
 		}
 	}
 	m.readErr = fmt.Errorf("%w: %w", ErrMonitorClosed, err)
+	m.events.close()
 	close(m.closed)
 }
 
@@ -201,7 +194,3 @@ func (m *Monitor) Run(command []byte) ([]byte, error) {
 	}
 	return json.Marshal(map[string]json.RawMessage{"return": ret})
 }
-
-// Events returns the connection's event stream (one stream per Monitor;
-// events arriving while its buffer is full are dropped).
-func (m *Monitor) Events(context.Context) (<-chan qmp.Event, error) { return m.events, nil }

@@ -73,11 +73,15 @@ func TestMonitor(t *testing.T) {
 	if m.Version.String() != "7.2.22" {
 		t.Fatalf("version %s", m.Version)
 	}
+	evs, _ := m.Events(ctx)
 	st, err := m.QueryStatus(ctx)
 	if err != nil || st.Status != "paused" || st.Running {
 		t.Fatalf("QueryStatus = %+v, %v", st, err)
 	}
-	evs, _ := m.Events(ctx)
+	// The event came before the reply: it is recorded by now.
+	if l := m.RecentEvents(); len(l) != 1 || l[0].Name != "STOP" || !l[0].Time.Equal(time.Unix(1, 2000)) {
+		t.Fatalf("recorded events %+v, want the STOP at 1.000002 s", l)
+	}
 	select {
 	case ev := <-evs:
 		if ev.Event != "STOP" || ev.Timestamp.Microseconds != 2 {
