@@ -24,12 +24,26 @@ const (
 
 // Report is the JSON report of one migration.
 type Report struct {
-	Mode       string  `json:"mode"`
-	Guest      string  `json:"guest"`
-	Outcome    Outcome `json:"outcome"`
-	Error      string  `json:"error,omitempty"`
-	TotalMS    float64 `json:"total_ms"`
+	Mode    string  `json:"mode"`
+	Guest   string  `json:"guest"`
+	Outcome Outcome `json:"outcome"`
+	Error   string  `json:"error,omitempty"`
+	TotalMS float64 `json:"total_ms"`
+	// DowntimeMS is how long the guest ran nowhere. dmig's engine reports
+	// its own pause to the destination's word that the guest resumed; in
+	// dmig compare's reports, and QEMU's modes' (qemu.MigrateNative), it
+	// is guest-visible: from the source QEMU's STOP event to the
+	// destination's run point, by QMP timestamps (qemu.GuestDowntime).
 	DowntimeMS float64 `json:"downtime_ms"`
+	// ReportedDowntimeMS is the tool's own figure where DowntimeMS is
+	// guest-visible: for QEMU's modes query-migrate's downtime (the
+	// source's stop to the source's completion, before the destination
+	// has loaded the device state and started); for dmig's the engine's
+	// pause to resume (in dmig compare less the RAM oracle's pause).
+	ReportedDowntimeMS float64 `json:"reported_downtime_ms,omitempty"`
+	// DowntimeWarning says why DowntimeMS is the tool's own figure after
+	// all (an event the guest-visible figure needs was missing).
+	DowntimeWarning string `json:"downtime_warning,omitempty"`
 	// Restarts counts attempts that aborted before Go (the guest running on)
 	// and were started over.
 	Restarts int `json:"restarts,omitempty"`

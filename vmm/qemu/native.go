@@ -115,8 +115,9 @@ func (c *NativeConfig) defaults() {
 // returns when the migration has completed and the destination has left
 // inmigrate: running, or paused if it was started with -S (then both
 // sides are paused and their RAM can be compared before Cont). Figures
-// come from the source's query-migrate. On failure before the switch, the
-// source is resumed if it had stopped.
+// come from the source's query-migrate but for the downtime, which is
+// guest-visible (SetGuestDowntime; QEMU's own in ReportedDowntimeMS). On
+// failure before the switch, the source is resumed if it had stopped.
 func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*NativeResult, error) {
 	cfg.defaults()
 	caps, compression, ok := nativeCaps(cfg.Mode)
@@ -201,6 +202,10 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 	if err := dst.WaitStatus(ctx, "running", "paused"); err != nil {
 		return nil, fmt.Errorf("destination after migration: %w", err)
 	}
+	run, err := nativeRunPoint(ctx, dst, res.Postcopy)
+	if err != nil {
+		return nil, err
+	}
 	res.Source = info
 	r := &report.Report{
 		Mode:       cfg.Mode,
@@ -208,6 +213,10 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 		TotalMS:    float64(info.TotalTime),
 		DowntimeMS: float64(info.Downtime),
 	}
+	// Both monitors have every event by now: each was raised before a
+	// reply read since (the source's STOP before its completion, the
+	// destination's run point before its status left inmigrate).
+	_ = SetGuestDowntime(r, src.RecentEvents(), dst.RecentEvents(), start, run, 0)
 	if info.TotalTime == 0 {
 		r.TotalMS = float64(time.Since(start).Microseconds()) / 1000
 	}
@@ -230,6 +239,23 @@ func MigrateNative(ctx context.Context, src, dst *Monitor, cfg NativeConfig) (*N
 	}
 	res.Report = r
 	return res, nil
+}
+
+// nativeRunPoint is the destination's run point after QEMU's own
+// migration: RESUME if QEMU started the guest, else (-S) where it would
+// have, which differs between a pre-copy end and a post-copy switch.
+func nativeRunPoint(ctx context.Context, dst *Monitor, postcopy bool) (RunPoint, error) {
+	st, err := dst.QueryStatus(ctx)
+	if err != nil {
+		return RunPoint{}, fmt.Errorf("destination after migration: %w", err)
+	}
+	switch {
+	case st.Running:
+		return RunResume, nil
+	case postcopy:
+		return RunPostcopyPaused, nil
+	}
+	return RunPrecopyPaused, nil
 }
 
 // waitIncoming waits until the destination has loaded the whole stream:
