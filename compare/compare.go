@@ -176,7 +176,9 @@ type Oracle struct {
 	// FirstDiffer is the RAM-file offset of the first page that differs.
 	FirstDiffer *int64 `json:"first_differ,omitempty"`
 	// PauseMS is how long the check kept the destination paused: time the
-	// guest did not run that no mode's downtime figure counts.
+	// guest did not run that no mode's downtime figure counts. dmig's
+	// modes check inside the downtime window and have it taken out; QEMU's
+	// check after the destination's run point, outside it.
 	PauseMS float64 `json:"pause_ms"`
 }
 
@@ -483,21 +485,41 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 			r.log.Warn("the VM has no org.dmig.agent port and no --layout was given: hybrid sends every page")
 		}
 	}
+	start := time.Now()
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
 		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source"),
 		MaxBandwidth: r.cfg.MaxBandwidth}, src)
 	serr := <-served
 	ot.finish()
-	if o := r.oracle; o != nil && rep != nil {
-		// The oracle ran inside the switchover: its pause is the
-		// measurement's, not the mode's.
-		rep.DowntimeMS = max(0, rep.DowntimeMS-o.PauseMS)
-		rep.TotalMS = max(0, rep.TotalMS-o.PauseMS)
+	if rep != nil {
+		pause := 0.0
+		if o := r.oracle; o != nil {
+			// The oracle ran inside the switchover: its pause is the
+			// measurement's, not the mode's.
+			pause = o.PauseMS
+			rep.DowntimeMS = max(0, rep.DowntimeMS-pause)
+			rep.TotalMS = max(0, rep.TotalMS-pause)
+		}
+		if rep.Outcome == report.Completed && tg.VM() != nil {
+			// The oracle ran before the destination's cont: inside
+			// the window from the source's STOP to its RESUME.
+			r.guestDowntime(rep, src.Monitor(), tg.VM().Mon, start, qemu.RunResume, pause)
+		}
 	}
 	if err == nil && serr != nil {
 		err = fmt.Errorf("destination: %w", serr)
 	}
 	return rep, err
+}
+
+// guestDowntime makes rep's downtime guest-visible (qemu.SetGuestDowntime),
+// from the events src and dst recorded since start, pauseMS of the
+// oracle's taken out; a missing event leaves the tool's own figure, with
+// a warning in rep and the log.
+func (r *runner) guestDowntime(rep *report.Report, src, dst *qemu.Monitor, start time.Time, run qemu.RunPoint, pauseMS float64) {
+	if err := qemu.SetGuestDowntime(rep, src.RecentEvents(), dst.RecentEvents(), start, run, pauseMS); err != nil {
+		r.log.Warn("downtime is the tool's own figure, not guest-visible", "mode", rep.Mode, "error", err)
+	}
 }
 
 // native runs QEMU's own migration to a destination QEMU started here.
@@ -538,6 +560,11 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		return rep, err
 	}
 	res.Report.Guest = src.Name()
+	if w := res.Report.DowntimeWarning; w != "" {
+		r.log.Warn("downtime is QEMU's own figure, not guest-visible", "mode", mode, "warning", w)
+	}
+	// The oracle runs after the destination's run point (MigrateNative
+	// measured to it): no part of its pause is in the downtime.
 	r.checkRAM(src, tg, false)
 	if err := tg.VM().Mon.Cont(ctx); err != nil {
 		// The source has handed over: the guest is the destination's.

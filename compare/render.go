@@ -167,16 +167,18 @@ func WriteTable(w io.Writer, r *Result) error {
 		}
 		fmt.Fprintln(tw)
 	}
-	row("mode", "round", "outcome", "total s", "downtime ms", "network MB", "data pg", "zero pg", "storage pg",
+	// downtime ms is guest-visible, reported ms the tool's own figure
+	// (Report.ReportedDowntimeMS).
+	row("mode", "round", "outcome", "total s", "downtime ms", "reported ms", "network MB", "data pg", "zero pg", "storage pg",
 		"post-copy pg", "pages differ", "tps before", "tps during", "tps min", "tps after", "wl errors", "check", "error")
 	for i := range r.Migrations {
 		m := &r.Migrations[i]
 		cells := []any{m.Mode, m.Round, dash(outcome(m))}
 		if rep := m.Report; rep != nil {
-			cells = append(cells, f2(rep.TotalMS/1e3), f1(rep.DowntimeMS), f1(float64(rep.BytesSent)/1e6),
+			cells = append(cells, f2(rep.TotalMS/1e3), downtime(rep), reported(rep), f1(float64(rep.BytesSent)/1e6),
 				rep.Pages.Data, rep.Pages.Zero, rep.Pages.StorageVerified, rep.Pages.PostcopyFault)
 		} else {
-			cells = append(cells, "-", "-", "-", "-", "-", "-", "-")
+			cells = append(cells, "-", "-", "-", "-", "-", "-", "-", "-")
 		}
 		differ := "-"
 		if m.Oracle != nil {
@@ -187,7 +189,7 @@ func WriteTable(w io.Writer, r *Result) error {
 		row(cells...)
 	}
 	row()
-	row("mode", "completed", "failed", "total s", "downtime ms", "network MB", "data pg", "zero pg", "storage pg",
+	row("mode", "completed", "failed", "total s", "downtime ms", "", "network MB", "data pg", "zero pg", "storage pg",
 		"post-copy pg", "pages differ", "tps before", "tps during", "tps min", "tps after", "", "", "vs baseline")
 	for _, s := range Summarize(r) {
 		differ := "-"
@@ -196,16 +198,41 @@ func WriteTable(w io.Writer, r *Result) error {
 		}
 		if s.N == 0 {
 			// Means of nothing are not zeros.
-			row(s.Mode, s.N, s.Failed, "-", "-", "-", "-", "-", "-", "-", differ, "-", "-", "-", "-", "", "", versus(s))
+			row(s.Mode, s.N, s.Failed, "-", "-", "", "-", "-", "-", "-", "-", differ, "-", "-", "-", "-", "", "", versus(s))
 			continue
 		}
-		row(s.Mode, s.N, s.Failed, f2(s.TotalS), f1(s.DowntimeMS), f1(s.NetworkMB), f0(s.DataPages), f0(s.ZeroPages),
+		row(s.Mode, s.N, s.Failed, f2(s.TotalS), f1(s.DowntimeMS), "", f1(s.NetworkMB), f0(s.DataPages), f0(s.ZeroPages),
 			f0(s.StoragePages), f0(s.PostcopyPages), differ, f1(s.TPSBefore), f1(s.TPSDuring), f1(s.TPSDuringMin), f1(s.TPSAfter), "", "", versus(s))
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write comparison table: %w", err)
 	}
+	for i := range r.Migrations {
+		m := &r.Migrations[i]
+		if m.Report != nil && m.Report.DowntimeWarning != "" {
+			if _, err := fmt.Fprintf(w, "* %s round %d: %s\n", m.Mode, m.Round, m.Report.DowntimeWarning); err != nil {
+				return fmt.Errorf("write comparison table: %w", err)
+			}
+		}
+	}
 	return nil
+}
+
+// downtime is rep's downtime, marked * when it is the tool's own figure
+// for want of events (a note under the table says why).
+func downtime(rep *report.Report) string {
+	if rep.DowntimeWarning != "" {
+		return f1(rep.DowntimeMS) + "*"
+	}
+	return f1(rep.DowntimeMS)
+}
+
+// reported is the tool's own downtime, "-" where it was not kept apart.
+func reported(rep *report.Report) string {
+	if rep.ReportedDowntimeMS == 0 && rep.DowntimeWarning == "" {
+		return "-"
+	}
+	return f1(rep.ReportedDowntimeMS)
 }
 
 // versus is s's ratios in words, e.g. "total 0.31× qemu-precopy, bytes
@@ -243,7 +270,8 @@ func WriteCSV(w io.Writer, r *Result) error {
 	header := []string{"mode", "round", "outcome", "start_s", "end_s", "total_ms", "downtime_ms", "bytes_sent",
 		"pages_data", "pages_zero", "pages_storage_verified", "pages_postcopy_fault", "tps_before", "tps_during",
 		"tps_after", "workload_errors", "check", "error", "baseline", "total_x", "bytes_x", "downtime_x",
-		"tps_during_min", "pages_checked", "pages_differ", "pages_unchecked", "max_bytes_per_s", "mean_bytes_per_s"}
+		"tps_during_min", "pages_checked", "pages_differ", "pages_unchecked", "max_bytes_per_s", "mean_bytes_per_s",
+		"reported_downtime_ms", "downtime_warning"}
 	sums := map[string]ModeSummary{}
 	for _, s := range Summarize(r) {
 		sums[s.Mode] = s
@@ -273,9 +301,10 @@ func WriteCSV(w io.Writer, r *Result) error {
 			rec = append(rec, "", "", "")
 		}
 		if rep := m.Report; rep != nil {
-			rec = append(rec, strconv.FormatUint(rep.Bandwidth.MaxBytesPerS, 10), num(rep.Bandwidth.MeanBytesPerS))
+			rec = append(rec, strconv.FormatUint(rep.Bandwidth.MaxBytesPerS, 10), num(rep.Bandwidth.MeanBytesPerS),
+				num(rep.ReportedDowntimeMS), rep.DowntimeWarning)
 		} else {
-			rec = append(rec, "", "")
+			rec = append(rec, "", "", "", "")
 		}
 		if err := cw.Write(rec); err != nil {
 			return fmt.Errorf("write comparison csv: %w", err)

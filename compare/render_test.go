@@ -20,16 +20,23 @@ func completedReport(totalMS, downtimeMS float64, bytes, data, zero, storage, po
 // whose first round failed without a report (qemu-precopy), and a mode
 // whose only round aborted with a report (postcopy).
 func testResult() *Result {
+	hyb1 := completedReport(3000, 40, 200e6, 50000, 100000, 80000, 0)
+	hyb1.ReportedDowntimeMS = 55
+	// Its events missing: the downtime is the engine's own.
+	hyb2 := completedReport(5000, 30, 300e6, 70000, 90000, 60000, 10)
+	hyb2.ReportedDowntimeMS, hyb2.DowntimeWarning = 30, "guest-visible downtime not measured: no RESUME"
+	qemu2 := completedReport(10000, 100, 1500e6, 340000, 20000, 0, 0)
+	qemu2.ReportedDowntimeMS = 80
 	return &Result{Migrations: []Migration{
-		{Mode: "hybrid", Round: 1, StartS: 10, EndS: 13.5, Report: completedReport(3000, 40, 200e6, 50000, 100000, 80000, 0),
+		{Mode: "hybrid", Round: 1, StartS: 10, EndS: 13.5, Report: hyb1,
 			TPSBefore: 500, TPSDuring: 450, TPSAfter: 490, Check: "same"},
 		{Mode: "precopy", Round: 1, StartS: 33.5, EndS: 42, Report: completedReport(8000, 60, 1000e6, 240000, 100000, 0, 0),
 			TPSBefore: 495, TPSDuring: 400, TPSAfter: 480, WorkloadErrors: 2, Check: "same"},
 		{Mode: "qemu-precopy", Round: 1, StartS: 62, EndS: 62.25, TPSBefore: 480, TPSDuring: 470, TPSAfter: 485,
 			Error: "connect qemu:\trefused\nretry later"},
-		{Mode: "hybrid", Round: 2, StartS: 82, EndS: 87.5, Report: completedReport(5000, 30, 300e6, 70000, 90000, 60000, 10),
+		{Mode: "hybrid", Round: 2, StartS: 82, EndS: 87.5, Report: hyb2,
 			TPSBefore: 490, TPSDuring: 430, TPSAfter: 500, Check: "same"},
-		{Mode: "qemu-precopy", Round: 2, StartS: 107.5, EndS: 118, Report: completedReport(10000, 100, 1500e6, 340000, 20000, 0, 0),
+		{Mode: "qemu-precopy", Round: 2, StartS: 107.5, EndS: 118, Report: qemu2,
 			TPSBefore: 470, TPSDuring: 300, TPSAfter: 460, Check: "differs"},
 		{Mode: "postcopy", Round: 1, StartS: 138, EndS: 139, Report: &report.Report{Outcome: report.Aborted, TotalMS: 900, BytesSent: 5e6,
 			Bandwidth: report.Bandwidth{MaxBytesPerS: 8e6, MeanBytesPerS: 5.5e6}},
@@ -121,12 +128,12 @@ func TestWriteTable(t *testing.T) {
 		t.Fatalf("table has %d lines:\n%s", len(lines), b.String())
 	}
 	want := [][]string{
-		{"hybrid", "1", "completed", "3.00", "40.0", "200.0", "50000", "100000", "80000", "0", "-", "500.0", "450.0", "0.0", "490.0", "0", "same", "-"},
-		{"precopy", "1", "completed", "8.00", "60.0", "1000.0", "240000", "100000", "0", "0", "-", "495.0", "400.0", "0.0", "480.0", "2", "same", "-"},
-		{"qemu-precopy", "1", "-", "-", "-", "-", "-", "-", "-", "-", "-", "480.0", "470.0", "0.0", "485.0", "0", "-", "connect", "qemu:", "refused", "retry", "later"},
-		{"hybrid", "2", "completed", "5.00", "30.0", "300.0", "70000", "90000", "60000", "10", "-", "490.0", "430.0", "0.0", "500.0", "0", "same", "-"},
-		{"qemu-precopy", "2", "completed", "10.00", "100.0", "1500.0", "340000", "20000", "0", "0", "-", "470.0", "300.0", "0.0", "460.0", "0", "differs", "-"},
-		{"postcopy", "1", "aborted", "0.90", "0.0", "5.0", "0", "0", "0", "0", "-", "0.0", "0.0", "0.0", "0.0", "0", "-", "destination:", "lost"},
+		{"hybrid", "1", "completed", "3.00", "40.0", "55.0", "200.0", "50000", "100000", "80000", "0", "-", "500.0", "450.0", "0.0", "490.0", "0", "same", "-"},
+		{"precopy", "1", "completed", "8.00", "60.0", "-", "1000.0", "240000", "100000", "0", "0", "-", "495.0", "400.0", "0.0", "480.0", "2", "same", "-"},
+		{"qemu-precopy", "1", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "480.0", "470.0", "0.0", "485.0", "0", "-", "connect", "qemu:", "refused", "retry", "later"},
+		{"hybrid", "2", "completed", "5.00", "30.0*", "30.0", "300.0", "70000", "90000", "60000", "10", "-", "490.0", "430.0", "0.0", "500.0", "0", "same", "-"},
+		{"qemu-precopy", "2", "completed", "10.00", "100.0", "80.0", "1500.0", "340000", "20000", "0", "0", "-", "470.0", "300.0", "0.0", "460.0", "0", "differs", "-"},
+		{"postcopy", "1", "aborted", "0.90", "0.0", "-", "5.0", "0", "0", "0", "0", "-", "0.0", "0.0", "0.0", "0.0", "0", "-", "destination:", "lost"},
 	}
 	for i, w := range want {
 		if got := strings.Fields(lines[i+1]); strings.Join(got, "|") != strings.Join(w, "|") {
@@ -150,6 +157,10 @@ func TestWriteTable(t *testing.T) {
 	if f := strings.Fields(lines[len(r.Migrations)+3]); len(f) < 13 || f[0] != "hybrid" || f[1] != "2" || f[2] != "0" ||
 		f[3] != "4.00" || f[4] != "35.0" || f[5] != "250.0" {
 		t.Errorf("hybrid summary row %q", f)
+	}
+	// The fallback is said under the table, never silently.
+	if note := "* hybrid round 2: guest-visible downtime not measured: no RESUME"; !strings.Contains(sum, note) || strings.Count(b.String(), "\n* ") != 1 {
+		t.Errorf("table lacks the one downtime note %q:\n%s", note, b.String())
 	}
 }
 
@@ -211,6 +222,10 @@ func TestWriteCSV(t *testing.T) {
 			num("pages_storage_verified", float64(rep.Pages.StorageVerified))
 			num("pages_postcopy_fault", float64(rep.Pages.PostcopyFault))
 			num("max_bytes_per_s", float64(rep.Bandwidth.MaxBytesPerS))
+			num("reported_downtime_ms", rep.ReportedDowntimeMS)
+			if cell("downtime_warning") != rep.DowntimeWarning {
+				t.Errorf("row %d downtime_warning %q, want %q", i+1, cell("downtime_warning"), rep.DowntimeWarning)
+			}
 			num("mean_bytes_per_s", rep.Bandwidth.MeanBytesPerS)
 		} else {
 			for _, c := range []string{"outcome", "total_ms", "downtime_ms", "bytes_sent", "pages_data"} {
