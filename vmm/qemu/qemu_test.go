@@ -727,6 +727,7 @@ func testQEMU(t *testing.T, bin string) {
 				}
 				pc.LayoutTimeout = 60 * time.Second
 			}
+			start := time.Now()
 			r, err := precopy.Run(ctx, pc, src)
 			if err != nil {
 				t.Fatal(err)
@@ -755,6 +756,7 @@ func testQEMU(t *testing.T, bin string) {
 			if dr.Err != nil {
 				t.Fatalf("destination: %v", dr.Err)
 			}
+			checkDmigDowntime(t, r, cur.vm.Mon, tg.VM().Mon, start)
 			t.Logf("dmig %s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, %d pages owed at the switch, %d faults, %d pushed",
 				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, r.PostcopyPages, dr.Figures.Pages.PostcopyFault, dr.Figures.Pages.Prefetch)
 			if r.BytesSent < 100<<20 {
@@ -827,8 +829,9 @@ func testQEMU(t *testing.T, bin string) {
 			}
 			stopLoad()
 			r := res.Report
-			t.Logf("%s: total %.0f ms, downtime %.0f ms, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
-				mode, r.TotalMS, r.DowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
+			t.Logf("%s: total %.0f ms, downtime %.1f ms guest-visible, %.0f ms by QEMU, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
+				mode, r.TotalMS, r.DowntimeMS, r.ReportedDowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
+			checkNativeDowntime(t, r)
 			// The RAM oracle: both QEMUs are paused (the destination was
 			// started with -S), so their RAM must be the same.
 			if st, err := dst.vm.Mon.QueryStatus(ctx); err != nil || st.Status != "paused" {
@@ -886,6 +889,44 @@ func testQEMU(t *testing.T, bin string) {
 		if !ok || qemuBroke != "" {
 			return
 		}
+	}
+}
+
+// checkDmigDowntime requires the guest-visible downtime of one of dmig's
+// migrations, started at start, from src's STOP to dst's RESUME, and
+// that it fit in the engine's figure: the engine's clock starts before
+// it sends stop and stops once the destination has said, after cont
+// returned, that its guest runs, so it spans the events' window. One
+// host, one wall clock; 1 ms for the two readings of it.
+func checkDmigDowntime(t *testing.T, r *report.Report, src, dst *Monitor, start time.Time) {
+	t.Helper()
+	d, err := GuestDowntime(src.RecentEvents(), dst.RecentEvents(), start, RunResume)
+	if err != nil {
+		t.Errorf("guest-visible downtime: %v", err)
+		return
+	}
+	g := report.MS(d)
+	t.Logf("downtime %.1f ms guest-visible (STOP to RESUME), %.1f ms by the engine", g, r.DowntimeMS)
+	if g <= 0 || g > r.DowntimeMS+1 {
+		t.Errorf("guest-visible downtime %.1f ms, want > 0 and within the engine's %.1f ms", g, r.DowntimeMS)
+	}
+}
+
+// checkNativeDowntime requires QEMU's own migration to report a measured
+// guest-visible downtime no shorter than QEMU's figure. QEMU's ends when
+// the source has written the stream's last byte; the destination's run
+// point comes after it has read that byte (pre-copy: after loading it;
+// post-copy: the whole switch package is read before LISTEN raises
+// postcopy-active). The tolerance: QEMU's figure is a difference of
+// millisecond clock readings (1 ms), and starts just before vm_stop while
+// STOP is raised once the vCPUs have paused and the run-state handlers
+// have run (well under 1 ms under TCG, 1 ms more to be safe).
+func checkNativeDowntime(t *testing.T, r *report.Report) {
+	t.Helper()
+	const tolerance = 2.0 // ms
+	if r.DowntimeWarning != "" || r.DowntimeMS <= 0 || r.DowntimeMS < r.ReportedDowntimeMS-tolerance {
+		t.Errorf("downtime %.1f ms guest-visible (warning %q), QEMU's %.0f ms: want it measured, > 0 and at least QEMU's less %.0f ms",
+			r.DowntimeMS, r.DowntimeWarning, r.ReportedDowntimeMS, tolerance)
 	}
 }
 
