@@ -80,6 +80,9 @@ type running struct {
 	// agent: the guest agent's socket, the first VM's from its Config,
 	// a destination's where DestArgs puts the agent0 chardev's socket.
 	agent string
+	// mem: the RAM file of a destination this test made ("" for the
+	// others), removed once the VM has quit.
+	mem string
 }
 
 // movedAgent is where a destination started with DestArgs in dir has the
@@ -112,7 +115,7 @@ func destination(ctx context.Context, t, owner *testing.T, src *running, dir, me
 		t.Fatal(err)
 	}
 	owner.Cleanup(func() { vm.Kill() })
-	return &running{vm: vm, port: port, args: plan.Args, agent: movedAgent(dir)}
+	return &running{vm: vm, port: port, args: plan.Args, agent: movedAgent(dir), mem: memPath}
 }
 
 // copyRAM copies the paused source's RAM file into the destination's,
@@ -865,6 +868,13 @@ func testQEMU(t *testing.T, bin string) {
 			cur = dst
 			if err := old.vm.Quit(ctx); err != nil {
 				t.Fatal(err)
+			}
+			if old.mem != "" {
+				// Its 2 GiB are the machine's memory: five modes' worth
+				// kept to the end of the test starved the guests.
+				if err := os.Remove(old.mem); err != nil {
+					t.Error(err)
+				}
 			}
 			last := <-acked // the source's end cuts the writer's connection
 			// QEMU 7.2's own migrations lose pages of this TCG guest
