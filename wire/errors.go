@@ -31,6 +31,9 @@ var (
 	ErrSession = errors.New("unknown session")
 	// ErrBusy: the acceptor is already setting up another session.
 	ErrBusy = errors.New("peer busy with another session")
+	// ErrAbandoned: a session's source closed its control connection
+	// before its other connections arrived (the acceptor drops it).
+	ErrAbandoned = errors.New("control connection closed during setup")
 	// ErrRole: a connection with a bad or duplicate role/index.
 	ErrRole = errors.New("bad connection role or index")
 	// ErrRefused: the destination answered Hello with a refusal; see RefusedError.

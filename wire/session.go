@@ -277,6 +277,10 @@ func (l *Listener) handshake(ctx context.Context, wg *sync.WaitGroup, nc net.Con
 	}
 }
 
+// hangUpCheck is how often a session being set up has its control
+// connection checked for a hang-up.
+const hangUpCheck = 100 * time.Millisecond
+
 // assemble builds one session from arrivals: a control connection whose
 // Hello decide accepts opens it, then its other connections join it. The
 // source dials those right after HelloAck; if they do not all come within
@@ -298,10 +302,25 @@ func (l *Listener) assemble(ctx context.Context, arrivals <-chan arrival, timeou
 			setup.Stop()
 		}
 	}()
+	// While a session is set up, its control connection is watched: a
+	// source that gives up mid-setup (its link failed before all its
+	// connections were made) closes it, and would otherwise hold the
+	// listener for the rest of timeout, turning the same source's new
+	// attempt away as busy.
+	watch := time.NewTicker(hangUpCheck)
+	defer watch.Stop()
 	for {
 		var a arrival
 		select {
 		case a = <-arrivals:
+		case <-watch.C:
+			if s != nil && hungUp(s.Control.NetConn()) {
+				l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w, before its other connections arrived", s.ID(), ErrAbandoned))
+				l.dropped(&s.Hello)
+				s.Close()
+				s, setupC = nil, nil
+			}
+			continue
 		case <-setupC:
 			l.reject(s.Control.NetConn(), fmt.Errorf("drop session %s: %w: its connections did not all arrive within %v",
 				s.ID(), os.ErrDeadlineExceeded, timeout))

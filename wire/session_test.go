@@ -395,3 +395,53 @@ func mustAccept(t testing.TB, acc <-chan accepted) *Session {
 	t.Cleanup(func() { a.s.Close() })
 	return a.s
 }
+
+// A source that gives up after its Hello was accepted (its link failed
+// before its other connections were made) closes its control connection:
+// the half-open session is dropped at once, long before the handshake
+// timeout, so that the same source's next attempt is served rather than
+// turned away as busy.
+func TestAcceptDropsHungUpSession(t *testing.T) {
+	ctx := testCtx(t)
+	l, rej := listen(t)
+	l.HandshakeTimeout = time.Minute
+	dropped := make(chan SessionID, 1)
+	l.Dropped = func(h *Hello) { dropped <- h.Session }
+	acc := acceptAsync(ctx, l, nil)
+	h := sessionHello()
+	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
+	ctrl, err := dialConn(ctx, l.Addr().String(), h.Session, RoleControl, 0, Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrl.WriteFrame(ctx, &h); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ctrl.ReadFrame(ctx); err != nil || !m.(*HelloAck).Accepted {
+		t.Fatalf("hello ack: %v %v", m, err)
+	}
+	t0 := time.Now()
+	ctrl.Close()
+	select {
+	case id := <-dropped:
+		if id != h.Session {
+			t.Fatalf("Dropped named session %s, want %s", id, h.Session)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hung-up session was not dropped within 10 s")
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("hung-up session dropped after %v", d)
+	}
+	if !rej.has(ErrAbandoned) {
+		t.Errorf("listener did not report the dropped session: %v", rej.errs)
+	}
+	s, err := Dial(ctx, l.Addr().String(), sessionHello())
+	if err != nil {
+		t.Fatalf("the next session after a hung-up one: %v", err)
+	}
+	defer s.Close()
+	if got := mustAccept(t, acc); got.ID() != s.ID() {
+		t.Fatalf("accepted session %s, dialled %s", got.ID(), s.ID())
+	}
+}

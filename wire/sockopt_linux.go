@@ -96,3 +96,31 @@ func setNotSentLowat(nc net.Conn, n int) error {
 	}
 	return nil
 }
+
+// hungUp reports whether the TCP connection under nc (beneath TLS, if any)
+// has been closed or reset by its peer, without reading from it: a peek
+// (MSG_PEEK, MSG_DONTWAIT) that finds the end of the stream or a reset.
+// Bytes waiting, or none yet, mean it is up; so does a connection that is
+// not TCP (nothing to peek at).
+func hungUp(nc net.Conn) bool {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return true // closed here
+	}
+	var gone bool
+	var b [1]byte
+	if err := rc.Control(func(fd uintptr) {
+		n, _, perr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		gone = perr == nil && n == 0 || perr != nil && perr != unix.EAGAIN && perr != unix.EINTR
+	}); err != nil {
+		return true
+	}
+	return gone
+}

@@ -41,7 +41,7 @@ var allowed = map[string]string{
 	// no clarity.
 	"wire/readv_linux.go":            "readv into a batch of page buffers: the socket read path",
 	"layout/prefetch_linux.go":       "posix_fadvise WILLNEED, cachestat, O_DIRECT: a restore batch's reads of shared storage queued at once, or past the page cache",
-	"wire/sockopt_linux.go":          "TCP_USER_TIMEOUT: a link that went down without a reset fails in seconds",
+	"wire/sockopt_linux.go":          "TCP_USER_TIMEOUT, SIOCOUTQ, MSG_PEEK: a link that went down without a reset fails in seconds; a session in setup whose source hung up is dropped",
 	"internal/drain/state.go":        "flock of the drain state file, with EINTR and EWOULDBLOCK",
 	"internal/ctl/peercred_linux.go": "SO_PEERCRED of a control connection: only root or the migration's own user is answered",
 	"vmm/qemu/discover.go":           "SO_PEERCRED of the QMP socket; dev/inode of QEMU's memfds",
