@@ -368,13 +368,37 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 	mu.Unlock()
 }
 
+// claim records a reference of iteration iter for page p of block b as
+// its page's latest entry, unless an entry of a later iteration arrived
+// first: a page's data and zeros travel on its own bulk connection, in
+// order, but a reference may come on another (the source sends a disk
+// stretch's references together), so an older pass's reference can arrive
+// after a newer pass's data. It is then dropped: placing it would
+// overwrite the newer page.
+func (r *restorer) claim(block uint32, p uint64, iter uint32) bool {
+	mu := r.lock(block, p)
+	mu.Lock()
+	defer mu.Unlock()
+	if r.entries[block][p].iter > iter {
+		return false
+	}
+	r.entries[block][p] = pageEntry{iter: iter}
+	r.bad[block].Remove(p)
+	r.unchecked[block].Remove(p)
+	return true
+}
+
 // enqueue queues a reference of iteration iter for page p of block b,
 // without blocking. After switchover (iter IterationPostcopy, p missing) a
 // fault may take it first.
 func (r *restorer) enqueue(block uint32, p uint64, iter uint32, ref wire.Ref) {
 	if iter != wire.IterationPostcopy {
-		r.supersede(block, p, iter)
 		r.n.received.Add(1)
+		if !r.claim(block, p, iter) {
+			// Done with: nothing to read, nothing to hand back.
+			r.n.checked.Add(1)
+			return
+		}
 		r.qMu.Lock()
 		r.queued[pageKey{block, p}] = queuedRef{iter, ref}
 		r.qMu.Unlock()

@@ -226,6 +226,31 @@ func TestRestoreNewerEntryWins(t *testing.T) {
 	}
 }
 
+// A reference that arrives after a newer pass's entry for its page (it
+// came on another bulk connection than the page's data) is dropped, never
+// placed over the newer page, and counted as checked so that the source's
+// verdict does not wait for it.
+func TestRestoreLateOlderReference(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	f.r.supersede(0, 7, 2) // pass 2's data for page 7, first
+	newer := bytes.Repeat([]byte{0xee}, pageSize)
+	if _, err := f.ram.WriteAt(newer, 7*pageSize); err != nil {
+		t.Fatal(err)
+	}
+	f.r.enqueue(0, 7, 1, f.ref("data", 7, f.disk[7])) // pass 1's reference, late
+	f.r.enqueue(0, 9, 1, f.ref("data", 9, f.disk[9]))
+	f.run(t)
+	if got := f.ramPage(t, 7); !bytes.Equal(got, newer) {
+		t.Errorf("page 7: a late older reference overwrote newer data (%#x...)", got[0])
+	}
+	if got := f.ramPage(t, 9); !bytes.Equal(got, f.disk[9]) {
+		t.Errorf("page 9 not restored")
+	}
+	if c, r := f.r.n.checked.Load(), f.r.n.received.Load(); c != r || r != 2 {
+		t.Errorf("checked %d of %d references received, want 2 of 2", c, r)
+	}
+}
+
 // Guest neighbours are placed together, each only if it is verified and
 // still its page's latest entry: a newer entry or a failed hash in the
 // middle of a run leaves that page alone and its neighbours placed. The
