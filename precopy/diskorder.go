@@ -5,6 +5,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"sync/atomic"
 
 	"github.com/dmig/dmig/layout"
 	"github.com/dmig/dmig/wire"
@@ -115,11 +116,36 @@ type blockPage struct {
 	page  uint64
 }
 
-// sendInDiskOrder sends, on bulk connection i of n, the pending pages of
-// its stripes (wire.BulkConn) that order names, walking order, diskChunk
-// pages at a time. It returns batches and pages sent; the pages it sent are
-// no longer pending, so the pass's sendStripes then sends the others.
-func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, iter uint32, order []diskRun) (batches, sent uint64, err error) {
+// diskCursor hands out a pass's disk order to the bulk connections, a
+// span of runs at a time, so that each stretch of the disk goes whole on
+// one connection: the destination then reads it in one sequential read
+// instead of each connection's half of it (the pages of a stretch belong
+// to both by their guest addresses) in two reads of half-empty ranges.
+type diskCursor struct {
+	order []diskRun
+	next  atomic.Int64
+}
+
+// take returns the next span of the order, nil at its end.
+func (d *diskCursor) take() []diskRun {
+	const span = diskChunk
+	end := int(d.next.Add(span))
+	start := end - span
+	if start >= len(d.order) {
+		return nil
+	}
+	return d.order[start:min(end, len(d.order))]
+}
+
+// sendInDiskOrder sends, on bulk connection c, the pending pages of the
+// spans it takes from cur, diskChunk pages at a time. A page of another
+// connection's stripes (wire.BulkConn) goes only as a reference (a late
+// one cannot overwrite newer data: the destination drops a reference
+// older than its page's latest entry); one that would go as data or zeros
+// is left pending for its own connection. It returns batches and pages
+// sent; the pages it sent are no longer pending, so the pass's sendStripes
+// then sends the others.
+func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, iter uint32, cur *diskCursor) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
 	flush := func() error { return flushBatch(ctx, c, &batch, &batches) }
 	chunk := make([]blockPage, 0, diskChunk)
@@ -138,10 +164,14 @@ func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, it
 			if len(batch.Entries) == 0 {
 				batch.Reset(b.idx, iter)
 			}
-			if !b.pending.Remove(bp.page) {
+			if wire.BulkConn(b.idx, bp.page, n) == i {
+				if !b.pending.Remove(bp.page) {
+					continue
+				}
+				s.addPage(&batch, b, bp.page)
+			} else if !s.addForeignRef(&batch, b, bp.page) {
 				continue
 			}
-			s.addPage(&batch, b, bp.page)
 			sent++
 			if batch.Full() {
 				if err := flush(); err != nil {
@@ -157,22 +187,48 @@ func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, it
 		batch.Reset(batch.Block, iter)
 		return err
 	}
-	for _, r := range order {
-		b := s.blocks[r.block]
-		for p := r.page; p < r.page+uint64(r.pages); p++ {
-			if wire.BulkConn(b.idx, p, n) != i || !b.pending.Has(p) {
-				continue
-			}
-			chunk = append(chunk, blockPage{r.block, p})
-			if len(chunk) == diskChunk {
-				if err := sendChunk(); err != nil {
-					return batches, sent, err
-				}
-				if err := ctx.Err(); err != nil {
-					return batches, sent, err
+	for span := cur.take(); span != nil; span = cur.take() {
+		for _, r := range span {
+			b := s.blocks[r.block]
+			for p := r.page; p < r.page+uint64(r.pages); p++ {
+				if b.pending.Has(p) {
+					chunk = append(chunk, blockPage{r.block, p})
 				}
 			}
+		}
+		if len(chunk) >= diskChunk/2 {
+			if err := sendChunk(); err != nil {
+				return batches, sent, err
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return batches, sent, err
 		}
 	}
 	return batches, sent, sendChunk()
 }
+
+// addForeignRef adds page p of b, which travels on another bulk
+// connection, to batch if it goes as a storage reference; else it leaves
+// the page pending (for its own connection) and reports false.
+func (s *source) addForeignRef(batch *wire.PageBatch, b *srcBlock, p uint64) bool {
+	if s.dataOnly || b.noref.Has(p) || b.data != nil && !b.data.Has(p) || !b.pending.Remove(p) {
+		return false
+	}
+	page := b.Page(p)
+	if isZero(page) || !s.refs.add(batch, b, p, page) {
+		b.pending.Add(p)
+		return false
+	}
+	if b.resend.Remove(p) {
+		s.resent.Add(1)
+	}
+	if s.noteSent(b, p) && iterFirst(batch.Iteration) {
+		s.firstPass.count(routeReference)
+	}
+	return true
+}
+
+// iterFirst reports whether iteration iter is the first pass, whose
+// routes the report counts.
+func iterFirst(iter uint32) bool { return iter == 1 }

@@ -757,27 +757,35 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 	counts := make([]uint64, n)
 	sent := make([]uint64, n)
 	errs := make([]error, n)
-	var order []diskRun
+	var cur *diskCursor
 	if !s.dataOnly {
-		order = s.passOrder(iter)
+		if order := s.passOrder(iter); order != nil {
+			cur = &diskCursor{order: order}
+		}
 	}
-	var wg sync.WaitGroup
-	for i, c := range s.sess.Bulk {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if order != nil {
-				counts[i], sent[i], errs[i] = s.sendBoth(ctx, c, i, n, iter, order)
-				if errs[i] != nil {
-					return
-				}
-			}
-			b, p, err := s.sendStripes(ctx, c, i, n, iter, nil, nil)
-			counts[i], sent[i], errs[i] = counts[i]+b, sent[i]+p, err
-		}()
+	// Each phase on every connection at once; the second starts once the
+	// first has ended on all of them: a connection's disk-order walk may
+	// leave a page pending for another (sendInDiskOrder), which that
+	// one's page-order walk then sends.
+	phase := func(send func(i int, c *wire.Conn) (uint64, uint64, error)) error {
+		var wg sync.WaitGroup
+		for i, c := range s.sess.Bulk {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b, p, err := send(i, c)
+				counts[i], sent[i], errs[i] = counts[i]+b, sent[i]+p, err
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if cur != nil {
+		if err := phase(func(i int, c *wire.Conn) (uint64, uint64, error) { return s.sendBoth(ctx, c, i, n, iter, cur) }); err != nil {
+			return 0, err
+		}
+	}
+	if err := phase(func(i int, c *wire.Conn) (uint64, uint64, error) { return s.sendStripes(ctx, c, i, n, iter, nil, nil) }); err != nil {
 		return 0, err
 	}
 	var total uint64
@@ -790,14 +798,15 @@ func (s *source) pass(ctx context.Context, iter uint32) (uint64, error) {
 	return total, nil
 }
 
-// sendBoth sends, on bulk connection i of n, the pages order names
-// (sendInDiskOrder) and, at the same time, the pending pages the pass's
+// sendBoth sends, on bulk connection i of n, the pages of the disk order
+// it takes from cur (sendInDiskOrder) and, at the same time, the pending pages the pass's
 // layout does not name. The first costs the source CPU (a hash a page)
 // and the link little (a reference is 26 bytes), the second the reverse:
 // one after the other, the link idled for the seconds the references of a
 // large pool took to make. The pages either leaves (named pages it found
-// not pending, pages handed back meanwhile) go in the pass's sendStripes.
-func (s *source) sendBoth(ctx context.Context, c *wire.Conn, i, n int, iter uint32, order []diskRun) (batches, sent uint64, err error) {
+// not pending, pages left to their own connection, pages handed back
+// meanwhile) go in the pass's sendStripes.
+func (s *source) sendBoth(ctx context.Context, c *wire.Conn, i, n int, iter uint32, cur *diskCursor) (batches, sent uint64, err error) {
 	var dataBatches, dataSent uint64
 	var dataErr error
 	done := make(chan struct{})
@@ -808,7 +817,7 @@ func (s *source) sendBoth(ctx context.Context, c *wire.Conn, i, n int, iter uint
 			return !named
 		})
 	}()
-	batches, sent, err = s.sendInDiskOrder(ctx, c, i, n, iter, order)
+	batches, sent, err = s.sendInDiskOrder(ctx, c, i, n, iter, cur)
 	<-done
 	return batches + dataBatches, sent + dataSent, errors.Join(err, dataErr)
 }
