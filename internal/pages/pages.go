@@ -102,7 +102,7 @@ func (s *Set) Next(p uint64) uint64 {
 // set within [from, to), in order, until fn returns false.
 func (s *Set) Runs(from, to uint64, fn func(start, count uint64) bool) {
 	to = min(to, s.n)
-	for p := s.Next(from); p < to; {
+	for p := s.nextBefore(from, to); p < to; {
 		q := p + 1
 		for q < to && s.Has(q) {
 			q++
@@ -110,7 +110,30 @@ func (s *Set) Runs(from, to uint64, fn func(start, count uint64) bool) {
 		if !fn(p, q-p) {
 			return
 		}
-		p = s.Next(q)
+		p = s.nextBefore(q, to)
+	}
+}
+
+// nextBefore is Next(p) if that is below to, else to or more: it scans no
+// word past to's, so that Runs over a few pages of a large sparse set
+// costs those pages, not the rest of the set (making 8 k owed pages
+// missing at switchover scanned an empty 8 GiB set 8 k times: 80 ms).
+func (s *Set) nextBefore(p, to uint64) uint64 {
+	if p >= to {
+		return to
+	}
+	i := p / 64
+	w := s.words[i].Load() & (^uint64(0) << (p % 64))
+	last := (to - 1) / 64
+	for {
+		if w != 0 {
+			return i*64 + uint64(bits.TrailingZeros64(w))
+		}
+		i++
+		if i > last {
+			return to
+		}
+		w = s.words[i].Load()
 	}
 }
 

@@ -1,6 +1,7 @@
 package pages
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -74,5 +75,51 @@ func TestSetRemoveOnce(t *testing.T) {
 	wg.Wait()
 	if total := claimed[0] + claimed[1] + claimed[2] + claimed[3]; total != n || s.Count() != 0 {
 		t.Fatalf("claimed %d of %d, count %d", total, n, s.Count())
+	}
+}
+
+// Runs over any range finds exactly the set's pages in it, in maximal runs.
+func TestSetRunsRanges(t *testing.T) {
+	const n = 1000
+	s := NewSet(n)
+	for p := uint64(0); p < n; p++ {
+		if (p*2654435761)%7 < 3 || p >= 600 && p < 700 {
+			s.Add(p)
+		}
+	}
+	for from := uint64(0); from <= n+5; from += 13 {
+		for to := from; to <= n+70; to += 61 {
+			var got []uint64
+			last := uint64(0)
+			s.Runs(from, to, func(start, count uint64) bool {
+				if len(got) > 0 && start <= last {
+					t.Fatalf("Runs(%d, %d): run at %d not after %d, or not maximal", from, to, start, last)
+				}
+				for p := start; p < start+count; p++ {
+					got = append(got, p)
+				}
+				last = start + count
+				return true
+			})
+			var want []uint64
+			for p := from; p < min(to, n); p++ {
+				if s.Has(p) {
+					want = append(want, p)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("Runs(%d, %d) = %v, want %v", from, to, got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkRunsSmallRange: Runs over 1 page of an empty 8 GiB set costs
+// that page, not a scan of the rest of the set.
+func BenchmarkRunsSmallRange(b *testing.B) {
+	s := NewSet(8 << 30 / 4096)
+	for i := range b.N {
+		p := uint64(i*4099) % (s.Len() - 1)
+		s.Runs(p, p+1, func(uint64, uint64) bool { return true })
 	}
 }
