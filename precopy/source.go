@@ -319,6 +319,10 @@ const (
 	// of the downtime.
 	settledRefs = 4096
 	settleMax   = 2 * time.Second
+	// settleRefsMax bounds the wait for the restore alone: a restore far
+	// behind (a slow disk) would keep the guest writing pages that the
+	// pause must then make missing, at 3 µs each.
+	settleRefsMax = 500 * time.Millisecond
 )
 
 // settle waits, the guest still running, until the passes' bytes have
@@ -343,7 +347,8 @@ func (s *source) settle(ctx context.Context) error {
 			n += u
 		}
 		unchecked := s.uncheckedRefs()
-		if n <= settledBytes && unchecked <= settledRefs || time.Since(t0) >= settleMax {
+		waited := time.Since(t0)
+		if n <= settledBytes && (unchecked <= settledRefs || waited >= settleRefsMax) || waited >= settleMax {
 			s.log.Debug("link and restore drained before the pause", "unacked", n, "unchecked_refs", unchecked, "waited", time.Since(t0))
 			return nil
 		}
