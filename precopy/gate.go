@@ -71,6 +71,11 @@ type gatedPacer struct {
 
 func (p *gatedPacer) Pace(ctx context.Context, n int) (int, error) {
 	n = min(n, pushPiece)
+	if err := ctx.Err(); err != nil {
+		// Whatever the hold: one shorter than a timer tick would
+		// otherwise let an ended push write one more piece.
+		return 0, fmt.Errorf("push held for a fault reply: %w", err)
+	}
 	if p.g.busy() {
 		hold := p.hold(time.Now())
 		t := time.NewTimer(min(holdPoll, hold))
