@@ -45,24 +45,31 @@ func setLinkTimeout(nc net.Conn, d time.Duration) error {
 	return nil
 }
 
-// unacked is how many bytes written to the TCP connection under nc
-// (beneath TLS, if any) its peer has not acknowledged yet (SIOCOUTQ):
-// what is still in this host's send queue, its qdisc and the network.
-func unacked(nc net.Conn) (int, error) {
+// onTCP runs fn on the descriptor of the TCP connection under nc (beneath
+// TLS, if any). It reports false, running nothing, for a connection that is
+// not TCP; the error is that of reaching the descriptor (nc closed).
+func onTCP(nc net.Conn, fn func(fd int)) (bool, error) {
 	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		nc = t.NetConn()
 	}
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
-		return 0, nil
+		return false, nil
 	}
 	rc, err := tc.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("read send queue: %w", err)
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { fn(int(fd)) })
 	}
+	return true, err
+}
+
+// unacked is how many bytes written to the TCP connection under nc
+// (beneath TLS, if any) its peer has not acknowledged yet (SIOCOUTQ):
+// what is still in this host's send queue, its qdisc and the network.
+func unacked(nc net.Conn) (int, error) {
 	var n int
 	var ierr error
-	if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+	if _, err := onTCP(nc, func(fd int) { n, ierr = unix.IoctlGetInt(fd, unix.SIOCOUTQ) }); err != nil {
 		return 0, fmt.Errorf("read send queue: %w", err)
 	}
 	if ierr != nil {
@@ -74,20 +81,9 @@ func unacked(nc net.Conn) (int, error) {
 // setNotSentLowat caps the bytes written to the TCP connection under nc
 // that the kernel holds unsent (TCP_NOTSENT_LOWAT): past n, writes wait.
 func setNotSentLowat(nc net.Conn, n int) error {
-	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
-		nc = t.NetConn()
-	}
-	tc, ok := nc.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
-	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
+	if _, err := onTCP(nc, func(fd int) {
+		serr = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, n)
 	}); err != nil {
 		return fmt.Errorf("set TCP_NOTSENT_LOWAT: %w", err)
 	}
@@ -103,24 +99,14 @@ func setNotSentLowat(nc net.Conn, n int) error {
 // Bytes waiting, or none yet, mean it is up; so does a connection that is
 // not TCP (nothing to peek at).
 func hungUp(nc net.Conn) bool {
-	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
-		nc = t.NetConn()
-	}
-	tc, ok := nc.(*net.TCPConn)
-	if !ok {
-		return false
-	}
-	rc, err := tc.SyscallConn()
+	var gone bool
+	var b [1]byte
+	tcp, err := onTCP(nc, func(fd int) {
+		n, _, perr := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		gone = perr == nil && n == 0 || perr != nil && perr != unix.EAGAIN && perr != unix.EINTR
+	})
 	if err != nil {
 		return true // closed here
 	}
-	var gone bool
-	var b [1]byte
-	if err := rc.Control(func(fd uintptr) {
-		n, _, perr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		gone = perr == nil && n == 0 || perr != nil && perr != unix.EAGAIN && perr != unix.EINTR
-	}); err != nil {
-		return true
-	}
-	return gone
+	return tcp && gone
 }
