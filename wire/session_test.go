@@ -345,18 +345,7 @@ func TestAcceptDropsHalfOpenSession(t *testing.T) {
 	dropped := make(chan SessionID, 1)
 	l.Dropped = func(h *Hello) { dropped <- h.Session }
 	acc := acceptAsync(ctx, l, nil)
-	h := sessionHello()
-	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
-	ctrl, err := dialConn(ctx, l.Addr().String(), h.Session, RoleControl, 0, Version)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ctrl.WriteFrame(ctx, &h); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := ctrl.ReadFrame(ctx); err != nil || !m.(*HelloAck).Accepted {
-		t.Fatalf("hello ack: %v %v", m, err)
-	}
+	h, ctrl := helloOnly(ctx, t, l)
 	// The "dead" source opens nothing more. Its control connection is closed
 	// by the destination once the timeout passes.
 	if _, err := ctrl.ReadFrame(ctx); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
@@ -384,6 +373,25 @@ func TestAcceptDropsHalfOpenSession(t *testing.T) {
 	}
 }
 
+// helloOnly opens a session's control connection to l and has its Hello
+// accepted, opening no other connection: a source that goes no further.
+func helloOnly(ctx context.Context, t *testing.T, l *Listener) (Hello, *Conn) {
+	t.Helper()
+	h := sessionHello()
+	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
+	ctrl, err := dialConn(ctx, l.Addr().String(), h.Session, RoleControl, 0, Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrl.WriteFrame(ctx, &h); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ctrl.ReadFrame(ctx); err != nil || !m.(*HelloAck).Accepted {
+		t.Fatalf("hello ack: %v %v", m, err)
+	}
+	return h, ctrl
+}
+
 // mustAccept takes the next accepted session from acc, failing the test on
 // an accept error; the session is closed when the test ends.
 func mustAccept(t testing.TB, acc <-chan accepted) *Session {
@@ -408,18 +416,7 @@ func TestAcceptDropsHungUpSession(t *testing.T) {
 	dropped := make(chan SessionID, 1)
 	l.Dropped = func(h *Hello) { dropped <- h.Session }
 	acc := acceptAsync(ctx, l, nil)
-	h := sessionHello()
-	h.Version, h.PageSize, h.Session = Version, PageSize, NewSessionID()
-	ctrl, err := dialConn(ctx, l.Addr().String(), h.Session, RoleControl, 0, Version)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ctrl.WriteFrame(ctx, &h); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := ctrl.ReadFrame(ctx); err != nil || !m.(*HelloAck).Accepted {
-		t.Fatalf("hello ack: %v %v", m, err)
-	}
+	h, ctrl := helloOnly(ctx, t, l)
 	t0 := time.Now()
 	ctrl.Close()
 	select {
