@@ -223,12 +223,8 @@ func (s *source) addForeignRef(batch *wire.PageBatch, b *srcBlock, p uint64) boo
 	if b.resend.Remove(p) {
 		s.resent.Add(1)
 	}
-	if s.noteSent(b, p) && iterFirst(batch.Iteration) {
+	if s.noteSent(b, p) && batch.Iteration == 1 { // the first pass's routes
 		s.firstPass.count(routeReference)
 	}
 	return true
 }
-
-// iterFirst reports whether iteration iter is the first pass, whose
-// routes the report counts.
-func iterFirst(iter uint32) bool { return iter == 1 }
