@@ -470,7 +470,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 		return nil, err
 	}
 	served := make(chan error, 1)
-	ot := &oracleTarget{Target: tg, r: r, src: src, placedOnly: mode != precopy.ModePrecopy}
+	ot := newOracleTarget(tg, r, src, mode != precopy.ModePrecopy)
 	go func() {
 		served <- dbrestore.Serve(ctx, l, dbrestore.Config{Logger: r.log.Named("dest"), NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {
 			tg.Command = h.Command

@@ -1,19 +1,13 @@
 package compare
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/vmm/qemu"
 )
-
-const pageSize = 4096
 
 // checkQEMU reads the source VM's QEMU version and refuses a baseline that
 // cannot be trusted: QEMU's own modes on a TCG VM of a QEMU older than
@@ -100,65 +94,39 @@ type oracleTarget struct {
 	r          *runner
 	src        *qemu.Source
 	placedOnly bool
+	placed     *ramfile.PlaceCheck // pages placed after resume
+}
 
-	openOnce sync.Once
-	files    []*os.File // the source's RAM files, by block
-	openErr  error
-	checked  atomic.Uint64 // pages placed after resume, compared
-	differ   atomic.Uint64
-	first    atomic.Int64 // first differing page's offset + 1 (0: none)
+func newOracleTarget(tg *qemu.Target, r *runner, src *qemu.Source, placedOnly bool) *oracleTarget {
+	var paths []string
+	for _, b := range src.RAM() {
+		paths = append(paths, b.Path)
+	}
+	return &oracleTarget{Target: tg, r: r, src: src, placedOnly: placedOnly, placed: ramfile.NewPlaceCheck(paths)}
 }
 
 // Placed compares a page placed after switchover with the paused source's.
 func (o *oracleTarget) Placed(block uint32, page uint64, data []byte) {
-	o.openOnce.Do(func() {
-		for _, b := range o.src.RAM() {
-			f, err := os.Open(b.Path)
-			if err != nil {
-				o.openErr = err
-				return
-			}
-			o.files = append(o.files, f)
-		}
-	})
-	if o.openErr != nil || int(block) >= len(o.files) {
-		return
-	}
-	want := make([]byte, pageSize)
-	if _, err := o.files[block].ReadAt(want, int64(page*pageSize)); err != nil {
-		return
-	}
-	o.checked.Add(1)
-	same := bytes.Equal(want, data)
-	if data == nil {
-		same = bytes.Equal(want, make([]byte, pageSize))
-	}
-	if !same {
-		o.differ.Add(1)
-		o.first.CompareAndSwap(0, int64(page*pageSize)+1)
-	}
+	o.placed.Placed(block, page, data)
 }
 
 // finish folds the pages checked after resume into the runner's oracle
 // and closes the source's files.
 func (o *oracleTarget) finish() {
-	for _, f := range o.files {
-		f.Close()
+	pr, err := o.placed.Result()
+	if err != nil {
+		o.r.log.Warn("RAM oracle: pages placed after resume not all checked", "error", err)
 	}
 	or := o.r.oracle
 	if or == nil {
 		return
 	}
-	n := o.checked.Load()
-	or.PagesChecked += n
-	or.PagesDiffer += o.differ.Load()
-	or.PagesUnchecked -= min(or.PagesUnchecked, n)
-	if f := o.first.Load(); f > 0 && or.FirstDiffer == nil {
-		off := f - 1
+	or.PagesChecked += pr.Checked
+	or.PagesDiffer += pr.Differ
+	or.PagesUnchecked -= min(or.PagesUnchecked, pr.Checked)
+	if pr.Differ > 0 && or.FirstDiffer == nil {
+		off := pr.First
 		or.FirstDiffer = &off
-	}
-	if o.openErr != nil {
-		o.r.log.Warn("RAM oracle: source RAM unreadable after resume", "error", o.openErr)
 	}
 }
 

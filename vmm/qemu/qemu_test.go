@@ -703,7 +703,8 @@ func testQEMU(t *testing.T, bin string) {
 					tg.Kill()
 				}
 			})
-			oracle := &oracleTarget{src: src.RAM()[0], placedOnly: mode != precopy.ModePrecopy}
+			oracle := &oracleTarget{src: src.RAM()[0], placedOnly: mode != precopy.ModePrecopy,
+				placed: ramfile.NewPlaceCheck([]string{src.RAM()[0].Path})}
 			addr, served, got := dmigDest(ctx, t, func(h *wire.Hello) (dbrestore.Guest, error) {
 				tg = &Target{Command: h.Command, Dir: filepath.Join(dir, fmt.Sprintf("dmig-%s-%d", mode, os.Getpid())), RAMDir: "/dev/shm",
 					Ports: map[int]int{cur.port: port}, SourcePid: src.Pid(), KillWithParent: true}
@@ -775,6 +776,18 @@ func testQEMU(t *testing.T, bin string) {
 			default:
 				t.Logf("RAM oracle: %d pages equal at the resume, %d not placed yet; it took %.0f ms of the downtime", d.Checked, d.Unchecked, float64(oracle.took.Microseconds())/1000)
 			}
+			// The source stays paused to completion: every page placed
+			// after the resume must be its page at the switch.
+			switch pr, err := oracle.placed.Result(); {
+			case err != nil:
+				t.Errorf("RAM oracle after the resume: %v", err)
+			case pr.Differ != 0:
+				t.Errorf("RAM oracle: %d of %d pages placed after the resume differ from the source's (first at %#x)", pr.Differ, pr.Checked, pr.First)
+			case mode != precopy.ModePrecopy && pr.Checked == 0 && oracle.diff.Unchecked > 0:
+				t.Errorf("RAM oracle: no page placed after the resume was checked, %d were not placed at it", oracle.diff.Unchecked)
+			default:
+				t.Logf("RAM oracle: %d pages placed after the resume, all equal to the source's", pr.Checked)
+			}
 			// The source QEMU is gone (Finish quit it).
 			select {
 			case <-cur.vm.Exited():
@@ -782,6 +795,7 @@ func testQEMU(t *testing.T, bin string) {
 				t.Fatal("source qemu still runs after the migration")
 			}
 			cur = &running{vm: tg.VM(), port: port, agent: movedAgent(tg.Dir)}
+			logConsoleOnFailure(t, filepath.Join(tg.Dir, "serial.log"))
 			checkDestination(ctx, t, port, want, "dmig "+string(mode), base, <-acked)
 		})
 		if !ok {
@@ -940,6 +954,23 @@ func checkNativeDowntime(t *testing.T, r *report.Report) {
 	}
 }
 
+// logConsoleOnFailure logs the end of a guest's console log (QEMU's
+// -serial file:) if t fails: what the guest said of a hang or a crash.
+func logConsoleOnFailure(t *testing.T, path string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Logf("guest console: %v", err)
+			return
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		t.Logf("guest console (%s), last lines:\n%s", path, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	})
+}
+
 // answers reports whether the guest's database at port answers a ping now.
 func answers(ctx context.Context, port int) bool {
 	db, err := sql.Open("mysql", fmt.Sprintf("dmig:dmig@tcp(127.0.0.1:%d)/sbtest?timeout=3s&readTimeout=5s", port))
@@ -1072,7 +1103,14 @@ type oracleTarget struct {
 	placedOnly bool
 	diff       ramfile.DiffResult
 	err        error
-	took       time.Duration // the oracle's share of the downtime
+	took       time.Duration       // the oracle's share of the downtime
+	placed     *ramfile.PlaceCheck // the pages placed after the resume
+}
+
+// Placed compares a page placed after the resume with the paused source's
+// (dbrestore.PlaceWatcher).
+func (o *oracleTarget) Placed(block uint32, page uint64, data []byte) {
+	o.placed.Placed(block, page, data)
 }
 
 func (o *oracleTarget) Resume(ctx context.Context) error {
