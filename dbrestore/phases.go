@@ -85,15 +85,20 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	if d.missing.Load() == 0 {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
+	tLoad := time.Now()
 	if err := d.devState.load(ctx, d.g); err != nil {
 		return nil, cause.Of(ln.ctx, err)
 	}
+	tReady := time.Now()
 	if err := d.ready(ctx, ln); err != nil {
 		return nil, err
 	}
+	tGo := time.Now()
 	if err := d.resume(ctx); err != nil {
 		return nil, err
 	}
+	d.log.Debug("resume steps", "switchover", tLoad.Sub(tSwitch), "load_device_state", tReady.Sub(tLoad),
+		"ready_to_go", tGo.Sub(tReady), "resume", time.Since(tGo))
 	resumeMS := report.MS(time.Since(tSwitch))
 	d.log.Info("guest resumed", "pid", d.pid, "missing", d.missing.Load(), "resume_ms", resumeMS)
 	if err := d.servePostcopy(ctx); err != nil {

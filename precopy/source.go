@@ -267,9 +267,11 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	if err := s.g.Pause(ctx); err != nil {
 		return nil, cause.Of(ctx, fmt.Errorf("pause guest: %w", err))
 	}
+	tPaused := time.Now()
 	if _, err := s.collect(); err != nil {
 		return nil, err
 	}
+	tCollected := time.Now()
 	final := uint32(iter)
 	// Pre-copy sends the remainder while the guest is paused. Hybrid leaves
 	// it, small by now, to post-copy: the downtime is then only the
@@ -280,14 +282,15 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 			return nil, cause.Of(ctx, fmt.Errorf("final pass: %w", err))
 		}
 	}
+	tFinal := time.Now()
 	if ds, ok := s.g.(DeviceStater); ok {
-		t0 := time.Now()
 		n, err := s.sendDeviceState(ctx, ds)
 		if err != nil {
 			return nil, cause.Of(ctx, err)
 		}
-		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(t0))
+		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(tFinal))
 	}
+	tDevice := time.Now()
 	var pending []wire.Run
 	for _, b := range s.blocks {
 		pending = pages.AppendRuns(pending, b.idx, b.pending)
@@ -302,6 +305,9 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	// here is a clean abort.
 	select {
 	case <-s.ready:
+		// Where the source's share of the downtime goes.
+		s.log.Debug("switchover steps", "pause", tPaused.Sub(tPause), "collect", tCollected.Sub(tPaused),
+			"final_pass", tFinal.Sub(tCollected), "device_state", tDevice.Sub(tFinal), "until_ready", time.Since(tDevice))
 		return sw, nil
 	case <-ctx.Done():
 		return sw, cause.Of(ctx, errors.New("destination lost before it was ready to resume"))

@@ -1000,8 +1000,14 @@ func answersOrCrashed(ctx context.Context, port int, console string) string {
 	return ConsoleCrash(console)
 }
 
+// testLog logs the engines at info, or at DMIG_TEST_LOG_LEVEL (debug shows
+// each switchover's steps).
 func testLog() hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "dmig", Level: hclog.Info, Output: os.Stderr})
+	level := hclog.Info
+	if l := os.Getenv("DMIG_TEST_LOG_LEVEL"); l != "" {
+		level = hclog.LevelFromString(l)
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "dmig", Level: level, Output: os.Stderr})
 }
 
 // dmigDest serves one migration on loopback into the guest newGuest makes.
