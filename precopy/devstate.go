@@ -16,6 +16,15 @@ type DeviceStater interface {
 	SendDeviceState(ctx context.Context, w io.Writer) error
 }
 
+// DeviceStatePreparer is a DeviceStater with setup it can do before the
+// pause, out of the downtime (QEMU: its migration settings). The engine
+// calls PrepareDeviceState before pausing the guest, and
+// UnprepareDeviceState if the migration then aborts with the guest kept.
+type DeviceStatePreparer interface {
+	PrepareDeviceState(ctx context.Context) error
+	UnprepareDeviceState(ctx context.Context) error
+}
+
 // deviceStateWriter cuts a byte stream into DeviceState frames on the
 // control connection. Writes are copied into frames as they come: QEMU
 // writes in small pieces, and the control connection carries only this

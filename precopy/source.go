@@ -92,6 +92,9 @@ type source struct {
 	// was sent (or its sending tried), after which it stays paused on
 	// failure. Main goroutine only.
 	paused, goSent bool
+	// prepared: the guest's device-state setup ran (DeviceStatePreparer),
+	// to be undone if the migration aborts.
+	prepared bool
 }
 
 // srcBlock is one RAM block of the guest, open and mapped read-only
@@ -196,8 +199,23 @@ func (s *source) abort(err error) error {
 			return err
 		}
 	}
+	s.unprepare()
 	s.log.Error("migration aborted; source guest runs on", "error", err)
 	return err
+}
+
+// unprepare undoes the guest's device-state setup on abort; a failure is
+// logged, the guest runs on.
+func (s *source) unprepare() {
+	p, ok := s.g.(DeviceStatePreparer)
+	if !s.prepared || !ok {
+		return
+	}
+	uctx, cancel := context.WithTimeout(context.Background(), abortResumeTimeout)
+	defer cancel()
+	if err := p.UnprepareDeviceState(uctx); err != nil {
+		s.log.Warn("the source guest keeps the settings of the aborted migration", "error", err)
+	}
 }
 
 // iterate runs pre-copy passes until the policy decides to switch over,
@@ -254,6 +272,12 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 	}
 	if err := s.settle(ctx); err != nil {
 		return nil, err
+	}
+	if p, ok := s.g.(DeviceStatePreparer); ok {
+		s.prepared = true
+		if err := p.PrepareDeviceState(ctx); err != nil {
+			return nil, cause.Of(ctx, fmt.Errorf("prepare device state: %w", err))
+		}
 	}
 	if err := s.cfg.Guard.Pausing(ctx); err != nil {
 		return nil, fmt.Errorf("arm the guard before pausing: %w", err)

@@ -25,6 +25,55 @@ func sockName(dir, what string) string {
 	return filepath.Join(dir, what+"-"+hex.EncodeToString(b[:])+".sock")
 }
 
+// deviceStateBandwidth is the source's max-bandwidth for a device-state
+// migration: none to speak of. QEMU's default (128 MiB/s) paces even the
+// paused guest's ~0.7 MB of ROMs and devices, 2 ms of the downtime.
+const deviceStateBandwidth = 1 << 40
+
+// migrationSettings are the source's migration settings a device-state
+// migration changes, as they were before (for UnprepareDeviceState).
+type migrationSettings struct {
+	caps         map[string]bool
+	maxBandwidth uint64
+}
+
+// deviceStateSettings reads the settings PrepareDeviceState replaces.
+func (m *Monitor) deviceStateSettings(ctx context.Context) (migrationSettings, error) {
+	var caps []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := m.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		return migrationSettings{}, fmt.Errorf("read migration capabilities: %w", err)
+	}
+	var params struct {
+		MaxBandwidth uint64 `json:"max-bandwidth"`
+	}
+	if err := m.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
+		return migrationSettings{}, fmt.Errorf("read migration parameters: %w", err)
+	}
+	st := migrationSettings{caps: map[string]bool{}, maxBandwidth: params.MaxBandwidth}
+	for _, c := range caps {
+		if _, ok := ignoreShared()[c.Capability]; ok {
+			st.caps[c.Capability] = c.State
+		}
+	}
+	return st, nil
+}
+
+// apply sets st's capabilities and max-bandwidth.
+func (m *Monitor) apply(ctx context.Context, st migrationSettings) error {
+	if err := m.SetCapabilities(ctx, st.caps); err != nil {
+		return fmt.Errorf("set migration capabilities: %w", err)
+	}
+	if st.maxBandwidth > 0 {
+		if err := m.SetParameters(ctx, Parameters{MaxBandwidth: st.maxBandwidth}); err != nil {
+			return fmt.Errorf("set max-bandwidth: %w", err)
+		}
+	}
+	return nil
+}
+
 // SendDeviceState migrates the source's device state (and non-shared RAM:
 // ROMs, ~1 MB) into w, with x-ignore-shared set: QEMU sends to a unix
 // socket dmig listens on in dir, and dmig copies the stream to w (its own
@@ -32,9 +81,15 @@ func sockName(dir, what string) string {
 // stays stopped (postmigrate) after: Cont resumes it if the destination
 // fails. Returns the source's query-migrate figures.
 func SendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer) (MigrationInfo, error) {
-	if err := src.SetCapabilities(ctx, ignoreShared()); err != nil {
-		return MigrationInfo{}, fmt.Errorf("set source capabilities: %w", err)
+	if err := src.apply(ctx, migrationSettings{caps: ignoreShared(), maxBandwidth: deviceStateBandwidth}); err != nil {
+		return MigrationInfo{}, fmt.Errorf("source: %w", err)
 	}
+	return sendDeviceState(ctx, src, dir, w)
+}
+
+// sendDeviceState is SendDeviceState with the source's settings already
+// applied.
+func sendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer) (MigrationInfo, error) {
 	path := sockName(dir, "devstate-out")
 	l, err := net.Listen("unix", path)
 	if err != nil {

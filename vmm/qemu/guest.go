@@ -22,13 +22,17 @@ type Source struct {
 	machine *Machine
 	command []string
 	name    string
+	// prepared: the settings PrepareDeviceState replaced, nil if it has
+	// not run (or UnprepareDeviceState has put them back).
+	prepared *migrationSettings
 }
 
 var (
-	_ precopy.Guest             = (*Source)(nil)
-	_ precopy.AddressTranslator = (*Source)(nil)
-	_ precopy.DeviceStater      = (*Source)(nil)
-	_ precopy.DiskMarker        = (*Source)(nil)
+	_ precopy.Guest               = (*Source)(nil)
+	_ precopy.AddressTranslator   = (*Source)(nil)
+	_ precopy.DeviceStater        = (*Source)(nil)
+	_ precopy.DeviceStatePreparer = (*Source)(nil)
+	_ precopy.DiskMarker          = (*Source)(nil)
 )
 
 // MarkDisks labels the VM's disk files with the session (see the package
@@ -107,7 +111,42 @@ func (s *Source) DestCommand() []string { return s.command }
 // DeviceState sends the paused source's device state into w
 // (x-ignore-shared), through a unix socket in dir.
 func (s *Source) DeviceState(ctx context.Context, dir string, w io.Writer) (MigrationInfo, error) {
+	if s.prepared != nil {
+		return sendDeviceState(ctx, s.mon, dir, w)
+	}
 	return SendDeviceState(ctx, s.mon, dir, w)
+}
+
+// PrepareDeviceState sets the source's migration settings for the device
+// state while the guest still runs: each is a QMP round trip the pause
+// would otherwise wait for. What it replaces is kept for
+// UnprepareDeviceState: x-ignore-shared left on would make a later QEMU
+// migration of this VM (virsh migrate) skip its RAM.
+func (s *Source) PrepareDeviceState(ctx context.Context) error {
+	if s.prepared == nil {
+		old, err := s.mon.deviceStateSettings(ctx)
+		if err != nil {
+			return fmt.Errorf("source %s: %w", s.name, err)
+		}
+		s.prepared = &old
+	}
+	if err := s.mon.apply(ctx, migrationSettings{caps: ignoreShared(), maxBandwidth: deviceStateBandwidth}); err != nil {
+		return fmt.Errorf("source %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// UnprepareDeviceState puts back the settings PrepareDeviceState replaced:
+// the migration was abandoned and the VM stays here.
+func (s *Source) UnprepareDeviceState(ctx context.Context) error {
+	if s.prepared == nil {
+		return nil
+	}
+	if err := s.mon.apply(ctx, *s.prepared); err != nil {
+		return fmt.Errorf("source %s: restore migration settings: %w", s.name, err)
+	}
+	s.prepared = nil
+	return nil
 }
 
 // IsCommand reports whether argv starts a QEMU system emulator (what a

@@ -673,6 +673,11 @@ func testQEMU(t *testing.T, bin string) {
 		if st, err := cur.vm.Mon.QueryStatus(ctx); err != nil || st.Status != "running" {
 			t.Fatalf("source qemu is %+v (%v) after the abort, want running", st, err)
 		}
+		// The device-state settings are undone: x-ignore-shared left on
+		// would have a later QEMU migration skip the VM's RAM.
+		if st, err := cur.vm.Mon.deviceStateSettings(ctx); err != nil || st.caps[CapIgnoreShared] || st.maxBandwidth == deviceStateBandwidth {
+			t.Fatalf("source migration settings after the abort: %+v (%v), want x-ignore-shared off and max-bandwidth as before", st, err)
+		}
 		if tg != nil {
 			if _, err := os.Stat(tg.RAMFiles()[0]); !errors.Is(err, os.ErrNotExist) || tg.VM() == nil {
 				t.Fatalf("destination RAM file left behind (%v) or qemu never started", err)
