@@ -220,7 +220,7 @@ func (l *Listener) Accept(ctx context.Context, decide func(*Hello) HelloAck) (*S
 	}
 	defer func() {
 		cancel()
-		wg.Wait()
+		l.drain(arrivals, &wg)
 		disarm(&lw, &ldl)
 		_ = l.ln.SetDeadline(time.Time{})
 	}()
@@ -270,10 +270,42 @@ func (l *Listener) handshake(ctx context.Context, wg *sync.WaitGroup, nc net.Con
 			nc.Close()
 		}
 	}
+	if err != nil {
+		// A refusal is always reported: its peer has already read the
+		// answer and may have opened the next session before this
+		// goroutine ran, so Accept's drain receives it if assemble has
+		// returned.
+		arrivals <- arrival{nc: nc, err: err}
+		return
+	}
 	select {
-	case arrivals <- arrival{nc: nc, pre: p, err: err}:
+	case arrivals <- arrival{nc: nc, pre: p}:
 	case <-ctx.Done():
 		nc.Close()
+	}
+}
+
+// drain runs as Accept returns, after its context ended: it reports the
+// refusals that handshakes still hand over and closes whatever else
+// arrives, until every handshake and the accept loop are gone.
+func (l *Listener) drain(arrivals <-chan arrival, wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case a := <-arrivals:
+			switch {
+			case a.err != nil:
+				l.reject(a.nc, a.err)
+			case a.nc != nil:
+				a.nc.Close()
+			}
+		case <-done:
+			return
+		}
 	}
 }
 
