@@ -142,7 +142,7 @@ type dest struct {
 	latMu                         sync.Mutex
 	lat                           []time.Duration
 
-	devState deviceState // control goroutine only, until switchover
+	devState deviceState // set by the control goroutine at Switchover
 
 	phase     atomic.Int32 // phaseReceive, phaseReady, phaseResumed
 	pass      atomic.Int32 // the last pass the source ended (IterationEnd)

@@ -86,7 +86,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 		d.doneOnce.Do(func() { close(d.done) })
 	}
 	tLoad := time.Now()
-	if err := d.devState.load(ctx, d.g); err != nil {
+	if err := d.devState.load(ln.ctx, d.g, ln.sess.Control); err != nil {
 		return nil, cause.Of(ln.ctx, err)
 	}
 	tReady := time.Now()
@@ -130,7 +130,7 @@ func (f *faultServer) stop() error {
 func (d *dest) startFaults(ctx context.Context, ln *link, owed []wire.Run, spawn func(func() error)) *faultServer {
 	sctx, cancel := context.WithCancel(ctx)
 	f := &faultServer{cancel: cancel, err: make(chan error, 1)}
-	if d.missing.Load() == 0 && !d.devState.seen {
+	if d.missing.Load() == 0 && !d.devState.expected {
 		f.err <- nil
 		return f
 	}
@@ -195,12 +195,9 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 				d.expected[i] += c
 			}
 			d.mu.Unlock()
-		case *wire.DeviceState:
-			if err := d.devState.add(m); err != nil {
-				return nil, classed(wire.ErrorProtocol, err)
-			}
 		case *wire.Switchover:
 			cp := *m
+			d.devState.expected = m.DeviceState
 			d.mu.Lock()
 			d.final = true
 			d.mu.Unlock()

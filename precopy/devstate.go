@@ -10,8 +10,9 @@ import (
 
 // DeviceStater is a guest whose VMM holds state beyond its RAM files (a
 // QEMU's devices and vCPUs). The engine calls SendDeviceState once the
-// guest is paused and its RAM harvested, before Switchover, and forwards
-// what it writes to the destination, which loads it before resuming.
+// guest is paused and its RAM harvested, right after Switchover, and
+// forwards what it writes to the destination, which loads it as it comes,
+// before resuming.
 type DeviceStater interface {
 	SendDeviceState(ctx context.Context, w io.Writer) error
 }
@@ -28,7 +29,7 @@ type DeviceStatePreparer interface {
 // deviceStateWriter cuts a byte stream into DeviceState frames on the
 // control connection. Writes are copied into frames as they come: QEMU
 // writes in small pieces, and the control connection carries only this
-// until Switchover, so no buffering is needed for throughput.
+// until Ready, so no buffering is needed for throughput.
 type deviceStateWriter struct {
 	ctx   context.Context
 	c     *wire.Conn

@@ -307,24 +307,30 @@ func (s *source) switchover(ctx context.Context, iter int, dec decision) (*switc
 		}
 	}
 	tFinal := time.Now()
-	if ds, ok := s.g.(DeviceStater); ok {
-		n, err := s.sendDeviceState(ctx, ds)
-		if err != nil {
-			return nil, cause.Of(ctx, err)
-		}
-		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(tFinal))
-	}
-	tDevice := time.Now()
 	var pending []wire.Run
 	for _, b := range s.blocks {
 		pending = pages.AppendRuns(pending, b.idx, b.pending)
 	}
 	s.rep.PostcopyPages = wire.PageCount(pending)
-	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending}); err != nil {
+	// Switchover goes ahead of the device state: the destination marks the
+	// pending pages missing while the VMM writes its state, then loads the
+	// state as it arrives, the load overlapping its transfer.
+	ds, hasDS := s.g.(DeviceStater)
+	if err := s.sess.Control.WriteFrame(ctx, &wire.Switchover{Iteration: final, Pending: pending, DeviceState: hasDS}); err != nil {
 		return nil, cause.Of(ctx, fmt.Errorf("send switchover: %w", err))
 	}
 	sw := &switched{goSent: make(chan struct{}), tPause: tPause}
+	// Post-copy pages are served from here on: the destination's VMM may
+	// fault on a pending page while it loads the device state.
 	sw.post = s.startPostcopy(ctx, len(pending) > 0, sw.goSent, iter)
+	if hasDS {
+		n, err := s.sendDeviceState(ctx, ds)
+		if err != nil {
+			return sw, cause.Of(ctx, err)
+		}
+		s.log.Info("device state sent", "bytes", n, "elapsed", time.Since(tFinal))
+	}
+	tDevice := time.Now()
 	// Until we send Go the destination certainly has not resumed: a failure
 	// here is a clean abort.
 	select {

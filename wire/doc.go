@@ -53,11 +53,14 @@
 //     destination, which the source sends again as data in a later pass;
 //     Verdict counts the references checked so far and how many failed.
 //  3. The source pauses the guest, sends the last iteration and its
-//     IterationEnd, then Switchover{final iteration, Pending}: Pending are
-//     the pages the destination must treat as not yet received. The
-//     destination waits for every counted batch, marks Pending missing and
-//     sends Ready; the source answers Go; the destination resumes the guest
-//     and sends Resumed. The two steps make "the destination has not
+//     IterationEnd, then Switchover{final iteration, Pending, DeviceState}:
+//     Pending are the pages the destination must treat as not yet
+//     received; with DeviceState, the VMM's device state follows in
+//     DeviceState frames, ended by Last. The destination waits for every
+//     counted batch and marks Pending missing, then loads the device state
+//     as it arrives (its VMM may read guest RAM meanwhile: the page faults
+//     are served), and sends Ready; the source answers Go; the destination
+//     resumes the guest and sends Resumed. The two steps make "the destination has not
 //     resumed" certain for the source until it sends Go: a failure before
 //     Go aborts cleanly, one after Go leaves the source unable to tell.
 //  4. Post-copy: the destination sends PageRequest on urgent, the source

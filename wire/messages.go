@@ -333,9 +333,12 @@ func (m *IterationEnd) decode(p []byte) error {
 // IterationEnd). Pending lists the pages the destination has NOT been sent
 // (or must treat as stale): they arrive later by post-copy (urgent requests or
 // background batches). An empty Pending means everything is in place.
+// DeviceState: the VMM's device state follows on the control connection,
+// in DeviceState frames ended by a Last one.
 type Switchover struct {
-	Iteration uint32
-	Pending   []Run
+	Iteration   uint32
+	Pending     []Run
+	DeviceState bool
 }
 
 func (*Switchover) Type() Type { return TypeSwitchover }
@@ -344,13 +347,18 @@ func (m *Switchover) validate() error { return checkRuns(m.Pending) }
 
 func (m *Switchover) appendPayload(b []byte) []byte {
 	b = le.AppendUint32(b, m.Iteration)
-	return appendRuns(b, m.Pending)
+	b = appendRuns(b, m.Pending)
+	if m.DeviceState {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
 
 func (m *Switchover) decode(p []byte) error {
 	d := decoder{b: p}
 	m.Iteration = d.u32("iteration")
 	m.Pending = decodeRuns(&d)
+	m.DeviceState = d.bool("device state")
 	if err := d.finish(); err != nil {
 		return err
 	}
@@ -481,7 +489,7 @@ func (*Go) decode(p []byte) error {
 }
 
 // DeviceState carries a piece of the VMM's device state (source →
-// destination, after the guest paused, before Switchover): an opaque
+// destination, right after a Switchover that announces it): an opaque
 // stream, such as QEMU's migration stream with x-ignore-shared, cut into
 // frames. Last ends the stream; a VMM without device state sends none.
 type DeviceState struct {

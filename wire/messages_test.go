@@ -58,6 +58,7 @@ func sampleMessages() []Message {
 		&IterationEnd{Iteration: 3, Batches: []uint64{0, 1, 1 << 40}},
 		&Switchover{Iteration: 9},
 		&Switchover{Iteration: 9, Pending: []Run{{0, 0, 1}, {0, 2, 300}, {0, 1 << 20, 5}, {1, 0, 32}, {1, 40, 1}}},
+		&Switchover{Iteration: 3, DeviceState: true},
 		&Resumed{},
 		&Ready{},
 		&Go{},

@@ -8,12 +8,12 @@ import (
 
 // Version is the protocol version this package speaks. Peers must speak the
 // same version exactly: any change to an encoding bumps it.
-const Version uint16 = 2
+const Version uint16 = 3
 
 // magic opens every connection, in both directions.
 const magic = "DMIG"
 
-// PageSize is the size of a page on the wire. Versions 1 and 2 move 4 KiB
+// PageSize is the size of a page on the wire. Versions 1 to 3 move 4 KiB
 // pages only; Hello carries the page size so a later version can negotiate others.
 const PageSize = 4096
 
