@@ -54,21 +54,24 @@ func (r *runner) checkQEMU(ctx context.Context) error {
 
 // checkRAM runs the RAM oracle on the migration from src into tg, both
 // paused, and records it. A failure to check is logged, not fatal: the
-// migration itself went through.
-func (r *runner) checkRAM(src *qemu.Source, tg *qemu.Target, placedOnly bool) {
+// migration itself went through. With placedOnly it returns, by block, the
+// extents it compared.
+func (r *runner) checkRAM(src *qemu.Source, tg *qemu.Target, placedOnly bool) [][]ramfile.Extent {
 	start := time.Now()
 	o := &Oracle{}
+	var compared [][]ramfile.Extent
 	for _, b := range src.RAM() {
 		dst, ok := tg.RAMFile(b.Name)
 		if !ok {
 			r.log.Warn("RAM oracle: no destination file for a block", "block", b.Name)
-			return
+			return nil
 		}
 		d, err := ramfile.Diff(b.Path, dst, int64(b.Size), placedOnly)
 		if err != nil {
 			r.log.Warn("RAM oracle failed", "block", b.Name, "error", err)
-			return
+			return nil
 		}
+		compared = append(compared, d.Compared)
 		if d.Differ > 0 && o.FirstDiffer == nil {
 			first := d.First
 			o.FirstDiffer = &first
@@ -79,6 +82,7 @@ func (r *runner) checkRAM(src *qemu.Source, tg *qemu.Target, placedOnly bool) {
 	}
 	o.PauseMS = float64(time.Since(start).Microseconds()) / 1000
 	r.oracle = o
+	return compared
 }
 
 // oracleTarget is the destination of one of dmig's modes with the RAM
@@ -95,6 +99,7 @@ type oracleTarget struct {
 	src        *qemu.Source
 	placedOnly bool
 	placed     *ramfile.PlaceCheck // pages placed after resume
+	compared   [][]ramfile.Extent  // by block, what the check at resume compared
 }
 
 func newOracleTarget(tg *qemu.Target, r *runner, src *qemu.Source, placedOnly bool) *oracleTarget {
@@ -121,6 +126,13 @@ func (o *oracleTarget) finish() {
 	if or == nil {
 		return
 	}
+	// A page faulted in while the destination loaded its device state was
+	// compared at resume too: count it once.
+	for b, ext := range o.compared {
+		c, d := o.placed.Overlap(uint32(b), ext)
+		pr.Checked -= c
+		pr.Differ -= d
+	}
 	or.PagesChecked += pr.Checked
 	or.PagesDiffer += pr.Differ
 	or.PagesUnchecked -= min(or.PagesUnchecked, pr.Checked)
@@ -131,6 +143,6 @@ func (o *oracleTarget) finish() {
 }
 
 func (o *oracleTarget) Resume(ctx context.Context) error {
-	o.r.checkRAM(o.src, o.Target, o.placedOnly)
+	o.compared = o.r.checkRAM(o.src, o.Target, o.placedOnly)
 	return o.Target.Resume(ctx)
 }

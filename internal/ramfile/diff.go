@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 )
 
 // DiffPage is the unit Diff compares: the guest's page size.
@@ -20,6 +21,9 @@ type DiffResult struct {
 	Unchecked uint64
 	// First is the offset of the first page that differs (Differ > 0).
 	First int64
+	// Compared are the extents of the second file that were compared:
+	// with placedOnly its data, else all of it.
+	Compared []Extent
 }
 
 // Diff compares the first size bytes of the RAM files a and b page for
@@ -44,6 +48,9 @@ func Diff(a, b string, size int64, placedOnly bool) (DiffResult, error) {
 		if data, err = Data(bf, size); err != nil {
 			return r, err
 		}
+		r.Compared = slices.Clone(data)
+	} else {
+		r.Compared = []Extent{{Off: 0, Len: size}}
 	}
 	const chunk = 1 << 20
 	ab, bb := make([]byte, chunk), make([]byte, chunk)

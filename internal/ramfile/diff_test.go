@@ -3,6 +3,7 @@ package ramfile
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -52,7 +53,7 @@ func TestDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Checked != 64 || r.Differ != 5 || r.First != 5*DiffPage || r.Unchecked != 0 {
+	if r.Checked != 64 || r.Differ != 5 || r.First != 5*DiffPage || r.Unchecked != 0 || !slices.Equal(r.Compared, []Extent{{0, size}}) {
 		t.Fatalf("whole files: %+v; want 64 checked, 5 differ from page 5", r)
 	}
 	r, err = Diff(a, b, size, true)
@@ -63,6 +64,13 @@ func TestDiff(t *testing.T) {
 	// are coarser: only check what must hold.
 	if r.Differ != 1 || r.First != 5*DiffPage || r.Checked+r.Unchecked != 64 || r.Checked < 5 {
 		t.Fatalf("placed only: %+v; want page 5 alone differing", r)
+	}
+	var compared int64
+	for _, e := range r.Compared {
+		compared += e.Len
+	}
+	if compared != int64(r.Checked)*DiffPage {
+		t.Fatalf("placed only: extents %v cover %d bytes, %d pages checked", r.Compared, compared, r.Checked)
 	}
 	if r, err = Diff(a, a, size, false); err != nil || r.Differ != 0 {
 		t.Fatalf("a file against itself: %+v, %v", r, err)

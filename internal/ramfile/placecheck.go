@@ -23,6 +23,10 @@ type PlaceCheck struct {
 	files    []*os.File
 	openErr  error // set once, by open
 
+	// seen and bad: per block, a bit per page checked and per page that
+	// differed, so that Overlap can tell which of them a Diff counted too.
+	seen, bad [][]atomic.Uint64
+
 	mu      sync.Mutex
 	failErr error // the first page that could not be checked
 
@@ -52,12 +56,14 @@ func (c *PlaceCheck) Placed(block uint32, page uint64, data []byte) {
 		return
 	}
 	c.checked.Add(1)
+	setBit(c.seen[block], page)
 	same := bytes.Equal(want, data)
 	if data == nil {
 		same = bytes.Equal(want, make([]byte, DiffPage))
 	}
 	if !same {
 		c.differ.Add(1)
+		setBit(c.bad[block], page)
 		if c.first.CompareAndSwap(0, int64(page*DiffPage)+1) {
 			c.firstBlock.Store(block)
 		}
@@ -72,7 +78,44 @@ func (c *PlaceCheck) open() {
 			return
 		}
 		c.files = append(c.files, f)
+		fi, err := f.Stat()
+		if err != nil {
+			c.openErr = fmt.Errorf("stat source ram file: %w", err)
+			return
+		}
+		words := (fi.Size()/DiffPage + 63) / 64
+		c.seen = append(c.seen, make([]atomic.Uint64, words))
+		c.bad = append(c.bad, make([]atomic.Uint64, words))
 	}
+}
+
+func setBit(bits []atomic.Uint64, page uint64) {
+	if page/64 < uint64(len(bits)) {
+		bits[page/64].Or(1 << (page % 64))
+	}
+}
+
+// Overlap counts the pages of block, among those checked so far, that lie
+// in ext, and of those the ones that differed: a page placed before a
+// Diff read its file (a fault served while the destination loaded its
+// device state) is counted by both, and the oracle's totals count it once.
+func (c *PlaceCheck) Overlap(block uint32, ext []Extent) (checked, differ uint64) {
+	if int(block) >= len(c.seen) {
+		return 0, 0
+	}
+	seen, bad := c.seen[block], c.bad[block]
+	for _, e := range ext {
+		last := min(uint64(e.Off+e.Len)/DiffPage, uint64(len(seen))*64)
+		for p := uint64(e.Off) / DiffPage; p < last; p++ {
+			if seen[p/64].Load()&(1<<(p%64)) != 0 {
+				checked++
+				if bad[p/64].Load()&(1<<(p%64)) != 0 {
+					differ++
+				}
+			}
+		}
+	}
+	return checked, differ
 }
 
 // fail records the first error that kept a page from being checked;

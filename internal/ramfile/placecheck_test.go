@@ -42,6 +42,14 @@ func TestPlaceCheck(t *testing.T) {
 	if r.Checked != 4 || r.Differ != 1 || r.First != 2*DiffPage || r.FirstBlock != 0 {
 		t.Fatalf("got %+v, want 4 checked, 1 differing at page 2", r)
 	}
+	// A Diff that compared pages 1-2 and 4-5 (past the source's end)
+	// counted pages 1 and 2 too, page 2 differing.
+	if c, d := c.Overlap(0, []Extent{{Off: DiffPage, Len: 2 * DiffPage}, {Off: 4 * DiffPage, Len: 2 * DiffPage}}); c != 2 || d != 1 {
+		t.Fatalf("overlap with pages 1-2: %d checked, %d differing; want 2, 1", c, d)
+	}
+	if c, d := c.Overlap(1, []Extent{{Off: 0, Len: DiffPage}}); c != 0 || d != 0 {
+		t.Fatalf("overlap in a block it does not have: %d, %d", c, d)
+	}
 }
 
 func TestPlaceCheckErrors(t *testing.T) {
