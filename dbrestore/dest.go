@@ -45,6 +45,13 @@ type PlaceWatcher interface {
 	Placed(block uint32, page uint64, data []byte)
 }
 
+// AfterResumer is a guest with work to do once it runs, out of the
+// downtime (QEMU: put back the migration capability its device-state load
+// needed). A failure is logged: the guest runs regardless.
+type AfterResumer interface {
+	AfterResume(ctx context.Context) error
+}
+
 // SignalResumer is a guest whose Resume is SIGCONT to its pid: one a
 // restarted serve can still resume if the old one died at Ready.
 type SignalResumer interface {

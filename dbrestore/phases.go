@@ -312,6 +312,11 @@ func (d *dest) resume(ctx context.Context) error {
 	if err := d.conns().Control.WriteFrame(ctx, &wire.Resumed{}); err != nil {
 		d.log.Warn("tell source the guest resumed", "error", err)
 	}
+	if a, ok := d.g.(AfterResumer); ok {
+		if err := a.AfterResume(ctx); err != nil {
+			d.log.Warn("after the resume", "error", err)
+		}
+	}
 	return nil
 }
 

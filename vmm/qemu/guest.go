@@ -219,6 +219,7 @@ var (
 	_ dbrestore.DeviceStateLoader   = (*Target)(nil)
 	_ dbrestore.DeviceStatePreparer = (*Target)(nil)
 	_ dbrestore.SharedDisker        = (*Target)(nil)
+	_ dbrestore.AfterResumer        = (*Target)(nil)
 )
 
 // SharedDisks names the source's virtio disks as its guest does (see
@@ -350,6 +351,19 @@ func (t *Target) Resume(ctx context.Context) error {
 	}
 	if err := t.vm.Mon.Cont(ctx); err != nil {
 		return fmt.Errorf("cont destination qemu: %w", err)
+	}
+	return nil
+}
+
+// AfterResume clears, the guest running, the x-ignore-shared capability
+// the device-state load set: left on, a later QEMU migration of this VM
+// (virsh migrate) would skip its RAM.
+func (t *Target) AfterResume(ctx context.Context) error {
+	if t.vm == nil || t.incoming == "" {
+		return nil
+	}
+	if err := t.vm.Mon.SetCapabilities(ctx, map[string]bool{CapIgnoreShared: false}); err != nil {
+		return fmt.Errorf("destination qemu pid %d: clear %s after the device-state load: %w", t.vm.Pid(), CapIgnoreShared, err)
 	}
 	return nil
 }

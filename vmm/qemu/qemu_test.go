@@ -603,6 +603,10 @@ func testQEMU(t *testing.T, bin string) {
 		if err := tg.Resume(ctx); err != nil {
 			t.Fatal(err)
 		}
+		if err := tg.AfterResume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ignoreSharedOff(ctx, t, tg.VM().Mon, "the destination after its resume")
 		if err := <-sent; err != nil {
 			t.Fatal(err)
 		}
@@ -799,7 +803,7 @@ func testQEMU(t *testing.T, bin string) {
 				t.Errorf("RAM oracle: %d pages checked at the resume and %d after it (%d of them both), more than the guest's %d",
 					oracle.diff.Checked, pr.Checked, both, pages)
 			default:
-				t.Logf("RAM oracle: %d pages placed after the resume (%d of them before it, during the device-state load), all equal to the source's", pr.Checked, both)
+				t.Logf("RAM oracle: %d pages placed after the resume (%d of them before it: faults during the device-state load), all equal to the source's", pr.Checked, both)
 			}
 			// The source QEMU is gone (Finish quit it).
 			select {
@@ -809,6 +813,7 @@ func testQEMU(t *testing.T, bin string) {
 			}
 			cur = &running{vm: tg.VM(), port: port, agent: movedAgent(tg.Dir)}
 			logConsoleOnFailure(t, filepath.Join(tg.Dir, "serial.log"))
+			ignoreSharedOff(ctx, t, cur.vm.Mon, "the migrated VM")
 			checkDestination(ctx, t, port, want, "dmig "+string(mode), base, <-acked)
 		})
 		if !ok {
@@ -1110,6 +1115,19 @@ func checkDestination(ctx context.Context, t *testing.T, port int, want, what st
 	t.Logf("%s: %d commits during the migration, counter %d at the destination", what, last-base, n)
 	if n < last || n > last+1 || last-base < 10 {
 		t.Fatalf("destination counter %d; %d commits acknowledged (from %d)", n, last, base)
+	}
+}
+
+// ignoreSharedOff fails the test if mon's QEMU has x-ignore-shared on: a
+// VM dmig moved or left must migrate whole under QEMU's own migration.
+func ignoreSharedOff(ctx context.Context, t *testing.T, mon *Monitor, what string) {
+	t.Helper()
+	st, err := mon.deviceStateSettings(ctx)
+	if err != nil {
+		t.Fatalf("read the migration settings of %s: %v", what, err)
+	}
+	if st.caps[CapIgnoreShared] {
+		t.Fatalf("%s has %s on", what, CapIgnoreShared)
 	}
 }
 
