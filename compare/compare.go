@@ -551,7 +551,10 @@ func (r *runner) native(ctx context.Context, mode string, src *qemu.Source, tg *
 		DowntimeLimit: uint64(r.cfg.Downtime.Milliseconds()), Channels: r.cfg.Channels})
 	if err != nil {
 		rep := &report.Report{Mode: mode, Guest: src.Name(), Outcome: report.Aborted, Error: err.Error()}
-		if st, serr := src.Monitor().QueryStatus(context.WithoutCancel(ctx)); serr == nil && st.Status == "postmigrate" {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		st, serr := src.Monitor().QueryStatus(sctx)
+		cancel()
+		if serr == nil && st.Status == "postmigrate" {
 			// Post-copy had switched: the source cannot take the guest back.
 			rep.Outcome = report.FailedAfterResume
 		} else {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ignoreShared are the capabilities of a device-state-only migration:
@@ -87,6 +88,20 @@ func SendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer)
 	return sendDeviceState(ctx, src, dir, w)
 }
 
+// cancelWait bounds the migrate_cancel of a failed device-state send: a
+// QEMU that does not answer (stopped, wedged) must not hold the abort,
+// whose resume of the guest has a bound of its own. Closing the socket
+// fails QEMU's migration anyway; the cancel only makes it prompt.
+const cancelWait = time.Second
+
+// cancelMigration cancels src's migration after ctx ended or the copy
+// failed, within cancelWait.
+func cancelMigration(ctx context.Context, src *Monitor) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelWait)
+	defer cancel()
+	_ = src.MigrateCancel(cctx)
+}
+
 // sendDeviceState is SendDeviceState with the source's settings already
 // applied.
 func sendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer) (MigrationInfo, error) {
@@ -104,14 +119,14 @@ func sendDeviceState(ctx context.Context, src *Monitor, dir string, w io.Writer)
 	}
 	c, err := l.Accept()
 	if err != nil {
-		_ = src.MigrateCancel(context.WithoutCancel(ctx))
+		cancelMigration(ctx, src)
 		return MigrationInfo{}, fmt.Errorf("accept device state from qemu: %w", errors.Join(err, context.Cause(ctx)))
 	}
 	defer c.Close()
 	stopc := context.AfterFunc(ctx, func() { c.Close() })
 	defer stopc()
 	if _, err := io.Copy(w, c); err != nil {
-		_ = src.MigrateCancel(context.WithoutCancel(ctx))
+		cancelMigration(ctx, src)
 		return MigrationInfo{}, fmt.Errorf("copy device state: %w", errors.Join(err, context.Cause(ctx)))
 	}
 	info, err := src.WaitMigration(ctx, nil)
