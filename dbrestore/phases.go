@@ -70,6 +70,7 @@ func (d *dest) run(ctx context.Context) (fig *report.Dest, err error) {
 	}
 	d.restore.start(ctx, spawn)
 	ln := d.connect(ctx, d.sess)
+	ln.run(func(ctx context.Context) error { return d.reportProgress(ctx, ln.sess.Control) })
 
 	sw, err := d.receive(ctx, ln)
 	if err != nil {
@@ -209,6 +210,46 @@ func (d *dest) receive(ctx context.Context, ln *link) (*wire.Switchover, error) 
 			return nil, fmt.Errorf("source failed: %v: %s", m.Code, m.Message)
 		default:
 			return nil, classed(wire.ErrorProtocol, fmt.Errorf("unexpected %v on the control connection before switchover", m.Type()))
+		}
+	}
+}
+
+// progressEvery spaces the destination's Progress reports before
+// switchover.
+const progressEvery = 5 * time.Millisecond
+
+// reportProgress tells the source, until Switchover, how many pre-copy
+// batches have been applied. TCP acknowledges a batch once it is in this
+// host's socket buffer: a destination short of CPU (decompressing,
+// restoring from storage) can hold megabytes there, which the switchover
+// barrier would then wait for with the guest paused. The source waits for
+// them before the pause instead.
+func (d *dest) reportProgress(ctx context.Context, c *wire.Conn) error {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		d.mu.Lock()
+		final := d.final
+		var n uint64
+		for _, p := range d.processed {
+			n += p
+		}
+		d.mu.Unlock()
+		if final {
+			return nil
+		}
+		if n == last {
+			continue
+		}
+		last = n
+		if err := c.WriteFrame(ctx, &wire.Progress{Iteration: uint32(d.pass.Load()), Batches: n}); err != nil {
+			return lost(fmt.Errorf("report progress: %w", err))
 		}
 	}
 }

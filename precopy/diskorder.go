@@ -147,7 +147,7 @@ func (d *diskCursor) take() []diskRun {
 // then sends the others.
 func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, iter uint32, cur *diskCursor) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
-	flush := func() error { return flushBatch(ctx, c, &batch, &batches) }
+	flush := func() error { return s.flushBatch(ctx, c, &batch, &batches) }
 	chunk := make([]blockPage, 0, diskChunk)
 	sendChunk := func() error {
 		slices.SortFunc(chunk, func(a, b blockPage) int {

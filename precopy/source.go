@@ -69,6 +69,9 @@ type source struct {
 	live liveState
 	// sentAgain counts sends of a page beyond its first (srcBlock.sent).
 	sentAgain atomic.Uint64
+	// batchesOut counts the pre-copy batches written; batchesApplied is
+	// the destination's latest count of those it applied (Progress).
+	batchesOut, batchesApplied atomic.Uint64
 	// pausing is set just before the guest is paused: a Resend arriving
 	// later no longer makes pages pending (the destination owes them after
 	// switchover instead).
@@ -361,15 +364,16 @@ const (
 	settleRefsMax = 500 * time.Millisecond
 )
 
-// settle waits, the guest still running, until the passes' bytes have
-// reached the destination: bytes still in flight when the guest pauses
-// (a shaped link's queue holds tens of milliseconds of them) are waited
-// for by the destination's switchover barrier, guest paused. They take as
-// long to arrive either way; waiting here moves that time out of the
-// downtime. So with the references the destination's restore has not
-// checked: each costs the paused guest a step at switchover, and is read
-// after resume anyway. A connection whose queue cannot be read ends the
-// wait.
+// settle waits, the guest still running, until the passes' batches have
+// reached the destination and been applied there: bytes still in flight
+// when the guest pauses (a shaped link's queue holds tens of milliseconds
+// of them), and batches acknowledged but waiting in the destination's
+// socket buffers (a destination short of CPU), are waited for by the
+// destination's switchover barrier, guest paused. They take as long
+// either way; waiting here moves that time out of the downtime. So with
+// the references the destination's restore has not checked: each costs
+// the paused guest a step at switchover, and is read after resume anyway.
+// A connection whose queue cannot be read ends the wait.
 func (s *source) settle(ctx context.Context) error {
 	t0 := time.Now()
 	for {
@@ -382,10 +386,13 @@ func (s *source) settle(ctx context.Context) error {
 			}
 			n += u
 		}
+		out := s.batchesOut.Load()
+		behind := out - min(out, s.batchesApplied.Load())
 		unchecked := s.uncheckedRefs()
 		waited := time.Since(t0)
-		if n <= settledBytes && (unchecked <= settledRefs || waited >= settleRefsMax) || waited >= settleMax {
-			s.log.Debug("link and restore drained before the pause", "unacked", n, "unchecked_refs", unchecked, "waited", time.Since(t0))
+		if n <= settledBytes && behind <= uint64(len(s.sess.Bulk)) && (unchecked <= settledRefs || waited >= settleRefsMax) || waited >= settleMax {
+			s.log.Debug("link and restore drained before the pause", "unacked", n, "batches_behind", behind,
+				"unchecked_refs", unchecked, "waited", time.Since(t0))
 			return nil
 		}
 		if err := clock.Sleep(ctx, time.Millisecond); err != nil {
@@ -695,7 +702,9 @@ func (s *source) readControlOf(ctx context.Context, sess *wire.Session, fail con
 			fail(&notResumedError{reason: m.Reason})
 			return
 		case *wire.Progress:
-			s.log.Debug("destination progress", "placed", m.Placed, "missing", m.Missing)
+			if m.Batches > s.batchesApplied.Load() {
+				s.batchesApplied.Store(m.Batches)
+			}
 		case *wire.Resend:
 			s.markResend(m.Pages)
 		case *wire.Verdict:
@@ -870,7 +879,7 @@ func (s *source) sendBoth(ctx context.Context, c *wire.Conn, i, n int, iter uint
 // is not nil. It returns batches and pages sent.
 func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter uint32, only func(b *srcBlock) *pages.Set, keep func(b *srcBlock, p uint64) bool) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
-	flush := func() error { return flushBatch(ctx, c, &batch, &batches) }
+	flush := func() error { return s.flushBatch(ctx, c, &batch, &batches) }
 	for _, b := range s.blocks {
 		batch.Reset(b.idx, iter)
 		src := b.pending
@@ -911,8 +920,9 @@ func (s *source) sendStripes(ctx context.Context, c *wire.Conn, i, n int, iter u
 }
 
 // flushBatch writes batch on c if it holds any entry, counting it in
-// batches.
-func flushBatch(ctx context.Context, c *wire.Conn, batch *wire.PageBatch, batches *uint64) error {
+// batches (and, before switchover, in the batches the destination is to
+// report applied).
+func (s *source) flushBatch(ctx context.Context, c *wire.Conn, batch *wire.PageBatch, batches *uint64) error {
 	if len(batch.Entries) == 0 {
 		return nil
 	}
@@ -920,6 +930,9 @@ func flushBatch(ctx context.Context, c *wire.Conn, batch *wire.PageBatch, batche
 		return err
 	}
 	*batches++
+	if batch.Iteration != wire.IterationPostcopy {
+		s.batchesOut.Add(1)
+	}
 	return nil
 }
 

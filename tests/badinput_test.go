@@ -186,6 +186,61 @@ func TestDestinationFull(t *testing.T) {
 	checkSourceRuns(t, g)
 }
 
+// TestProgressCountsAppliedBatches: before switchover the destination
+// reports the pre-copy batches it has applied (the source waits for them
+// before pausing its guest), counting every bulk connection's.
+func TestProgressCountsAppliedBatches(t *testing.T) {
+	d := startDest(t, destOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stats := filepath.Join(t.TempDir(), "dst.stats")
+	h := wire.Hello{Mode: "precopy", Guest: "progress", BulkConns: 2,
+		Blocks: []wire.Block{{Name: "ram0", Size: 1 << 20}}, Command: destCommand(stats)}
+	s, err := wire.Dial(ctx, d.addr, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	page := make([]byte, wire.PageSize)
+	for i := range 3 {
+		var b wire.PageBatch
+		b.Reset(0, 1)
+		page[0] = byte(i + 1)
+		b.AddData(uint64(i), page)
+		if err := s.Bulk[i%2].WriteFrame(ctx, &b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		m, err := s.Control.ReadFrame(ctx)
+		if err != nil {
+			t.Fatalf("no Progress counting the 3 batches: %v", err)
+		}
+		p, ok := m.(*wire.Progress)
+		if !ok {
+			t.Fatalf("destination sent %v before switchover, want Progress", m.Type())
+		}
+		if p.Batches > 3 {
+			t.Fatalf("Progress counts %d batches applied, 3 were sent", p.Batches)
+		}
+		if p.Batches == 3 {
+			break
+		}
+	}
+	if err := s.Control.WriteFrame(ctx, &wire.Abort{Reason: "test done"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-d.result; err == nil {
+		t.Fatal("destination session succeeded after the source aborted")
+	}
+	tt := <-d.targets
+	select {
+	case <-tt.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("destination guest of the aborted session still alive")
+	}
+}
+
 // TestLateBatchFailsSessionOnly: a misbehaving source sends a pre-copy
 // batch (a storage reference) after its Switchover, when the restore has
 // already been carried over. The destination fails that session with a

@@ -48,10 +48,12 @@
 //     IterationEnd{k, Batches} on control, Batches[i] being the number of
 //     iteration-k batches sent on bulk connection i. Bulk connections are
 //     independent streams: the destination knows iteration k has fully
-//     arrived when it has counted those batches. Progress may flow back,
-//     and Resend: pages whose storage references failed at the
-//     destination, which the source sends again as data in a later pass;
-//     Verdict counts the references checked so far and how many failed.
+//     arrived when it has counted those batches. Progress flows back (the
+//     batches applied so far: the source lets them catch up before it
+//     pauses the guest), and Resend: pages whose storage references
+//     failed at the destination, which the source sends again as data in
+//     a later pass; Verdict counts the references checked so far and how
+//     many failed.
 //  3. The source pauses the guest, sends the last iteration and its
 //     IterationEnd, then Switchover{final iteration, Pending, DeviceState}:
 //     Pending are the pages the destination must treat as not yet

@@ -648,11 +648,16 @@ func (m *Abort) decode(p []byte) error {
 }
 
 // Progress is the destination's periodic report (destination → source):
-// pages placed so far and pages still missing after switchover.
+// pages placed so far and pages still missing after switchover, and,
+// before switchover, the pre-copy batches it has applied, over every bulk
+// connection: what TCP has acknowledged may still wait in its socket
+// buffers behind a destination short of CPU, and the source waits for
+// those before it pauses the guest.
 type Progress struct {
 	Iteration uint32
 	Placed    uint64
 	Missing   uint64
+	Batches   uint64
 }
 
 func (*Progress) Type() Type      { return TypeProgress }
@@ -661,7 +666,8 @@ func (*Progress) validate() error { return nil }
 func (m *Progress) appendPayload(b []byte) []byte {
 	b = le.AppendUint32(b, m.Iteration)
 	b = binary.AppendUvarint(b, m.Placed)
-	return binary.AppendUvarint(b, m.Missing)
+	b = binary.AppendUvarint(b, m.Missing)
+	return binary.AppendUvarint(b, m.Batches)
 }
 
 func (m *Progress) decode(p []byte) error {
@@ -669,6 +675,7 @@ func (m *Progress) decode(p []byte) error {
 	m.Iteration = d.u32("iteration")
 	m.Placed = d.uvarint("placed")
 	m.Missing = d.uvarint("missing")
+	m.Batches = d.uvarint("batches")
 	return d.finish()
 }
 

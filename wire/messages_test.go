@@ -69,7 +69,7 @@ func sampleMessages() []Message {
 		&Complete{Figures: []byte(`{"mode":"hybrid","pages":{"data":12,"zero":3}}`)},
 		&Error{Code: ErrorStorage, Message: "read disk 2 at 0x1000: EIO"},
 		&Abort{Reason: "operator cancelled"},
-		&Progress{Iteration: 2, Placed: 1 << 33, Missing: 17},
+		&Progress{Iteration: 2, Placed: 1 << 33, Missing: 17, Batches: 1 << 20},
 		&Resend{Pages: []Run{{0, 7, 1}}},
 		&Resend{Pages: []Run{{0, 0, 3}, {0, 9, 1}, {0, 1 << 20, 64}, {1, 31, 1}}},
 		&Verdict{},
@@ -180,7 +180,7 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		p = append(p, table...)
 		return withPayload(TypePageBatch, append(p, make([]byte, data)...))
 	}
-	progress := mustMarshal(t, &Progress{Iteration: 1, Placed: 2, Missing: 3})
+	progress := mustMarshal(t, &Progress{Iteration: 1, Placed: 2, Missing: 3, Batches: 4})
 	tests := []struct {
 		name  string
 		frame []byte
