@@ -334,12 +334,15 @@ func checkMigrations(t *testing.T, res *compare.Result) {
 // which the destination reads before its run point (pre-copy: loaded;
 // post-copy: the switch package is read whole before postcopy-active), so
 // the guest's is no shorter, but for QEMU's millisecond rounding and STOP
-// being raised just after QEMU starts counting (2 ms). dmig's engine
-// counts from before it sends stop to the destination's word, after cont
-// returned, that the guest runs, so the guest's is no longer (1 ms for
-// two readings of one clock). Both have the oracle's pause taken out.
+// being raised once the vCPUs have left their translated code, after QEMU
+// starts counting (2.7 ms in a CI run with both cores busy: 5 ms
+// allowed). dmig's engine counts from before it sends stop to the
+// destination's word, after cont returned, that the guest runs, so the
+// guest's is no longer (1 ms for two readings of one clock). Both have the
+// oracle's pause taken out.
 func checkDowntime(t *testing.T, mode string, r *report.Report) {
 	t.Helper()
+	const stopLag = 5 // ms
 	g, own := r.DowntimeMS, r.ReportedDowntimeMS
 	t.Logf("%s: downtime %.1f ms guest-visible, %.1f ms by the tool", mode, g, own)
 	switch {
@@ -347,7 +350,7 @@ func checkDowntime(t *testing.T, mode string, r *report.Report) {
 		t.Errorf("%s: downtime not measured from events: %s", mode, r.DowntimeWarning)
 	case g <= 0:
 		t.Errorf("%s: guest-visible downtime %.1f ms", mode, g)
-	case qemu.IsNative(mode) && g < own-2:
+	case qemu.IsNative(mode) && g < own-stopLag:
 		t.Errorf("%s: guest-visible downtime %.1f ms, shorter than QEMU's own %.0f ms", mode, g, own)
 	case !qemu.IsNative(mode) && g > own+1:
 		t.Errorf("%s: guest-visible downtime %.1f ms, longer than the engine's %.1f ms", mode, g, own)
