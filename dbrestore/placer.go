@@ -169,11 +169,17 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 	if !ok {
 		return fmt.Errorf("page %d of block %s is in no guest mapping", p, b.Name)
 	}
+	// placed: this call put the page in; another route may have won the
+	// race (EEXIST), and then the guest holds that route's copy, not data.
+	var placed bool
 	var err error
 	if data == nil {
 		_, err = d.u.ZeroPage(uffd.Range{Start: addr, Len: pageSize}, false)
+		placed = err == nil
 	} else {
-		_, _, err = d.u.CopyRange(addr, data, 0)
+		var n int
+		n, _, err = d.u.CopyRange(addr, data, 0)
+		placed = n > 0
 	}
 	if err != nil && !errors.Is(err, uffd.ErrExists) {
 		return fmt.Errorf("place page %d of block %s: %w", p, b.Name, err)
@@ -181,7 +187,7 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 	if err != nil && data == nil {
 		_ = d.u.Wake(uffd.Range{Start: addr, Len: pageSize})
 	}
-	if err == nil && d.watch != nil {
+	if placed && d.watch != nil {
 		d.watch.Placed(b.idx, p, data)
 	}
 	for _, m := range b.Maps[1:] {

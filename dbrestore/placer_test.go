@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"os"
 	"testing"
+	"unsafe"
 
 	"github.com/dmig/dmig/internal/pages"
 	"github.com/dmig/dmig/internal/ramfile"
+	"github.com/dmig/dmig/uffd"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -74,5 +76,72 @@ func TestMarkPendingFreesWhatTheFileHolds(t *testing.T) {
 	}
 	if err := pl.markPending([]wire.Run{{Block: 0, Page: 62, Count: 4}}); err == nil {
 		t.Error("pages beyond the block accepted")
+	}
+}
+
+// placedCall is one report to a PlaceWatcher.
+type placedCall struct {
+	page uint64
+	data []byte // nil: a zero page
+}
+
+// recordingWatcher records each report, in order.
+type recordingWatcher struct{ calls []placedCall }
+
+func (w *recordingWatcher) Placed(_ uint32, page uint64, data []byte) {
+	w.calls = append(w.calls, placedCall{page, bytes.Clone(data)})
+}
+
+// place reports a page to the watcher only when this call put it in: a
+// page another route placed first (EEXIST, the fault and the push racing)
+// holds that route's bytes, and a watcher told of both would count the
+// page twice and check bytes the guest never saw.
+func TestPlaceReportsOnlyWhatItPlaced(t *testing.T) {
+	const n = 4
+	u, err := uffd.Open(uffd.FeatureMissingShmem)
+	if err != nil {
+		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
+	}
+	defer u.Close()
+	f, err := os.CreateTemp("/dev/shm", "dmig-placer-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
+	if err := f.Truncate(n * pageSize); err != nil {
+		t.Fatal(err)
+	}
+	guest, err := ramfile.Map(f, 0, n*pageSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ramfile.Unmap(guest)
+	start := uintptr(unsafe.Pointer(&guest[0]))
+	if _, err := u.Register(uffd.Range{Start: start, Len: n * pageSize}, uffd.ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	b := &dstBlock{Block: &ramfile.Block{Name: "ram", File: f,
+		Maps: []ramfile.Mapping{{Start: start, End: start + n*pageSize}}}, idx: 0, npages: n}
+	w := &recordingWatcher{}
+	pl := newPlacer()
+	pl.u, pl.watch = u, w
+	first, second := bytes.Repeat([]byte{1}, pageSize), bytes.Repeat([]byte{2}, pageSize)
+	if err := pl.place(b, 1, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.place(b, 1, second); err != nil {
+		t.Fatalf("a page placed twice: %v, want the second skipped", err)
+	}
+	if err := pl.place(b, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.place(b, 2, second); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(guest[pageSize:2*pageSize], first) {
+		t.Fatal("the second placement of page 1 replaced the first")
+	}
+	if len(w.calls) != 2 || w.calls[0].page != 1 || !bytes.Equal(w.calls[0].data, first) || w.calls[1].page != 2 || w.calls[1].data != nil {
+		t.Fatalf("watcher told of %d placements: want page 1 with its first bytes, then page 2 zero", len(w.calls))
 	}
 }
