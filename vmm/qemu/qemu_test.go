@@ -876,17 +876,6 @@ func testQEMU(t *testing.T, bin string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.Differ > 0 {
-				t.Logf("%s on QEMU %s: %d of %d pages differ between source and destination (first at %#x)", mode, version, d.Differ, d.Checked, d.First)
-				if version.AtLeast(TCGDirtyFix.Major, TCGDirtyFix.Minor) {
-					t.Errorf("QEMU %s lost pages: %d differ", version, d.Differ)
-				}
-			} else {
-				t.Logf("%s on QEMU %s: all %d pages equal", mode, version, d.Checked)
-			}
-			if err := dst.vm.Mon.Cont(ctx); err != nil {
-				t.Fatal(err)
-			}
 			if r.BytesSent < 100<<20 {
 				t.Errorf("%s sent %d bytes: less than the guest's used RAM", mode, r.BytesSent)
 			}
@@ -895,6 +884,23 @@ func testQEMU(t *testing.T, bin string) {
 			}
 			if IsPostcopy(mode) && r.PostcopyPages == 0 {
 				t.Errorf("post-copy switched with nothing left to send")
+			}
+			if d.Differ > 0 {
+				t.Logf("%s on QEMU %s: %d of %d pages differ between source and destination (first at %#x)", mode, version, d.Differ, d.Checked, d.First)
+				if version.AtLeast(TCGDirtyFix.Major, TCGDirtyFix.Minor) {
+					t.Errorf("QEMU %s lost pages: %d differ", version, d.Differ)
+				}
+				// QEMU 7.2's own migrations lose pages of this TCG guest
+				// (docs/qemu.md): the figures stand, the guest does not.
+				// Run on lost pages, it may crash, hang or answer and then
+				// hang; nothing it does says anything more, and waiting
+				// on it cost minutes. Both VMs are killed at cleanup.
+				qemuBroke = fmt.Sprintf("%d pages lost", d.Differ)
+				return
+			}
+			t.Logf("%s on QEMU %s: all %d pages equal", mode, version, d.Checked)
+			if err := dst.vm.Mon.Cont(ctx); err != nil {
+				t.Fatal(err)
 			}
 			old := cur
 			cur = dst
@@ -909,18 +915,11 @@ func testQEMU(t *testing.T, bin string) {
 				}
 			}
 			last := <-acked // the source's end cuts the writer's connection
-			// QEMU 7.2's own migrations lose pages of this TCG guest
-			// (docs/qemu.md): their figures stand, the guest may not, and
-			// nothing can run on it after.
-			crash := answersOrCrashed(ctx, dst.port, filepath.Join(dir, mode, "serial.log"))
-			if crash == "" && d.Differ > 0 && !answers(ctx, dst.port) {
-				// Lost pages may break the guest without a kernel
-				// crash on its console (mariadbd hung or dead).
-				crash = fmt.Sprintf("the database did not answer within 3 minutes, %d pages lost", d.Differ)
-			}
-			if crash != "" {
+			// Every page arrived; a guest broken now was broken by
+			// something else than RAM (on 7.2, its TCG; else a failure).
+			if crash := answersOrCrashed(ctx, dst.port, filepath.Join(dir, mode, "serial.log")); crash != "" {
 				qemuBroke = crash
-				t.Logf("%s: QEMU's own migration broke the guest: %s", mode, crash)
+				t.Logf("%s: the guest broke after a migration that lost no page: %s", mode, crash)
 				if version.AtLeast(TCGDirtyFix.Major, TCGDirtyFix.Minor) {
 					t.Errorf("QEMU %s broke the guest", version)
 				}
