@@ -566,12 +566,27 @@ func (r *restorer) read(ctx context.Context, batch []refJob, buf []byte) {
 			fail(j, err)
 		case storageref.Hash(page) != j.ref.Hash:
 			fail(j, ErrHashMismatch)
+		case !joins(batch, int(i)):
+			// No run to join: placed from the read buffer now, saving
+			// the page's copy through buf (scattered pools are mostly
+			// such pages).
+			r.place(j, page)
 		default:
 			copy(buf[i*pageSize:(i+1)*pageSize], page)
 			verified[i] = true
 		}
 	})
 	r.placeVerified(batch, verified, buf)
+}
+
+// joins reports whether batch[i] may be placed in one run with a batch
+// neighbour (placeVerified's runs: pre-copy pages, consecutive in the
+// batch and in one block).
+func joins(batch []refJob, i int) bool {
+	next := func(a, b refJob) bool {
+		return a.iter != wire.IterationPostcopy && b.iter != wire.IterationPostcopy && a.block == b.block && b.page == a.page+1
+	}
+	return (i > 0 && next(batch[i-1], batch[i])) || (i+1 < len(batch) && next(batch[i], batch[i+1]))
 }
 
 // placeVerified places the verified pages of a read batch (buf holds page
