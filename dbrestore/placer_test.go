@@ -12,19 +12,26 @@ import (
 	"github.com/dmig/dmig/wire"
 )
 
-// markPending frees every owed page the RAM file holds, placed by dmig or
-// written at the guest's start (found by the scan prepare makes), skips
-// the holes, and lists all owed pages missing; the others keep their data.
-func TestMarkPendingFreesWhatTheFileHolds(t *testing.T) {
-	const n = 64
+// shmFile is an n-page RAM file of holes in /dev/shm, removed at cleanup.
+func shmFile(t *testing.T, n uint64) *os.File {
+	t.Helper()
 	f, err := os.CreateTemp("/dev/shm", "dmig-placer-test-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
-	if err := f.Truncate(n * pageSize); err != nil {
+	if err := f.Truncate(int64(n * pageSize)); err != nil {
 		t.Fatal(err)
 	}
+	return f
+}
+
+// markPending frees every owed page the RAM file holds, placed by dmig or
+// written at the guest's start (found by the scan prepare makes), skips
+// the holes, and lists all owed pages missing; the others keep their data.
+func TestMarkPendingFreesWhatTheFileHolds(t *testing.T) {
+	const n = 64
+	f := shmFile(t, n)
 	page := func(p uint64) []byte { return bytes.Repeat([]byte{byte(p + 1)}, pageSize) }
 	write := func(p uint64) {
 		if _, err := f.WriteAt(page(p), int64(p*pageSize)); err != nil {
@@ -103,14 +110,7 @@ func TestPlaceReportsOnlyWhatItPlaced(t *testing.T) {
 		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
 	}
 	defer u.Close()
-	f, err := os.CreateTemp("/dev/shm", "dmig-placer-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close(); os.Remove(f.Name()) })
-	if err := f.Truncate(n * pageSize); err != nil {
-		t.Fatal(err)
-	}
+	f := shmFile(t, n)
 	guest, err := ramfile.Map(f, 0, n*pageSize, true)
 	if err != nil {
 		t.Fatal(err)
