@@ -22,8 +22,9 @@ import (
 //
 // A layout is used only in the pass it was fetched for. Pages written after
 // the fetch are collected after the pass and, in a later pass, go out as data
-// or under a newer layout: a page written since the layout was taken is never
-// referenced under it. The final pass (guest paused, no fetch possible) sends
+// or under a newer layout; only one written in the short while between a
+// fetch ahead (ahead.go) and the collect may be referenced under a layout
+// older than its write, and its hash fails. The final pass (guest paused, no fetch possible) sends
 // data, so downtime never waits for storage. When hybrid leaves pages to
 // post-copy, a layout is fetched just before the pause for the post-copy
 // push: pages the scan at pause finds written go as data, the others it
@@ -48,8 +49,10 @@ type refSource struct {
 	strict    bool
 
 	fetchTook time.Duration // the last successful fetch
-	spent     time.Duration // in every fetch, failed ones too
-	sent      atomic.Uint64 // references sent
+	spent     time.Duration // waited for fetches, failed ones too
+	// ahead is a fetch started before its pass (startFetch), nil if none.
+	ahead *layoutFetch
+	sent  atomic.Uint64 // references sent
 	// first describes the first pass's layout (report.Refs but the routes).
 	first report.Refs
 }
@@ -147,10 +150,16 @@ func (r *refSource) index(l *layout.Layout) ([]*layout.Layout, error) {
 // the previous layout named, at the last pass's rate, would take longer to
 // send than the last fetch took. A layout fetch walks the whole buffer pool
 // in the guest (0.1–0.8 s for 200 k frames here), more than a late pass of a
-// few thousand pages costs.
+// few thousand pages costs. A layout fetched during the pass before
+// (fetchAhead) is used without that check: its walk ran beside the pass.
 func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 	r := s.refs
 	if r == nil || (iter > 1 && !r.refresh) {
+		return
+	}
+	if r.ahead != nil && r.ahead.iter == iter {
+		// Fetched during the pass before: its cost is paid.
+		r.prepare(ctx, iter, s.guestPages())
 		return
 	}
 	if iter > 1 && r.lay != nil && len(s.rep.IterationLog) > 0 {
@@ -177,15 +186,43 @@ func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 	r.prepare(ctx, iter, s.guestPages())
 }
 
-// prepare fetches the layout for pass iter. A failed fetch leaves the pass
-// without references.
+// prepare installs the layout for pass iter: the one fetched ahead for it
+// (fetchAhead, startFetch) if there is one, waiting for it to arrive, else
+// one fetched now. A failed fetch leaves the pass without references.
 func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64) {
 	if r == nil || (iter > 1 && !r.refresh) {
 		return
 	}
 	t0 := time.Now()
+	var res fetched
+	if f := r.ahead; f != nil && f.iter == iter {
+		r.ahead = nil
+		<-f.done // bounded by the fetch's timeout, ended with ctx
+		res = f.res
+	} else {
+		r.dropAhead()
+		res = r.load(ctx, iter, guestPages)
+	}
+	waited := time.Since(t0)
+	r.spent += waited
+	r.install(iter, res, waited)
+}
+
+// fetched is a layout fetched, checked and indexed for one pass.
+type fetched struct {
+	l       *layout.Layout
+	byBlock []*layout.Layout
+	err     error
+	took    time.Duration // fetch, check and index
+}
+
+// load fetches the layout for pass iter, checks it against a guest of
+// guestPages pages and indexes it by block. Safe to run beside the
+// passes: it reads only what is fixed once the source is open (and writes
+// r.first for the first pass, which nothing reads before its prepare).
+func (r *refSource) load(ctx context.Context, iter uint32, guestPages uint64) fetched {
+	t0 := time.Now()
 	l, err := r.fetch(ctx, iter)
-	r.spent += time.Since(t0)
 	if err == nil && r.strict {
 		err = l.Validate(guestPages)
 	}
@@ -193,17 +230,24 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 	if err == nil {
 		byBlock, err = r.index(l)
 	}
-	if err != nil {
-		r.log.Warn("no storage references this pass", "iteration", iter, "error", err)
+	return fetched{l: l, byBlock: byBlock, err: err, took: time.Since(t0)}
+}
+
+// install makes res the layout of pass iter; waited is how long the
+// migration waited for it.
+func (r *refSource) install(iter uint32, res fetched, waited time.Duration) {
+	if res.err != nil {
+		r.log.Warn("no storage references this pass", "iteration", iter, "error", res.err)
 		if iter == 1 {
-			r.first.Warning = fmt.Sprintf("no layout for the first pass: %v", err)
+			r.first.Warning = fmt.Sprintf("no layout for the first pass: %v", res.err)
 		}
 		return
 	}
+	l := res.l
 	if iter == 1 {
 		r.first.LayoutPages = l.Pages()
 	}
-	r.lay, r.byBlock, r.pass, r.fetchTook = l, byBlock, iter, time.Since(t0)
+	r.lay, r.byBlock, r.pass, r.fetchTook = l, res.byBlock, iter, res.took
 
 	r.keys, r.use = make([]uint16, len(l.Disks)), make([]bool, len(l.Disks))
 	seen := map[uint16]bool{}
@@ -215,7 +259,7 @@ func (r *refSource) prepare(ctx context.Context, iter uint32, guestPages uint64)
 		}
 		seen[k] = true
 	}
-	r.log.Debug("layout fetched", "iteration", iter, "pages", l.Pages(), "runs", len(l.Runs), "took", time.Since(t0))
+	r.log.Debug("layout fetched", "iteration", iter, "pages", l.Pages(), "runs", len(l.Runs), "took", res.took, "waited", waited)
 }
 
 // fetch gets the layout for pass iter. The first pass takes what the agent

@@ -151,10 +151,12 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.open(); err != nil {
 		return err
 	}
+	s.refs = newRefSource(s.cfg, s.blocks, s.g)
+	// The first pass's layout is walked while the source sets up.
+	s.refs.startFetch(ctx, 1, s.guestPages())
 	if err := s.track(); err != nil {
 		return err
 	}
-	s.refs = newRefSource(s.cfg, s.blocks, s.g)
 	s.live.setPhase(report.PhaseConnecting)
 	if err := s.dial(ctx); err != nil {
 		return err
@@ -236,7 +238,9 @@ func (s *source) iterate(ctx context.Context) (int, decision, error) {
 		s.countNamed(uint32(iter))
 		t0 := time.Now()
 		sent0 := s.bytesSent()
+		stopAhead := s.fetchAhead(ctx, uint32(iter))
 		n, err := s.pass(ctx, uint32(iter))
+		stopAhead()
 		if err != nil {
 			return iter, dec, cause.Of(ctx, fmt.Errorf("pre-copy pass %d: %w", iter, err))
 		}
@@ -255,6 +259,7 @@ func (s *source) iterate(ctx context.Context) (int, decision, error) {
 		s.progress(report.PhasePrecopy, iter, remaining, float64(bytes)/elapsed.Seconds())
 	}
 	s.rep.Iterations = iter
+	s.refs.dropAhead() // fetched for a pass that will not run
 	return iter, dec, nil
 }
 
@@ -1098,6 +1103,7 @@ func (s *source) mergeDest(c *wire.Complete) {
 }
 
 func (s *source) cleanup() {
+	s.refs.dropAhead()
 	if s.sess != nil {
 		s.sess.Close()
 	}

@@ -57,8 +57,9 @@ type Report struct {
 	Storage        Storage     `json:"storage"`
 	IterationLog   []Iteration `json:"iteration_log,omitempty"`
 	GuestPages     uint64      `json:"guest_pages"`
-	// LayoutMS is the time spent fetching guest layouts (hybrid), part of
-	// TotalMS: the guest agent walks the whole buffer pool for each.
+	// LayoutMS is the time the passes waited for guest layouts (hybrid),
+	// part of TotalMS: the guest agent walks the whole buffer pool for
+	// each, mostly while the source sets up or a pass runs.
 	LayoutMS float64 `json:"layout_ms,omitempty"`
 	// Compressed: page data went zstd-compressed (BytesSent counts the
 	// compressed bytes).
