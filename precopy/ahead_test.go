@@ -2,7 +2,6 @@ package precopy
 
 import (
 	"context"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,22 +34,12 @@ func countingAgent(t *testing.T, l *layout.Layout) (string, *atomic.Int32, chan 
 	t.Helper()
 	var n atomic.Int32
 	took := make(chan struct{}, 16)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		layout.Serve(ctx, ln, func(context.Context) (*layout.Layout, error) {
-			n.Add(1)
-			took <- struct{}{}
-			return l, nil
-		})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return ln.Addr().String(), &n, took
+	addr := serveGet(t, func(context.Context) (*layout.Layout, error) {
+		n.Add(1)
+		took <- struct{}{}
+		return l, nil
+	})
+	return addr, &n, took
 }
 
 // TestLayoutFetchedAhead: during a pass, the next pass's layout is fetched

@@ -24,8 +24,8 @@ import (
 // the fetch are collected after the pass and, in a later pass, go out as data
 // or under a newer layout; only one written in the short while between a
 // fetch ahead (ahead.go) and the collect may be referenced under a layout
-// older than its write, and its hash fails. The final pass (guest paused, no fetch possible) sends
-// data, so downtime never waits for storage. When hybrid leaves pages to
+// older than its write, and its hash fails. The final pass (guest paused,
+// no fetch possible) sends data, so downtime never waits for storage. When hybrid leaves pages to
 // post-copy, a layout is fetched just before the pause for the post-copy
 // push: pages the scan at pause finds written go as data, the others it
 // names as references, which the destination restores or reads on fault.

@@ -22,6 +22,11 @@ import (
 
 // serveLayout serves l on a local port until the test ends.
 func serveLayout(t *testing.T, l *layout.Layout) string {
+	return serveGet(t, func(context.Context) (*layout.Layout, error) { return l, nil })
+}
+
+// serveGet serves the layouts get takes on a local port until the test ends.
+func serveGet(t *testing.T, get func(context.Context) (*layout.Layout, error)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,7 +36,7 @@ func serveLayout(t *testing.T, l *layout.Layout) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		layout.Serve(ctx, ln, func(context.Context) (*layout.Layout, error) { return l, nil })
+		layout.Serve(ctx, ln, get)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return ln.Addr().String()

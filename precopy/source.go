@@ -580,11 +580,7 @@ func (s *source) collect() (uint64, error) {
 			}
 		}
 	}
-	var total uint64
-	for _, b := range s.blocks {
-		total += b.pending.Count()
-	}
-	return total, nil
+	return s.pendingPages(), nil
 }
 
 // remapped says how the guest's mappings of its RAM changed since tracking
