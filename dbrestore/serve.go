@@ -40,11 +40,17 @@ func Serve(ctx context.Context, l *wire.Listener, cfg Config, once bool, done fu
 	}
 	l.Dropped = s.dropped
 	if cfg.Dir != "" {
-		orphans, err := keeper.Reclaim(cfg.Dir, cfg.Logger.Named("reclaim"))
+		found, err := keeper.Reclaim(cfg.Dir, cfg.Logger.Named("reclaim"))
 		if err != nil {
 			cfg.Logger.Warn("reclaim session directories", "error", err)
 		}
-		for _, o := range orphans {
+		for _, j := range found.Completed {
+			// The serve that died may have been killed between its
+			// journal's "completed" and the Complete reaching the
+			// source: a reconnection learns the guest runs here.
+			s.completedAt(j.Session, j.Updated)
+		}
+		for _, o := range found.Orphans {
 			s.adoptOrphan(ctx, o, done)
 		}
 	}

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dmig/dmig/internal/keeper"
 	"github.com/dmig/dmig/wire"
 )
 
@@ -114,5 +117,58 @@ func TestServeRemembersCompletedSessions(t *testing.T) {
 	s.completedAt(other, now.Add(completedKeep+time.Minute))
 	if _, ok := s.completed[done]; ok {
 		t.Error("a session completed over an hour before is still remembered")
+	}
+}
+
+// A serve that starts where a dead one left a completed session (killed
+// between its journal's "completed" and the Complete reaching the source)
+// tells the reconnecting source the session completed, so that the source
+// learns its guest runs here rather than failing after resume.
+func TestServeLearnsCompletedFromJournal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	root := t.TempDir()
+	g := exec.Command("sleep", "300")
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Process.Kill(); _ = g.Wait() })
+	start, err := keeper.StartTime(g.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := wire.Hello{Mode: "hybrid", Guest: "g1", Session: wire.NewSessionID(), BulkConns: 1, Blocks: []wire.Block{{Name: "ram0", Size: 1 << 20}}}
+	dir := SessionDir(root, h.Session)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	j := &keeper.Journal{Session: h.Session, Guest: h.Guest, State: keeper.Completed, Pid: g.Process.Pid, PidStart: start, UffdFD: -1, Hello: h}
+	if err := j.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	l, err := wire.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var kills atomic.Int32
+	cfg := Config{Dir: root, NewGuest: func(*wire.Hello) (Guest, error) { return fakeGuest{&kills}, nil }}
+	go func() { _ = Serve(ctx, l, cfg, false, nil) }()
+
+	h.Flags |= wire.FlagRecover
+	s, err := wire.Dial(ctx, l.Addr().String(), h)
+	var refused *wire.RefusedError
+	if !errors.As(err, &refused) || refused.Code != wire.RefuseCompleted {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("reconnection to a session whose journal says completed: %v, want RefuseCompleted", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the running guest's session directory: %v", err)
+	}
+	if kills.Load() != 0 || g.ProcessState != nil {
+		t.Error("the completed guest was killed")
 	}
 }

@@ -175,13 +175,17 @@ func TestReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	orphans, err := Reclaim(root, nil)
+	found, err := Reclaim(root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	orphans := found.Orphans
 	want := map[string]int{resumedDir: resumed.Process.Pid, readyDir: ready.Process.Pid}
 	if len(orphans) != len(want) {
 		t.Fatalf("orphans %+v, want %v", orphans, want)
+	}
+	if len(found.Completed) != 1 || found.Completed[0].Pid != completed.Process.Pid || found.Completed[0].State != Completed {
+		t.Fatalf("completed %+v, want the journal of pid %d", found.Completed, completed.Process.Pid)
 	}
 	for _, o := range orphans {
 		if want[o.Dir] != o.Journal.Pid {

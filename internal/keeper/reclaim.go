@@ -21,54 +21,69 @@ type Orphan struct {
 	Lock    *os.File
 }
 
+// Reclaimed is what Reclaim found that a starting serve takes over.
+type Reclaimed struct {
+	// Orphans wait for adoption.
+	Orphans []Orphan
+	// Completed are the journals of sessions that completed: every page
+	// was in place and the guest ran on its own. A source whose link
+	// failed as the Complete went out learns it from the serve that
+	// reads them, not from the one that died.
+	Completed []*Journal
+}
+
 // Reclaim looks at every session directory under root, as a starting
 // serve does: a directory whose guest is gone is removed, a guest that
 // never resumed is killed and its directory removed, a completed guest's
-// directory is left to its keeper, and a guest in post-copy is returned
-// for adoption. What it removed is logged. Directories another serve holds
-// are left alone.
-func Reclaim(root string, log hclog.Logger) ([]Orphan, error) {
+// directory is left to its keeper (and its journal returned), and a guest
+// in post-copy is returned for adoption. What it removed is logged.
+// Directories another serve holds are left alone.
+func Reclaim(root string, log hclog.Logger) (Reclaimed, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	var out Reclaimed
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return out, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reclaim sessions in %s: %w", root, err)
+		return out, fmt.Errorf("reclaim sessions in %s: %w", root, err)
 	}
-	var out []Orphan
 	for _, e := range ents {
 		if _, err := wire.ParseSessionID(e.Name()); err != nil || !e.IsDir() {
 			continue // not a session directory
 		}
 		dir := filepath.Join(root, e.Name())
-		o, err := reclaim(dir, log.With("dir", dir))
+		o, j, err := reclaim(dir, log.With("dir", dir))
 		if err != nil {
 			log.Warn("reclaim session directory", "dir", dir, "error", err)
-			continue
 		}
 		if o != nil {
-			out = append(out, *o)
+			out.Orphans = append(out.Orphans, *o)
+		}
+		if j != nil && j.State == Completed {
+			out.Completed = append(out.Completed, j)
 		}
 	}
 	return out, nil
 }
 
-func reclaim(dir string, log hclog.Logger) (*Orphan, error) {
+// reclaim deals with one session directory; it returns the journal it
+// read, if any, and the orphan to adopt, if the session is one.
+func reclaim(dir string, log hclog.Logger) (*Orphan, *Journal, error) {
 	lock, err := Lock(dir)
 	if errors.Is(err, ramfile.ErrLocked) {
-		return nil, nil // a live serve runs it
+		return nil, nil, nil // a live serve runs it
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	j, err := ReadJournal(dir)
 	if err != nil {
 		lock.Close()
 		log.Info("removing a session directory without a journal", "error", err)
-		return nil, removeDir(dir)
+		return nil, nil, removeDir(dir)
 	}
 	alive := false
 	var p *Process
@@ -82,17 +97,18 @@ func reclaim(dir string, log hclog.Logger) (*Orphan, error) {
 	case !alive:
 		lock.Close()
 		log.Info("removing the session directory of a guest that is gone", "session", j.Session, "state", j.State, "pid", j.Pid)
-		return nil, removeDir(dir)
+		return nil, j, removeDir(dir)
 	case j.State == Completed:
 		lock.Close()
-		return nil, nil
+		log.Info("found a completed session whose serve died: its guest runs on its own", "session", j.Session, "pid", j.Pid)
+		return nil, j, nil
 	case j.State == Resumed || j.State == Ready:
 		log.Info("found a guest past Ready whose serve died: adopting it", "session", j.Session, "state", j.State, "pid", j.Pid)
-		return &Orphan{Dir: dir, Journal: j, Lock: lock}, nil
+		return &Orphan{Dir: dir, Journal: j, Lock: lock}, j, nil
 	default:
 		log.Warn("killing a guest that never resumed, left by a serve that died", "session", j.Session, "pid", j.Pid)
 		kerr := p.Kill()
 		lock.Close()
-		return nil, errors.Join(kerr, removeDir(dir))
+		return nil, j, errors.Join(kerr, removeDir(dir))
 	}
 }
