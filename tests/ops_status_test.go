@@ -334,6 +334,9 @@ func TestDrainStatusCancel(t *testing.T) {
 	d := startMigrate(t, "drain", "--config", conf, "--state", filepath.Join(dir, "state.json"), "--lock-dir", filepath.Join(dir, "locks"),
 		"--insecure", "--parallel", "2", "--ctl-dir", ctlDir, "--report", sumFile)
 	waitEntry(t, ctlDir, "db-b", d, func(e ctl.Entry) bool { return e.BytesSent > 1<<20 && e.Cancellable })
+	// The serve sets up one session at a time: the other guest's first
+	// dial may have been turned away as busy and be waiting to retry.
+	waitEntry(t, ctlDir, "db-a", d, func(e ctl.Entry) bool { return e.Cancellable })
 	_, es, _ := statusOf(t, ctlDir, "")
 	var drains int
 	for _, e := range es {
