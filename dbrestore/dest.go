@@ -390,8 +390,8 @@ func (d *dest) dataRun(b *dstBlock, first uint64, iter uint32, buf []byte) error
 	// Through a buffer, not a copy into the mapping: a whole-page write
 	// to a hole of the shmem file allocates the page without faulting it
 	// in and zeroing it first, which dominated the receive path.
-	if err := d.fill(b, first, buf, &b.writeMu); err != nil {
-		return classed(wire.ErrorResource, err)
+	if _, err := d.fill(b, first, buf, &b.writeMu); err != nil {
+		return classed(wire.ErrorResource, err) // the session fails
 	}
 	b.placed.AddRange(first, run)
 	d.data.Add(run)

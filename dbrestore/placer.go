@@ -206,8 +206,12 @@ func (d *placer) place(b *dstBlock, p uint64, data []byte) error {
 // queued behind it, spinning on the cores they all need; UFFDIO_COPY
 // allocates and fills the page under the guest's mmap lock, shared:
 // scattered 4 KiB pages from two writers went in at 1.8 GB/s against
-// pwrite's 1.2. It reports errors as the write's.
-func (d *placer) fill(b *dstBlock, first uint64, data []byte, mu *sync.Mutex) error {
+// pwrite's 1.2. It reports errors as the write's, with how many pages
+// from first it had written by then: a UFFDIO_COPY that fails part-way
+// has put the pages before the failure in, and its caller must record
+// them as placed, or a later copy of one would meet EEXIST and leave the
+// guest with the old one.
+func (d *placer) fill(b *dstBlock, first uint64, data []byte, mu *sync.Mutex) (uint64, error) {
 	n := uint64(len(data)) / pageSize
 	for k := uint64(0); k < n; {
 		// A stretch of pages all absent or all present.
@@ -219,18 +223,18 @@ func (d *placer) fill(b *dstBlock, first uint64, data []byte, mu *sync.Mutex) er
 		if absent {
 			placed, err := d.copyAbsent(b, first+k, data[k*pageSize:e*pageSize], mu)
 			if err != nil {
-				return err
+				return k + placed, err
 			}
 			k += placed
 			if k < e {
 				continue // stopped at a page someone else placed meanwhile
 			}
 		} else if err := writeAt(b, data[k*pageSize:e*pageSize], first+k, mu); err != nil {
-			return err
+			return k, err
 		}
 		k = e
 	}
-	return nil
+	return n, nil
 }
 
 // copyAbsent places data at pages first… of b with UFFDIO_COPY and returns

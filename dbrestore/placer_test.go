@@ -2,7 +2,11 @@ package dbrestore
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"unsafe"
 
@@ -144,4 +148,56 @@ func TestPlaceReportsOnlyWhatItPlaced(t *testing.T) {
 	if len(w.calls) != 2 || w.calls[0].page != 1 || !bytes.Equal(w.calls[0].data, first) || w.calls[1].page != 2 || w.calls[1].data != nil {
 		t.Fatalf("watcher told of %d placements: want page 1 with its first bytes, then page 2 zero", len(w.calls))
 	}
+}
+
+// fill reports how many pages it wrote when a UFFDIO_COPY fails part-way
+// (here: the RAM file's file system is full), and those pages are in the
+// file: a caller records them as placed, and a later copy of one would
+// otherwise meet EEXIST and leave the guest with the old bytes.
+func TestFillCountsWhatItPlacedBeforeAFailure(t *testing.T) {
+	const room, n = 8, 32 // pages the file system holds, pages written
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", room*pageSize), "dmig-fill-test", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount a %d-page tmpfs (needs root): %v: %s", room, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() })
+	f, err := os.Create(filepath.Join(mnt, "ram0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(n * pageSize); err != nil {
+		t.Fatal(err)
+	}
+	u, err := uffd.Open(uffd.FeatureMissingShmem)
+	if err != nil {
+		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
+	}
+	defer u.Close()
+	guest, err := ramfile.Map(f, 0, n*pageSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ramfile.Unmap(guest)
+	start := uintptr(unsafe.Pointer(&guest[0]))
+	if _, err := u.Register(uffd.Range{Start: start, Len: n * pageSize}, uffd.ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	b := &dstBlock{Block: &ramfile.Block{Name: "ram", File: f, Mem: guest, Maps: []ramfile.Mapping{{Start: start, End: start + n*pageSize}}},
+		npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}
+	pl := newPlacer()
+	pl.u = u
+	pl.blocks = []*dstBlock{b}
+	done, err := pl.fill(b, 0, bytes.Repeat([]byte{7}, n*pageSize), nil)
+	if !errors.Is(err, uffd.ErrNoMemory) {
+		t.Fatalf("fill of %d pages into a %d-page file system: %v, want ErrNoMemory", n, room, err)
+	}
+	held := pages.NewSet(n)
+	if err := b.DataPages(held.AddRange); err != nil {
+		t.Fatal(err)
+	}
+	if done == 0 || done >= n || held.Count() != done || held.Next(done) != n { // exactly [0, done)
+		t.Fatalf("fill failed (%v) reporting %d pages written; the file holds %d from page 0", err, done, held.Count())
+	}
+	t.Logf("fill wrote %d of %d pages before: %v", done, n, err)
 }

@@ -645,17 +645,15 @@ func (r *restorer) placeRun(run []refJob, data []byte) {
 		for k < len(run) && was[k].latest(run[k].iter) {
 			k++
 		}
-		if err := r.pl.fill(b, run[i].page, data[i*pageSize:k*pageSize], nil); err != nil {
-			for x := i; x < k; x++ {
-				failed[x] = err
-			}
-		} else {
-			for x := i; x < k; x++ {
-				p := run[x].page
-				b.placed.Add(p)
-				entries[p].state = entryPlaced
-				r.unchecked[run[x].block].Remove(p)
-			}
+		done, err := r.pl.fill(b, run[i].page, data[i*pageSize:k*pageSize], nil)
+		for x := i; x < i+int(done); x++ {
+			p := run[x].page
+			b.placed.Add(p)
+			entries[p].state = entryPlaced
+			r.unchecked[run[x].block].Remove(p)
+		}
+		for x := i + int(done); x < k; x++ {
+			failed[x] = err
 		}
 		i = k
 	}

@@ -29,6 +29,9 @@ var (
 	// ErrTargetGone: the memory the userfaultfd is bound to is gone (the
 	// target exited or unmapped the range).
 	ErrTargetGone = errors.New("target memory gone")
+	// ErrNoMemory: a page could not be allocated where it was to be placed
+	// (the RAM file's file system is full, or the host is short of memory).
+	ErrNoMemory = errors.New("no memory for the page (the RAM file's file system full, or the host short of memory)")
 )
 
 // errnoError carries a sentinel and the errno it was translated from.

@@ -229,6 +229,22 @@ func (u *FD) Unregister(r Range) error {
 	return nil
 }
 
+// translatePlaceErr is translateMemErr for UFFDIO_COPY and ZEROPAGE,
+// where ENOMEM is the page's allocation failing (shmem answers a full
+// file system so) and a target that is gone answers ESRCH.
+func translatePlaceErr(err error) error {
+	var errno unix.Errno
+	switch {
+	case !errors.As(err, &errno):
+		return err
+	case errno == unix.ENOMEM || errno == unix.ENOSPC:
+		return withErrno(ErrNoMemory, errno, "")
+	case errno == unix.ESRCH:
+		return withErrno(ErrTargetGone, errno, "")
+	}
+	return err
+}
+
 func translateMemErr(err error) error {
 	var errno unix.Errno
 	if errors.As(err, &errno) && (errno == unix.ESRCH || errno == unix.ENOMEM) {
@@ -269,7 +285,7 @@ func (u *FD) Copy(dst uintptr, src []byte, mode CopyMode) (int, error) {
 		case errors.Is(err, unix.EEXIST):
 			return done, fmt.Errorf("copy to %#x of pid %d: %w", dst+uintptr(done), u.pid, withErrno(ErrExists, unix.EEXIST, ""))
 		default:
-			return done, fmt.Errorf("copy %d bytes to %#x of pid %d: %w", len(src)-done, dst+uintptr(done), u.pid, translateMemErr(err))
+			return done, fmt.Errorf("copy %d bytes to %#x of pid %d: %w", len(src)-done, dst+uintptr(done), u.pid, translatePlaceErr(err))
 		}
 	}
 	return done, nil
@@ -322,7 +338,7 @@ func (u *FD) ZeroPage(r Range, dontWake bool) (int, error) {
 		case errors.Is(err, unix.EEXIST):
 			return int(done), fmt.Errorf("zero page at %#x of pid %d: %w", r.Start+done, u.pid, withErrno(ErrExists, unix.EEXIST, ""))
 		default:
-			return int(done), fmt.Errorf("zero pages %v of pid %d: %w", r, u.pid, translateMemErr(err))
+			return int(done), fmt.Errorf("zero pages %v of pid %d: %w", r, u.pid, translatePlaceErr(err))
 		}
 	}
 	return int(done), nil
