@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/dmig/dmig/internal/keeper"
@@ -18,6 +20,10 @@ type keeperCmd struct {
 }
 
 func (c *keeperCmd) Run(g *globals, ctx context.Context) error {
+	// Its stderr is serve's: if that is a pipe whose reader died with
+	// serve, a log line must not kill the keeper, which has a guest to
+	// look after.
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
 	return keeper.Run(ctx, keeper.Config{
 		Dir: c.Dir, Pid: c.Pid, PidStart: c.PidStart, RecoverTimeout: c.RecoverTimeout,
 		Serve: os.Stdin, Logger: g.logger("keeper"),
