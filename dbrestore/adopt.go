@@ -95,6 +95,13 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 	d.restore.carriedMissing()
 	if !atReady {
 		d.restore.release()
+		// The serve that died may have journaled Resumed and not yet
+		// resumed the guest; SIGCONT to a running one does nothing.
+		if j.ResumeBySignal {
+			if err := d.g.Resume(ctx); err != nil {
+				return nil, fmt.Errorf("resume the adopted guest pid %d: %w", d.pid, err)
+			}
+		}
 	}
 	if cfg.Keeper != nil {
 		k, err := cfg.Keeper(keeper.Config{Dir: d.dir, Pid: d.pid, PidStart: j.PidStart, RecoverTimeout: cfg.RecoverTimeout})
