@@ -90,10 +90,7 @@ func Serve(ctx context.Context, l *wire.Listener, cfg Config, once bool, done fu
 		go func() {
 			defer s.wg.Done()
 			fig, err := receive(ctx, sess, pending.guest, cfg, pending.recovered)
-			s.end(pending)
-			if err == nil {
-				s.completedAt(sess.ID(), time.Now())
-			}
+			s.end(pending, err == nil)
 			if done != nil {
 				done(Result{Guest: sess.Hello.Guest, Session: sess.ID(), Figures: fig, Err: err})
 			}
@@ -149,6 +146,7 @@ type session struct {
 	// says one is on its way (between decide and Accept's return).
 	recovered chan *wire.Session
 	claimed   bool
+	ended     bool // end ran: nothing takes reconnections any more
 }
 
 // decide answers a Hello: a new migration, or a reconnection of one this
@@ -200,7 +198,7 @@ func (s *server) dropped(h *wire.Hello) {
 		return
 	}
 	s.mu.Unlock()
-	s.end(p)
+	s.end(p, false)
 	// The guest was never started; what NewGuest made goes.
 	err := p.guest.Kill()
 	if s.cfg.Dir != "" {
@@ -211,8 +209,14 @@ func (s *server) dropped(h *wire.Hello) {
 	}
 }
 
-// end forgets a session.
-func (s *server) end(p *session) {
+// end forgets a session, remembering it as completed if it did, at once:
+// a reconnection in between would be told no such session ran here. A
+// reconnection handed to it that it never took is closed: its source
+// redials and learns how the session ended.
+func (s *server) end(p *session, completed bool) {
+	if completed {
+		s.completedAt(p.id, time.Now())
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.byGuest[p.name] == p {
@@ -221,14 +225,25 @@ func (s *server) end(p *session) {
 	if s.byID[p.id] == p {
 		delete(s.byID, p.id)
 	}
+	p.ended = true
+	select {
+	case late := <-p.recovered:
+		late.Close()
+	default:
+	}
 }
 
-// deliver hands a reconnection to its session.
+// deliver hands a reconnection to its session, or closes it if the
+// session ended since decide accepted it.
 func (s *server) deliver(p *session, sess *wire.Session) {
-	p.recovered <- sess // buffered, and claimed by decide: never blocks
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	p.claimed = false
-	s.mu.Unlock()
+	if p.ended {
+		sess.Close()
+		return
+	}
+	p.recovered <- sess // buffered, and claimed by decide: never blocks
 }
 
 // adoptOrphan runs a session a dead serve left in post-copy (Reclaim).
@@ -243,10 +258,7 @@ func (s *server) adoptOrphan(ctx context.Context, o keeper.Orphan, done func(Res
 	go func() {
 		defer s.wg.Done()
 		fig, err := adopt(ctx, o, s.cfg, p.recovered)
-		s.end(p)
-		if err == nil {
-			s.completedAt(j.Session, time.Now())
-		}
+		s.end(p, err == nil)
 		if done != nil {
 			done(Result{Guest: j.Guest, Session: j.Session, Figures: fig, Err: err})
 		}

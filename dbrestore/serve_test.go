@@ -172,3 +172,32 @@ func TestServeLearnsCompletedFromJournal(t *testing.T) {
 		t.Error("the completed guest was killed")
 	}
 }
+
+// A reconnection accepted as its session ends (decide, then end, then
+// deliver) is closed rather than left unread, so that its source redials
+// and is told the session completed; a completed session is remembered
+// before it is forgotten, so no reconnection finds it in neither.
+func TestServeClosesReconnectionToEndedSession(t *testing.T) {
+	s := &server{byGuest: map[string]*session{}, byID: map[wire.SessionID]*session{}}
+	p := &session{id: wire.NewSessionID(), name: "g", recovered: make(chan *wire.Session, 1)}
+	s.byGuest[p.name], s.byID[p.id] = p, p
+	h := &wire.Hello{Guest: "g", Session: p.id, Flags: wire.FlagRecover}
+	ack, got := s.decide(h)
+	if !ack.Accepted || got != p {
+		t.Fatalf("reconnection to a running session: %+v", ack)
+	}
+	s.end(p, true)
+	a, b := net.Pipe()
+	defer b.Close()
+	s.deliver(p, &wire.Session{Control: wire.NewConn(a, wire.RoleControl, 0)})
+	if len(p.recovered) != 0 {
+		t.Fatal("a reconnection to an ended session was queued for nobody")
+	}
+	_ = b.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("the late reconnection's connection: %v, want it closed", err)
+	}
+	if ack, _ := s.decide(h); ack.Code != wire.RefuseCompleted {
+		t.Fatalf("redial after the session completed: %+v, want RefuseCompleted", ack)
+	}
+}
