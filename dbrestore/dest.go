@@ -86,9 +86,11 @@ type Config struct {
 	// session fails).
 	RecoverTimeout time.Duration
 	// Keeper, if set, starts the keeper of a session's directory once its
-	// guest runs (keeper.Spawn); closing what it returns tells the keeper
-	// that this process no longer runs the session.
-	Keeper func(keeper.Config) (io.Closer, error)
+	// guest runs (keeper.Spawn); the session tells the keeper through what
+	// it returns the states past Resumed it reaches (keeper.Tell), and
+	// closing it tells the keeper that this process no longer runs the
+	// session.
+	Keeper func(keeper.Config) (io.WriteCloser, error)
 	// Watch, if set, is called as a session starts receiving, with a
 	// function returning its figures at that instant (dmig status; safe
 	// from any goroutine, also after the session ended); the function it
@@ -165,7 +167,7 @@ type dest struct {
 	dir  string
 	jr   *keeper.Journal
 	lock *os.File
-	keep io.Closer
+	keep io.WriteCloser
 	// exited closes when the guest process exits.
 	exited <-chan struct{}
 }

@@ -188,6 +188,21 @@ func checkRecovery(orig, h *wire.Hello) error {
 	return nil
 }
 
+// reached records a state past Resumed in the session's journal and tells
+// the keeper: the keeper acts on the later of the two, so that a journal
+// that cannot be written (its file system full) does not make the keeper
+// kill a complete guest for one in post-copy.
+func (d *dest) reached(st keeper.State) {
+	if err := d.journalState(st); err != nil {
+		d.log.Warn("journal the session's state", "state", st, "error", err)
+	}
+	if d.keep != nil {
+		if err := keeper.Tell(d.keep, st); err != nil {
+			d.log.Warn("tell the session's keeper", "state", st, "error", err)
+		}
+	}
+}
+
 // journalState records the session's state in its journal, if it keeps
 // one.
 func (d *dest) journalState(st keeper.State) error {

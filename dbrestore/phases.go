@@ -397,12 +397,13 @@ func (d *dest) complete(ctx context.Context, resumeMS float64, faults *faultServ
 	if err := faults.stop(); err != nil {
 		return nil, err
 	}
+	// Placed before the release: a serve that dies in between leaves a
+	// complete guest whose RAM its keeper or the next serve releases.
+	d.reached(keeper.Placed)
 	if err := d.release(); err != nil {
 		return nil, err
 	}
-	if err := d.journalState(keeper.Completed); err != nil {
-		d.log.Warn("journal the completed session", "error", err)
-	}
+	d.reached(keeper.Completed)
 	fig := d.figures(resumeMS)
 	d.restore.report(fig)
 	fig.Recoveries = d.recoveries

@@ -140,6 +140,10 @@ func (u *FD) Pid() int { return u.pid }
 // Reacquire), or -1 if it holds none.
 func (u *FD) TargetFD() int { return u.target }
 
+// Number is this process's file descriptor number of the uffd (a process
+// that opened its own uffd and hands it to dmig names it so).
+func (u *FD) Number() int { return u.fd }
+
 // Close closes the userfaultfd. Threads of the target blocked on a missing
 // page are released by the kernel (see the package documentation). Close is
 // idempotent; ioctls after Close return ErrClosed.

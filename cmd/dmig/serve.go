@@ -95,7 +95,7 @@ func (c *serveCmd) Run(g *globals, ctx context.Context) error {
 		Logger:              log,
 		Dir:                 c.Dir,
 		RecoverTimeout:      c.RecoverTimeout,
-		Keeper: func(k keeper.Config) (io.Closer, error) {
+		Keeper: func(k keeper.Config) (io.WriteCloser, error) {
 			return keeper.Spawn(exe, k)
 		},
 		NewGuest: func(h *wire.Hello) (dbrestore.Guest, error) {

@@ -26,9 +26,42 @@ const (
 	// Resumed: written before the guest is resumed; the guest may run and
 	// fault on pages still owed by the source.
 	Resumed State = "resumed"
-	// Completed: every page is in place; the guest is on its own.
+	// Placed: every page is in place and serve is releasing the guest's
+	// RAM from the kept userfaultfd. A serve that dies here leaves a
+	// complete guest whose RAM may still be registered, so that a fault
+	// on a page never sent (a zero page left a hole) would wait for ever:
+	// whoever finds it (its keeper, a starting serve) finishes the
+	// release (Release) and journals Completed.
+	Placed State = "placed"
+	// Completed: every page is in place and the RAM released; the guest is
+	// on its own.
 	Completed State = "completed"
 )
+
+// rank orders the states a session goes through.
+func (s State) rank() int {
+	switch s {
+	case Starting:
+		return 1
+	case Ready:
+		return 2
+	case Resumed:
+		return 3
+	case Placed:
+		return 4
+	case Completed:
+		return 5
+	}
+	return 0
+}
+
+// Later returns the later of two states.
+func Later(a, b State) State {
+	if b.rank() > a.rank() {
+		return b
+	}
+	return a
+}
 
 // File names inside a session directory.
 const (

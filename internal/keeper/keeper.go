@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,8 +25,10 @@ type Config struct {
 	// gone, for another serve to take the session's lock; then it is
 	// killed.
 	RecoverTimeout time.Duration
-	// Serve is the keeper's end of its pipe from serve: EOF means serve is
-	// gone (it never writes).
+	// Serve is the keeper's end of its pipe from serve: serve writes the
+	// states it reaches past Resumed there, a line each (Tell), so that
+	// the keeper knows them even if the journal could not be written; EOF
+	// means serve is gone.
 	Serve  io.Reader
 	Logger hclog.Logger
 	// Tick is how often the keeper looks (default 100 ms).
@@ -49,12 +53,20 @@ func Run(ctx context.Context, c Config) error {
 	}
 	defer p.Close()
 	gone := make(chan struct{})
+	var told atomic.Value // State: the latest serve told
+	told.Store(State(""))
 	go func() {
-		// Anything but data is the end of serve; data is not expected.
-		_, _ = io.Copy(io.Discard, c.Serve)
+		// Anything but a state line is the end of serve.
+		sc := bufio.NewScanner(c.Serve)
+		for sc.Scan() {
+			told.Store(Later(told.Load().(State), State(sc.Text())))
+		}
 		close(gone)
 	}()
-	var since time.Time // when serve went away
+	// since: when the session was last seen run by a serve, once the one
+	// that started it is gone; a serve that adopted the session and died
+	// in turn has as long as the first to be replaced.
+	var since time.Time
 	for {
 		if p.Exited(0) {
 			log.Info("guest exited: removing its session directory")
@@ -68,9 +80,12 @@ func Run(ctx context.Context, c Config) error {
 		default:
 		}
 		if !since.IsZero() {
-			done, err := c.orphaned(p, time.Since(since), log)
+			done, held, err := c.orphaned(p, told.Load().(State), time.Since(since), log)
 			if done {
 				return err
+			}
+			if held {
+				since = time.Now()
 			}
 		}
 		select {
@@ -81,38 +96,62 @@ func Run(ctx context.Context, c Config) error {
 	}
 }
 
-// orphaned acts on a session whose serve is gone, by its journal; it
-// reports whether the keeper's work is over.
-func (c Config) orphaned(p *Process, after time.Duration, log hclog.Logger) (bool, error) {
+// orphaned acts on a session whose serve is gone, by its journal and what
+// serve told (the later of the two states); it reports whether the
+// keeper's work is over and whether a serve holds the session now.
+func (c Config) orphaned(p *Process, told State, after time.Duration, log hclog.Logger) (done, held bool, err error) {
 	j, err := ReadJournal(c.Dir)
 	if errors.Is(err, os.ErrNotExist) {
 		// Serve removed the session (it failed and killed the guest, or
 		// a restarted serve reclaimed it): nothing left to keep but a
 		// guest that is no longer ours.
-		return true, nil
+		return true, false, nil
 	}
 	if err != nil {
-		return false, nil // mid-rename; look again
+		return false, false, nil // mid-rename; look again
 	}
-	switch j.State {
+	switch Later(j.State, told) {
 	case Completed:
-		return false, nil // the guest is on its own: remove its RAM when it exits
+		return false, false, nil // the guest is on its own: remove its RAM when it exits
+	case Placed:
+		c.finish(j, log)
+		return false, false, nil
 	case Ready, Resumed:
-		if after < c.RecoverTimeout || !lockFree(c.Dir) {
-			return false, nil
+		if !lockFree(c.Dir) {
+			return false, true, nil
+		}
+		if after < c.RecoverTimeout {
+			return false, false, nil
 		}
 		log.Error("serve died during post-copy and no serve took the session over within the recover timeout: killing the guest, which would otherwise wait for pages forever",
 			"recover_timeout", c.RecoverTimeout)
 	default:
 		if !lockFree(c.Dir) {
-			return false, nil
+			return false, true, nil
 		}
 		log.Warn("serve died before the guest resumed: killing the guest")
 	}
 	if err := p.Kill(); err != nil {
-		return true, err
+		return true, false, err
 	}
-	return true, removeDir(c.Dir)
+	return true, false, removeDir(c.Dir)
+}
+
+// finish completes a session whose serve died with every page in place
+// (Placed), unless another serve holds it (a starting serve does the
+// same); a failure is logged and tried again at the next look.
+func (c Config) finish(j *Journal, log hclog.Logger) {
+	lock, err := Lock(c.Dir)
+	if err != nil {
+		return
+	}
+	defer lock.Close()
+	j.State = Placed // it may say Resumed if serve only told
+	if err := finishPlaced(c.Dir, j); err != nil {
+		log.Error("serve died as it released a complete guest's RAM; releasing it failed", "error", err)
+		return
+	}
+	log.Info("serve died as it released a complete guest's RAM: released it; the guest is on its own")
 }
 
 func removeDir(dir string) error {
@@ -125,9 +164,10 @@ func removeDir(dir string) error {
 // Spawn starts a keeper process for dir: exe (the dmig binary) run as
 // `exe keeper --dir DIR --pid PID --pid-start T --recover-timeout D`, in a
 // session of its own so that what ends serve does not end it. The returned
-// closer is serve's end of the keeper's pipe: its closing, by Close or by
-// serve's death, tells the keeper that serve no longer runs the session.
-func Spawn(exe string, c Config) (io.Closer, error) {
+// writer is serve's end of the keeper's pipe: Tell writes states to it,
+// and its closing, by Close or by serve's death, tells the keeper that
+// serve no longer runs the session.
+func Spawn(exe string, c Config) (io.WriteCloser, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("keeper pipe: %w", err)
@@ -145,4 +185,13 @@ func Spawn(exe string, c Config) (io.Closer, error) {
 	pr.Close()
 	go func() { _ = cmd.Wait() }() // reap it if it ends before serve
 	return pw, nil
+}
+
+// Tell tells a keeper, through w (Spawn's writer), that its session
+// reached st.
+func Tell(w io.Writer, st State) error {
+	if _, err := io.WriteString(w, string(st)+"\n"); err != nil {
+		return fmt.Errorf("tell the keeper %s: %w", st, err)
+	}
+	return nil
 }

@@ -45,7 +45,7 @@ func guest(t *testing.T, root string, st State) (*exec.Cmd, string, *Journal) {
 
 // keep runs a keeper for dir in the background; closing the returned
 // writer is serve's death.
-func keep(t *testing.T, dir string, j *Journal, timeout time.Duration) (io.Closer, <-chan error) {
+func keep(t *testing.T, dir string, j *Journal, timeout time.Duration) (io.WriteCloser, <-chan error) {
 	t.Helper()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
@@ -106,26 +106,60 @@ func TestKeeperWaitsForAdoption(t *testing.T) {
 }
 
 func testKeeperWaitsForAdoption(t *testing.T, st State) {
+	const timeout = 300 * time.Millisecond
 	cmd, dir, j := guest(t, t.TempDir(), st)
-	serve, done := keep(t, dir, j, 100*time.Millisecond)
-	// A restarted serve holds the session: the keeper must not kill.
+	serve, done := keep(t, dir, j, timeout)
+	// A restarted serve holds the session for longer than the timeout:
+	// the keeper must not kill.
 	lock, err := Lock(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serve.Close()
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(2 * timeout)
 	if gone(cmd.Process.Pid) {
 		t.Fatal("keeper killed a guest another serve had adopted")
 	}
-	// That serve dies too: past the timeout, nobody holds the lock.
+	// That serve dies too: the keeper waits the timeout again for a third
+	// to take over, counted from when the second was last seen.
 	lock.Close()
+	time.Sleep(timeout / 3)
+	if gone(cmd.Process.Pid) {
+		t.Fatal("keeper killed the guest at once when the serve that had adopted it died")
+	}
 	waitDone(t, done, 5*time.Second)
 	if !gone(cmd.Process.Pid) {
 		t.Fatal("post-copy guest left waiting forever after the recover timeout")
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("session directory left: %v", err)
+	}
+}
+
+// What serve tells the keeper counts when the journal lags it (it could
+// not be written): a guest serve said was complete is left to run, and one
+// it said had every page placed is released and journaled completed.
+func TestKeeperTrustsToldState(t *testing.T) {
+	for _, st := range []State{Placed, Completed} {
+		t.Run(string(st), func(t *testing.T) {
+			cmd, dir, j := guest(t, t.TempDir(), Resumed)
+			serve, done := keep(t, dir, j, 50*time.Millisecond)
+			if err := Tell(serve, st); err != nil {
+				t.Fatal(err)
+			}
+			serve.Close()
+			time.Sleep(300 * time.Millisecond)
+			if gone(cmd.Process.Pid) {
+				t.Fatalf("keeper killed a guest serve told it was %s", st)
+			}
+			if st == Placed {
+				if now, err := ReadJournal(dir); err != nil || now.State != Completed {
+					t.Fatalf("journal after the keeper finished a placed session: %+v, %v; want completed", now, err)
+				}
+			}
+			cmd.Process.Kill()
+			waitDone(t, done, 5*time.Second)
+		})
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -21,6 +22,13 @@ type Orphan struct {
 	Lock    *os.File
 }
 
+// A starting serve takes a session's lock up to lockTries more times,
+// lockRetry apart, before it leaves the session to the serve that holds it.
+const (
+	lockTries = 5
+	lockRetry = 10 * time.Millisecond
+)
+
 // Reclaimed is what Reclaim found that a starting serve takes over.
 type Reclaimed struct {
 	// Orphans wait for adoption.
@@ -35,8 +43,9 @@ type Reclaimed struct {
 // Reclaim looks at every session directory under root, as a starting
 // serve does: a directory whose guest is gone is removed, a guest that
 // never resumed is killed and its directory removed, a completed guest's
-// directory is left to its keeper (and its journal returned), and a guest
-// in post-copy is returned for adoption. What it removed is logged.
+// directory is left to its keeper (and its journal returned), one whose
+// serve died as it released the guest (Placed) is released and returned
+// as completed, and a guest in post-copy is returned for adoption. What it removed is logged.
 // Directories another serve holds are left alone.
 func Reclaim(root string, log hclog.Logger) (Reclaimed, error) {
 	if log == nil {
@@ -73,6 +82,12 @@ func Reclaim(root string, log hclog.Logger) (Reclaimed, error) {
 // read, if any, and the orphan to adopt, if the session is one.
 func reclaim(dir string, log hclog.Logger) (*Orphan, *Journal, error) {
 	lock, err := Lock(dir)
+	for try := 0; errors.Is(err, ramfile.ErrLocked) && try < lockTries; try++ {
+		// A keeper looks whether the lock is free by taking it for an
+		// instant: only a lock held throughout is a live serve's.
+		time.Sleep(lockRetry)
+		lock, err = Lock(dir)
+	}
 	if errors.Is(err, ramfile.ErrLocked) {
 		return nil, nil, nil // a live serve runs it
 	}
@@ -98,6 +113,16 @@ func reclaim(dir string, log hclog.Logger) (*Orphan, *Journal, error) {
 		lock.Close()
 		log.Info("removing the session directory of a guest that is gone", "session", j.Session, "state", j.State, "pid", j.Pid)
 		return nil, j, removeDir(dir)
+	case j.State == Placed:
+		defer lock.Close()
+		if err := finishPlaced(dir, j); err != nil {
+			// Every page is in place: the session completed, though a
+			// fault on a hole would wait for ever.
+			j.State = Completed
+			return nil, j, err
+		}
+		log.Info("found a session whose serve died as it released a complete guest: released it; the guest runs on its own", "session", j.Session, "pid", j.Pid)
+		return nil, j, nil
 	case j.State == Completed:
 		lock.Close()
 		log.Info("found a completed session whose serve died: its guest runs on its own", "session", j.Session, "pid", j.Pid)
