@@ -314,7 +314,27 @@ func (d *dest) ready(ctx context.Context, ln *link) error {
 	if err := ln.sess.Control.WriteFrame(ln.ctx, &wire.Ready{}); err != nil {
 		return cause.Of(ln.ctx, lost(fmt.Errorf("send ready: %w", err)))
 	}
-	m, err := ln.sess.Control.ReadFrame(ln.ctx)
+	type frame struct {
+		m   wire.Message
+		err error
+	}
+	got := make(chan frame, 1)
+	go func() {
+		m, err := ln.sess.Control.ReadFrame(ln.ctx)
+		got <- frame{m, err}
+	}()
+	var f frame
+	select {
+	case f = <-got:
+	case s := <-d.recovered:
+		// The source reconnected, which it does only after Go, before
+		// this side saw the old link fail (a half-open connection):
+		// waiting for the old link's timeout would be downtime.
+		ln.cancel(lost(errors.New("replaced by a reconnection")))
+		<-got
+		return d.adopt(ctx, s)
+	}
+	m, err := f.m, f.err
 	if err == nil {
 		switch m := m.(type) {
 		case *wire.Go:
