@@ -130,7 +130,12 @@ func adopt(ctx context.Context, o keeper.Orphan, cfg Config, recovered <-chan *w
 		return nil, err
 	}
 	// The source reconnects only after Go: a guest adopted at Ready is
-	// resumed now.
+	// resumed now, if this serve can (by signal). One it cannot (QEMU,
+	// through its own QMP socket) fails here, still at Ready: it is
+	// killed, never having run, and the source told to resume its own.
+	if atReady && !j.ResumeBySignal {
+		return nil, fmt.Errorf("guest pid %d was adopted before it resumed and resumes only through its own QMP socket, which this serve does not have", d.pid)
+	}
 	if atReady {
 		if err := d.resume(ctx); err != nil {
 			return nil, err
