@@ -30,6 +30,27 @@ func shmFile(t *testing.T, n uint64) *os.File {
 	return f
 }
 
+// registeredGuest maps n pages of f as a guest's RAM and registers the
+// mapping, missing mode, with a uffd of its own; both go at cleanup.
+func registeredGuest(t *testing.T, f *os.File, n uint64) (*uffd.FD, []byte) {
+	t.Helper()
+	u, err := uffd.Open(uffd.FeatureMissingShmem)
+	if err != nil {
+		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
+	}
+	t.Cleanup(func() { u.Close() })
+	guest, err := ramfile.Map(f, 0, int(n*pageSize), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ramfile.Unmap(guest) })
+	start := uintptr(unsafe.Pointer(&guest[0]))
+	if _, err := u.Register(uffd.Range{Start: start, Len: uintptr(n * pageSize)}, uffd.ModeMissing); err != nil {
+		t.Fatal(err)
+	}
+	return u, guest
+}
+
 // markPending frees every owed page the RAM file holds, placed by dmig or
 // written at the guest's start (found by the scan prepare makes), skips
 // the holes, and lists all owed pages missing; the others keep their data.
@@ -109,21 +130,9 @@ func (w *recordingWatcher) Placed(_ uint32, page uint64, data []byte) {
 // page twice and check bytes the guest never saw.
 func TestPlaceReportsOnlyWhatItPlaced(t *testing.T) {
 	const n = 4
-	u, err := uffd.Open(uffd.FeatureMissingShmem)
-	if err != nil {
-		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
-	}
-	defer u.Close()
 	f := shmFile(t, n)
-	guest, err := ramfile.Map(f, 0, n*pageSize, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ramfile.Unmap(guest)
+	u, guest := registeredGuest(t, f, n)
 	start := uintptr(unsafe.Pointer(&guest[0]))
-	if _, err := u.Register(uffd.Range{Start: start, Len: n * pageSize}, uffd.ModeMissing); err != nil {
-		t.Fatal(err)
-	}
 	b := &dstBlock{Block: &ramfile.Block{Name: "ram", File: f,
 		Maps: []ramfile.Mapping{{Start: start, End: start + n*pageSize}}}, idx: 0, npages: n}
 	w := &recordingWatcher{}
@@ -169,20 +178,8 @@ func TestFillCountsWhatItPlacedBeforeAFailure(t *testing.T) {
 	if err := f.Truncate(n * pageSize); err != nil {
 		t.Fatal(err)
 	}
-	u, err := uffd.Open(uffd.FeatureMissingShmem)
-	if err != nil {
-		t.Fatalf("userfaultfd on shmem (Linux ≥ 4.11, root or vm.unprivileged_userfaultfd): %v", err)
-	}
-	defer u.Close()
-	guest, err := ramfile.Map(f, 0, n*pageSize, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ramfile.Unmap(guest)
+	u, guest := registeredGuest(t, f, n)
 	start := uintptr(unsafe.Pointer(&guest[0]))
-	if _, err := u.Register(uffd.Range{Start: start, Len: n * pageSize}, uffd.ModeMissing); err != nil {
-		t.Fatal(err)
-	}
 	b := &dstBlock{Block: &ramfile.Block{Name: "ram", File: f, Mem: guest, Maps: []ramfile.Mapping{{Start: start, End: start + n*pageSize}}},
 		npages: n, placed: pages.NewSet(n), missing: pages.NewSet(n)}
 	pl := newPlacer()
