@@ -147,6 +147,7 @@ func shapedLink(b *testing.B, rate string) string {
 			b.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
+	removeStaleBenchNetns(b)
 	run("ip", "netns", "add", ns)
 	b.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -159,6 +160,32 @@ func shapedLink(b *testing.B, rate string) string {
 	run("tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
 	run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")
 	return ns
+}
+
+// removeStaleBenchNetns deletes the namespaces shapedLink made for
+// benchmark processes that are gone (killed before their cleanups ran):
+// their veths hold the same source address, and the kernel would route to
+// the first of them, where nothing listens. Deleting a namespace deletes
+// its veth pair with it.
+func removeStaleBenchNetns(b *testing.B) {
+	b.Helper()
+	ents, err := os.ReadDir("/var/run/netns")
+	if err != nil {
+		return // no namespaces yet
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), "dmigb"))
+		if err != nil || !strings.HasPrefix(e.Name(), "dmigb") || pid == os.Getpid() {
+			continue
+		}
+		if unix.Kill(pid, 0) != unix.ESRCH {
+			b.Fatalf("network namespace %s belongs to benchmark process %d, which still runs: its veth has this benchmark's address", e.Name(), pid)
+		}
+		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
+			b.Fatalf("remove stale namespace %s: %v: %s", e.Name(), err, out)
+		}
+		b.Logf("removed namespace %s of a benchmark process that is gone", e.Name())
+	}
 }
 
 // listenIn opens a listener inside network namespace ns: a socket belongs
