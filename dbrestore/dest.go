@@ -85,9 +85,11 @@ type Config struct {
 	// source to reconnect after its link failed (0: it does not wait; the
 	// session fails).
 	RecoverTimeout time.Duration
-	// Keeper, if set, starts the keeper of a session's directory once its
-	// guest runs (keeper.Spawn); the session tells the keeper through what
-	// it returns the states past Resumed it reaches (keeper.Tell), and
+	// Keeper, if set, starts the keeper of a session's directory before
+	// its RAM files are made (keeper.Spawn, Pid 0); the session tells the
+	// keeper through what it returns the guest it started
+	// (keeper.TellGuest) and the states past Resumed it reaches
+	// (keeper.Tell), and
 	// closing it tells the keeper that this process no longer runs the
 	// session.
 	Keeper func(keeper.Config) (io.WriteCloser, error)
@@ -177,6 +179,12 @@ type dest struct {
 // guest is stopped, and dmig writes through its own, unregistered mapping.
 func (d *dest) prepare(ctx context.Context) error {
 	h := &d.sess.Hello
+	// The session's directory, lock and keeper come first: the keeper
+	// removes the RAM files if this process dies before the journal
+	// names them.
+	if err := d.openSession(); err != nil {
+		return err
+	}
 	paths, err := d.g.Create(ctx, h.Blocks)
 	if err != nil {
 		return classed(wire.ErrorResource, fmt.Errorf("create RAM files: %w", err))
@@ -197,13 +205,13 @@ func (d *dest) prepare(ctx context.Context) error {
 	if d.exited, err = keeper.Watch(d.pid); err != nil {
 		return fmt.Errorf("watch guest pid %d: %w", d.pid, err)
 	}
+	if err := d.openJournal(paths); err != nil {
+		return err
+	}
 	if p, ok := d.g.(DeviceStatePreparer); ok {
 		if err := p.PrepareDeviceState(ctx); err != nil {
 			return fmt.Errorf("prepare the guest for its device state: %w", err)
 		}
-	}
-	if err := d.openJournal(paths); err != nil {
-		return err
 	}
 	// Kept: the guest holds a copy of the uffd, so that if this process
 	// dies its faulting threads block until a new serve takes over

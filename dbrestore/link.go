@@ -216,18 +216,37 @@ func (d *dest) journalState(st keeper.State) error {
 	return nil
 }
 
-// openJournal starts the session's journal, takes its lock and starts its
-// keeper, once the guest is started.
-func (d *dest) openJournal(paths []string) error {
+// openSession makes the session's directory, takes its lock and starts
+// its keeper, before anything else of the session exists.
+func (d *dest) openSession() error {
 	if d.cfg.Dir == "" {
 		return nil
 	}
 	d.dir = SessionDir(d.cfg.Dir, d.sess.ID())
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return classed(wire.ErrorResource, fmt.Errorf("create session directory: %w", err))
+	}
 	lock, err := keeper.Lock(d.dir)
 	if err != nil {
 		return classed(wire.ErrorResource, fmt.Errorf("lock session %s: %w", d.sess.ID(), err))
 	}
 	d.lock = lock
+	if d.cfg.Keeper != nil {
+		k, err := d.cfg.Keeper(keeper.Config{Dir: d.dir, RecoverTimeout: d.cfg.RecoverTimeout})
+		if err != nil {
+			return fmt.Errorf("start the session's keeper: %w", err)
+		}
+		d.keep = k
+	}
+	return nil
+}
+
+// openJournal starts the session's journal, once the guest is started,
+// and names the guest to the keeper.
+func (d *dest) openJournal(paths []string) error {
+	if d.cfg.Dir == "" {
+		return nil
+	}
 	start, err := keeper.StartTime(d.pid)
 	if err != nil {
 		return err
@@ -240,12 +259,10 @@ func (d *dest) openJournal(paths []string) error {
 	if err := d.jr.Write(d.dir); err != nil {
 		return classed(wire.ErrorResource, err)
 	}
-	if d.cfg.Keeper != nil {
-		k, err := d.cfg.Keeper(keeper.Config{Dir: d.dir, Pid: d.pid, PidStart: start, RecoverTimeout: d.cfg.RecoverTimeout})
-		if err != nil {
-			return fmt.Errorf("start the session's keeper: %w", err)
+	if d.keep != nil {
+		if err := keeper.TellGuest(d.keep, d.pid, start); err != nil {
+			return err
 		}
-		d.keep = k
 	}
 	return nil
 }

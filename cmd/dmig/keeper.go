@@ -14,7 +14,7 @@ import (
 // its pipe from serve.
 type keeperCmd struct {
 	Dir            string        `required:"" help:"Session directory."`
-	Pid            int           `required:"" help:"Destination guest's pid."`
+	Pid            int           `help:"Destination guest's pid; 0: serve names it on stdin once started."`
 	PidStart       uint64        `name:"pid-start" help:"Its start time (field 22 of /proc/PID/stat)."`
 	RecoverTimeout time.Duration `name:"recover-timeout" default:"0s" help:"How long a guest in post-copy waits for a serve to take it over once serve is gone."`
 }

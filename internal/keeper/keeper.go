@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -18,7 +19,11 @@ import (
 
 // Config is one keeper's charge: a session directory and its guest.
 type Config struct {
-	Dir      string
+	Dir string
+	// Pid and PidStart name the guest. Pid 0: serve starts the keeper
+	// before it creates the guest's RAM files, and tells it the guest
+	// once started (TellGuest); a serve gone before then leaves only
+	// files, and the keeper removes the directory.
 	Pid      int
 	PidStart uint64
 	// RecoverTimeout is how long a guest in post-copy waits, once serve is
@@ -26,9 +31,9 @@ type Config struct {
 	// killed.
 	RecoverTimeout time.Duration
 	// Serve is the keeper's end of its pipe from serve: serve writes the
-	// states it reaches past Resumed there, a line each (Tell), so that
-	// the keeper knows them even if the journal could not be written; EOF
-	// means serve is gone.
+	// guest it started (TellGuest) and the states it reaches past Resumed
+	// there, a line each (Tell), so that the keeper knows them even if
+	// the journal could not be written; EOF means serve is gone.
 	Serve  io.Reader
 	Logger hclog.Logger
 	// Tick is how often the keeper looks (default 100 ms).
@@ -45,6 +50,18 @@ func Run(ctx context.Context, c Config) error {
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
+	s := watchServe(c.Serve)
+	if c.Pid == 0 {
+		select {
+		case g := <-s.guest:
+			c.Pid, c.PidStart = g.pid, g.start
+		case <-s.gone:
+			c.Logger.Info("serve gone before it started the guest: removing the session directory", "dir", c.Dir)
+			return removeDir(c.Dir)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	log := c.Logger.With("dir", c.Dir, "pid", c.Pid)
 	p, err := Open(c.Pid, c.PidStart)
 	if err != nil {
@@ -52,17 +69,6 @@ func Run(ctx context.Context, c Config) error {
 		return removeDir(c.Dir)
 	}
 	defer p.Close()
-	gone := make(chan struct{})
-	var told atomic.Value // State: the latest serve told
-	told.Store(State(""))
-	go func() {
-		// Anything but a state line is the end of serve.
-		sc := bufio.NewScanner(c.Serve)
-		for sc.Scan() {
-			told.Store(Later(told.Load().(State), State(sc.Text())))
-		}
-		close(gone)
-	}()
 	// since: when the session was last seen run by a serve, once the one
 	// that started it is gone; a serve that adopted the session and died
 	// in turn has as long as the first to be replaced.
@@ -73,14 +79,14 @@ func Run(ctx context.Context, c Config) error {
 			return removeDir(c.Dir)
 		}
 		select {
-		case <-gone:
+		case <-s.gone:
 			if since.IsZero() {
 				since = time.Now()
 			}
 		default:
 		}
 		if !since.IsZero() {
-			done, held, err := c.orphaned(p, told.Load().(State), time.Since(since), log)
+			done, held, err := c.orphaned(p, s.told.Load().(State), time.Since(since), log)
 			if done {
 				return err
 			}
@@ -94,6 +100,46 @@ func Run(ctx context.Context, c Config) error {
 		case <-time.After(c.Tick):
 		}
 	}
+}
+
+// guestID names a started guest, as TellGuest sends it.
+type guestID struct {
+	pid   int
+	start uint64
+}
+
+// serveLink is what the keeper hears from serve through its pipe.
+type serveLink struct {
+	told  atomic.Value  // State: the latest serve told
+	guest chan guestID  // the guest serve started (once)
+	gone  chan struct{} // closed at EOF: serve is gone
+}
+
+// watchServe reads the pipe from serve until it ends; anything but a
+// guest or state line is the end of serve.
+func watchServe(r io.Reader) *serveLink {
+	s := &serveLink{guest: make(chan guestID, 1), gone: make(chan struct{})}
+	s.told.Store(State(""))
+	go func() {
+		defer close(s.gone)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			line := sc.Text()
+			if rest, ok := strings.CutPrefix(line, guestLine); ok {
+				var g guestID
+				if _, err := fmt.Sscanf(rest, "%d %d", &g.pid, &g.start); err != nil || g.pid <= 0 {
+					return
+				}
+				select {
+				case s.guest <- g:
+				default: // told twice: the first stands
+				}
+				continue
+			}
+			s.told.Store(Later(s.told.Load().(State), State(line)))
+		}
+	}()
+	return s
 }
 
 // orphaned acts on a session whose serve is gone, by its journal and what
@@ -164,7 +210,7 @@ func removeDir(dir string) error {
 // Spawn starts a keeper process for dir: exe (the dmig binary) run as
 // `exe keeper --dir DIR --pid PID --pid-start T --recover-timeout D`, in a
 // session of its own so that what ends serve does not end it. The returned
-// writer is serve's end of the keeper's pipe: Tell writes states to it,
+// writer is serve's end of the keeper's pipe: TellGuest and Tell write to it,
 // and its closing, by Close or by serve's death, tells the keeper that
 // serve no longer runs the session.
 func Spawn(exe string, c Config) (io.WriteCloser, error) {
@@ -185,6 +231,18 @@ func Spawn(exe string, c Config) (io.WriteCloser, error) {
 	pr.Close()
 	go func() { _ = cmd.Wait() }() // reap it if it ends before serve
 	return pw, nil
+}
+
+// guestLine starts the line TellGuest writes.
+const guestLine = "guest "
+
+// TellGuest tells a keeper started with Pid 0, through w (Spawn's writer),
+// the guest serve started.
+func TellGuest(w io.Writer, pid int, start uint64) error {
+	if _, err := fmt.Fprintf(w, "%s%d %d\n", guestLine, pid, start); err != nil {
+		return fmt.Errorf("tell the keeper guest pid %d: %w", pid, err)
+	}
+	return nil
 }
 
 // Tell tells a keeper, through w (Spawn's writer), that its session

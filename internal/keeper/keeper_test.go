@@ -99,6 +99,50 @@ func TestKeeperKillsUnresumedGuest(t *testing.T) {
 	}
 }
 
+// A keeper started before its guest (Pid 0) removes the RAM files of a
+// serve that died before it started the guest, and keeps a guest it was
+// told of like one it was started with.
+func TestKeeperBeforeTheGuest(t *testing.T) {
+	t.Run("serve-dies-first", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), wire.NewSessionID().String())
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "ram0"), []byte("ram"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		serve, done := keep(t, dir, &Journal{}, time.Hour)
+		time.Sleep(50 * time.Millisecond)
+		if _, err := os.Stat(filepath.Join(dir, "ram0")); err != nil {
+			t.Fatalf("RAM file removed while serve runs: %v", err)
+		}
+		serve.Close()
+		waitDone(t, done, 5*time.Second)
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("session directory of a guest never started left: %v", err)
+		}
+	})
+	t.Run("told-the-guest", func(t *testing.T) {
+		cmd, dir, j := guest(t, t.TempDir(), Starting)
+		serve, done := keep(t, dir, &Journal{}, time.Hour)
+		if err := TellGuest(serve, j.Pid, j.PidStart); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if gone(cmd.Process.Pid) {
+			t.Fatal("guest killed while serve runs")
+		}
+		serve.Close()
+		waitDone(t, done, 5*time.Second)
+		if !gone(cmd.Process.Pid) {
+			t.Fatal("guest that never resumed outlived its serve: the keeper did not take the guest it was told")
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("session directory left: %v", err)
+		}
+	})
+}
+
 func TestKeeperWaitsForAdoption(t *testing.T) {
 	for _, st := range []State{Ready, Resumed} {
 		t.Run(string(st), func(t *testing.T) { testKeeperWaitsForAdoption(t, st) })
