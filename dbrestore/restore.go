@@ -375,7 +375,15 @@ func (r *restorer) supersede(block uint32, p uint64, iter uint32) {
 // stretch's references together), so an older pass's reference can arrive
 // after a newer pass's data. It is then dropped: placing it would
 // overwrite the newer page.
-func (r *restorer) claim(block uint32, p uint64, iter uint32) bool {
+//
+// The entry, the page's queued reference and its unchecked mark change
+// together under the page's stripe lock: done after the lock, a newer
+// entry for the page (data, or another pass's reference on another
+// connection) could come in between and be followed by this older
+// reference's marks, and the page be carried at switchover, its newer
+// content freed, with the older reference as the one its disk copy is
+// checked against.
+func (r *restorer) claim(block uint32, p uint64, iter uint32, ref wire.Ref) bool {
 	mu := r.lock(block, p)
 	mu.Lock()
 	defer mu.Unlock()
@@ -384,7 +392,11 @@ func (r *restorer) claim(block uint32, p uint64, iter uint32) bool {
 	}
 	r.entries[block][p] = pageEntry{iter: iter}
 	r.bad[block].Remove(p)
-	r.unchecked[block].Remove(p)
+	// Lock order: a stripe, then qMu (carry takes qMu alone).
+	r.qMu.Lock()
+	r.queued[pageKey{block, p}] = queuedRef{iter, ref}
+	r.qMu.Unlock()
+	r.unchecked[block].Add(p)
 	return true
 }
 
@@ -394,15 +406,11 @@ func (r *restorer) claim(block uint32, p uint64, iter uint32) bool {
 func (r *restorer) enqueue(block uint32, p uint64, iter uint32, ref wire.Ref) {
 	if iter != wire.IterationPostcopy {
 		r.n.received.Add(1)
-		if !r.claim(block, p, iter) {
+		if !r.claim(block, p, iter, ref) {
 			// Done with: nothing to read, nothing to hand back.
 			r.n.checked.Add(1)
 			return
 		}
-		r.qMu.Lock()
-		r.queued[pageKey{block, p}] = queuedRef{iter, ref}
-		r.qMu.Unlock()
-		r.unchecked[block].Add(p)
 	}
 	r.mu.Lock()
 	r.inflight++

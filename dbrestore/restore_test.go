@@ -251,6 +251,58 @@ func TestRestoreLateOlderReference(t *testing.T) {
 	}
 }
 
+// A newer entry for a page that arrives while an older reference for it
+// is being queued (they travel on different bulk connections) stays the
+// page's latest: the page is not left unchecked behind newer data, nor
+// with the older reference queued as the one a carry would check its disk
+// copy against. Either would let switchover free the newer page and place
+// the older disk copy instead.
+func TestRestoreNewerEntryDuringEnqueue(t *testing.T) {
+	f := newRestoreFixture(t, nil, wire.FlagStorageRefs)
+	const rounds = 5000
+	for k := range uint32(rounds) {
+		older, newer := 2*k+1, 2*k+2
+		// Every page at once, the newer entry data for even pages and a
+		// reference for odd ones.
+		var start, wg sync.WaitGroup
+		start.Add(1)
+		for p := range uint64(16) {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				start.Wait()
+				f.r.enqueue(0, p, older, f.ref("data", p, f.disk[p]))
+			}()
+			go func() {
+				defer wg.Done()
+				start.Wait()
+				if p%2 == 0 {
+					f.r.supersede(0, p, newer)
+				} else {
+					f.r.enqueue(0, p, newer, f.ref("data", p, f.disk[p]))
+				}
+			}()
+		}
+		start.Done()
+		wg.Wait()
+		for p := range uint64(16) {
+			data := p%2 == 0
+			if e := f.r.entries[0][p]; e.iter != newer {
+				t.Fatalf("round %d: page %d's latest entry is of pass %d, want %d", k, p, e.iter, newer)
+			}
+			if data && f.r.unchecked[0].Has(p) {
+				t.Fatalf("round %d: page %d unchecked behind newer data: a carry would free it", k, p)
+			}
+			if q := f.r.queued[pageKey{0, p}]; !data && q.iter != newer {
+				t.Fatalf("round %d: page %d's queued reference is of pass %d, its latest of %d", k, p, q.iter, newer)
+			}
+			if !data && !f.r.unchecked[0].Has(p) {
+				t.Fatalf("round %d: page %d's newer reference is not unchecked", k, p)
+			}
+		}
+	}
+}
+
 // Guest neighbours are placed together, each only if it is verified and
 // still its page's latest entry: a newer entry or a failed hash in the
 // middle of a run leaves that page alone and its neighbours placed. The
