@@ -110,6 +110,17 @@ func (s *source) passOrder(iter uint32) []diskRun {
 	return named
 }
 
+// firstPass is the only pass that sends pages on other bulk connections
+// than their own (as references, in disk order). A page's entries must
+// reach the destination in pass order, and only those of its own
+// connection arrive in the order they were sent: the destination drops a
+// reference older than its page's latest entry, but a page's older data
+// arriving after a newer pass's reference on another connection would
+// overwrite the newer page. In the first pass no page has an older entry;
+// later passes send a few percent of the pages, each on its own
+// connection (still in disk order within it).
+const firstPass = 1
+
 // blockPage is page of block (an index into source.blocks).
 type blockPage struct {
 	block int
@@ -139,12 +150,11 @@ func (d *diskCursor) take() []diskRun {
 
 // sendInDiskOrder sends, on bulk connection c, the pending pages of the
 // spans it takes from cur, diskChunk pages at a time. A page of another
-// connection's stripes (wire.BulkConn) goes only as a reference (a late
-// one cannot overwrite newer data: the destination drops a reference
-// older than its page's latest entry); one that would go as data or zeros
-// is left pending for its own connection. It returns batches and pages
-// sent; the pages it sent are no longer pending, so the pass's sendStripes
-// then sends the others.
+// connection's stripes (wire.BulkConn) goes only as a reference, and only
+// in the first pass (see firstPass); one that would go as data or zeros,
+// or in a later pass, is left pending for its own connection. It returns
+// batches and pages sent; the pages it sent are no longer pending, so the
+// pass's sendStripes then sends the others.
 func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, iter uint32, cur *diskCursor) (batches, sent uint64, err error) {
 	var batch wire.PageBatch
 	flush := func() error { return s.flushBatch(ctx, c, &batch, &batches) }
@@ -169,7 +179,7 @@ func (s *source) sendInDiskOrder(ctx context.Context, c *wire.Conn, i, n int, it
 					continue
 				}
 				s.addPage(&batch, b, bp.page)
-			} else if !s.addForeignRef(&batch, b, bp.page) {
+			} else if iter != firstPass || !s.addForeignRef(&batch, b, bp.page) {
 				continue
 			}
 			sent++

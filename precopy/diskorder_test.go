@@ -22,41 +22,8 @@ import (
 // of the disk; the others follow as data.
 func TestPassInDiskOrder(t *testing.T) {
 	const npages = 1 << 15 // per block: 128 stripes of 256 pages
-	// Block 0 guest pages 0..32767, block 1 32768..65535. The layout names
-	// the even guest pages of both blocks, at disk pages given by a
-	// shuffle, so page order and disk order differ everywhere.
-	named := 2 * npages / 2
-	disk := make([]uint64, named)
-	for i := range disk {
-		disk[i] = uint64(i)
-	}
-	for i := len(disk) - 1; i > 0; i-- {
-		j := int((uint64(i) * 0x9e3779b97f4a7c15 >> 33) % uint64(i+1))
-		disk[i], disk[j] = disk[j], disk[i]
-	}
-	var refs []layout.Ref
-	for i := range named {
-		refs = append(refs, layout.Ref{GuestPage: uint64(2 * i), Disk: 0, Offset: disk[i] * pageSize})
-	}
-	l, err := layout.Build(refs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Disks = []layout.Disk{{ID: 0, Name: "data"}}
-	var blocks []*srcBlock
-	for b := range 2 {
-		mem := make([]byte, npages*pageSize)
-		for p := range uint64(npages) {
-			binary.LittleEndian.PutUint64(mem[p*pageSize:], uint64(b)<<32|p|1<<40)
-		}
-		blk := &srcBlock{idx: uint32(b), npages: npages, Block: &ramfile.Block{Mem: mem}}
-		blk.pending, blk.hot, blk.noref, blk.resend, blk.sent = pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages), pages.NewSet(npages)
-		blk.pending.Fill()
-		blocks = append(blocks, blk)
-	}
-	s := &source{log: hclog.NewNullLogger(), blocks: blocks}
-	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
-	s.refs.prepare(context.Background(), 1, 2*npages)
+	s, disk := diskOrderSource(t, npages, 1)
+	named := len(disk)
 	order := s.passOrder(1)
 	if len(order) != named {
 		t.Fatalf("disk order of %d runs, want %d", len(order), named)
@@ -166,6 +133,103 @@ func TestPassInDiskOrder(t *testing.T) {
 		if hi-lo > 2*diskChunk {
 			t.Errorf("a batch of %d references spans disk pages %d..%d: not one stretch of the disk", len(offs), lo, hi)
 		}
+	}
+}
+
+// diskOrderSource is a source of two blocks of npages pages, all pending,
+// whose layout for pass iter names the even guest pages of both blocks at
+// disk pages given by a shuffle (disk[i]: guest page 2i's), so that page
+// order and disk order differ everywhere.
+func diskOrderSource(t *testing.T, npages int, iter uint32) (*source, []uint64) {
+	t.Helper()
+	// Block 0 guest pages 0..npages-1, block 1 the next npages.
+	named := 2 * npages / 2
+	disk := make([]uint64, named)
+	for i := range disk {
+		disk[i] = uint64(i)
+	}
+	for i := len(disk) - 1; i > 0; i-- {
+		j := int((uint64(i) * 0x9e3779b97f4a7c15 >> 33) % uint64(i+1))
+		disk[i], disk[j] = disk[j], disk[i]
+	}
+	var refs []layout.Ref
+	for i := range named {
+		refs = append(refs, layout.Ref{GuestPage: uint64(2 * i), Disk: 0, Offset: disk[i] * pageSize})
+	}
+	l, err := layout.Build(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Disks = []layout.Disk{{ID: 0, Name: "data"}}
+	var blocks []*srcBlock
+	for b := range 2 {
+		mem := make([]byte, npages*pageSize)
+		for p := range uint64(npages) {
+			binary.LittleEndian.PutUint64(mem[p*pageSize:], uint64(b)<<32|p|1<<40)
+		}
+		blk := &srcBlock{idx: uint32(b), npages: uint64(npages), Block: &ramfile.Block{Mem: mem}}
+		blk.pending, blk.hot, blk.noref, blk.resend, blk.sent = pages.NewSet(uint64(npages)), pages.NewSet(uint64(npages)), pages.NewSet(uint64(npages)), pages.NewSet(uint64(npages)), pages.NewSet(uint64(npages))
+		blk.pending.Fill()
+		blocks = append(blocks, blk)
+	}
+	s := &source{log: hclog.NewNullLogger(), blocks: blocks}
+	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: serveLayout(t, l)}), s.blocks, nil)
+	s.refs.prepare(context.Background(), iter, uint64(2*npages))
+	return s, disk
+}
+
+// A later pass sends every page on its own bulk connection, references
+// too: a page's entries then reach the destination in pass order, which a
+// reference on another connection would not keep against the page's
+// older data still in flight on its own.
+func TestLaterPassKeepsPagesOnTheirConnection(t *testing.T) {
+	const npages = 1 << 12
+	s, _ := diskOrderSource(t, npages, 2)
+	order := s.passOrder(2)
+	if len(order) == 0 {
+		t.Fatal("no disk order for pass 2")
+	}
+	const conns = 2
+	ctx := context.Background()
+	cur := &diskCursor{order: order}
+	var refs, total int
+	for i := range conns {
+		a, b := net.Pipe()
+		src, dst := wire.NewConn(a, wire.RoleBulk, i), wire.NewConn(b, wire.RoleBulk, i)
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := s.sendInDiskOrder(ctx, src, i, conns, 2, cur)
+			if err == nil {
+				_, _, err = s.sendStripes(ctx, src, i, conns, 2, nil, nil)
+			}
+			a.Close()
+			errc <- err
+		}()
+		for {
+			m, err := dst.ReadFrame(ctx)
+			if err != nil {
+				break
+			}
+			batch := m.(*wire.PageBatch)
+			for _, e := range batch.Entries {
+				total++
+				if e.Kind == wire.KindRef {
+					refs++
+				}
+				if c := wire.BulkConn(batch.Block, e.Page, conns); c != i {
+					t.Errorf("pass 2: block %d page %d (%v) sent on connection %d, its own is %d", batch.Block, e.Page, e.Kind, i, c)
+				}
+			}
+			if err := dst.ReadData(make([]byte, dst.DataLeft())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if total != 2*npages || refs != npages {
+		t.Errorf("pass 2 sent %d pages, %d as references; want %d, %d", total, refs, 2*npages, npages)
 	}
 }
 
