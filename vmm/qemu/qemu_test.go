@@ -866,7 +866,7 @@ func testQEMU(t *testing.T, bin string) {
 			r := res.Report
 			t.Logf("%s: total %.0f ms, downtime %.1f ms guest-visible, %.0f ms by QEMU, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
 				mode, r.TotalMS, r.DowntimeMS, r.ReportedDowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
-			checkNativeDowntime(t, r)
+			checkNativeDowntime(t, r, res.Postcopy)
 			// The RAM oracle: both QEMUs are paused (the destination was
 			// started with -S), so their RAM must be the same.
 			if st, err := dst.vm.Mon.QueryStatus(ctx); err != nil || st.Status != "paused" {
@@ -962,9 +962,17 @@ func checkDmigDowntime(t *testing.T, r *report.Report, src, dst *Monitor, start 
 // millisecond clock readings (1 ms), and starts just before vm_stop while
 // STOP is raised once the vCPUs have paused and the run-state handlers
 // have run (well under 1 ms under TCG, 1 ms more to be safe).
-func checkNativeDowntime(t *testing.T, r *report.Report) {
+func checkNativeDowntime(t *testing.T, r *report.Report, postcopy bool) {
 	t.Helper()
-	const tolerance = 2.0 // ms
+	// QEMU rounds its figure to the millisecond. A switched post-copy's
+	// guest-visible run point (postcopy-active) comes before the
+	// destination loads the device state, while QEMU's figure ends after
+	// the source sent it (docs/qemu.md, "How downtime is measured"): a
+	// few ms apart, 2.1 ms seen with preempt.
+	tolerance := 2.0 // ms
+	if postcopy {
+		tolerance = 5
+	}
 	if r.DowntimeWarning != "" || r.DowntimeMS <= 0 || r.DowntimeMS < r.ReportedDowntimeMS-tolerance {
 		t.Errorf("downtime %.1f ms guest-visible (warning %q), QEMU's %.0f ms: want it measured, > 0 and at least QEMU's less %.0f ms",
 			r.DowntimeMS, r.DowntimeWarning, r.ReportedDowntimeMS, tolerance)
