@@ -151,16 +151,19 @@ func (s *source) run(ctx context.Context) (err error) {
 	if err := s.open(); err != nil {
 		return err
 	}
+	tOpen := time.Now()
 	s.refs = newRefSource(s.cfg, s.blocks, s.g)
 	// The first pass's layout is walked while the source sets up.
 	s.refs.startFetch(ctx, 1, s.guestPages())
 	if err := s.track(); err != nil {
 		return err
 	}
+	tTrack := time.Now()
 	s.live.setPhase(report.PhaseConnecting)
 	if err := s.dial(ctx); err != nil {
 		return err
 	}
+	s.log.Debug("setup steps", "open", tOpen.Sub(s.start), "track", tTrack.Sub(tOpen), "dial", time.Since(tTrack))
 	s.publish()
 	base := ctx
 	ctx, cancelCause := context.WithCancelCause(ctx)
