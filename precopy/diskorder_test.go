@@ -30,7 +30,6 @@ func TestPassInDiskOrder(t *testing.T) {
 	}
 
 	const conns = 2
-	ctx := context.Background()
 	type got struct {
 		kind wire.Kind
 		conn int
@@ -38,56 +37,31 @@ func TestPassInDiskOrder(t *testing.T) {
 	}
 	seen := map[[2]uint64]got{}
 	var chunkRefs [][]uint64 // disk pages of each batch of references
-	cur := &diskCursor{order: order}
-	for i := range conns {
-		a, b := net.Pipe()
-		src, dst := wire.NewConn(a, wire.RoleBulk, i), wire.NewConn(b, wire.RoleBulk, i)
-		errc := make(chan error, 1)
-		go func() {
-			_, _, err := s.sendInDiskOrder(ctx, src, i, conns, 1, cur)
-			if err == nil {
-				_, _, err = s.sendStripes(ctx, src, i, conns, 1, nil, nil)
+	sendPass(t, s, conns, 1, order, func(i int, batch *wire.PageBatch) {
+		var offs []uint64
+		for k, e := range batch.Entries {
+			if k > 0 && e.Page <= batch.Entries[k-1].Page {
+				t.Fatalf("batch pages not ascending: %d after %d", e.Page, batch.Entries[k-1].Page)
 			}
-			a.Close()
-			errc <- err
-		}()
-		for {
-			m, err := dst.ReadFrame(ctx)
-			if err != nil {
-				break
+			if wire.BulkConn(batch.Block, e.Page, conns) != i && e.Kind != wire.KindRef {
+				// Data and zeros keep to their page's connection:
+				// only a reference may overtake (the destination
+				// drops one older than its page's latest entry).
+				t.Errorf("block %d page %d sent as %v on connection %d", batch.Block, e.Page, e.Kind, i)
 			}
-			batch := m.(*wire.PageBatch)
-			var offs []uint64
-			for k, e := range batch.Entries {
-				if k > 0 && e.Page <= batch.Entries[k-1].Page {
-					t.Fatalf("batch pages not ascending: %d after %d", e.Page, batch.Entries[k-1].Page)
-				}
-				if wire.BulkConn(batch.Block, e.Page, conns) != i && e.Kind != wire.KindRef {
-					// Data and zeros keep to their page's connection:
-					// only a reference may overtake (the destination
-					// drops one older than its page's latest entry).
-					t.Errorf("block %d page %d sent as %v on connection %d", batch.Block, e.Page, e.Kind, i)
-				}
-				key := [2]uint64{uint64(batch.Block), e.Page}
-				if _, dup := seen[key]; dup {
-					t.Errorf("block %d page %d sent twice", batch.Block, e.Page)
-				}
-				seen[key] = got{e.Kind, i, e.Ref.Offset}
-				if e.Kind == wire.KindRef {
-					offs = append(offs, e.Ref.Offset/pageSize)
-				}
+			key := [2]uint64{uint64(batch.Block), e.Page}
+			if _, dup := seen[key]; dup {
+				t.Errorf("block %d page %d sent twice", batch.Block, e.Page)
 			}
-			if len(offs) > 0 {
-				chunkRefs = append(chunkRefs, offs)
-			}
-			if err := dst.ReadData(make([]byte, dst.DataLeft())); err != nil {
-				t.Fatal(err)
+			seen[key] = got{e.Kind, i, e.Ref.Offset}
+			if e.Kind == wire.KindRef {
+				offs = append(offs, e.Ref.Offset/pageSize)
 			}
 		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+		if len(offs) > 0 {
+			chunkRefs = append(chunkRefs, offs)
 		}
-	}
+	})
 	if len(seen) != 2*npages {
 		t.Fatalf("%d pages sent, want %d", len(seen), 2*npages)
 	}
@@ -132,6 +106,42 @@ func TestPassInDiskOrder(t *testing.T) {
 		lo, hi := span(offs)
 		if hi-lo > 2*diskChunk {
 			t.Errorf("a batch of %d references spans disk pages %d..%d: not one stretch of the disk", len(offs), lo, hi)
+		}
+	}
+}
+
+// sendPass sends pass iter of s over conns bulk connections, one after
+// the other, as the source does (its disk order first, from one cursor,
+// then its stripes), and calls each with every batch connection i
+// carried; the batches' data is read and dropped.
+func sendPass(t *testing.T, s *source, conns int, iter uint32, order []diskRun, each func(i int, batch *wire.PageBatch)) {
+	t.Helper()
+	ctx := context.Background()
+	cur := &diskCursor{order: order}
+	for i := range conns {
+		a, b := net.Pipe()
+		src, dst := wire.NewConn(a, wire.RoleBulk, i), wire.NewConn(b, wire.RoleBulk, i)
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := s.sendInDiskOrder(ctx, src, i, conns, iter, cur)
+			if err == nil {
+				_, _, err = s.sendStripes(ctx, src, i, conns, iter, nil, nil)
+			}
+			a.Close()
+			errc <- err
+		}()
+		for {
+			m, err := dst.ReadFrame(ctx)
+			if err != nil {
+				break
+			}
+			each(i, m.(*wire.PageBatch))
+			if err := dst.ReadData(make([]byte, dst.DataLeft())); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
 		}
 	}
 }
@@ -190,44 +200,18 @@ func TestLaterPassKeepsPagesOnTheirConnection(t *testing.T) {
 		t.Fatal("no disk order for pass 2")
 	}
 	const conns = 2
-	ctx := context.Background()
-	cur := &diskCursor{order: order}
 	var refs, total int
-	for i := range conns {
-		a, b := net.Pipe()
-		src, dst := wire.NewConn(a, wire.RoleBulk, i), wire.NewConn(b, wire.RoleBulk, i)
-		errc := make(chan error, 1)
-		go func() {
-			_, _, err := s.sendInDiskOrder(ctx, src, i, conns, 2, cur)
-			if err == nil {
-				_, _, err = s.sendStripes(ctx, src, i, conns, 2, nil, nil)
+	sendPass(t, s, conns, 2, order, func(i int, batch *wire.PageBatch) {
+		for _, e := range batch.Entries {
+			total++
+			if e.Kind == wire.KindRef {
+				refs++
 			}
-			a.Close()
-			errc <- err
-		}()
-		for {
-			m, err := dst.ReadFrame(ctx)
-			if err != nil {
-				break
-			}
-			batch := m.(*wire.PageBatch)
-			for _, e := range batch.Entries {
-				total++
-				if e.Kind == wire.KindRef {
-					refs++
-				}
-				if c := wire.BulkConn(batch.Block, e.Page, conns); c != i {
-					t.Errorf("pass 2: block %d page %d (%v) sent on connection %d, its own is %d", batch.Block, e.Page, e.Kind, i, c)
-				}
-			}
-			if err := dst.ReadData(make([]byte, dst.DataLeft())); err != nil {
-				t.Fatal(err)
+			if c := wire.BulkConn(batch.Block, e.Page, conns); c != i {
+				t.Errorf("pass 2: block %d page %d (%v) sent on connection %d, its own is %d", batch.Block, e.Page, e.Kind, i, c)
 			}
 		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	if total != 2*npages || refs != npages {
 		t.Errorf("pass 2 sent %d pages, %d as references; want %d, %d", total, refs, 2*npages, npages)
 	}
