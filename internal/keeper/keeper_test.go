@@ -85,6 +85,14 @@ func waitDone(t *testing.T, done <-chan error, within time.Duration) {
 func TestKeeperKillsUnresumedGuest(t *testing.T) {
 	cmd, dir, j := guest(t, t.TempDir(), Starting)
 	serve, done := keep(t, dir, j, time.Hour)
+	killedWithServe(t, cmd, dir, serve, done)
+}
+
+// killedWithServe checks that the guest cmd of a session that never
+// resumed lives while serve runs, and that once serve is gone its keeper
+// (done) kills it and removes the session directory.
+func killedWithServe(t *testing.T, cmd *exec.Cmd, dir string, serve io.Closer, done <-chan error) {
+	t.Helper()
 	time.Sleep(50 * time.Millisecond)
 	if gone(cmd.Process.Pid) {
 		t.Fatal("guest killed while serve runs")
@@ -128,18 +136,7 @@ func TestKeeperBeforeTheGuest(t *testing.T) {
 		if err := TellGuest(serve, j.Pid, j.PidStart); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
-		if gone(cmd.Process.Pid) {
-			t.Fatal("guest killed while serve runs")
-		}
-		serve.Close()
-		waitDone(t, done, 5*time.Second)
-		if !gone(cmd.Process.Pid) {
-			t.Fatal("guest that never resumed outlived its serve: the keeper did not take the guest it was told")
-		}
-		if _, err := os.Stat(dir); !os.IsNotExist(err) {
-			t.Fatalf("session directory left: %v", err)
-		}
+		killedWithServe(t, cmd, dir, serve, done)
 	})
 }
 
