@@ -91,9 +91,8 @@ type Config struct {
 	// its RAM files are made (keeper.Spawn, Pid 0); the session tells the
 	// keeper through what it returns the guest it started
 	// (keeper.TellGuest) and the states past Resumed it reaches
-	// (keeper.Tell), and
-	// closing it tells the keeper that this process no longer runs the
-	// session.
+	// (keeper.Tell), and closing it tells the keeper that this process no
+	// longer runs the session.
 	Keeper func(keeper.Config) (io.WriteCloser, error)
 	// Watch, if set, is called as a session starts receiving, with a
 	// function returning its figures at that instant (dmig status; safe

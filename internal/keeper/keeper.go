@@ -115,8 +115,8 @@ type serveLink struct {
 	gone  chan struct{} // closed at EOF: serve is gone
 }
 
-// watchServe reads the pipe from serve until it ends; anything but a
-// guest or state line is the end of serve.
+// watchServe reads the pipe from serve until it ends; a malformed guest
+// line ends it as EOF does (a line of no known state is ignored).
 func watchServe(r io.Reader) *serveLink {
 	s := &serveLink{guest: make(chan guestID, 1), gone: make(chan struct{})}
 	s.told.Store(State(""))
