@@ -134,6 +134,14 @@ type faultSpec struct {
 	outage time.Duration // recoverable faults: how long the link or serve is gone
 }
 
+// loopback is the run's own loopback address (all of 127/8 reaches lo).
+// Its serve and proxy listen there: when a fault frees one of their ports
+// (a killed serve, a cut link), a run beside it cannot take the port and
+// receive this run's migration, since its listeners are on another address.
+func (s faultSpec) loopback() string {
+	return fmt.Sprintf("127.77.%d.%d", s.index/250, s.index%250+1)
+}
+
 func specFromSeed(seed uint64) faultSpec {
 	r := rand.New(rand.NewPCG(seed, splitmix(seed)))
 	s := faultSpec{seed: seed, mode: faultModes[r.IntN(len(faultModes))], kind: faultKinds[r.IntN(len(faultKinds))]}
@@ -506,14 +514,14 @@ func (r *faultRun) run() {
 	if dataFile != "" {
 		args = append(args, "--disk", "data="+dataFile)
 	}
-	r.serve = &faultServe{bin: r.bin, addr: freeAddr(t), dir: r.serveDir, log: newRunLog(t, filepath.Join(dir, "serve.log"))}
+	r.serve = &faultServe{bin: r.bin, addr: freeAddrOn(t, r.spec.loopback()), dir: r.serveDir, log: newRunLog(t, filepath.Join(dir, "serve.log"))}
 	args[2] = r.serve.addr
 	r.serve.args = args
 	if err := r.serve.start(); err != nil {
 		t.Fatalf("start dmig serve: %v\n%s", err, r.serve.log)
 	}
 	t.Cleanup(r.serve.stop)
-	r.px = startProxy(t, r.serve.addr, fiLinkRate)
+	r.px = startProxyOn(t, r.spec.loopback(), r.serve.addr, fiLinkRate)
 
 	margs := []string{"migrate", "--to", r.px.addr(), "--mode", s.mode, "--pid", strconv.Itoa(r.g.pid()), "--ram", r.g.ram,
 		"--report", r.repPath, "--no-progress", "--log-format", "text", "--connect-timeout", "10s"}

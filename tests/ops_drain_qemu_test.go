@@ -252,7 +252,7 @@ func TestDrainQEMU(t *testing.T) {
 	checkPattern(t, "the source VM after its failed migration", vm.ram)
 
 	// The link is back: the rerun skips the moved guest and moves the VM.
-	link.restore(t)
+	link.restore()
 	code, out = dmigRun(t, ctx, common...)
 	sum = readSummary(t, filepath.Join(dir, "summary.json"))
 	t.Logf("second drain: exit %d\n%s", code, out)

@@ -29,13 +29,21 @@ type proxy struct {
 
 func startProxy(t testing.TB, target string, rate int64) *proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startProxyOn(t, "127.0.0.1", target, rate)
+}
+
+// startProxyOn is startProxy listening on host, a loopback address of the
+// caller's own: a port it frees (a cut) can then only be taken again on
+// that address, never by a proxy or serve of a test running beside it.
+func startProxyOn(t testing.TB, host, target string, rate int64) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &proxy{ln: ln, target: target, rate: rate}
 	go p.accept()
-	t.Cleanup(p.cut)
+	t.Cleanup(p.close)
 	return p
 }
 
@@ -50,19 +58,20 @@ func (p *proxy) accept() {
 		if err != nil {
 			return
 		}
+		p.mu.Lock()
+		cut := p.cut_
+		p.mu.Unlock()
+		if cut {
+			reset(c)
+			continue
+		}
 		u, err := net.Dial("tcp", p.target)
 		if err != nil {
 			c.Close()
 			continue
 		}
 		p.mu.Lock()
-		if p.cut_ {
-			p.mu.Unlock()
-			c.Close()
-			u.Close()
-			return
-		}
-		if p.down {
+		if p.cut_ || p.down {
 			p.mu.Unlock()
 			reset(c)
 			reset(u)
@@ -118,17 +127,24 @@ func closeWrite(c net.Conn) error {
 }
 
 // cut drops every connection (with a reset, as a dead link or host would
-// look after its timeout) and stops accepting.
+// look after its timeout) and resets every new one until restore. The
+// proxy keeps its port meanwhile, so no other listener can take it and
+// receive connections meant for this link.
 func (p *proxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut_ = true
-	p.ln.Close()
 	p.resetAll()
 	if p.hold != nil {
 		close(p.hold)
 		p.hold = nil
 	}
+}
+
+// close cuts the link and frees the proxy's port.
+func (p *proxy) close() {
+	p.cut()
+	p.ln.Close()
 }
 
 // resetAll resets every connection; the caller holds p.mu.
@@ -147,16 +163,10 @@ func reset(c net.Conn) {
 	c.Close()
 }
 
-// restore listens again on the proxy's address after a cut: the link is
-// back, and new connections go through.
-func (p *proxy) restore(t testing.TB) {
-	t.Helper()
-	ln, err := net.Listen("tcp", p.ln.Addr().String())
-	if err != nil {
-		t.Fatalf("restore proxy: %v", err)
-	}
+// restore forwards again after a cut: the link is back, and new
+// connections go through.
+func (p *proxy) restore() {
 	p.mu.Lock()
-	p.ln, p.cut_ = ln, false
+	p.cut_ = false
 	p.mu.Unlock()
-	go p.accept()
 }

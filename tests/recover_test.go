@@ -32,7 +32,7 @@ func TestRecoverLinkCut(t *testing.T) {
 			outage := func() {
 				p.cut()
 				time.Sleep(time.Second)
-				p.restore(t)
+				p.restore()
 			}
 			if at == "at-resume" {
 				d.beforeResume = func() { go outage() }
@@ -218,7 +218,7 @@ func TestRecoverHybridRefs(t *testing.T) {
 		// within a few hundred milliseconds.
 		p.cut()
 		time.Sleep(time.Second)
-		p.restore(t)
+		p.restore()
 	}()
 	stats := filepath.Join(t.TempDir(), "dst.stats")
 	rep, err := migrateDBWith(t, g, precopy.Config{To: p.addr(), Mode: precopy.ModeHybrid, LayoutAddr: g.layout, MaxIterations: 1, RecoverTimeout: 20 * time.Second}, stats)
