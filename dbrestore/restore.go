@@ -307,6 +307,39 @@ func (r *restorer) start(ctx context.Context, spawn func(func() error)) {
 	for range restoreCollectors {
 		spawn(func() error { r.collect(ctx); return nil })
 	}
+	if r.log.IsDebug() {
+		spawn(func() error { r.logProgress(ctx); return nil })
+	}
+}
+
+// logProgress logs, each second while references come or are read, how far
+// the restore is behind what it was sent: whether a slow restore waits for
+// references (the link) or they wait for it (disk, cores).
+func (r *restorer) logProgress(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastChecked, lastBytes uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		received, checked := r.n.received.Load(), r.n.checked.Load()
+		var bytes uint64
+		if r.reader != nil {
+			bytes = r.reader.Stats().Bytes
+		}
+		if checked == lastChecked && bytes == lastBytes && checked == received {
+			continue
+		}
+		r.postMu.Lock()
+		backlog := len(r.backlog)
+		r.postMu.Unlock()
+		r.log.Debug("restore progress", "phase", restorePhase(r.phase.Load()), "received", received, "checked", checked,
+			"behind", received-checked, "queued", len(r.jobs), "backlog", backlog, "read_MBps", (bytes-lastBytes)/1e6)
+		lastChecked, lastBytes = checked, bytes
+	}
 }
 
 // advance moves the restore to phase p (never back).
