@@ -162,28 +162,42 @@ func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 		r.prepare(ctx, iter, s.guestPages())
 		return
 	}
-	if iter > 1 && r.lay != nil && len(s.rep.IterationLog) > 0 {
-		last := s.rep.IterationLog[len(s.rep.IterationLog)-1]
-		var named uint64
-		for _, b := range s.blocks {
-			b.pending.Runs(0, b.npages, func(start, count uint64) bool {
-				for p := start; p < start+count; p++ {
-					if _, ok := r.lookup(b, p); ok {
-						named++
-					}
-				}
-				return true
-			})
-		}
-		if last.Bytes > 0 && last.MS > 0 {
-			saving := time.Duration(float64(named*pageSize) / float64(last.Bytes) * last.MS * float64(time.Millisecond))
-			if saving < r.fetchTook {
-				r.log.Debug("layout not refreshed: the pass would save less than a fetch costs", "iteration", iter, "named", named, "saving", saving, "fetch", r.fetchTook)
-				return
-			}
-		}
+	if iter > 1 && !s.fetchPays(iter) {
+		return
 	}
 	r.prepare(ctx, iter, s.guestPages())
+}
+
+// fetchPays reports whether a fresh layout for pass iter (a later pass, or
+// the post-copy push) is likely to save more than it costs: the pending
+// pages the previous layout named, at the last pass's rate, would take
+// longer to send as data than the last fetch took. It logs why not.
+func (s *source) fetchPays(iter uint32) bool {
+	r := s.refs
+	if r.lay == nil || len(s.rep.IterationLog) == 0 {
+		return true
+	}
+	last := s.rep.IterationLog[len(s.rep.IterationLog)-1]
+	if last.Bytes == 0 || last.MS <= 0 {
+		return true
+	}
+	var named uint64
+	for _, b := range s.blocks {
+		b.pending.Runs(0, b.npages, func(start, count uint64) bool {
+			for p := start; p < start+count; p++ {
+				if _, ok := r.lookup(b, p); ok {
+					named++
+				}
+			}
+			return true
+		})
+	}
+	saving := time.Duration(float64(named*pageSize) / float64(last.Bytes) * last.MS * float64(time.Millisecond))
+	if saving >= r.fetchTook {
+		return true
+	}
+	r.log.Debug("layout not refreshed: the pass would save less than a fetch costs", "iteration", iter, "named", named, "saving", saving, "fetch", r.fetchTook)
+	return false
 }
 
 // prepare installs the layout for pass iter: the one fetched ahead for it
@@ -355,10 +369,16 @@ func (c *routes) report() report.Routes {
 }
 
 // prepareFinalRefs fetches a layout for the post-copy push, just before
-// the guest is paused. Pages written after the last pass's scan (the hot set
-// the scan at pause leaves) may postdate it and go as data.
+// the guest is paused, if it pays (fetchPays: the pause waits for the
+// fetch, and a push of a few thousand pages saves less than that). Pages
+// written after the last pass's scan (the hot set the scan at pause leaves)
+// may postdate it and go as data.
 func (s *source) prepareFinalRefs(ctx context.Context) {
-	s.refs.prepare(ctx, wire.IterationPostcopy, s.guestPages())
+	r := s.refs
+	if r == nil || !r.refresh || !s.fetchPays(wire.IterationPostcopy) {
+		return
+	}
+	r.prepare(ctx, wire.IterationPostcopy, s.guestPages())
 }
 
 // add appends page p of b (its bytes in page, read from guest RAM) to the
