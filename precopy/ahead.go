@@ -24,6 +24,9 @@ const (
 	// beside a pass takes longer than one alone: 0.9 s before the first
 	// pass, 2 s beside it, at 8 GiB).
 	aheadLead = 3
+	// aheadMinWait is the least a pass waits for a layout fetched ahead
+	// that is not done yet, however little it is expected to save.
+	aheadMinWait = 20 * time.Millisecond
 	// aheadSmoothing is the weight of the newest sample in the pass's
 	// smoothed rate (over about half a second at aheadPoll).
 	aheadSmoothing = 0.1
@@ -31,10 +34,11 @@ const (
 
 // layoutFetch is a layout fetch running in the background for pass iter.
 type layoutFetch struct {
-	iter   uint32
-	cancel context.CancelFunc
-	done   chan struct{}
-	res    fetched // set before done closes
+	iter    uint32
+	started time.Time
+	cancel  context.CancelFunc
+	done    chan struct{}
+	res     fetched // set before done closes
 }
 
 // startFetch starts fetching the layout for pass iter in the background;
@@ -45,7 +49,7 @@ func (r *refSource) startFetch(ctx context.Context, iter uint32, guestPages uint
 	}
 	r.dropAhead()
 	fctx, cancel := context.WithCancel(ctx)
-	f := &layoutFetch{iter: iter, cancel: cancel, done: make(chan struct{})}
+	f := &layoutFetch{iter: iter, started: time.Now(), cancel: cancel, done: make(chan struct{})}
 	r.ahead = f
 	go func() {
 		defer close(f.done)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dmig/dmig/internal/pages"
+	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/layout"
 )
 
@@ -91,5 +92,54 @@ func TestLayoutFetchedAhead(t *testing.T) {
 	s.refs.prepare(ctx, 4, n)
 	if s.refs.pass != 4 || s.refs.ahead != nil {
 		t.Fatalf("layout of pass %d, ahead %v: want pass 4's, none ahead", s.refs.pass, s.refs.ahead)
+	}
+}
+
+// TestLayoutAheadWaitedOnlyForItsSaving: a layout fetched ahead that is
+// still being walked when its pass starts is waited for only as long as it
+// would save that pass; then it is dropped, the pass goes without
+// references, and the walk's time so far counts as the last fetch's.
+func TestLayoutAheadWaitedOnlyForItsSaving(t *testing.T) {
+	l := &layout.Layout{Disks: []layout.Disk{{ID: 0, Name: "data"}}, Runs: []layout.Run{{GuestPage: 0, Pages: 16, Offset: 4096}}}
+	var takes atomic.Int32
+	addr := serveGet(t, func(ctx context.Context) (*layout.Layout, error) {
+		if takes.Add(1) == 1 {
+			return l, nil
+		}
+		<-ctx.Done() // a walk that does not end while the test runs
+		return nil, ctx.Err()
+	})
+	const n = 64
+	b := &srcBlock{idx: 0, npages: n, pending: pages.NewSet(n)}
+	s := &source{blocks: []*srcBlock{b}}
+	s.refs = newRefSource(hybridCfg(Config{Mode: ModeHybrid, LayoutAddr: addr, LayoutTimeout: time.Minute}), s.blocks, nil)
+	ctx := context.Background()
+	s.prepareRefs(ctx, 1)
+	if s.refs.pass != 1 {
+		t.Fatalf("first pass has the layout of pass %d", s.refs.pass)
+	}
+	// Pass 1 sent 4 MB in 1 s; pass 2 has the 16 named pages pending
+	// (64 KiB: 16 ms at that rate, so the least wait applies).
+	s.rep.IterationLog = append(s.rep.IterationLog, report.Iteration{Bytes: 4 << 20, MS: 1000})
+	for p := range uint64(16) {
+		b.pending.Add(p)
+	}
+	s.refs.startFetch(ctx, 2, n)
+	time.Sleep(50 * time.Millisecond) // the walk has run a while
+	t0 := time.Now()
+	s.prepareRefs(ctx, 2)
+	waited := time.Since(t0)
+	if waited > 2*time.Second {
+		t.Fatalf("pass 2 waited %v for a layout that would save 16 ms", waited)
+	}
+	if s.refs.pass != 1 || s.refs.ahead != nil {
+		t.Fatalf("pass 2 has the layout of pass %d (ahead %v), want none of its own and the fetch dropped", s.refs.pass, s.refs.ahead)
+	}
+	if s.refs.fetchTook < 50*time.Millisecond+aheadMinWait {
+		t.Fatalf("last fetch counted as %v, want at least the %v the dropped walk ran", s.refs.fetchTook, 50*time.Millisecond+aheadMinWait)
+	}
+	// The next pass weighs a fetch at that cost: 16 named pages do not pay.
+	if s.fetchPays(3) {
+		t.Fatal("a fetch that took longer than the pass it would save still pays")
 	}
 }

@@ -158,8 +158,15 @@ func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 		return
 	}
 	if r.ahead != nil && r.ahead.iter == iter {
-		// Fetched during the pass before: its cost is paid.
-		r.prepare(ctx, iter, s.guestPages())
+		// Fetched during the pass before: its walk ran beside it. A walk
+		// still running is waited for only as long as its layout would
+		// save (a fresh walk in a busy guest can take far longer than the
+		// first, which the agent may answer from its cache).
+		limit := time.Duration(0)
+		if saving, known := s.fetchSaving(); known {
+			limit = max(saving, aheadMinWait)
+		}
+		r.takeAhead(ctx, iter, s.guestPages(), limit)
 		return
 	}
 	if iter > 1 && !s.fetchPays(iter) {
@@ -173,13 +180,26 @@ func (s *source) prepareRefs(ctx context.Context, iter uint32) {
 // pages the previous layout named, at the last pass's rate, would take
 // longer to send as data than the last fetch took. It logs why not.
 func (s *source) fetchPays(iter uint32) bool {
+	saving, known := s.fetchSaving()
+	if !known || saving >= s.refs.fetchTook {
+		return true
+	}
+	s.refs.log.Debug("layout not refreshed: the pass would save less than a fetch costs", "iteration", iter, "saving", saving, "fetch", s.refs.fetchTook)
+	return false
+}
+
+// fetchSaving estimates what a fresh layout would save the next pass: the
+// time its pending pages that the previous layout named take to send as
+// data at the last pass's rate. False if there is nothing to estimate
+// from (no layout, no pass yet).
+func (s *source) fetchSaving() (time.Duration, bool) {
 	r := s.refs
 	if r.lay == nil || len(s.rep.IterationLog) == 0 {
-		return true
+		return 0, false
 	}
 	last := s.rep.IterationLog[len(s.rep.IterationLog)-1]
 	if last.Bytes == 0 || last.MS <= 0 {
-		return true
+		return 0, false
 	}
 	var named uint64
 	for _, b := range s.blocks {
@@ -192,12 +212,35 @@ func (s *source) fetchPays(iter uint32) bool {
 			return true
 		})
 	}
-	saving := time.Duration(float64(named*pageSize) / float64(last.Bytes) * last.MS * float64(time.Millisecond))
-	if saving >= r.fetchTook {
-		return true
+	return time.Duration(float64(named*pageSize) / float64(last.Bytes) * last.MS * float64(time.Millisecond)), true
+}
+
+// takeAhead installs the layout fetched ahead for pass iter, waiting for
+// it at most limit (0: until it arrives or fails). A fetch that is not
+// done by then is dropped and the pass goes without references; its time
+// so far becomes the last fetch's, so that later passes weigh a fetch at
+// what it now costs.
+func (r *refSource) takeAhead(ctx context.Context, iter uint32, guestPages uint64, limit time.Duration) {
+	f := r.ahead
+	if limit <= 0 {
+		r.prepare(ctx, iter, guestPages)
+		return
 	}
-	r.log.Debug("layout not refreshed: the pass would save less than a fetch costs", "iteration", iter, "named", named, "saving", saving, "fetch", r.fetchTook)
-	return false
+	t0 := time.Now()
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case <-f.done:
+		r.prepare(ctx, iter, guestPages)
+	case <-timer.C:
+		r.dropAhead()
+		r.spent += time.Since(t0)
+		r.fetchTook = max(r.fetchTook, time.Since(f.started))
+		r.log.Debug("layout fetched ahead not ready: the pass goes without references", "iteration", iter,
+			"waited", time.Since(t0), "fetching_for", r.fetchTook)
+	case <-ctx.Done():
+		r.dropAhead()
+	}
 }
 
 // prepare installs the layout for pass iter: the one fetched ahead for it
