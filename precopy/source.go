@@ -32,7 +32,15 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	if err != nil {
 		s.reportRefs() // what the passes that ran did
 	}
-	s.rep.TotalMS = report.MS(time.Since(s.start))
+	end := time.Now()
+	s.rep.TotalMS = report.MS(end.Sub(s.start))
+	if !s.completedAt.IsZero() {
+		// The migration's time ends with the destination's Complete, as
+		// QEMU's total-time does; what the source then spends letting go
+		// of the guest is reported beside it.
+		s.rep.TotalMS = report.MS(s.completedAt.Sub(s.start))
+		s.rep.TeardownMS = report.MS(end.Sub(s.completedAt))
+	}
 	s.rep.BytesSent = s.bytesSent()
 	s.rep.Bandwidth = cfg.Bandwidth.Stats().Report()
 	if err != nil {
@@ -51,7 +59,10 @@ type source struct {
 	g     Guest
 	log   hclog.Logger
 	start time.Time
-	rep   report.Report
+	// completedAt is when the destination's Complete arrived (zero until
+	// then): the end of the migration's total time.
+	completedAt time.Time
+	rep         report.Report
 
 	blocks  []*srcBlock
 	refs    *refSource // nil: no storage references
@@ -480,6 +491,7 @@ func (s *source) goAndComplete(ctx, base context.Context, fail context.CancelCau
 		return fmt.Errorf("%w; the guest stays paused on the source with its memory intact: resume it only if the destination guest is not running", err)
 	}
 	s.mergeDest(done)
+	s.completedAt = time.Now()
 	s.live.setPhase(report.PhaseDone)
 	s.progress(report.PhaseDone, iter, 0, 0)
 	if err := s.g.Finish(ctx); err != nil {
