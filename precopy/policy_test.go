@@ -1,8 +1,11 @@
 package precopy
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 func TestPolicy(t *testing.T) {
@@ -65,5 +68,74 @@ func TestPolicy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// restoreSource is a hybrid source whose destination has checked checked
+// of sent references; setChecked reports a new figure as a Verdict would.
+func restoreSource(sent uint64) *source {
+	s := &source{cfg: Config{Mode: ModeHybrid}, log: hclog.NewNullLogger(), refs: &refSource{}, verdictCh: make(chan struct{}, 1)}
+	s.refs.sent.Store(sent)
+	return s
+}
+
+func (s *source) setChecked(n uint64) {
+	s.verdictMu.Lock()
+	s.verdict.Checked = n
+	s.verdictMu.Unlock()
+	select {
+	case s.verdictCh <- struct{}{}:
+	default:
+	}
+}
+
+// TestHoldForRestore: the pause is held (another pass) while the restore
+// is far behind and catching up; not for a restore that has caught up,
+// one that stopped moving, or past restoreHoldMax in all.
+func TestHoldForRestore(t *testing.T) {
+	ctx := context.Background()
+	s := restoreSource(100_000)
+	var held time.Duration
+
+	// Catching up while the source waits: held.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		s.setChecked(50_000)
+	}()
+	if !s.holdForRestore(ctx, &held) {
+		t.Fatal("not held for a restore 100 k references behind that checked 50 k meanwhile")
+	}
+	if held < restoreHoldStep/2 {
+		t.Fatalf("held %v, want about a step (%v): it waited for the restore", held, restoreHoldStep)
+	}
+	// Done before the step ends: the wait ends at once, and one more pass
+	// sends what the guest wrote meanwhile.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		s.setChecked(100_000 - settledRefs)
+	}()
+	t0 := time.Now()
+	if !s.holdForRestore(ctx, &held) {
+		t.Fatal("not held for the pass after the restore caught up")
+	}
+	if d := time.Since(t0); d >= restoreHoldStep {
+		t.Fatalf("waited %v for a restore that caught up after 20 ms", d)
+	}
+	// Caught up: the pause goes ahead.
+	if s.holdForRestore(ctx, &held) {
+		t.Fatal("held for a restore within settledRefs")
+	}
+
+	// A restore that checks nothing while the source waits: not held.
+	s = restoreSource(100_000)
+	held = 0
+	if s.holdForRestore(ctx, &held) {
+		t.Fatal("held for a restore that made no progress")
+	}
+	// Past the limit: not held, whatever the progress.
+	held = restoreHoldMax
+	go s.setChecked(10_000)
+	if s.holdForRestore(ctx, &held) {
+		t.Fatal("held past restoreHoldMax")
 	}
 }
