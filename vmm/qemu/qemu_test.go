@@ -866,7 +866,7 @@ func testQEMU(t *testing.T, bin string) {
 			r := res.Report
 			t.Logf("%s: total %.0f ms, downtime %.1f ms guest-visible, %.0f ms by QEMU, %d MB sent, %d passes, post-copy %v (%d pages owed at the switch, %d requests)",
 				mode, r.TotalMS, r.DowntimeMS, r.ReportedDowntimeMS, r.BytesSent>>20, r.Iterations, res.Postcopy, r.PostcopyPages, r.Pages.PostcopyFault)
-			checkNativeDowntime(t, r, res.Postcopy)
+			checkNativeDowntime(t, r)
 			// The RAM oracle: both QEMUs are paused (the destination was
 			// started with -S), so their RAM must be the same.
 			if st, err := dst.vm.Mon.QueryStatus(ctx); err != nil || st.Status != "paused" {
@@ -954,25 +954,25 @@ func checkDmigDowntime(t *testing.T, r *report.Report, src, dst *Monitor, start 
 }
 
 // checkNativeDowntime requires QEMU's own migration to report a measured
-// guest-visible downtime no shorter than QEMU's figure. QEMU's ends when
+// guest-visible downtime not far below QEMU's figure. QEMU's ends once
 // the source has written the stream's last byte; the destination's run
 // point comes after it has read that byte (pre-copy: after loading it;
 // post-copy: the whole switch package is read before LISTEN raises
-// postcopy-active). The tolerance: QEMU's figure is a difference of
-// millisecond clock readings (1 ms), and starts just before vm_stop while
-// STOP is raised once the vCPUs have paused and the run-state handlers
-// have run (well under 1 ms under TCG, 1 ms more to be safe).
-func checkNativeDowntime(t *testing.T, r *report.Report, postcopy bool) {
+// postcopy-active), but a busy host may schedule the two threads the other
+// way round.
+func checkNativeDowntime(t *testing.T, r *report.Report) {
 	t.Helper()
-	// QEMU rounds its figure to the millisecond. A switched post-copy's
-	// guest-visible run point (postcopy-active) comes before the
-	// destination loads the device state, while QEMU's figure ends after
-	// the source sent it (docs/qemu.md, "How downtime is measured"): a
-	// few ms apart, 2.1 ms seen with preempt.
-	tolerance := 2.0 // ms
-	if postcopy {
-		tolerance = 5
-	}
+	// QEMU rounds its figure to the millisecond, and ends it when the
+	// source's migration thread computes it, after its last bytes went
+	// out: on two loaded cores that thread can get the CPU only after the
+	// destination has loaded them (69.6 ms guest-visible against QEMU's
+	// 74 ms, seen with multifd-zstd). A switched post-copy's guest-visible
+	// run point (postcopy-active) comes before the destination loads the
+	// device state, while QEMU's figure ends after the source sent it
+	// (docs/qemu.md, "How downtime is measured"): a few ms apart, 2.1 ms
+	// seen with preempt. What this catches is a figure far below QEMU's:
+	// an event taken from another migration, or none.
+	tolerance := max(5, 0.1*r.ReportedDowntimeMS) // ms
 	if r.DowntimeWarning != "" || r.DowntimeMS <= 0 || r.DowntimeMS < r.ReportedDowntimeMS-tolerance {
 		t.Errorf("downtime %.1f ms guest-visible (warning %q), QEMU's %.0f ms: want it measured, > 0 and at least QEMU's less %.0f ms",
 			r.DowntimeMS, r.DowntimeWarning, r.ReportedDowntimeMS, tolerance)
