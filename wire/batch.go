@@ -201,7 +201,7 @@ type batchHeader struct {
 }
 
 // parseBatchHeader checks a PageBatch header against its payload's length
-// and returns the pages of data that follow the table. A frameCompressed
+// and returns the pages of data that follow the table. A compressed
 // batch's length does not tell them, its table does: it returns -1 for them
 // then (parseTable only counts), and requires some compressed data.
 func parseBatchHeader(p []byte, payloadLen uint32, compressed bool) (batchHeader, int, error) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -28,18 +29,24 @@ func compressRAM() []byte {
 	return ram
 }
 
-func compressedPair(t *testing.T) (*Conn, *Conn) {
+func compressedPair(t *testing.T, codec Codec) (*Conn, *Conn) {
 	src, dst := connPair(t, RoleBulk)
-	src.compress, dst.compress = true, true
+	src.codec, dst.codec = codec, codec
 	return src, dst
 }
 
 // Batches of compressible pages go compressed and come out whole, read in
 // runs, scattered, or partly with the rest skipped; incompressible ones go
-// as they are.
+// as they are. Each codec alike.
 func TestCompressedBatches(t *testing.T) {
+	for _, codec := range []Codec{CodecZstd, CodecS2} {
+		t.Run(codec.String(), func(t *testing.T) { testCompressedBatches(t, codec) })
+	}
+}
+
+func testCompressedBatches(t *testing.T, codec Codec) {
 	ctx := testCtx(t)
-	src, dst := compressedPair(t)
+	src, dst := compressedPair(t, codec)
 	ram := compressRAM()
 	pg := func(p uint64) []byte { return ram[p*PageSize : (p+1)*PageSize] }
 	send := func(pages []uint64) uint64 {
@@ -116,8 +123,8 @@ func TestCompressedBatches(t *testing.T) {
 }
 
 // compressedFrame is a one-data-page batch frame whose page data is z,
-// flagged compressed.
-func compressedFrame(t testing.TB, z []byte) []byte {
+// flagged compressed with codec.
+func compressedFrame(t testing.TB, codec Codec, z []byte) []byte {
 	var b PageBatch
 	b.Reset(0, 1)
 	b.AddData(3, make([]byte, PageSize))
@@ -127,40 +134,49 @@ func compressedFrame(t testing.TB, z []byte) []byte {
 	}
 	table := le.Uint32(f[frameHeaderLen+12:])
 	f = append(f[:frameHeaderLen+batchHeaderLen+int(table)], z...)
-	f[1] = frameCompressed
+	f[1] = codec.frameFlag()
 	le.PutUint32(f[4:], uint32(len(f)-frameHeaderLen))
 	return f
 }
 
-// A compressed frame is refused where compression was not agreed, and
-// compressed data that does not decode to exactly the table's pages is
-// malformed.
+// A compressed frame is refused where compression was not agreed or
+// another codec was, and compressed data that does not decode to exactly
+// the table's pages is malformed.
 func TestCompressedFrameChecks(t *testing.T) {
 	enc, err := zstd.NewWriter(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	good := enc.EncodeAll(make([]byte, PageSize), nil)
+	goodS2 := s2.Encode(nil, make([]byte, PageSize))
 	cases := []struct {
-		name     string
-		compress bool
-		z        []byte
-		want     error
+		name         string
+		agreed, sent Codec
+		z            []byte
+		want         error
 	}{
-		{"agreed", true, good, nil},
-		{"not agreed", false, good, ErrMalformed},
-		{"short", true, enc.EncodeAll(make([]byte, PageSize-1), nil), ErrMalformed},
-		{"long", true, enc.EncodeAll(make([]byte, 2*PageSize), nil), ErrMalformed},
-		{"garbage", true, []byte("not zstd at all"), ErrMalformed},
-		{"truncated", true, good[:len(good)-2], ErrMalformed},
+		{"agreed", CodecZstd, CodecZstd, good, nil},
+		{"not agreed", CodecNone, CodecZstd, good, ErrMalformed},
+		{"short", CodecZstd, CodecZstd, enc.EncodeAll(make([]byte, PageSize-1), nil), ErrMalformed},
+		{"long", CodecZstd, CodecZstd, enc.EncodeAll(make([]byte, 2*PageSize), nil), ErrMalformed},
+		{"garbage", CodecZstd, CodecZstd, []byte("not zstd at all"), ErrMalformed},
+		{"truncated", CodecZstd, CodecZstd, good[:len(good)-2], ErrMalformed},
+		{"s2 agreed", CodecS2, CodecS2, goodS2, nil},
+		{"s2 not agreed", CodecNone, CodecS2, goodS2, ErrMalformed},
+		{"s2 where zstd was agreed", CodecZstd, CodecS2, goodS2, ErrMalformed},
+		{"zstd where s2 was agreed", CodecS2, CodecZstd, good, ErrMalformed},
+		{"s2 short", CodecS2, CodecS2, s2.Encode(nil, make([]byte, PageSize-1)), ErrMalformed},
+		{"s2 long", CodecS2, CodecS2, s2.Encode(nil, make([]byte, 2*PageSize)), ErrMalformed},
+		{"s2 garbage", CodecS2, CodecS2, []byte("\x80\x20not s2 at all"), ErrMalformed},
+		{"s2 truncated", CodecS2, CodecS2, goodS2[:len(goodS2)-1], ErrMalformed},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			a, b := net.Pipe()
 			t.Cleanup(func() { a.Close(); b.Close() })
 			conn := NewConn(b, RoleBulk, 0)
-			conn.compress = c.compress
-			go func() { _, _ = a.Write(compressedFrame(t, c.z)) }()
+			conn.codec = c.agreed
+			go func() { _, _ = a.Write(compressedFrame(t, c.sent, c.z)) }()
 			m, err := conn.ReadFrame(context.Background())
 			if c.want == nil {
 				if err != nil {
@@ -179,27 +195,58 @@ func TestCompressedFrameChecks(t *testing.T) {
 	}
 }
 
-// Hello's FlagCompress turns compression on for the bulk connections of
-// both ends, and only for them.
+// Hello's codec turns compression on for the bulk connections of both
+// ends, and only for them.
 func TestSessionCompression(t *testing.T) {
-	ctx := testCtx(t)
-	l, _ := listen(t)
-	acc := acceptAsync(ctx, l, nil)
-	h := sessionHello()
-	h.Flags |= FlagCompress
-	s, err := Dial(ctx, l.Addr().String(), h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	d := mustAccept(t, acc)
-	defer d.Close()
-	for _, sess := range []*Session{s, d} {
-		for _, c := range sess.conns() {
-			if c.compress != (c.Role() == RoleBulk) {
-				t.Errorf("%s: compress %v", c, c.compress)
+	for _, codec := range []Codec{CodecZstd, CodecS2} {
+		t.Run(codec.String(), func(t *testing.T) {
+			ctx := testCtx(t)
+			l, _ := listen(t)
+			acc := acceptAsync(ctx, l, nil)
+			h := sessionHello()
+			h.SetCodec(codec)
+			s, err := Dial(ctx, l.Addr().String(), h)
+			if err != nil {
+				t.Fatal(err)
 			}
+			defer s.Close()
+			d := mustAccept(t, acc)
+			defer d.Close()
+			for _, sess := range []*Session{s, d} {
+				for _, c := range sess.conns() {
+					want := CodecNone
+					if c.Role() == RoleBulk {
+						want = codec
+					}
+					if c.codec != want {
+						t.Errorf("%s: codec %s, want %s", c, c.codec, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A Hello naming both codecs is refused as out of range; codec names parse
+// back to their codecs.
+func TestCodecFlags(t *testing.T) {
+	h := sessionHello()
+	h.Flags |= FlagCompress | FlagCompressS2
+	if err := h.validate(); !errors.Is(err, ErrRange) {
+		t.Errorf("hello with both codecs: %v, want ErrRange", err)
+	}
+	for _, name := range Codecs {
+		c, err := ParseCodec(name)
+		if err != nil || c.String() != name {
+			t.Errorf("ParseCodec(%q) = %s, %v", name, c, err)
 		}
+		h.SetCodec(c)
+		if h.Codec() != c {
+			t.Errorf("SetCodec(%s): Codec() = %s", c, h.Codec())
+		}
+	}
+	if _, err := ParseCodec("lz4"); err == nil {
+		t.Error("ParseCodec(lz4): no error")
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 )
 
 // Frame header: type u8 | flags u8 | reserved u16 | payload length u32 (LE).
-// Flags are zero but for frameCompressed; reserved is zero.
+// Flags are zero but for a compressed batch's codec (frameCompressed,
+// frameCompressedS2); reserved is zero.
 const frameHeaderLen = 8
 
 const (
@@ -50,16 +51,16 @@ type Conn struct {
 	reply    PageReply
 	request  PageRequest
 	dataLeft int64 // page data of the last batch not yet read
-	// compress: this bulk connection's session negotiated FlagCompress, so
-	// batches may go compressed both ways.
-	compress bool
-	zr       decompressor
-	zdata    []byte // a compressed batch's page data, decompressed, not yet read
-	riov     [][]byte
-	rctx     context.Context // the ReadFrame ctx governing ReadData
-	rerr     error
-	rwatch   watch
-	rdl      time.Time
+	// codec: what this bulk connection's session agreed to compress
+	// batches with, both ways (CodecNone: nothing).
+	codec  Codec
+	zr     decompressor
+	zdata  []byte // a compressed batch's page data, decompressed, not yet read
+	riov   [][]byte
+	rctx   context.Context // the ReadFrame ctx governing ReadData
+	rerr   error
+	rwatch watch
+	rdl    time.Time
 
 	wmu     sync.Mutex
 	wbuf    []byte
@@ -267,7 +268,7 @@ func (c *Conn) readFrame() (m Message, clean bool, err error) {
 		return nil, false, err
 	}
 	typ, flags, length := Type(hdr[0]), hdr[1], le.Uint32(hdr[4:])
-	compressed := flags == frameCompressed && typ == TypePageBatch && c.compress
+	compressed := c.codec != CodecNone && flags == c.codec.frameFlag() && typ == TypePageBatch
 	switch {
 	case typ.role() == 0:
 		return nil, false, fmt.Errorf("%w %d", ErrUnknownType, hdr[0])
@@ -356,7 +357,7 @@ func (c *Conn) readBatch(length uint32, compressed bool) (*PageBatch, error) {
 		if err != nil {
 			return nil, err
 		}
-		if c.zdata, err = c.zr.decompress(z, nData*PageSize); err != nil {
+		if c.zdata, err = c.zr.decompress(c.codec, z, nData*PageSize); err != nil {
 			return nil, err
 		}
 	}
@@ -448,8 +449,8 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 	if pc, ok := m.(pageCarrier); ok {
 		c.iov = pc.appendPageData(c.iov)
 	}
-	if c.compress && typ == TypePageBatch && len(c.iov) > 1 {
-		z, ok, err := c.zw.compress(c.iov[1:])
+	if c.codec != CodecNone && typ == TypePageBatch && len(c.iov) > 1 {
+		z, ok, err := c.zw.compress(c.codec, c.iov[1:])
 		if err != nil {
 			clear(c.iov)
 			return fmt.Errorf("write %s on %s: %w", typ, c, err)
@@ -457,7 +458,7 @@ func (c *Conn) WriteFrame(ctx context.Context, m Message) error {
 		if ok {
 			clear(c.iov[1:])
 			c.iov = append(c.iov[:1], z)
-			b[1] = frameCompressed
+			b[1] = c.codec.frameFlag()
 		}
 	}
 	total := len(b) - frameHeaderLen

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/s2"
 )
 
 // Run a target longer with, e.g.:
@@ -93,13 +95,15 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	}
 	f.Add(stream)
-	f.Add(compressedFrame(f, zstdPage()))
+	f.Add(compressedFrame(f, CodecZstd, zstdPage()))
+	f.Add(compressedFrame(f, CodecS2, s2.Encode(nil, make([]byte, PageSize))))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ctx := testCtx(t)
-		for i, role := range []Role{RoleControl, RoleBulk, RoleUrgent, RoleBulk} {
+		for i, role := range []Role{RoleControl, RoleBulk, RoleUrgent, RoleBulk, RoleBulk} {
 			c := NewConn(&streamConn{r: &chunkReader{b: in, n: 7}}, role, 0)
 			c.SetGeometry(testHello())
-			c.compress = i == 3 // the last bulk conn takes compressed batches
+			// The last two bulk conns take compressed batches.
+			c.codec = map[int]Codec{3: CodecZstd, 4: CodecS2}[i]
 			for range 1000 {
 				m, err := c.ReadFrame(ctx)
 				if err != nil {

@@ -87,8 +87,11 @@ const (
 	// one with Missing, then the session is post-copy only: pushes and
 	// page requests until Complete.
 	FlagRecover HelloFlags = 1 << 3
+	// FlagCompressS2: as FlagCompress, with S2 instead of zstd (CodecS2).
+	// A Hello has at most one of the two.
+	FlagCompressS2 HelloFlags = 1 << 4
 
-	knownFlags = FlagStorageRefs | FlagPostcopy | FlagCompress | FlagRecover
+	knownFlags = FlagStorageRefs | FlagPostcopy | FlagCompress | FlagRecover | FlagCompressS2
 )
 
 // Hello opens a session on the control connection (source → destination).
@@ -144,6 +147,9 @@ func (m *Hello) validate() error {
 	}
 	if m.Flags&^knownFlags != 0 {
 		return fmt.Errorf("%w: unknown hello flags %#x", ErrRange, uint32(m.Flags&^knownFlags))
+	}
+	if m.Flags&FlagCompress != 0 && m.Flags&FlagCompressS2 != 0 {
+		return fmt.Errorf("%w: hello names two compression codecs", ErrRange)
 	}
 	if len(m.Command) > MaxCommandArgs {
 		return fmt.Errorf("%w: command of %d words, limit %d", ErrRange, len(m.Command), MaxCommandArgs)

@@ -52,7 +52,10 @@ func (s *Session) conns() []*Conn {
 func (s *Session) setup() {
 	for _, c := range s.conns() {
 		c.SetGeometry(&s.Hello)
-		c.compress = c.role == RoleBulk && s.Hello.Flags&FlagCompress != 0
+		c.codec = CodecNone
+		if c.role == RoleBulk {
+			c.codec = s.Hello.Codec()
+		}
 	}
 }
 
