@@ -72,9 +72,10 @@ type Config struct {
 	Rate string
 	// MaxIterations bounds dmig's pre-copy passes (default 30).
 	MaxIterations int
-	// Compress: dmig's modes send page data zstd-compressed
+	// Compress: dmig's modes send page data compressed with Codec
 	// (precopy.Config.Compress). QEMU's compress only in qemu-multifd-zstd.
 	Compress bool
+	Codec    wire.Codec
 	// Channels is the number of connections of QEMU's multifd modes
 	// (multifd-channels; default dmig's bulk connections, 2).
 	Channels int
@@ -487,7 +488,7 @@ func (r *runner) dmig(ctx context.Context, mode precopy.Mode, src *qemu.Source, 
 	}
 	start := time.Now()
 	rep, err := precopy.Run(ctx, precopy.Config{To: l.Addr().String(), Mode: mode, Downtime: r.cfg.Downtime,
-		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source"),
+		MaxIterations: r.cfg.MaxIterations, Compress: r.cfg.Compress, Codec: r.cfg.Codec, LayoutAddr: lay, LayoutTimeout: r.cfg.LayoutTimeout, Logger: r.log.Named("source"),
 		MaxBandwidth: r.cfg.MaxBandwidth}, src)
 	serr := <-served
 	ot.finish()

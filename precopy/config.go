@@ -11,6 +11,7 @@ import (
 	"github.com/dmig/dmig/internal/bandwidth"
 	"github.com/dmig/dmig/internal/ramfile"
 	"github.com/dmig/dmig/internal/report"
+	"github.com/dmig/dmig/wire"
 )
 
 const pageSize = ramfile.PageSize
@@ -46,10 +47,14 @@ type Config struct {
 	Downtime      time.Duration // downtime budget, default 50ms
 	MaxIterations int           // pre-copy passes at most, default 30
 	BulkConns     int           // parallel bulk connections, default 2
-	// Compress sends page data zstd-compressed (each batch that shrinks by
-	// at least 1/16): worth it when the link, not the cores, limits the
-	// transfer; on a fast LAN the compression itself becomes the limit.
+	// Compress sends page data compressed with Codec (each batch that
+	// shrinks by at least 1/16): worth it when the link, not the cores,
+	// limits the transfer; on a fast LAN the compression itself becomes the
+	// limit.
 	Compress bool
+	// Codec is what Compress compresses with (wire.CodecZstd if zero):
+	// zstd takes the most bytes off, S2 the least CPU (wire.Codec).
+	Codec wire.Codec
 	// LayoutAddr is the guest's layout endpoint (host:port, see
 	// layout.Fetch). In hybrid mode the pages its layout names go as
 	// storage references; precopy and postcopy ignore it.
@@ -135,6 +140,11 @@ func (c *Config) defaults() {
 	}
 	if c.BulkConns <= 0 {
 		c.BulkConns = 2
+	}
+	if !c.Compress {
+		c.Codec = wire.CodecNone
+	} else if c.Codec == wire.CodecNone {
+		c.Codec = wire.CodecZstd
 	}
 	if c.LayoutTimeout <= 0 {
 		c.LayoutTimeout = 5 * time.Second

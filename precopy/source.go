@@ -28,6 +28,9 @@ func Run(ctx context.Context, cfg Config, g Guest) (*report.Report, error) {
 	cfg.defaults()
 	s := &source{cfg: cfg, g: g, log: cfg.Logger.With("guest", g.Name()), start: time.Now()}
 	s.rep = report.Report{Mode: string(cfg.Mode), Guest: g.Name(), Compressed: cfg.Compress}
+	if cfg.Compress {
+		s.rep.Codec = cfg.Codec.String()
+	}
 	err := s.run(ctx)
 	if err != nil {
 		s.reportRefs() // what the passes that ran did
@@ -688,7 +691,7 @@ func (s *source) dial(ctx context.Context) error {
 		h.Flags |= wire.FlagStorageRefs
 	}
 	if s.cfg.Compress {
-		h.Flags |= wire.FlagCompress
+		h.SetCodec(s.cfg.Codec)
 	}
 	for _, b := range s.blocks {
 		h.Blocks = append(h.Blocks, wire.Block{Name: b.Name, Size: uint64(len(b.Mem))})

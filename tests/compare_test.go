@@ -408,7 +408,8 @@ func checksumCmd(addr string) string {
 // traffic shaped on the loopback to DMIG_BENCH_RATE (default 1gbit;
 // "none": unshaped), and logs its table: each mode's figures and their
 // ratios against QEMU's fastest mode of the same run.
-// DMIG_BENCH_COMPRESS=1 compresses dmig's page data (--compress);
+// DMIG_BENCH_COMPRESS=1 compresses dmig's page data (--compress; =s2:
+// with --codec s2);
 // DMIG_BENCH_MODES picks the modes (compare's --modes), DMIG_BENCH_QEMU
 // the QEMU binary, DMIG_BENCH_MEM the guest's RAM (default 2Gi; give a
 // bigger one a bigger pool through the image's DMIG_POOL_* settings,
@@ -467,8 +468,12 @@ func BenchmarkCompare(b *testing.B) {
 		if buggy {
 			args = append(args, "--allow-buggy-qemu")
 		}
-		if os.Getenv("DMIG_BENCH_COMPRESS") == "1" {
+		switch c := os.Getenv("DMIG_BENCH_COMPRESS"); c {
+		case "":
+		case "1":
 			args = append(args, "--compress")
+		default:
+			args = append(args, "--compress", "--codec", c)
 		}
 		if m := os.Getenv("DMIG_BENCH_MODES"); m != "" {
 			args = append(args, "--modes", m)

@@ -9,6 +9,7 @@ import (
 	"github.com/dmig/dmig/internal/report"
 	"github.com/dmig/dmig/internal/testguest"
 	"github.com/dmig/dmig/precopy"
+	"github.com/dmig/dmig/wire"
 )
 
 const gib = 1 << 30
@@ -23,19 +24,21 @@ func TestModes(t *testing.T) {
 	cases := []struct {
 		mode     precopy.Mode
 		compress bool
-	}{{precopy.ModePrecopy, false}, {precopy.ModePostcopy, false}, {precopy.ModeHybrid, false}, {precopy.ModePrecopy, true}, {precopy.ModePostcopy, true}}
+		codec    wire.Codec
+	}{{precopy.ModePrecopy, false, 0}, {precopy.ModePostcopy, false, 0}, {precopy.ModeHybrid, false, 0},
+		{precopy.ModePrecopy, true, wire.CodecZstd}, {precopy.ModePostcopy, true, wire.CodecZstd}, {precopy.ModeHybrid, true, wire.CodecS2}}
 	for _, c := range cases {
 		mode := c.mode
 		name := string(mode)
 		if c.compress {
-			name += "-compressed"
+			name += "-" + c.codec.String()
 		}
 		t.Run(name, func(t *testing.T) {
 			g := startSource(t, guestOpts{size: gib, writeRate: 20000})
 			dir := t.TempDir()
 			d := startDest(t, destOpts{})
 			destStats := filepath.Join(dir, "dst.stats")
-			rep, err := migrateWith(t, g, precopy.Config{To: d.addr, Mode: mode, Compress: c.compress}, destStats)
+			rep, err := migrateWith(t, g, precopy.Config{To: d.addr, Mode: mode, Compress: c.compress, Codec: c.codec}, destStats)
 			if err != nil {
 				t.Fatalf("migrate: %v", err)
 			}
@@ -47,6 +50,9 @@ func TestModes(t *testing.T) {
 				mode, rep.TotalMS, rep.DowntimeMS, rep.BytesSent>>20, rep.Iterations, rep.Pages, rep.PostcopyPages, rep.FaultLatencyUS)
 			if rep.Outcome != report.Completed {
 				t.Fatalf("outcome %s", rep.Outcome)
+			}
+			if want := map[bool]string{true: c.codec.String()}[c.compress]; rep.Codec != want {
+				t.Errorf("report codec %q, want %q", rep.Codec, want)
 			}
 			// Test guest pages are half one repeated word: compressed, the
 			// data pages must take well under their size (the pre-copy

@@ -29,7 +29,8 @@ type compareCmd struct {
 	Downtime   time.Duration  `default:"50ms" help:"Downtime budget of dmig's modes and QEMU's downtime-limit."`
 	MaxBW      bandwidth.Rate `name:"max-bandwidth" placeholder:"RATE" help:"Cap every mode's migration traffic at RATE bytes/s (125M, 1Gi, 125MB/s), dmig's and QEMU's alike (QEMU's max-bandwidth and max-postcopy-bandwidth). Default none: QEMU then gets max-bandwidth 10 GiB/s, since its own default is 128 MiB/s."`
 	MaxIter    int            `name:"max-iterations" default:"30" help:"dmig's pre-copy passes at most."`
-	Compress   bool           `help:"Compress dmig's page data (zstd); of QEMU's modes only qemu-multifd-zstd compresses."`
+	Compress   bool           `help:"Compress dmig's page data (--codec); of QEMU's modes only qemu-multifd-zstd compresses."`
+	Codec      string         `enum:"zstd,s2" default:"zstd" help:"Codec of --compress: zstd sends the fewest bytes (links of about 1 Gbit/s and below, cores to spare); s2 1.5-2x as many at a quarter of the CPU (a busy host, faster links)."`
 	Channels   int            `default:"2" help:"multifd-channels of QEMU's multifd modes (dmig's modes use 2 bulk connections)."`
 	QEMUBinary string         `name:"qemu-binary" placeholder:"PATH" help:"Start the destination QEMUs with this binary (default: the source's own). It must be the VM's QEMU version: start the VM with it too (make qemu10 installs QEMU 10 as /opt/dmig/qemu10/bin/qemu-system-x86_64)."`
 	AllowBuggy bool           `name:"allow-buggy-qemu" help:"Run QEMU's own modes on a TCG VM of a QEMU older than 9.0, whose migration loses pages (fixed by QEMU commit 03bfc2188f)."`
@@ -53,7 +54,7 @@ func (c *compareCmd) Run(g *globals, ctx context.Context) error {
 	res, err := compare.Run(ctx, compare.Config{
 		QMP: sock, Modes: c.Modes, Rounds: c.Rounds, Dir: c.Dir, RAMDir: c.RAMDir,
 		Workload: c.Workload, Warmup: c.Warmup, Cooldown: c.Cooldown, Check: c.Check,
-		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, MaxBandwidth: uint64(c.MaxBW), MaxIterations: c.MaxIter, Compress: c.Compress,
+		Rate: c.Rate, Layout: c.Layout, LayoutTimeout: c.LayoutWait, Downtime: c.Downtime, MaxBandwidth: uint64(c.MaxBW), MaxIterations: c.MaxIter, Compress: c.Compress, Codec: codecOf(c.Codec),
 		Channels: c.Channels, QEMUBinary: c.QEMUBinary, AllowBuggyQEMU: c.AllowBuggy,
 		Timeout: c.Timeout, Logger: log,
 		Done: func(m compare.Migration) {

@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/dmig/dmig/internal/bandwidth"
+	"github.com/dmig/dmig/wire"
 )
 
 // VM is one guest to move: a process guest (Pid or PidFile, RAM, DestCmd),
@@ -47,8 +48,11 @@ type VM struct {
 	Mode string `yaml:"mode,omitempty" json:"mode,omitempty"`
 	// Downtime budget (default the engine's).
 	Downtime time.Duration `yaml:"downtime,omitempty" json:"downtime,omitempty"`
-	// Compress page data (zstd), as --compress does for every guest.
+	// Compress page data, as --compress does for every guest.
 	Compress bool `yaml:"compress,omitempty" json:"compress,omitempty"`
+	// Codec compresses it with: zstd or s2 (wire.Codecs; default the
+	// drain's --codec), as --codec does.
+	Codec string `yaml:"codec,omitempty" json:"codec,omitempty"`
 	// MaxBandwidth caps this guest's migration, bytes/s ("125M", "1Gi";
 	// bandwidth.Parse), within its destination's and the drain's totals; 0: only the total.
 	MaxBandwidth bandwidth.Rate `yaml:"max_bandwidth,omitempty" json:"max_bandwidth,omitempty"`
@@ -197,6 +201,11 @@ func (vm VM) check() error {
 	case "", "precopy", "postcopy", "hybrid":
 	default:
 		return fmt.Errorf("mode %q: want precopy, postcopy or hybrid", vm.Mode)
+	}
+	if vm.Codec != "" {
+		if _, err := wire.ParseCodec(vm.Codec); err != nil {
+			return err
+		}
 	}
 	if vm.Downtime < 0 || vm.LayoutTimeout < 0 {
 		return errors.New("downtime and layout_timeout must not be negative")

@@ -22,6 +22,7 @@ vms:
     qmp: /run/db1-qmp.sock
     to: host-b:7070
     compress: true
+    codec: s2
     layout: unix:/run/db1-agent.sock
     layout_timeout: 1m
     shared_storage: [/mnt/nfs]
@@ -35,7 +36,7 @@ vms:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm := c.VMs[0]; !vm.IsQEMU() || vm.Template() || !vm.Compress || vm.Layout == "" || vm.LayoutTimeout != time.Minute || len(vm.SharedStorage) != 1 ||
+	if vm := c.VMs[0]; !vm.IsQEMU() || vm.Template() || !vm.Compress || vm.Codec != "s2" || vm.Layout == "" || vm.LayoutTimeout != time.Minute || len(vm.SharedStorage) != 1 ||
 		!c.VMs[1].Template() || !c.VMs[2].Template() || c.Destinations["host-b:7070"].MaxConcurrent != 1 {
 		t.Fatalf("parsed %+v", c)
 	}
@@ -47,6 +48,7 @@ vms:
 		"shared for proc":   {"vms: [{name: a, pid: 1, ram: [/r], dest_cmd: [g], to: 'h:1', shared_storage: [/x]}]", "for QEMU VMs"},
 		"negative limit":    {strings.Replace(good, "max_concurrent: 1", "max_concurrent: -1", 1), "max_concurrent"},
 		"misspelt qemu key": {strings.Replace(good, "compress:", "compres:", 1), "compres"},
+		"unknown codec":     {strings.Replace(good, "codec: s2", "codec: lz4", 1), "unknown compression codec \"lz4\""},
 	} {
 		if _, err := ParseConfig([]byte(tc.cfg)); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want ErrConfig saying %q", name, err, tc.want)

@@ -67,9 +67,10 @@ type Report struct {
 	// part of TotalMS: the guest agent walks the whole buffer pool for
 	// each, mostly while the source sets up or a pass runs.
 	LayoutMS float64 `json:"layout_ms,omitempty"`
-	// Compressed: page data went zstd-compressed (BytesSent counts the
-	// compressed bytes).
-	Compressed bool `json:"compressed,omitempty"`
+	// Compressed: page data went compressed, with Codec ("zstd", "s2");
+	// BytesSent counts the compressed bytes.
+	Compressed bool   `json:"compressed,omitempty"`
+	Codec      string `json:"codec,omitempty"`
 	// Refs (hybrid mode) says how much of the RAM went as storage
 	// references and why the rest did not.
 	Refs *Refs `json:"refs,omitempty"`
