@@ -23,8 +23,8 @@ const (
 	CodecS2
 )
 
-// Codecs are the codec names ParseCodec takes, for flags and configs.
-var Codecs = []string{"zstd", "s2"}
+// CodecNames are the codec names ParseCodec takes, for flags and configs.
+func CodecNames() []string { return []string{"zstd", "s2"} }
 
 func (c Codec) String() string {
 	switch c {
@@ -38,7 +38,7 @@ func (c Codec) String() string {
 	return fmt.Sprintf("codec(%d)", uint8(c))
 }
 
-// ParseCodec returns the codec of a name in Codecs ("" is zstd).
+// ParseCodec returns the codec of a name in CodecNames ("" is zstd).
 func ParseCodec(name string) (Codec, error) {
 	switch name {
 	case "", "zstd":

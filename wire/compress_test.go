@@ -235,7 +235,7 @@ func TestCodecFlags(t *testing.T) {
 	if err := h.validate(); !errors.Is(err, ErrRange) {
 		t.Errorf("hello with both codecs: %v, want ErrRange", err)
 	}
-	for _, name := range Codecs {
+	for _, name := range CodecNames() {
 		c, err := ParseCodec(name)
 		if err != nil || c.String() != name {
 			t.Errorf("ParseCodec(%q) = %s, %v", name, c, err)

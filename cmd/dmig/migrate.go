@@ -142,7 +142,7 @@ func (c *migrateCmd) Run(g *globals, ctx context.Context) error {
 }
 
 // codecOf is the codec of a --codec value or a drain entry's codec, both
-// checked against wire.Codecs already (kong's enum, drain's config check).
+// checked against wire.CodecNames already (kong's enum, drain's config check).
 func codecOf(name string) wire.Codec {
 	c, err := wire.ParseCodec(name)
 	if err != nil {

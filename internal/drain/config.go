@@ -50,7 +50,7 @@ type VM struct {
 	Downtime time.Duration `yaml:"downtime,omitempty" json:"downtime,omitempty"`
 	// Compress page data, as --compress does for every guest.
 	Compress bool `yaml:"compress,omitempty" json:"compress,omitempty"`
-	// Codec compresses it with: zstd or s2 (wire.Codecs; default the
+	// Codec compresses it with: zstd or s2 (wire.CodecNames; default the
 	// drain's --codec), as --codec does.
 	Codec string `yaml:"codec,omitempty" json:"codec,omitempty"`
 	// MaxBandwidth caps this guest's migration, bytes/s ("125M", "1Gi";
